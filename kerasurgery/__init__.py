@@ -1,0 +1,56 @@
+"""kerasurgery: pin individual Dense weights of a Keras 3 model to constants.
+
+    import kerasurgery as ks
+    frozen = ks.freeze(model, {"dense_1": ks.rules.zeros()})
+
+Importing this package is cheap: it does not import TensorFlow or Keras. The
+names that need Keras are loaded on first use, and `MaskedDense` is registered
+with Keras as soon as Keras is imported, so saved frozen models load after a
+plain `import kerasurgery`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from kerasurgery import _registration
+from kerasurgery.errors import KerasurgeryError
+from kerasurgery.pins import Pin
+
+__all__ = [
+    "KerasurgeryError",
+    "MaskedDense",
+    "Pin",
+    "freeze",
+    "load_model",
+    "rules",
+    "save_model",
+    "strip",
+]
+__version__ = "0.1.0"
+
+_LAZY = {
+    "MaskedDense": "kerasurgery.layers",
+    "freeze": "kerasurgery.surgery",
+    "strip": "kerasurgery.surgery",
+    "load_model": "kerasurgery.saving",
+    "save_model": "kerasurgery.saving",
+    "rules": "kerasurgery.rules",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'kerasurgery' has no attribute {name!r}")
+    if name == "rules":
+        return importlib.import_module(module)
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+_registration.register_when_keras_loads()

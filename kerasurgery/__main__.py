@@ -1,0 +1,3 @@
+from kerasurgery.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,386 @@
+"""`freeze` and `strip`: rewriting a model's Dense layers and copying weights.
+
+Both rebuild the model with `keras.models.clone_model` (recursively, so nested
+models and shared layers keep their structure), replace the chosen layers and
+copy every weight, trainable or not, from the original. The original model is
+left untouched and shares nothing with the result.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Union
+
+import keras
+import numpy as np
+from keras import ops
+
+from kerasurgery.errors import KerasurgeryError, LayerSelectionError, PinError
+from kerasurgery.layers import PER_ENTRY, SHARED, MaskedDense
+from kerasurgery.pins import Pin, Rule
+
+PinSpec = Union[Pin, np.ndarray, Rule]
+
+# Config keys of MaskedDense that plain Dense does not know.
+_MASKED_ONLY_KEYS = ("pinned_kernel_values",)
+
+
+def freeze(model: keras.Model, pins: Mapping[str, PinSpec]) -> keras.Model:
+    """Returns a copy of `model` with the selected Dense entries pinned.
+
+    Args:
+        model: A built Sequential or Functional Keras model (nested models and
+            shared layers included).
+        pins: Maps a layer name or glob pattern (`"dense*"`) to a `Pin`, a
+            boolean kernel mask (= `Pin(kernel=mask)`), or a rule such as
+            `kerasurgery.rules.zeros()`. Several keys may select one layer: their
+            pins add up, a later key's values winning on shared entries. A layer
+            that is already a `MaskedDense` keeps its pins and gains the new ones.
+
+    Returns:
+        A new model of the same structure, names, trainable flags and dtype
+        policies, whose selected layers are `MaskedDense`. With values left at
+        their current values it computes exactly what `model` computes. A
+        compiled model's compile configuration is carried over (with a fresh
+        optimizer state).
+
+    Raises:
+        LayerSelectionError: a key matches no Dense layer, or names a layer that
+            is not Dense. The message lists the Dense layers of the model.
+        PinError: a mask or value does not fit its layer.
+
+    Example:
+
+    ```python
+    frozen = kerasurgery.freeze(model, {"dense_1": kerasurgery.rules.zeros()})
+    frozen.compile(optimizer="adamw", loss="mse")
+    frozen.fit(x, y)  # the zeros of dense_1 stay exactly zero
+    ```
+    """
+    _require_rewritable(model, "freeze")
+    if not isinstance(pins, Mapping) or not pins:
+        raise PinError(
+            "Expected `pins` to be a non-empty mapping from layer names or "
+            f"patterns to pins. Received: {pins!r}"
+        )
+    dense_layers = {layer.name: layer for layer in _dense_layers(model)}
+    plans: dict[int, _Plan] = {}
+    for key, spec in pins.items():
+        for layer in _select(model, key, dense_layers):
+            plan = plans.get(id(layer)) or _Plan.of(layer)
+            plans[id(layer)] = plan.add(_resolve(spec, layer, plan), layer.name)
+
+    def replace(layer: keras.layers.Layer) -> keras.layers.Layer | None:
+        plan = plans.get(id(layer))
+        if plan is None:
+            return None
+        config = {**layer.get_config(), "pinned_kernel_values": plan.storage()}
+        for key in ("lora_rank", "lora_alpha", "quantization_config"):
+            config.pop(key, None)
+        return MaskedDense.from_config(config)
+
+    def copy(old: keras.layers.Layer, new: keras.layers.Layer) -> None:
+        plan = plans.get(id(old))
+        if plan is None:
+            new.set_weights(old.get_weights())
+        else:
+            plan.assign(new)
+
+    return _rebuild(model, replace, copy)
+
+
+def strip(model: keras.Model) -> keras.Model:
+    """Returns a copy of `model` with every `MaskedDense` turned into a `Dense`.
+
+    Each `Dense` has the same name and configuration and holds the effective
+    weights (pinned entries at their pinned values), so the result predicts
+    exactly what `model` predicts and loads with plain Keras.
+
+    Raises:
+        KerasurgeryError: if `model` is not a Sequential or Functional model.
+    """
+    _require_rewritable(model, "strip")
+
+    def replace(layer: keras.layers.Layer) -> keras.layers.Layer | None:
+        if not isinstance(layer, MaskedDense):
+            return None
+        config = layer.get_config()
+        for key in _MASKED_ONLY_KEYS:
+            config.pop(key, None)
+        return keras.layers.Dense.from_config(config)
+
+    def copy(old: keras.layers.Layer, new: keras.layers.Layer) -> None:
+        if isinstance(old, MaskedDense):
+            weights = [ops.convert_to_numpy(old.kernel)]
+            if old.use_bias:
+                weights.append(ops.convert_to_numpy(old.bias))
+            new.set_weights(weights)
+        else:
+            new.set_weights(old.get_weights())
+
+    return _rebuild(model, replace, copy)
+
+
+class _Plan:
+    """The pins one layer will have: masks and values as numpy arrays."""
+
+    def __init__(self, kernel: np.ndarray, bias: np.ndarray | None, pin: Pin) -> None:
+        self.kernel = kernel
+        self.bias = bias
+        self.kernel_mask = pin.kernel
+        self.kernel_value = pin.kernel_value
+        self.bias_mask = pin.bias
+        self.bias_value = pin.bias_value
+
+    @classmethod
+    def of(cls, layer: keras.layers.Layer) -> _Plan:
+        kernel = ops.convert_to_numpy(layer.kernel)
+        bias = ops.convert_to_numpy(layer.bias) if layer.use_bias else None
+        if isinstance(layer, MaskedDense):
+            current = layer.pins()
+            pin = Pin(current.kernel, current.bias, kernel, bias)
+        else:
+            pin = Pin(
+                np.zeros(kernel.shape, bool),
+                None if bias is None else np.zeros(bias.shape, bool),
+                kernel.copy(),
+                None if bias is None else bias.copy(),
+            )
+        return cls(kernel, bias, pin)
+
+    def add(self, pin: Pin, name: str) -> _Plan:
+        self.kernel_mask, self.kernel_value = _merge(
+            self.kernel_mask, self.kernel_value, pin.kernel, pin.kernel_value,
+            self.kernel, name, "kernel",
+        )
+        if pin.bias is not None or pin.bias_value is not None:
+            if self.bias is None:
+                raise PinError(f"Layer {name!r} has no bias, but a bias pin was given.")
+            self.bias_mask, self.bias_value = _merge(
+                self.bias_mask, self.bias_value, pin.bias, pin.bias_value,
+                self.bias, name, "bias",
+            )
+        return self
+
+    def storage(self) -> str:
+        pinned = self.kernel_value[self.kernel_mask]
+        bits = pinned.view(np.uint32) if pinned.dtype == np.float32 else pinned
+        shared = pinned.size == 0 or bool(np.all(bits == bits[0]))
+        return SHARED if shared else PER_ENTRY
+
+    def assign(self, layer: MaskedDense) -> None:
+        pinned = self.kernel_value[self.kernel_mask]
+        if self.storage() == SHARED:
+            kernel_value = pinned[0] if pinned.size else np.zeros((), self.kernel.dtype)
+            kernel_value = np.asarray(kernel_value)
+        else:
+            kernel_value = self.kernel_value
+        # The raw kernel starts equal to the effective kernel, so the file and
+        # the variables agree until training moves raw entries under the pins.
+        layer.set_pinned_weights(
+            kernel=np.where(self.kernel_mask, self.kernel_value, self.kernel),
+            kernel_mask=self.kernel_mask,
+            kernel_value=kernel_value,
+            bias=None if self.bias is None else np.where(self.bias_mask, self.bias_value, self.bias),
+            bias_mask=self.bias_mask,
+            bias_value=self.bias_value,
+        )
+
+
+def _merge(
+    mask: np.ndarray,
+    values: np.ndarray,
+    new_mask: Any,
+    new_value: Any,
+    weight: np.ndarray,
+    name: str,
+    which: str,
+) -> tuple[np.ndarray, np.ndarray]:
+    if new_mask is None:
+        if new_value is not None:
+            raise PinError(
+                f"Layer {name!r}: a {which} value was given without a {which} mask."
+            )
+        return mask, values
+    new_mask = _checked_mask(new_mask, weight.shape, name, which)
+    if new_value is None:
+        new_values = weight
+    else:
+        new_values = _checked_value(new_value, weight, name, which)
+    return mask | new_mask, np.where(new_mask, new_values, values)
+
+
+def _checked_mask(mask: Any, shape: tuple, name: str, which: str) -> np.ndarray:
+    array = np.asarray(mask)
+    if array.shape != tuple(shape):
+        raise PinError(
+            f"Layer {name!r}: the {which} mask has the wrong shape. "
+            f"Expected: {tuple(shape)}. Received: {array.shape}"
+        )
+    if array.dtype != np.bool_:
+        if not (np.issubdtype(array.dtype, np.number) and np.isin(array, (0, 1)).all()):
+            raise PinError(
+                f"Layer {name!r}: the {which} mask must be boolean (True = pinned) "
+                f"or hold only 0 and 1. Received dtype: {array.dtype}"
+            )
+        array = array.astype(bool)
+    return array
+
+
+def _checked_value(value: Any, weight: np.ndarray, name: str, which: str) -> np.ndarray:
+    try:
+        array = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise PinError(
+            f"Layer {name!r}: the {which} value must be a number or an array. "
+            f"Received: {value!r}"
+        ) from None
+    if array.shape not in ((), weight.shape):
+        raise PinError(
+            f"Layer {name!r}: the {which} value has the wrong shape. Expected: a "
+            f"scalar or {weight.shape}. Received: {array.shape}"
+        )
+    if not np.all(np.isfinite(array)):
+        raise PinError(f"Layer {name!r}: the {which} value must be finite.")
+    return np.broadcast_to(array.astype(weight.dtype), weight.shape)
+
+
+def _resolve(spec: PinSpec, layer: keras.layers.Layer, plan: _Plan) -> Pin:
+    if isinstance(spec, Pin):
+        return spec
+    if isinstance(spec, (np.ndarray, list, tuple)):
+        return Pin(kernel=spec)
+    if callable(spec):
+        try:
+            pin = spec(plan.kernel, plan.bias)
+        except PinError as e:
+            raise PinError(f"Layer {layer.name!r}: {e}") from None
+        if not isinstance(pin, Pin):
+            raise PinError(
+                f"A rule must return a Pin. Received: {type(pin).__name__} "
+                f"for layer {layer.name!r}"
+            )
+        return pin
+    raise PinError(
+        "Expected a Pin, a boolean array or a rule for layer "
+        f"{layer.name!r}. Received: {type(spec).__name__}"
+    )
+
+
+def _select(
+    model: keras.Model, key: str, dense_layers: dict[str, keras.layers.Layer]
+) -> list[keras.layers.Layer]:
+    if not isinstance(key, str):
+        raise LayerSelectionError(
+            f"Expected a layer name or glob pattern. Received: {key!r}"
+        )
+    available = ", ".join(dense_layers) or "none"
+    if key in dense_layers:
+        return [dense_layers[key]]
+    other = next((layer for layer in _walk(model) if layer.name == key), None)
+    if other is not None:
+        raise LayerSelectionError(
+            f"Expected a `Dense` layer. Received: layer={key!r} "
+            f"({type(other).__name__}). Dense layers: {available}"
+        )
+    matched = [layer for name, layer in dense_layers.items() if fnmatch.fnmatchcase(name, key)]
+    if not matched:
+        raise LayerSelectionError(
+            f"No Dense layer matches {key!r}. Dense layers: {available}"
+        )
+    return matched
+
+
+def _walk(layer: keras.layers.Layer) -> Iterator[keras.layers.Layer]:
+    """Every layer inside `layer` (nested models included), each once."""
+    seen: set[int] = set()
+    stack = list(reversed(getattr(layer, "layers", [])))
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        yield current
+        stack.extend(reversed(getattr(current, "layers", [])))
+
+
+def _dense_layers(model: keras.Model) -> list[keras.layers.Layer]:
+    """The Dense and MaskedDense layers of `model`, in order."""
+    return [
+        layer for layer in _walk(model)
+        if type(layer) is keras.layers.Dense or isinstance(layer, MaskedDense)
+    ]
+
+
+def dense_layer_names(model: keras.Model) -> list[str]:
+    """Names of the Dense and MaskedDense layers of `model`, nested ones included."""
+    return [layer.name for layer in _dense_layers(model)]
+
+
+def _require_rewritable(model: Any, verb: str) -> None:
+    if not isinstance(model, keras.Model):
+        raise KerasurgeryError(
+            f"Expected a Keras model to {verb}. Received: {type(model).__name__}"
+        )
+    if not _is_graph_model(model):
+        raise KerasurgeryError(
+            f"Cannot {verb} {type(model).__name__} {model.name!r}: only Sequential "
+            "and Functional models can be rewritten (a subclassed model's "
+            "structure lives in its Python code)."
+        )
+    if not model.built:
+        raise KerasurgeryError(
+            f"Model {model.name!r} is not built: call it on data or build it first."
+        )
+
+
+def _is_graph_model(model: keras.Model) -> bool:
+    # Functional models are not a public class; their graph runner is the mark.
+    return isinstance(model, keras.Sequential) or hasattr(model, "_run_through_graph")
+
+
+def _rebuild(
+    model: keras.Model,
+    replace: Callable[[keras.layers.Layer], keras.layers.Layer | None],
+    copy: Callable[[keras.layers.Layer, keras.layers.Layer], None],
+) -> keras.Model:
+    pairs: list[tuple[keras.layers.Layer, keras.layers.Layer]] = []
+
+    def clone_function(layer: keras.layers.Layer) -> keras.layers.Layer:
+        new = replace(layer)
+        if new is None:
+            new = layer.__class__.from_config(layer.get_config())
+        pairs.append((layer, new))
+        return new
+
+    with warnings.catch_warnings():
+        # clone_model warns about compile state it restores itself.
+        warnings.simplefilter("ignore")
+        try:
+            clone = keras.models.clone_model(
+                model, clone_function=clone_function, recursive=True
+            )
+        except KerasurgeryError:
+            raise
+        except Exception as e:
+            raise KerasurgeryError(
+                f"Could not rebuild model {model.name!r}: {e}"
+            ) from None
+    for old, new in pairs:
+        if old.built and not new.built:
+            new.build_from_config(old.get_build_config())
+        copy(old, new)
+        new.trainable = old.trainable
+    _copy_model_flags(model, clone)
+    return clone
+
+
+def _copy_model_flags(old: keras.Model, new: keras.Model) -> None:
+    """Nested models are rebuilt by Keras, not from config: carry their flags."""
+    old_models = [old] + [layer for layer in _walk(old) if isinstance(layer, keras.Model)]
+    new_models = [new] + [layer for layer in _walk(new) if isinstance(layer, keras.Model)]
+    for o, n in zip(old_models, new_models):
+        if not o.trainable:
+            n.trainable = False
