@@ -347,21 +347,11 @@ def _rebuild(
     copy: Callable[[keras.layers.Layer, keras.layers.Layer], None],
 ) -> keras.Model:
     pairs: list[tuple[keras.layers.Layer, keras.layers.Layer]] = []
-
-    def clone_function(layer: keras.layers.Layer) -> keras.layers.Layer:
-        new = replace(layer)
-        if new is None:
-            new = layer.__class__.from_config(layer.get_config())
-        pairs.append((layer, new))
-        return new
-
     with warnings.catch_warnings():
         # clone_model warns about compile state it restores itself.
         warnings.simplefilter("ignore")
         try:
-            clone = keras.models.clone_model(
-                model, clone_function=clone_function, recursive=True
-            )
+            clone = _clone(model, replace, pairs)
         except KerasurgeryError:
             raise
         except Exception as e:
@@ -375,6 +365,43 @@ def _rebuild(
         new.trainable = old.trainable
     _copy_model_flags(model, clone)
     return clone
+
+
+def _clone(
+    model: keras.Model,
+    replace: Callable[[keras.layers.Layer], keras.layers.Layer | None],
+    pairs: list[tuple[keras.layers.Layer, keras.layers.Layer]],
+) -> keras.Model:
+    """Clones one level; nested models recurse here so their inputs keep names."""
+
+    def clone_function(layer: keras.layers.Layer) -> keras.layers.Layer:
+        if isinstance(layer, keras.Model) and _is_graph_model(layer):
+            return _clone(layer, replace, pairs)
+        new = replace(layer)
+        if new is None:
+            new = layer.__class__.from_config(layer.get_config())
+        pairs.append((layer, new))
+        return new
+
+    if isinstance(model, keras.Sequential):
+        # Sequential cloning keeps its input layer's name by itself.
+        return keras.models.clone_model(model, clone_function=clone_function)
+    # Functional cloning would name new inputs after their tensors
+    # (`keras_tensor_7`), not their layers; dict-fed models need the names.
+    inputs = keras.tree.map_structure(_named_input, model.input)
+    return keras.models.clone_model(
+        model, input_tensors=inputs, clone_function=clone_function
+    )
+
+
+def _named_input(tensor: Any) -> Any:
+    layer = tensor._keras_history.operation
+    return keras.Input(
+        batch_shape=tensor.shape,
+        dtype=tensor.dtype,
+        sparse=getattr(tensor, "sparse", False),
+        name=layer.name,
+    )
 
 
 def _copy_model_flags(old: keras.Model, new: keras.Model) -> None:

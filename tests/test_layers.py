@@ -1,0 +1,278 @@
+"""MaskedDense: the promise at the layer level, on whatever backend Keras runs."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+import kerasurgery as ks
+from kerasurgery.errors import PinError
+from tests.helpers import gradients, train
+
+OPTIMIZERS = {
+    "sgd_nesterov": lambda: keras.optimizers.SGD(0.1, momentum=0.9, nesterov=True),
+    "sgd_weight_decay": lambda: keras.optimizers.SGD(0.1, momentum=0.9, weight_decay=0.5),
+    "adam": lambda: keras.optimizers.Adam(0.05),
+    "adamw_large_decay": lambda: keras.optimizers.AdamW(0.05, weight_decay=5.0),
+    "rmsprop": lambda: keras.optimizers.RMSprop(0.05, momentum=0.5),
+    "adagrad": lambda: keras.optimizers.Adagrad(0.5),
+    "lion": lambda: keras.optimizers.Lion(0.05, weight_decay=1.0),
+    "adam_ema": lambda: keras.optimizers.Adam(0.05, use_ema=True, ema_overwrite_frequency=2),
+    "sgd_clipnorm": lambda: keras.optimizers.SGD(0.5, momentum=0.9, clipnorm=0.01),
+    "adam_global_clipnorm": lambda: keras.optimizers.Adam(0.05, global_clipnorm=0.01),
+    "adamax_clipvalue": lambda: keras.optimizers.Adamax(0.05, clipvalue=0.001),
+}
+
+
+def _bits(x) -> np.ndarray:
+    x = np.ascontiguousarray(ops.convert_to_numpy(x))
+    return x.view(np.uint32) if x.dtype == np.float32 else x.view(np.uint16)
+
+
+def _dense_and_masked(units=3, **kwargs):
+    x = np.random.default_rng(1).normal(size=(5, 4)).astype("float32")
+    dense = keras.layers.Dense(units, **kwargs)
+    dense(x)
+    masked = ks.MaskedDense.from_config(dense.get_config())
+    masked(x)
+    masked.set_pinned_weights(
+        kernel=ops.convert_to_numpy(dense.kernel),
+        kernel_mask=np.zeros((4, units), bool),
+        kernel_value=np.float32(0),
+        bias=ops.convert_to_numpy(dense.bias) if dense.use_bias else None,
+        bias_mask=np.zeros((units,), bool) if dense.use_bias else None,
+        bias_value=np.zeros((units,), "float32") if dense.use_bias else None,
+    )
+    return dense, masked, x
+
+
+@pytest.mark.parametrize("use_bias", [True, False])
+@pytest.mark.parametrize("activation", [None, "relu", "sigmoid"])
+def test_built_from_dense_config_computes_exactly_like_dense(use_bias, activation):
+    dense, masked, x = _dense_and_masked(use_bias=use_bias, activation=activation)
+    assert np.array_equal(_bits(dense(x)), _bits(masked(x)))
+    assert not masked.pins().kernel.any()
+    assert masked.get_config()["units"] == 3
+
+
+def test_rank_3_inputs_and_keras_masking_behave_like_dense():
+    tokens = np.array([[1, 2, 0, 0], [3, 1, 2, 0]])
+    embed = keras.layers.Embedding(5, 4, mask_zero=True)
+    dense = keras.layers.Dense(3)
+    masked = ks.MaskedDense(3, pinned_kernel_values="per_entry")
+    e = embed(tokens)
+    y_dense = dense(e)
+    masked(e)
+    masked.set_pinned_weights(
+        kernel=ops.convert_to_numpy(dense.kernel), kernel_mask=np.eye(4, 3, dtype=bool),
+        kernel_value=ops.convert_to_numpy(dense.kernel),
+        bias=ops.convert_to_numpy(dense.bias), bias_mask=np.zeros(3, bool),
+        bias_value=np.zeros(3, "float32"),
+    )
+    y_masked = masked(e)
+    assert y_masked.shape == (2, 4, 3)
+    assert np.array_equal(_bits(y_dense), _bits(y_masked))
+    mask = masked.compute_mask(e, embed.compute_mask(tokens))
+    assert np.array_equal(ops.convert_to_numpy(mask), tokens != 0)
+
+
+def _question_model():
+    """The original question: a 2-2-2 sigmoid MLP whose first kernel has a 0."""
+    inputs = keras.Input((2,))
+    h = keras.layers.Dense(2, activation="sigmoid", name="first")(inputs)
+    outputs = keras.layers.Dense(2, activation="sigmoid", name="second")(h)
+    model = keras.Model(inputs, outputs)
+    model.get_layer("first").set_weights(
+        [np.array([[0.0, 0.25], [0.2, 0.3]], "float32"), np.zeros(2, "float32")]
+    )
+    return model
+
+
+def test_original_question_zero_gets_zero_gradient_and_stays_zero():
+    frozen = ks.freeze(_question_model(), {"first": ks.rules.zeros()})
+    x = np.array([[1.0, 2.0], [0.5, -1.0]], "float32")
+    y = np.array([[1.0, 0.0], [0.0, 1.0]], "float32")
+    grads = gradients(frozen, x, y)
+    g = grads["first/kernel"]
+    assert g[0, 0] == 0.0
+    assert np.all(np.delete(g.ravel(), 0) != 0.0)
+    train(frozen, keras.optimizers.SGD(1.0, momentum=0.9), x, y, steps=20)
+    kernel = ops.convert_to_numpy(frozen.get_layer("first").kernel)
+    assert _bits(kernel)[0, 0] == 0
+    assert not np.array_equal(kernel.ravel()[1:], np.array([0.25, 0.2, 0.3], "float32"))
+
+
+def _frozen_mlp(mlp):
+    """The pruned MLP with zeros, per-entry constants and a bias entry pinned."""
+    hidden_mask = np.zeros((4, 3), bool)
+    hidden_mask[1, :] = True
+    values = np.arange(12, dtype="float32").reshape(4, 3) / 7.0
+    frozen = ks.freeze(mlp, {
+        "hidden": ks.Pin(kernel=hidden_mask, kernel_value=values,
+                         bias=np.array([True, False, False]), bias_value=0.125),
+        "out": ks.rules.zeros(),
+    })
+    expected = {name: frozen.get_layer(name).pins() for name in ("hidden", "out")}
+    return frozen, expected
+
+
+def _assert_pins_hold(frozen, expected):
+    for name, pin in expected.items():
+        layer = frozen.get_layer(name)
+        kernel = ops.convert_to_numpy(layer.kernel)
+        assert np.array_equal(_bits(kernel)[pin.kernel], _bits(pin.kernel_value)[pin.kernel]), name
+        if pin.bias is not None:
+            bias = ops.convert_to_numpy(layer.bias)
+            assert np.array_equal(_bits(bias)[pin.bias], _bits(pin.bias_value)[pin.bias]), name
+
+
+@pytest.mark.parametrize("jit_compile", [False, True], ids=["graph", "xla"])
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_pins_hold_bit_exactly_under_every_optimizer(name, jit_compile, mlp, data):
+    frozen, expected = _frozen_mlp(mlp)
+    assert frozen.get_layer("hidden").pins().kernel.sum() == 3
+    assert frozen.get_layer("out").pins().kernel.sum() == 1
+    before = ops.convert_to_numpy(frozen.get_layer("hidden").kernel)
+    frozen.compile(optimizer=OPTIMIZERS[name](), loss="mse", jit_compile=jit_compile)
+    frozen.fit(*data, epochs=3, batch_size=4, verbose=0)
+    _assert_pins_hold(frozen, expected)
+    after = ops.convert_to_numpy(frozen.get_layer("hidden").kernel)
+    free = ~expected["hidden"].kernel
+    assert np.all(after[free] != before[free]), "free entries must train"
+
+
+def test_pins_hold_under_mixed_float16_with_loss_scaling(data):
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        from tests.conftest import make_mlp
+
+        frozen, expected = _frozen_mlp(make_mlp())
+        assert frozen.get_layer("hidden").dtype_policy.name == "mixed_float16"
+        frozen.compile(optimizer=keras.optimizers.AdamW(0.05, weight_decay=2.0), loss="mse")
+        assert isinstance(frozen.optimizer, keras.optimizers.LossScaleOptimizer)
+        frozen.fit(*data, epochs=2, batch_size=4, verbose=0)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    _assert_pins_hold(frozen, expected)
+
+
+def test_mixed_precision_output_equals_dense_output(data):
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        from tests.conftest import make_mlp
+
+        model = make_mlp()
+        frozen = ks.freeze(model, {"*": ks.rules.zeros()})
+    finally:
+        keras.config.set_dtype_policy(previous)
+    x = data[0]
+    assert np.array_equal(_bits(model(x)), _bits(frozen(x)))
+
+
+def test_regularizer_sees_the_effective_kernel_so_pins_get_zero_gradient():
+    inputs = keras.Input((3,))
+    outputs = keras.layers.Dense(2, kernel_regularizer=keras.regularizers.L2(10.0), name="d")(inputs)
+    model = keras.Model(inputs, outputs)
+    mask = np.array([[True, False], [False, False], [False, True]])
+    frozen = ks.freeze(model, {"d": ks.Pin(kernel=mask, kernel_value=3.0)})
+    layer = frozen.get_layer("d")
+    # The penalty is computed on the kernel the layer uses.
+    effective = ops.convert_to_numpy(layer.kernel)
+    assert float(ops.convert_to_numpy(frozen.losses[0])) == pytest.approx(
+        10.0 * float(np.sum(effective.astype("float64") ** 2)), rel=1e-6
+    )
+    x = np.ones((4, 3), "float32")
+    g = gradients(frozen, x, np.zeros((4, 2), "float32"), include_losses=True)["d/kernel"]
+    assert np.all(g[mask] == 0.0)
+    assert np.all(g[~mask] != 0.0)
+
+
+def test_constraint_cannot_move_a_pin(data):
+    inputs = keras.Input((4,))
+    outputs = keras.layers.Dense(2, kernel_constraint=keras.constraints.NonNeg(), name="d")(inputs)
+    model = keras.Model(inputs, outputs)
+    mask = np.zeros((4, 2), bool)
+    mask[0, 0] = True
+    frozen = ks.freeze(model, {"d": ks.Pin(kernel=mask, kernel_value=-2.5)})
+    train(frozen, keras.optimizers.SGD(0.5), *data, steps=5)
+    kernel = ops.convert_to_numpy(frozen.get_layer("d").kernel)
+    assert kernel[0, 0] == np.float32(-2.5)
+    assert np.all(kernel[~mask] >= 0.0)
+
+
+def test_pins_returns_numpy_masks_and_values(mlp):
+    frozen, _ = _frozen_mlp(mlp)
+    pin = frozen.get_layer("hidden").pins()
+    assert isinstance(pin, ks.Pin)
+    assert pin.kernel.dtype == np.bool_ and pin.kernel.shape == (4, 3)
+    assert np.array_equal(pin.kernel_value[1], np.arange(3, 6, dtype="float32") / 7.0)
+    assert pin.bias.tolist() == [True, False, False]
+    assert pin.bias_value[0] == np.float32(0.125)
+
+
+def test_shared_value_storage_is_a_scalar_and_per_entry_values_are_full(mlp):
+    frozen, _ = _frozen_mlp(mlp)
+    assert frozen.get_layer("out").pinned_kernel_values == "shared"
+    assert tuple(frozen.get_layer("out").kernel_pin_value.shape) == ()
+    assert frozen.get_layer("hidden").pinned_kernel_values == "per_entry"
+    assert tuple(frozen.get_layer("hidden").kernel_pin_value.shape) == (4, 3)
+    assert frozen.get_layer("out").kernel_pin_mask.dtype == "bool"
+
+
+def test_pin_variables_are_created_non_trainable(mlp):
+    frozen, _ = _frozen_mlp(mlp)
+    layer = frozen.get_layer("hidden")
+    assert sorted(v.name for v in layer.trainable_weights) == ["bias", "kernel"]
+    assert sorted(v.name for v in layer.non_trainable_weights) == [
+        "bias_pin_mask", "bias_pin_value", "kernel_pin_mask", "kernel_pin_value",
+    ]
+
+
+def test_config_round_trip():
+    layer = ks.MaskedDense(
+        5, activation="relu", use_bias=False, kernel_regularizer="l2",
+        pinned_kernel_values="per_entry", name="m",
+    )
+    clone = ks.MaskedDense.from_config(layer.get_config())
+    assert clone.get_config() == layer.get_config()
+    assert keras.saving.get_registered_name(ks.MaskedDense) == "kerasurgery>MaskedDense"
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"units": 0}, "positive integer"),
+        ({"units": 2, "pinned_kernel_values": "some"}, "pinned_kernel_values"),
+        ({"units": 2, "lora_rank": 4}, "lora_rank"),
+    ],
+)
+def test_constructor_validates_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ks.MaskedDense(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "field, value, match",
+    [
+        ("kernel_mask", np.zeros((3, 3), bool), "wrong shape"),
+        ("kernel_mask", np.zeros((4, 3), "float32"), "must be boolean"),
+        ("kernel_value", np.float32(np.nan), "non-finite"),
+        ("kernel", np.zeros((4, 3), "int32"), "floating point"),
+    ],
+)
+def test_set_pinned_weights_rejects_bad_arrays(field, value, match):
+    _, masked, _ = _dense_and_masked()
+    good = dict(
+        kernel=np.zeros((4, 3), "float32"), kernel_mask=np.zeros((4, 3), bool),
+        kernel_value=np.float32(0), bias=np.zeros(3, "float32"),
+        bias_mask=np.zeros(3, bool), bias_value=np.zeros(3, "float32"),
+    )
+    before = ops.convert_to_numpy(masked.kernel)
+    with pytest.raises(PinError, match=match):
+        masked.set_pinned_weights(**{**good, field: value})
+    assert np.array_equal(ops.convert_to_numpy(masked.kernel), before), "nothing assigned"
+

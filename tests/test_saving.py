@@ -1,0 +1,264 @@
+"""load_model / save_model: round trips in a new process, atomic writes, clear errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import warnings
+import zipfile
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+import kerasurgery as ks
+from kerasurgery.errors import ModelFileError
+from tests.helpers import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _trained_frozen(mlp, data):
+    values = np.full((4, 3), 0.75, "float32")
+    values[0, 0] = -1.5
+    frozen = ks.freeze(mlp, {
+        "hidden": ks.Pin(kernel=np.eye(4, 3, dtype=bool), kernel_value=values,
+                         bias=np.array([False, True, False])),
+        "out": ks.rules.zeros(),
+    })
+    train(frozen, keras.optimizers.AdamW(0.1, weight_decay=4.0), *data, steps=3)
+    return frozen
+
+
+def _run(code: str, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": ROOT}
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+
+
+def test_round_trip_in_a_new_process_predicts_the_same_and_keeps_pins(tmp_path, mlp, data):
+    frozen = _trained_frozen(mlp, data)
+    x = data[0]
+    np.save(tmp_path / "x.npy", x)
+    expected = ops.convert_to_numpy(frozen(x))
+    paths = [ks.save_model(frozen, tmp_path / f"m{suffix}") for suffix in (".keras", ".h5")]
+    result = _run(
+        """
+        import sys, numpy as np, kerasurgery, keras
+        x = np.load(sys.argv[1])
+        for i, path in enumerate(sys.argv[2:]):
+            model = keras.saving.load_model(path, compile=False)
+            np.save(f"{path}.pred.npy", np.asarray(model(x)))
+            for name in ("hidden", "out"):
+                pin = model.get_layer(name).pins()
+                np.save(f"{path}.{name}.mask.npy", pin.kernel)
+                np.save(f"{path}.{name}.kernel.npy", np.asarray(model.get_layer(name).kernel))
+        """,
+        str(tmp_path / "x.npy"), *map(str, paths),
+    )
+    assert result.returncode == 0, result.stderr
+    for path in paths:
+        assert np.array_equal(np.load(f"{path}.pred.npy"), expected), path
+        for name in ("hidden", "out"):
+            layer = frozen.get_layer(name)
+            assert np.array_equal(np.load(f"{path}.{name}.mask.npy"), layer.pins().kernel)
+            assert np.array_equal(
+                np.load(f"{path}.{name}.kernel.npy"), ops.convert_to_numpy(layer.kernel)
+            )
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_in_process_round_trip_with_our_loader(tmp_path, mlp, data, suffix):
+    frozen = _trained_frozen(mlp, data)
+    path = ks.save_model(frozen, tmp_path / f"m{suffix}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded = ks.load_model(path)
+    assert np.array_equal(ops.convert_to_numpy(loaded(data[0])), ops.convert_to_numpy(frozen(data[0])))
+    pin = loaded.get_layer("hidden").pins()
+    assert np.array_equal(pin.bias, [False, True, False])
+    assert pin.kernel_value[0, 0] == np.float32(-1.5)
+
+
+def test_stripped_model_loads_without_kerasurgery(tmp_path, mlp, data):
+    stripped = ks.strip(_trained_frozen(mlp, data))
+    np.save(tmp_path / "x.npy", data[0])
+    paths = [ks.save_model(stripped, tmp_path / f"s{suffix}") for suffix in (".keras", ".h5")]
+    result = _run(
+        """
+        import sys, numpy as np, keras
+        x = np.load(sys.argv[1])
+        for path in sys.argv[2:]:
+            model = keras.saving.load_model(path, compile=False)
+            assert {type(l).__name__ for l in model.layers} == {"InputLayer", "Dense"}
+            np.save(f"{path}.pred.npy", np.asarray(model(x)))
+        assert not any(m.startswith("kerasurgery") for m in sys.modules), "imported kerasurgery"
+        """,
+        str(tmp_path / "x.npy"), *map(str, paths),
+    )
+    assert result.returncode == 0, result.stderr
+    expected = ops.convert_to_numpy(stripped(data[0]))
+    for path in paths:
+        assert np.array_equal(np.load(f"{path}.pred.npy"), expected)
+
+
+def test_import_kerasurgery_does_not_import_tensorflow_and_registers_later():
+    result = _run(
+        """
+        import sys, kerasurgery
+        assert "tensorflow" not in sys.modules and "keras" not in sys.modules
+        import keras
+        assert keras.saving.get_registered_object("kerasurgery>MaskedDense") is kerasurgery.MaskedDense
+        """
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def test_save_refuses_to_overwrite_without_permission(tmp_path, mlp):
+    target = tmp_path / "m.keras"
+    target.write_bytes(b"precious")
+    with pytest.raises(ModelFileError, match="already exists"):
+        ks.save_model(mlp, target)
+    assert target.read_bytes() == b"precious"
+    ks.save_model(mlp, target, overwrite=True)
+    assert zipfile.is_zipfile(target)
+
+
+def test_failed_save_leaves_the_old_file_and_no_temporary(tmp_path, mlp, monkeypatch):
+    target = tmp_path / "m.keras"
+    target.write_bytes(b"precious")
+
+    def broken_save(path, **kwargs):
+        with open(path, "wb") as f:
+            f.write(b"half a model")
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(mlp, "save", broken_save)
+    with pytest.raises(ModelFileError, match="saving failed: disk full"):
+        ks.save_model(mlp, target, overwrite=True)
+    assert target.read_bytes() == b"precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.keras"]
+
+
+def test_replacing_a_file_keeps_its_permissions_and_new_files_follow_umask(tmp_path, mlp):
+    target = tmp_path / "m.h5"
+    target.write_bytes(b"old")
+    os.chmod(target, 0o640)
+    ks.save_model(mlp, target, overwrite=True)
+    assert target.stat().st_mode & 0o777 == 0o640
+    fresh = ks.save_model(mlp, tmp_path / "fresh.keras")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert fresh.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+@pytest.mark.parametrize(
+    "name, match",
+    [("m.txt", "unsupported suffix"), ("m.weights.h5", "weights only"), ("no/such/m.keras", "does not exist")],
+)
+def test_save_rejects_bad_targets(tmp_path, mlp, name, match):
+    with pytest.raises(ModelFileError, match=match):
+        ks.save_model(mlp, tmp_path / name)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_save_into_unwritable_folder_fails_cleanly(mlp):
+    # /proc refuses new files even to root, which the CI user is.
+    with pytest.raises(ModelFileError, match="cannot write in /proc"):
+        ks.save_model(mlp, "/proc/kerasurgery-test.keras")
+
+
+@pytest.mark.parametrize("actual, named", [(".h5", ".keras"), (".keras", ".h5")])
+def test_format_comes_from_the_bytes_not_the_suffix(tmp_path, mlp, data, actual, named):
+    real = ks.save_model(mlp, tmp_path / f"real{actual}")
+    disguised = tmp_path / f"disguised{named}"
+    disguised.write_bytes(real.read_bytes())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded = ks.load_model(disguised)
+    assert np.array_equal(ops.convert_to_numpy(loaded(data[0])), ops.convert_to_numpy(mlp(data[0])))
+
+
+def test_unrestorable_training_config_loads_without_it_and_warns(tmp_path, mlp):
+    mlp.compile(optimizer="adam", loss="mse")
+    path = ks.save_model(mlp, tmp_path / "m.h5")
+    with pytest.warns(UserWarning, match="training configuration could not be restored"):
+        loaded = ks.load_model(path)
+    assert [layer.name for layer in loaded.layers] == [layer.name for layer in mlp.layers]
+
+
+def test_keras_file_keeps_its_training_config(tmp_path, mlp):
+    mlp.compile(optimizer=keras.optimizers.Adam(0.0123), loss="mse")
+    path = ks.save_model(ks.freeze(mlp, {"*": ks.rules.zeros()}), tmp_path / "m.keras")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loaded = ks.load_model(path)
+    assert loaded.compiled
+    assert float(ops.convert_to_numpy(loaded.optimizer.learning_rate)) == pytest.approx(0.0123)
+
+
+def _write(path, data: bytes):
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda d: d / "missing.keras", "no such file"),
+        (lambda d: d, "is a folder"),
+        (lambda d: (d / "sm").mkdir() or _write(d / "sm" / "saved_model.pb", b"x").parent, "SavedModel"),
+        (lambda d: _write(d / "empty.keras", b""), "is empty"),
+        (lambda d: _write(d / "text.h5", b"hello, I am text\n" * 10), "neither"),
+        (lambda d: _write(d / "noise.keras", np.random.default_rng(0).bytes(4096)), "neither"),
+        (lambda d: _write(d / "bad.keras", b"PK\x03\x04" + b"\0" * 60), "damaged or truncated"),
+    ],
+)
+def test_load_errors_name_the_file_in_one_line(tmp_path, make, match):
+    path = make(tmp_path)
+    with pytest.raises(ModelFileError, match=match) as info:
+        ks.load_model(path)
+    message = str(info.value)
+    assert str(path) in message and "\n" not in message
+
+
+def test_load_errors_for_broken_archives(tmp_path, mlp):
+    source = ks.save_model(mlp, tmp_path / "m.keras")
+    no_config = tmp_path / "noconfig.keras"
+    with zipfile.ZipFile(source) as src, zipfile.ZipFile(no_config, "w") as dst:
+        for item in src.namelist():
+            if item != "config.json":
+                dst.writestr(item, src.read(item))
+    bad_json = tmp_path / "badjson.keras"
+    with zipfile.ZipFile(source) as src, zipfile.ZipFile(bad_json, "w") as dst:
+        for item in src.namelist():
+            dst.writestr(item, b"{not json" if item == "config.json" else src.read(item))
+    unknown = tmp_path / "unknown.keras"
+    with zipfile.ZipFile(source) as src, zipfile.ZipFile(unknown, "w") as dst:
+        for item in src.namelist():
+            data = src.read(item)
+            if item == "config.json":
+                data = json.dumps(json.loads(data)).replace('"Dense"', '"NoSuchLayer"').encode()
+            dst.writestr(item, data)
+    truncated = tmp_path / "truncated.keras"
+    truncated.write_bytes(source.read_bytes()[: source.stat().st_size // 2])
+    for path in (no_config, bad_json, unknown, truncated):
+        with pytest.raises(ModelFileError) as info:
+            ks.load_model(path)
+        assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_safe_mode_refuses_lambda_layers(tmp_path):
+    inputs = keras.Input((2,))
+    outputs = keras.layers.Lambda(lambda t: t * 2.0, name="double")(inputs)
+    model = keras.Model(inputs, outputs)
+    for suffix in (".keras", ".h5"):
+        path = ks.save_model(model, tmp_path / f"lambda{suffix}")
+        with pytest.raises(ModelFileError, match="refused by safe mode"):
+            ks.load_model(path)

@@ -1,0 +1,265 @@
+"""freeze / strip on every model shape the contract lists."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+import kerasurgery as ks
+from kerasurgery.errors import KerasurgeryError, LayerSelectionError, PinError
+from tests.helpers import train
+
+
+def _np(x):
+    return ops.convert_to_numpy(x)
+
+
+def _sequential():
+    model = keras.Sequential([
+        keras.Input((4,)),
+        keras.layers.Dense(6, activation="relu", name="a"),
+        keras.layers.BatchNormalization(name="bn"),
+        keras.layers.Dense(3, name="b"),
+    ], name="seq")
+    return model
+
+
+def _branches():
+    """Two inputs, two branches, a shared layer used twice, two outputs."""
+    left = keras.Input((4,), name="left")
+    right = keras.Input((4,), name="right")
+    shared = keras.layers.Dense(5, activation="tanh", name="shared")
+    merged = keras.layers.Concatenate(name="cat")([shared(left), shared(right)])
+    out1 = keras.layers.Dense(2, name="head1")(merged)
+    out2 = keras.layers.Dense(1, name="head2", use_bias=False)(merged)
+    return keras.Model([left, right], [out1, out2], name="branches")
+
+
+def _nested():
+    inner = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(4, activation="relu", name="inner_dense")],
+        name="inner",
+    )
+    inputs = keras.Input((4,))
+    h = inner(inputs)
+    outputs = keras.layers.Dense(2, name="outer_dense")(h)
+    return keras.Model(inputs, outputs, name="outer")
+
+
+def _prune(model, fraction=0.5):
+    """Sets the smallest-magnitude half of every Dense kernel to exactly 0."""
+    for layer in _all_layers(model):
+        if isinstance(layer, keras.layers.Dense):
+            weights = layer.get_weights()
+            k = weights[0]
+            k[np.abs(k) < np.quantile(np.abs(k), fraction)] = 0.0
+            layer.set_weights(weights)
+    return model
+
+
+def _all_layers(model):
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from _all_layers(layer)
+
+
+def _inputs(model, n=6):
+    rng = np.random.default_rng(3)
+    shapes = [tuple(t.shape[1:]) for t in model.inputs]
+    xs = [rng.normal(size=(n, *s)).astype("float32") for s in shapes]
+    return xs if len(xs) > 1 else xs[0]
+
+
+def _assert_same_outputs(a, b, x):
+    ya, yb = a(x, training=False), b(x, training=False)
+    for u, v in zip(keras.tree.flatten(ya), keras.tree.flatten(yb)):
+        assert np.array_equal(_np(u), _np(v))
+
+
+MODELS = {"sequential": _sequential, "branches": _branches, "nested": _nested}
+
+
+@pytest.mark.parametrize("build", MODELS.values(), ids=MODELS.keys())
+def test_freeze_keeps_function_names_and_every_other_weight(build):
+    model = _prune(build())
+    if "bn" in [layer.name for layer in model.layers]:
+        # Non-trainable statistics must be carried over, not re-initialised.
+        model.get_layer("bn").set_weights([w + 0.5 for w in model.get_layer("bn").get_weights()])
+    frozen = ks.freeze(model, {"*": ks.rules.zeros()})
+    x = _inputs(model)
+    _assert_same_outputs(model, frozen, x)
+    assert frozen.name == model.name
+    old, new = list(_all_layers(model)), list(_all_layers(frozen))
+    assert [layer.name for layer in old] == [layer.name for layer in new]
+    for o, n in zip(old, new):
+        if type(o) is keras.layers.Dense:
+            assert isinstance(n, ks.MaskedDense)
+            kernel = o.get_weights()[0]
+            assert np.array_equal(n.pins().kernel, kernel == 0)
+            assert np.array_equal(_np(n.kernel), kernel)
+        elif not isinstance(o, keras.Model):
+            assert type(n) is type(o)
+            for a, b in zip(o.get_weights(), n.get_weights()):
+                assert np.array_equal(a, b)
+    # The result shares no variable with the original.
+    assert not {id(v) for v in model.weights} & {id(v) for v in frozen.weights}
+
+
+def test_shared_layer_stays_one_shared_layer():
+    model = _prune(_branches())
+    frozen = ks.freeze(model, {"shared": ks.rules.zeros()})
+    shared = frozen.get_layer("shared")
+    assert isinstance(shared, ks.MaskedDense)
+    assert len(shared._inbound_nodes) == 2
+    assert sum(1 for v in frozen.weights if v.path.startswith("shared/")) == 6
+
+
+def test_trainable_flags_and_dtype_policies_are_kept():
+    model = _nested()
+    model.get_layer("inner").trainable = False
+    keras.config.set_dtype_policy("mixed_bfloat16")
+    try:
+        extra = keras.layers.Dense(2, name="half")
+    finally:
+        keras.config.set_dtype_policy("float32")
+    inputs = keras.Input((4,))
+    outer = keras.Model(inputs, extra(model(inputs)), name="wrap")
+    frozen = ks.freeze(outer, {"inner_dense": ks.rules.zeros(), "half": ks.rules.zeros()})
+    assert frozen.get_layer("outer").get_layer("inner").trainable is False
+    assert frozen.get_layer("outer").get_layer("inner").get_layer("inner_dense").trainable is False
+    assert frozen.get_layer("outer").get_layer("outer_dense").trainable is True
+    assert frozen.get_layer("half").dtype_policy.name == "mixed_bfloat16"
+    assert len(frozen.trainable_weights) == len(outer.trainable_weights)
+
+
+def test_non_trainable_dense_stays_non_trainable():
+    model = _sequential()
+    model.get_layer("a").trainable = False
+    frozen = ks.freeze(model, {"a": ks.rules.zeros()})
+    assert frozen.get_layer("a").trainable is False
+    assert frozen.get_layer("b").trainable is True
+
+
+def test_freezing_a_masked_layer_adds_to_its_pins(data):
+    from tests.conftest import make_mlp
+
+    model = make_mlp()
+    first = ks.freeze(model, {"hidden": ks.Pin(kernel=np.eye(4, 3, dtype=bool), kernel_value=2.0)})
+    train(first, keras.optimizers.Adam(0.1), *data, steps=3)
+    second = ks.freeze(first, {"hidden": ks.rules.units([2], value=-1.0)})
+    pin = second.get_layer("hidden").pins()
+    expected = np.eye(4, 3, dtype=bool)
+    expected[:, 2] = True
+    assert np.array_equal(pin.kernel, expected)
+    kernel = _np(second.get_layer("hidden").kernel)
+    assert kernel[0, 0] == 2.0 and kernel[1, 1] == 2.0
+    assert np.all(kernel[:, 2] == -1.0)
+    assert pin.bias.tolist() == [False, False, True]
+    assert _np(second.get_layer("hidden").bias)[2] == np.float32(-1.0)
+    # Free entries keep their trained values.
+    trained = _np(first.get_layer("hidden").kernel)
+    assert np.array_equal(kernel[~expected], trained[~expected])
+
+
+def test_keys_are_names_or_globs_and_later_keys_win():
+    model = _sequential()
+    mask = np.zeros((4, 6), bool)
+    mask[0, 0] = True
+    frozen = ks.freeze(model, {
+        "[ab]": ks.rules.fraction(1.0, seed=0, value=1.0),
+        "a": ks.Pin(kernel=mask, kernel_value=7.0),
+    })
+    assert np.all(_np(frozen.get_layer("b").kernel) == 1.0)
+    kernel_a = _np(frozen.get_layer("a").kernel)
+    assert kernel_a[0, 0] == 7.0 and np.sum(kernel_a == 1.0) == 23
+
+
+def test_boolean_array_means_kernel_pin():
+    model = _sequential()
+    mask = np.zeros((6, 3), bool)
+    mask[:, 0] = True
+    frozen = ks.freeze(model, {"b": mask})
+    assert frozen.get_layer("b").pins().kernel.sum() == 6
+    assert np.array_equal(_np(frozen.get_layer("b").kernel), model.get_layer("b").get_weights()[0])
+
+
+def test_compiled_model_stays_compiled():
+    model = _sequential()
+    model.compile(optimizer=keras.optimizers.AdamW(learning_rate=0.003), loss="mse", metrics=["mae"])
+    frozen = ks.freeze(model, {"a": ks.rules.zeros()})
+    assert frozen.compiled
+    assert isinstance(frozen.optimizer, keras.optimizers.AdamW)
+    assert float(_np(frozen.optimizer.learning_rate)) == pytest.approx(0.003)
+    assert frozen.optimizer is not model.optimizer
+
+
+@pytest.mark.parametrize(
+    "pins, error, match",
+    [
+        ({"nope": ks.rules.zeros()}, LayerSelectionError, r"No Dense layer matches 'nope'\. Dense layers: a, b"),
+        ({"bn": ks.rules.zeros()}, LayerSelectionError, r"Expected a `Dense` layer\. Received: layer='bn' \(BatchNormalization\)"),
+        ({"x*": ks.rules.zeros()}, LayerSelectionError, "No Dense layer matches"),
+        ({3: ks.rules.zeros()}, LayerSelectionError, "layer name or glob"),
+        ({}, PinError, "non-empty mapping"),
+        ({"a": np.zeros((3, 3), bool)}, PinError, r"'a': the kernel mask has the wrong shape\. Expected: \(4, 6\)\. Received: \(3, 3\)"),
+        ({"a": np.full((4, 6), 2)}, PinError, "must be boolean"),
+        ({"a": ks.Pin(kernel=np.ones((4, 6), bool), kernel_value=np.ones(5))}, PinError, "value has the wrong shape"),
+        ({"a": ks.Pin(kernel=np.ones((4, 6), bool), kernel_value=np.inf)}, PinError, "must be finite"),
+        ({"a": ks.Pin(kernel_value=1.0)}, PinError, "without a kernel mask"),
+        ({"a": "zeros"}, PinError, "Expected a Pin"),
+        ({"a": ks.rules.connections(np.ones((2, 2)))}, PinError, r"'a': The connections matrix does not fit"),
+    ],
+)
+def test_bad_pins_raise_clear_errors(pins, error, match):
+    with pytest.raises(error, match=match):
+        ks.freeze(_sequential(), pins)
+
+
+def test_bias_pin_on_layer_without_bias_is_an_error():
+    with pytest.raises(PinError, match="head2.*targets the bias, but the layer has none"):
+        ks.freeze(_branches(), {"head2": ks.rules.zeros(bias=True)})
+
+
+def test_subclassed_and_non_models_are_refused_clearly():
+    class Custom(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.d = keras.layers.Dense(2)
+
+        def call(self, x):
+            return self.d(x)
+
+    model = Custom()
+    model(np.ones((1, 3), "float32"))
+    with pytest.raises(KerasurgeryError, match="only Sequential and Functional"):
+        ks.freeze(model, {"*": ks.rules.zeros()})
+    with pytest.raises(KerasurgeryError, match="Expected a Keras model"):
+        ks.strip(keras.layers.Dense(2))
+
+
+@pytest.mark.parametrize("build", MODELS.values(), ids=MODELS.keys())
+def test_strip_gives_plain_dense_with_effective_weights(build, data):
+    model = _prune(build())
+    frozen = ks.freeze(model, {"*": ks.rules.zeros()})
+    stripped = ks.strip(frozen)
+    x = _inputs(model)
+    _assert_same_outputs(frozen, stripped, x)
+    layers = list(_all_layers(stripped))
+    assert not any(isinstance(layer, ks.MaskedDense) for layer in layers)
+    assert [layer.name for layer in layers] == [layer.name for layer in _all_layers(model)]
+    for layer in layers:
+        if isinstance(layer, keras.layers.Dense):
+            assert "pinned_kernel_values" not in layer.get_config()
+
+
+def test_strip_after_training_keeps_effective_not_raw_weights(mlp, data):
+    frozen = ks.freeze(mlp, {"*": ks.rules.zeros(value=0.5)})
+    train(frozen, keras.optimizers.AdamW(0.1, weight_decay=3.0), *data, steps=4)
+    layer = frozen.get_layer("hidden")
+    assert not np.array_equal(_np(layer._kernel), _np(layer.kernel)), "raw entries moved"
+    stripped = ks.strip(frozen)
+    assert np.array_equal(stripped.get_layer("hidden").get_weights()[0], _np(layer.kernel))
+    _assert_same_outputs(frozen, stripped, data[0])
