@@ -168,7 +168,8 @@ def entries(
 
     def select(w: np.ndarray, which: str) -> np.ndarray:
         mask = np.zeros(w.shape, dtype=bool)
-        for index in kernel_index if which == "kernel" else bias_index:
+        chosen = kernel_index if which == "kernel" else [(i,) for i in bias_index]
+        for index in chosen:
             mask[_checked_index(index, w.shape, which)] = True
         return mask
 
