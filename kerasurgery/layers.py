@@ -50,9 +50,10 @@ class MaskedDense(keras.layers.Layer):
             pinned entry never gets a gradient from it either).
         bias_regularizer: Regularizer applied to the effective bias.
         activity_regularizer: Regularizer applied to the output.
-        kernel_constraint: Constraint applied after each update; it sees the
-            effective kernel. Pins win over the constraint.
-        bias_constraint: Constraint applied to the effective bias.
+        kernel_constraint: Constraint applied to the raw kernel after each
+            update, as for `Dense`. Pinned entries keep their values whatever
+            it does; a norm constraint counts the raw entries under pins.
+        bias_constraint: Constraint applied to the raw bias.
         pinned_kernel_values: `"shared"` (every pinned kernel entry has one
             value, stored once) or `"per_entry"`.
         **kwargs: Base layer arguments (`name`, `dtype`, `trainable`, ...).
@@ -176,7 +177,12 @@ class MaskedDense(keras.layers.Layer):
     def _effective(self, which: str, raw: Any) -> Any:
         mask = getattr(self, f"{which}_pin_mask")
         value = getattr(self, f"{which}_pin_value")
-        return ops.where(mask, value, raw)
+        # Explicit conversion: JAX's where does not accept Keras variables.
+        return ops.where(
+            ops.convert_to_tensor(mask),
+            ops.convert_to_tensor(value),
+            ops.convert_to_tensor(raw),
+        )
 
     def call(self, inputs: Any, training: bool | None = None) -> Any:
         x = ops.matmul(inputs, self.kernel)
@@ -333,12 +339,11 @@ class MaskedDense(keras.layers.Layer):
 
 
 class _OnEffective:
-    """Applies a regularizer or constraint to the effective weight.
+    """Applies a regularizer to the effective weight instead of the raw one.
 
     Keras hands the raw variable (or, under JAX, its current value) to a
-    variable's regularizer and constraint. Pinned entries must not feel either:
-    a regularizer on the raw kernel would give them a gradient, and a constraint
-    that sees raw entries moved by weight decay would act on stale numbers.
+    variable's regularizer; on the raw kernel it would give pinned entries a
+    gradient.
     """
 
     def __init__(self, fn: Any, layer: MaskedDense, which: str) -> None:
@@ -355,5 +360,7 @@ def _attach_effective(variable: keras.Variable, layer: MaskedDense, which: str) 
     constraint = getattr(layer, f"{which}_constraint")
     if regularizer is not None:
         variable.regularizer = _OnEffective(regularizer, layer, which)
-    if constraint is not None:
-        variable.constraint = _OnEffective(constraint, layer, which)
+    # A constraint projects the raw variable after each update, as for Dense.
+    # It cannot see the pins: under JAX the optimizer applies it where only
+    # trainable variables are readable. Pinned entries are unaffected anyway.
+    variable.constraint = constraint
