@@ -136,6 +136,11 @@ class _Plan:
 
     @classmethod
     def of(cls, layer: keras.layers.Layer) -> _Plan:
+        if getattr(layer, "quantization_mode", None):
+            raise PinError(
+                f"Layer {layer.name!r} is quantized ({layer.quantization_mode}); "
+                "pins need a float kernel. Freeze the float model instead."
+            )
         kernel = ops.convert_to_numpy(layer.kernel)
         bias = ops.convert_to_numpy(layer.bias) if layer.use_bias else None
         if isinstance(layer, MaskedDense):

@@ -263,3 +263,21 @@ def test_strip_after_training_keeps_effective_not_raw_weights(mlp, data):
     stripped = ks.strip(frozen)
     assert np.array_equal(stripped.get_layer("hidden").get_weights()[0], _np(layer.kernel))
     _assert_same_outputs(frozen, stripped, data[0])
+
+
+def test_quantized_dense_is_refused():
+    model = _sequential()
+    model.get_layer("a").quantize("int8")
+    with pytest.raises(PinError, match=r"'a' is quantized \(int8\)"):
+        ks.freeze(model, {"a": ks.rules.zeros()})
+
+
+def test_lora_dense_is_frozen_with_its_merged_kernel(data):
+    model = _sequential()
+    model.get_layer("a").enable_lora(2)
+    lora_b = model.get_layer("a").lora_kernel_b
+    lora_b.assign(np.full(lora_b.shape, 0.1, "float32"))
+    x = np.random.default_rng(0).normal(size=(5, 4)).astype("float32")
+    frozen = ks.freeze(model, {"a": ks.rules.zeros()})
+    assert np.array_equal(_np(frozen.get_layer("a").kernel), _np(model.get_layer("a").kernel))
+    assert np.allclose(_np(frozen(x)), _np(model(x)), atol=1e-6)
