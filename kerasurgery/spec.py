@@ -1,0 +1,377 @@
+"""Pin rules described by name and arguments: the `freeze` flags and `--spec FILE.toml`.
+
+The command line and the TOML spec describe the same rules the same way (a rule
+name, its argument, `value`, `bias`), and both turn a description into the
+`{pattern: rule}` mapping that `kerasurgery.freeze` takes with `pins_for`. The
+rules themselves are `kerasurgery.pins`'s; this module only reads arguments and
+files. It needs numpy and the standard library, not TensorFlow.
+
+A spec file holds one `[[layer]]` table per layer name or glob pattern:
+
+```toml
+[[layer]]
+pattern = "dense_1"      # a layer name or glob, required
+rule = "zeros"           # optional, see below
+bias = true              # apply the rule to the bias too
+
+[[layer]]
+pattern = "dense_2"
+units = [0, 3]           # the rule's argument, named like the rule
+value = 0.5              # pin to 0.5 instead of the current values
+
+[[layer]]
+pattern = "head_*"
+connections = "head_connections.npz"   # relative to the spec file's folder
+```
+
+The rule is named by its argument key (`below`, `mask`, `connections`,
+`index`, `inputs`, `units`, `fraction` with `seed`) or by `rule = "..."`;
+an entry with neither pins exact zeros.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import tomllib
+import zipfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from kerasurgery import pins
+from kerasurgery.errors import KerasurgeryError
+from kerasurgery.pins import Pin
+
+RULES = ("zeros", "below", "mask", "connections", "index", "inputs", "units", "fraction")
+# The rules whose argument names a file of arrays.
+FILE_RULES = ("mask", "connections")
+# Rules that can also target the bias when asked (`units` does by default).
+_BIAS_RULES = ("zeros", "below", "fraction", "units")
+_BIAS_HINTS = {
+    "index": "give a bias entry as an index of one number",
+    "mask": "put bias masks in an .npz file under the key 'LAYER/bias'",
+    "connections": "a connections matrix describes the kernel only",
+    "inputs": "the bias has no input axis",
+}
+_ENTRY_KEYS = ("pattern", "rule", "bias", "value", "seed", *RULES[1:])
+# An .npz key "LAYER/bias" holds that layer's bias mask ("LAYER" or
+# "LAYER/kernel" its kernel mask); Keras 3 layer names cannot contain "/".
+_KERNEL, _BIAS = "kernel", "bias"
+
+
+def pins_for(
+    rule: str,
+    argument: Any = None,
+    *,
+    patterns: Sequence[str] = ("*",),
+    value: float | None = None,
+    bias: bool | None = None,
+    seed: int | None = None,
+    folder: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """Builds the `freeze` pins for one rule applied to the layers `patterns` select.
+
+    Args:
+        rule: One of `RULES`.
+        argument: The rule's argument: the threshold (`below`), the fraction
+            (`fraction`), a list of ints (`inputs`, `units`), a list of index
+            tuples (`index`: two numbers = kernel entry, one = bias entry), or a
+            `.npy`/`.npz` path (`mask`, `connections`). Unused by `zeros`.
+        patterns: Layer names or globs. An `.npz` file's arrays are keyed by
+            layer name instead: the patterns then pick among its keys.
+        value: Pin to this value instead of the current one (`connections`:
+            defaults to 0).
+        bias: Apply the rule to the bias too. `None` = the rule's default
+            (only `units` pins its bias entries by default).
+        seed: The seed of `fraction` (required there).
+        folder: Where a relative file path is found (default: the working folder).
+
+    Returns:
+        A mapping from layer name or pattern to a rule or `Pin`.
+
+    Raises:
+        KerasurgeryError: an unknown rule, a missing or wrong argument, an
+            unreadable array file, or a pattern that matches none of its arrays.
+    """
+    if rule not in RULES:
+        raise KerasurgeryError(f"Unknown rule {rule!r}. Expected one of: {', '.join(RULES)}")
+    if bias and rule not in _BIAS_RULES:
+        raise KerasurgeryError(f"`bias` does not apply to rule {rule!r}: {_BIAS_HINTS[rule]}.")
+    if rule == "fraction" and seed is None:
+        raise KerasurgeryError(
+            "Rule 'fraction' needs a seed, so that every run pins the same entries."
+        )
+    if rule != "fraction" and seed is not None:
+        raise KerasurgeryError(f"A seed applies to rule 'fraction' only, not {rule!r}.")
+    if rule != "zeros" and argument is None:
+        raise KerasurgeryError(f"Rule {rule!r} needs an argument.")
+    if rule in FILE_RULES:
+        path = Path(argument)
+        if folder is not None and not path.is_absolute():
+            path = Path(folder) / path
+        return _file_pins(rule, path, patterns, value)
+    built = _rule(rule, argument, value=value, bias=bias, seed=seed)
+    return {pattern: built for pattern in patterns}
+
+
+def _rule(rule: str, argument: Any, *, value: Any, bias: bool | None, seed: Any) -> Any:
+    if rule == "zeros":
+        return pins.zeros(bias=bool(bias), value=value)
+    if rule == "below":
+        return pins.below(argument, bias=bool(bias), value=value)
+    if rule == "fraction":
+        return pins.fraction(argument, seed=seed, bias=bool(bias), value=value)
+    if rule == "inputs":
+        return pins.inputs(argument, value=value)
+    if rule == "units":
+        return pins.units(argument, value=value, bias=True if bias is None else bias)
+    # index: two numbers name a kernel entry, one number a bias entry.
+    kernel = [tuple(index) for index in argument if len(index) == 2]
+    bias_index = [index[0] for index in argument if len(index) == 1]
+    bad = [tuple(index) for index in argument if len(index) not in (1, 2)]
+    if bad:
+        raise KerasurgeryError(
+            "Expected an index as (row, column) for a kernel entry or (unit,) for "
+            f"a bias entry. Received: {bad[0]}"
+        )
+    return pins.entries(kernel, bias=bias_index, value=value)
+
+
+def _file_pins(
+    rule: str, path: Path, patterns: Sequence[str], value: float | None
+) -> dict[str, Any]:
+    arrays = load_arrays(path)
+    if isinstance(arrays, np.ndarray):
+        built = _array_pin(rule, arrays, None, value, path)
+        return {pattern: built for pattern in patterns}
+    kernels: dict[str, np.ndarray] = {}
+    biases: dict[str, np.ndarray] = {}
+    for key, array in arrays.items():
+        layer, _, which = key.partition("/")
+        if which not in ("", _KERNEL, _BIAS) or not layer:
+            raise KerasurgeryError(
+                f"{path}: unexpected array key {key!r}; expected a layer name, "
+                "'LAYER/kernel' or 'LAYER/bias'."
+            )
+        (biases if which == _BIAS else kernels)[layer] = array
+    if biases and rule == "connections":
+        raise KerasurgeryError(
+            f"{path}: a connections matrix describes the kernel only; found bias "
+            f"arrays for {', '.join(sorted(biases))}."
+        )
+    names = list(dict.fromkeys([*kernels, *biases]))
+    selected: dict[str, Any] = {}
+    for pattern in patterns:
+        matched = [name for name in names if fnmatch.fnmatchcase(name, pattern)]
+        if not matched:
+            raise KerasurgeryError(
+                f"{path}: no array for a layer matching {pattern!r}; "
+                f"the file holds: {', '.join(names) or 'nothing'}."
+            )
+        for name in matched:
+            selected[name] = _array_pin(rule, kernels.get(name), biases.get(name), value, path)
+    return selected
+
+
+def _array_pin(
+    rule: str, kernel: np.ndarray | None, bias: np.ndarray | None, value: Any, path: Path
+) -> Any:
+    if rule == "connections":
+        try:
+            return pins.connections(kernel, value=0.0 if value is None else value)
+        except KerasurgeryError as e:
+            raise type(e)(f"{path}: {e}") from None
+    # An explicit mask is already a pin; `freeze` checks its shape and dtype
+    # against the layer it lands on.
+    return Pin(
+        kernel=kernel,
+        bias=bias,
+        kernel_value=value if kernel is not None else None,
+        bias_value=value if bias is not None else None,
+    )
+
+
+def load_arrays(path: str | os.PathLike) -> np.ndarray | dict[str, np.ndarray]:
+    """Reads an `.npy` array or an `.npz` archive of named arrays, without pickles.
+
+    Raises:
+        KerasurgeryError: the file is missing, unreadable, or not numpy data.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise KerasurgeryError(f"{path}: no such file." if not path.exists() else f"{path}: is not a file.")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, np.ndarray):
+            return loaded
+        with loaded:
+            return {key: loaded[key] for key in loaded.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
+        detail = " ".join(str(e).split()) or type(e).__name__
+        raise KerasurgeryError(
+            f"{path}: cannot read it as an .npy or .npz array file ({detail})."
+        ) from None
+
+
+def load_spec(path: str | os.PathLike) -> dict[str, Any]:
+    """Reads a TOML spec (one `[[layer]]` table per layer or pattern) into `freeze` pins.
+
+    Relative array file paths resolve against the spec file's folder.
+
+    Args:
+        path: The `.toml` file.
+
+    Returns:
+        A mapping from layer name or pattern to a rule or `Pin`, for
+        `kerasurgery.freeze`.
+
+    Raises:
+        KerasurgeryError: the file is unreadable or not TOML, a key is unknown,
+            a value has the wrong type, an argument is missing, or two entries
+            name the same layer or pattern. The message names the file and the
+            entry.
+
+    Example:
+
+    ```python
+    model = kerasurgery.freeze(model, load_spec("pins.toml"))
+    ```
+    """
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            document = tomllib.load(f)
+    except FileNotFoundError:
+        raise KerasurgeryError(f"{path}: no such file.") from None
+    except IsADirectoryError:
+        raise KerasurgeryError(f"{path}: is a folder, not a spec file.") from None
+    except OSError as e:
+        raise KerasurgeryError(f"{path}: cannot read: {e.strerror}.") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise KerasurgeryError(f"{path}: is not valid TOML ({e}).") from None
+    unknown = [key for key in document if key != "layer"]
+    if unknown:
+        raise KerasurgeryError(
+            f"{path}: unknown top-level key {unknown[0]!r}; a spec holds "
+            "[[layer]] tables only."
+        )
+    entries = document.get("layer")
+    if not isinstance(entries, list) or not entries or not all(
+        isinstance(entry, dict) for entry in entries
+    ):
+        raise KerasurgeryError(
+            f"{path}: expected one or more [[layer]] tables, each with a `pattern`."
+        )
+    result: dict[str, Any] = {}
+    origin: dict[str, int] = {}
+    for number, entry in enumerate(entries, start=1):
+        where = f"{path}: [[layer]] entry {number}"
+        if isinstance(entry.get("pattern"), str):
+            where += f" ({entry['pattern']!r})"
+        try:
+            built = _entry_pins(entry, path.parent)
+        except KerasurgeryError as e:
+            raise KerasurgeryError(f"{where}: {e}") from None
+        for key, rule in built.items():
+            if key in result:
+                raise KerasurgeryError(
+                    f"{where}: {key!r} is already pinned by entry {origin[key]}; "
+                    "give each layer or pattern one entry (freeze again to add pins)."
+                )
+            result[key] = rule
+            origin[key] = number
+    return result
+
+
+def _entry_pins(entry: Mapping[str, Any], folder: Path) -> dict[str, Any]:
+    unknown = [key for key in entry if key not in _ENTRY_KEYS]
+    if unknown:
+        raise KerasurgeryError(
+            f"unknown key {unknown[0]!r}; expected: {', '.join(_ENTRY_KEYS)}."
+        )
+    pattern = entry.get("pattern")
+    if not isinstance(pattern, str) or not pattern:
+        raise KerasurgeryError("`pattern` (a layer name or glob) is required.")
+    given = [rule for rule in RULES[1:] if rule in entry]
+    if len(given) > 1:
+        raise KerasurgeryError(
+            f"one rule per entry; found arguments of {', '.join(given)}."
+        )
+    rule = entry.get("rule", given[0] if given else "zeros")
+    if not isinstance(rule, str) or rule not in RULES:
+        raise KerasurgeryError(f"`rule` must be one of {', '.join(RULES)}. Received: {rule!r}")
+    if given and given[0] != rule:
+        raise KerasurgeryError(f"rule {rule!r} does not take `{given[0]}`.")
+    if rule != "zeros" and rule not in entry:
+        raise KerasurgeryError(f"rule {rule!r} needs `{rule} = {_ARGUMENT_HELP[rule]}`.")
+    argument = _argument(rule, entry.get(rule))
+    return pins_for(
+        rule,
+        argument,
+        patterns=[pattern],
+        value=_optional(entry, "value", _number),
+        bias=_optional(entry, "bias", _boolean),
+        seed=_optional(entry, "seed", _integer),
+        folder=folder,
+    )
+
+
+_ARGUMENT_HELP = {
+    "below": "a threshold",
+    "fraction": "a fraction between 0 and 1 (with `seed`)",
+    "mask": '"FILE.npy" or "FILE.npz"',
+    "connections": '"FILE.npy" or "FILE.npz"',
+    "index": "[[row, column], ..., [unit], ...]",
+    "inputs": "[row, ...]",
+    "units": "[unit, ...]",
+}
+
+
+def _argument(rule: str, raw: Any) -> Any:
+    if rule == "zeros":
+        return None
+    if rule in ("below", "fraction"):
+        return _number(raw, rule)
+    if rule in FILE_RULES:
+        if not isinstance(raw, str) or not raw:
+            raise KerasurgeryError(f"`{rule}` must be a file path. Received: {raw!r}")
+        return raw
+    if rule == "index":
+        if not isinstance(raw, list) or not raw:
+            raise KerasurgeryError(f"`index` must be a list like {_ARGUMENT_HELP['index']}.")
+        return [
+            tuple(_integers(item, "index")) if isinstance(item, list) else (_integer(item, "index"),)
+            for item in raw
+        ]
+    return _integers(raw, rule)
+
+
+def _optional(entry: Mapping[str, Any], key: str, check: Any) -> Any:
+    return check(entry[key], key) if key in entry else None
+
+
+def _number(raw: Any, key: str) -> float:
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)):
+        raise KerasurgeryError(f"`{key}` must be a number. Received: {raw!r}")
+    return float(raw)
+
+
+def _integer(raw: Any, key: str) -> int:
+    if isinstance(raw, bool) or not isinstance(raw, int):
+        raise KerasurgeryError(f"`{key}` must be an integer. Received: {raw!r}")
+    return raw
+
+
+def _integers(raw: Any, key: str) -> list[int]:
+    if not isinstance(raw, list) or not raw:
+        raise KerasurgeryError(f"`{key}` must be a non-empty list of integers. Received: {raw!r}")
+    return [_integer(item, key) for item in raw]
+
+
+def _boolean(raw: Any, key: str) -> bool:
+    if not isinstance(raw, bool):
+        raise KerasurgeryError(f"`{key}` must be true or false. Received: {raw!r}")
+    return raw

@@ -1,0 +1,855 @@
+"""End-to-end tests of the command line: `main([...])` in-process, a few real processes.
+
+Most cases call `main` in this process (TensorFlow is imported once); a
+handful run `python -m kerasurgery` to check what a user sees: exit codes, no
+traceback, no TensorFlow log lines, and no TensorFlow import for `--help`,
+`inspect` and `verify`.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import textwrap
+import zipfile
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+import kerasurgery as ks
+from kerasurgery.cli import main
+from kerasurgery.inspection import read_dense_weights
+from tests.conftest import make_mlp
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "fixtures"
+X = np.random.default_rng(1).normal(size=(32, 4)).astype("float32")
+Y = np.random.default_rng(2).normal(size=(32, 2)).astype("float32")
+# Biases with one exact zero each, so bias rules have something to tell apart.
+BIASES = {"hidden": np.array([0.1, 0.0, -0.2], "float32"), "out": np.array([0.0, -0.3], "float32")}
+TF_LOG_MARKERS = ("absl::InitializeLog", "I0000", "oneDNN", "cudart", "cpu_feature_guard", "Traceback")
+
+
+# --- helpers -----------------------------------------------------------------
+
+
+def base_model() -> keras.Model:
+    """The 4-3-2 pruned MLP of conftest, with non-zero biases, compiled for AdamW."""
+    model = make_mlp()
+    for name, bias in BIASES.items():
+        layer = model.get_layer(name)
+        layer.set_weights([layer.get_weights()[0], bias])
+    model.compile(
+        optimizer=keras.optimizers.AdamW(learning_rate=0.01, weight_decay=0.25),
+        loss=keras.losses.MeanSquaredError(),
+    )
+    return model
+
+
+def weights_of(model: keras.Model) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    return {
+        name: tuple(model.get_layer(name).get_weights()) for name in ("hidden", "out")
+    }
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> dict:
+    """`base.keras` / `base.h5`, saved once, and their weights as numpy arrays."""
+    folder = tmp_path_factory.mktemp("base")
+    model = base_model()
+    paths = {}
+    for suffix in (".keras", ".h5"):
+        paths[suffix] = folder / f"base{suffix}"
+        model.save(paths[suffix])
+    return {"paths": paths, "weights": weights_of(model), "digest": {
+        s: digest(p) for s, p in paths.items()
+    }}
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def run(capsys, *argv: str | os.PathLike) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def run_json(capsys, *argv) -> dict:
+    code, out, err = run(capsys, *argv, "--json")
+    assert code == 0, err
+    return json.loads(out)
+
+
+def predict(path: Path) -> np.ndarray:
+    model = ks.load_model(path, compile=False)
+    return ops.convert_to_numpy(model(X))
+
+
+def reference_predictions(expected: dict, weights: dict) -> np.ndarray:
+    """A plain model with the pinned entries set to their values, by numpy."""
+    model = base_model()
+    for name, (kernel, bias) in weights.items():
+        k_mask, k_value, b_mask, b_value = expected.get(name, (None, None, None, None))
+        if k_mask is not None and k_value is not None:
+            kernel = np.where(k_mask, np.float32(k_value), kernel)
+        if b_mask is not None and b_value is not None:
+            bias = np.where(b_mask, np.float32(b_value), bias)
+        model.get_layer(name).set_weights([kernel, bias])
+    return ops.convert_to_numpy(model(X))
+
+
+def assert_one_error_line(err: str, *fragments: str) -> None:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in lines[0], err
+
+
+def listing(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+# --- freeze: every rule --------------------------------------------------------
+
+# Each case: (extra argv, a function of (weights, tmp_path) that writes any
+# file the argv names and returns {layer: (kernel mask, kernel value, bias mask,
+# bias value)} computed with numpy; value None = the current values).
+
+
+def _zeros(w, _):
+    return {n: (k == 0, None, None, None) for n, (k, b) in w.items()}
+
+
+def _zeros_bias_value(w, _):
+    return {n: (k == 0, 0.5, b == 0, 0.5) for n, (k, b) in w.items()}
+
+
+def _below(w, _):
+    return {n: (np.abs(k) < 0.3, None, np.abs(b) < 0.3, None) for n, (k, b) in w.items()}
+
+
+def _index(w, _):
+    k = np.zeros((3, 2), bool)
+    k[0, 1] = k[2, 0] = True
+    return {"out": (k, 0.0, np.array([False, True]), 0.0)}
+
+
+def _inputs(w, _):
+    k = np.zeros((4, 3), bool)
+    k[[0, 2, 3]] = True
+    return {"hidden": (k, 0.25, None, None)}
+
+
+def _units(w, _):
+    k = np.zeros((4, 3), bool)
+    k[:, 1] = True
+    return {"hidden": (k, -1.0, np.array([False, True, False]), -1.0)}
+
+
+def _fraction(w, _):
+    expected = {}
+    for name, (k, b) in w.items():
+        pin = ks.rules.fraction(0.5, seed=3, bias=True)(k, b)
+        assert pin.kernel.sum() == round(k.size / 2) and pin.bias.sum() == round(b.size / 2)
+        expected[name] = (pin.kernel, None, pin.bias, None)
+    return expected
+
+
+def _mask_npy(w, tmp_path):
+    mask = np.abs(w["hidden"][0]) > 0.4
+    np.save(tmp_path / "mask.npy", mask)
+    return {"hidden": (mask, 2.0, None, None)}
+
+
+def _mask_npz(w, tmp_path):
+    mask = np.eye(3, 2, dtype=bool)
+    bias_mask = np.array([True, False])
+    np.savez(tmp_path / "masks.npz", **{"out": mask, "out/bias": bias_mask})
+    return {"out": (mask, None, bias_mask, None)}
+
+
+def _connections(w, tmp_path):
+    matrix = np.ones((3, 2), np.int8)
+    matrix[1] = 0  # input 1 is not connected to the output layer
+    np.save(tmp_path / "wiring.npy", matrix)
+    return {"out": (matrix == 0, 0.0, None, None)}
+
+
+def _connections_npz_value(w, tmp_path):
+    hidden = np.tril(np.ones((4, 3), np.int8))
+    np.savez(tmp_path / "wiring.npz", hidden=hidden)
+    return {"hidden": (hidden == 0, 0.5, None, None)}
+
+
+def _spec(w, tmp_path):
+    (tmp_path / "arrays").mkdir()
+    np.save(tmp_path / "arrays" / "out.npy", np.array([[1, 0], [1, 1], [0, 1]]))
+    (tmp_path / "pins.toml").write_text(textwrap.dedent("""
+        [[layer]]
+        pattern = "hidden"
+        rule = "below"
+        below = 0.3
+        bias = true
+        value = 0.0
+
+        [[layer]]
+        pattern = "out"
+        connections = "arrays/out.npy"
+    """))
+    k_out = np.array([[0, 1], [0, 0], [1, 0]], bool)
+    k, b = w["hidden"]
+    return {"hidden": (np.abs(k) < 0.3, 0.0, np.abs(b) < 0.3, 0.0), "out": (k_out, 0.0, None, None)}
+
+
+RULE_CASES = {
+    "default-zeros": ([], _zeros),
+    "zeros-bias-value": (["--zeros", "--bias", "--value", "0.5"], _zeros_bias_value),
+    "below-bias": (["--below", "0.3", "--bias"], _below),
+    "index": (["--layer", "out", "--index", "0,1", "--index", "2,0", "--index", "1", "--value", "0"], _index),
+    "inputs": (["--layer", "hidden", "--inputs", "0,2-3", "--value", "0.25"], _inputs),
+    "units": (["--layer", "h*", "--units", "1", "--value", "-1"], _units),
+    "fraction": (["--fraction", "0.5", "--seed", "3", "--bias"], _fraction),
+    "mask-npy": (["--layer", "hidden", "--mask", "mask.npy", "--value", "2"], _mask_npy),
+    "mask-npz": (["--mask", "masks.npz"], _mask_npz),
+    "connections": (["--layer", "out", "--connections", "wiring.npy"], _connections),
+    "connections-npz-value": (["--connections", "wiring.npz", "--value", "0.5"], _connections_npz_value),
+    "spec": (["--spec", "pins.toml"], _spec),
+}
+
+
+@pytest.mark.parametrize("case", RULE_CASES, ids=list(RULE_CASES))
+def test_freeze_rule(case, base, tmp_path, capsys, monkeypatch):
+    argv, expected_of = RULE_CASES[case]
+    monkeypatch.chdir(tmp_path)  # the rule files are written here, named relatively
+    weights = base["weights"]
+    expected = expected_of(weights, tmp_path)
+    out = tmp_path / "out.keras"
+
+    report = run_json(capsys, "freeze", base["paths"][".keras"], "-o", out, *argv)
+
+    # Counts reported, and read back from the file, equal the numpy counts.
+    counts = {layer["name"]: (layer["pinned_kernel"], layer["pinned_bias"]) for layer in report["layers"]}
+    inspected = run_json(capsys, "inspect", out)
+    assert counts == {
+        l["name"]: (l["pinned_kernel"], l["pinned_bias"]) for l in inspected["layers"] if l["kernel_shape"]
+    }
+    for name in weights:
+        k_mask, _, b_mask, _ = expected.get(name, (None, None, None, None))
+        want = (0 if k_mask is None else int(k_mask.sum()), 0 if b_mask is None else int(b_mask.sum()))
+        assert counts[name] == want, name
+    # The masks and effective weights in the file are exactly the expected ones.
+    stored = read_dense_weights(out)
+    for name, (kernel, bias) in weights.items():
+        k_mask, k_value, b_mask, b_value = expected.get(name, (None, None, None, None))
+        k_mask = np.zeros(kernel.shape, bool) if k_mask is None else k_mask
+        b_mask = np.zeros(bias.shape, bool) if b_mask is None else b_mask
+        np.testing.assert_array_equal(stored[name].kernel_mask, k_mask)
+        np.testing.assert_array_equal(stored[name].bias_mask, b_mask)
+        k_value = kernel if k_value is None else np.float32(k_value)
+        b_value = bias if b_value is None else np.float32(b_value)
+        assert np.array_equal(stored[name].kernel, np.where(k_mask, k_value, kernel))
+        assert np.array_equal(stored[name].bias, np.where(b_mask, b_value, bias))
+    # The frozen model predicts exactly what a plain model with those entries set predicts.
+    assert np.array_equal(predict(out), reference_predictions(expected, weights))
+    assert digest(base["paths"][".keras"]) == base["digest"][".keras"]
+
+
+# --- freeze: defaults, formats, training config ----------------------------------
+
+
+def test_freeze_defaults_zeros_every_dense_layer_beside_the_input(base, tmp_path, capsys):
+    source = tmp_path / "model.keras"
+    shutil.copy(base["paths"][".keras"], source)
+    code, out, err = run(capsys, "freeze", source)
+    assert code == 0, err
+    assert err == ""
+    assert listing(tmp_path) == ["model.frozen.keras", "model.keras"]
+    assert "model.frozen.keras" in out and "4 kernel and 0 bias entries pinned" in out
+    stored = read_dense_weights(tmp_path / "model.frozen.keras")
+    for name, (kernel, _) in base["weights"].items():
+        assert stored[name].class_name == "MaskedDense"
+        np.testing.assert_array_equal(stored[name].kernel_mask, kernel == 0)
+        assert not stored[name].bias_mask.any()
+    # Pins at their current values: the function is unchanged, bit for bit.
+    assert np.array_equal(predict(tmp_path / "model.frozen.keras"), predict(source))
+    assert digest(source) == base["digest"][".keras"]
+
+
+@pytest.mark.parametrize("source_suffix, name, expected", [
+    (".h5", "model.h5", "model.frozen.h5"),
+    (".keras", "model.bin", "model.frozen.keras"),  # the format, not the odd suffix
+    (".h5", "model", "model.frozen.h5"),
+])
+def test_freeze_default_output_name(base, tmp_path, capsys, source_suffix, name, expected):
+    shutil.copy(base["paths"][source_suffix], tmp_path / name)
+    code, _, err = run(capsys, "freeze", tmp_path / name)
+    assert code == 0, err
+    assert listing(tmp_path) == sorted([name, expected])
+
+
+@pytest.mark.parametrize("source, target", [(".h5", ".h5"), (".keras", ".h5"), (".h5", ".keras")])
+def test_freeze_across_formats_keeps_function_and_training_config(base, tmp_path, capsys, source, target):
+    out = tmp_path / f"out{target}"
+    report = run_json(capsys, "freeze", base["paths"][source], "-o", out)
+    assert report["format"] == target.lstrip(".") and report["training_config"] is True
+    assert report["warnings"] == []
+    assert np.array_equal(predict(out), predict(base["paths"][source]))
+    model = ks.load_model(out)  # ready to fit, like the input was
+    assert model.compiled
+    assert isinstance(model.optimizer, keras.optimizers.AdamW)
+    assert model.optimizer.weight_decay == 0.25
+
+
+def test_freeze_without_restorable_training_config_warns_once(tmp_path, capsys):
+    model = make_mlp()
+    model.compile(optimizer="adam", loss="mse")  # Keras 3 cannot restore "mse" from .h5
+    model.save(tmp_path / "m.h5")
+    code, out, err = run(capsys, "freeze", tmp_path / "m.h5", "-o", tmp_path / "f.keras")
+    assert code == 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("warning: ") and "training configuration" in lines[0]
+    assert "no training config" in out
+
+
+@pytest.mark.skipif(not (FIXTURES / "keras2_mlp.h5").exists(), reason="fixture not generated")
+def test_freeze_keras2_fixture(tmp_path, capsys):
+    source = FIXTURES / "keras2_mlp.h5"
+    before = digest(source)
+    original = ks.load_model(source, compile=False)
+    zeros = {l.name: int((l.get_weights()[0] == 0).sum()) for l in original.layers if l.weights}
+    out = tmp_path / "k2.keras"
+    report = run_json(capsys, "freeze", source, "-o", out)
+    assert {l["name"]: l["pinned_kernel"] for l in report["layers"] if l["kernel_shape"]} == zeros
+    assert sum(zeros.values()) > 0
+    assert np.array_equal(
+        ops.convert_to_numpy(ks.load_model(out)(np.ones((3, 8), "float32"))),
+        ops.convert_to_numpy(original(np.ones((3, 8), "float32"))),
+    )
+    assert digest(source) == before
+
+
+@pytest.mark.skipif(not (FIXTURES / "frozen_mlp.keras").exists(), reason="fixture not generated")
+@pytest.mark.parametrize("name", ["frozen_mlp.keras", "frozen_mlp.h5", "nested_frozen.keras"])
+def test_inspect_counts_equal_the_models_own_pins(name, capsys):
+    path = FIXTURES / name
+    report = run_json(capsys, "inspect", path)
+    model = ks.load_model(path, compile=False)
+    masked = {}
+    stack = list(model.layers)
+    while stack:
+        layer = stack.pop()
+        stack.extend(getattr(layer, "layers", []))
+        if isinstance(layer, ks.MaskedDense):
+            pin = layer.pins()
+            masked[layer.name] = (int(pin.kernel.sum()), int(pin.bias.sum()))
+    reported = {
+        l["name"]: (l["pinned_kernel"], l["pinned_bias"])
+        for l in report["layers"] if l["class_name"] == "MaskedDense"
+    }
+    assert reported == masked and sum(k + b for k, b in masked.values()) > 0
+    assert report["format"] == path.suffix.lstrip(".")
+
+
+# --- freeze: nothing lost ------------------------------------------------------
+
+
+def test_existing_output_is_untouched_without_force(base, tmp_path, capsys):
+    out = tmp_path / "out.keras"
+    out.write_bytes(b"precious weights")
+    code, _, err = run(capsys, "freeze", base["paths"][".keras"], "-o", out)
+    assert code == 1
+    assert_one_error_line(err, str(out), "--force")
+    assert out.read_bytes() == b"precious weights"
+    assert listing(tmp_path) == ["out.keras"]
+
+    code, _, err = run(capsys, "freeze", base["paths"][".keras"], "-o", out, "--force")
+    assert code == 0, err
+    assert read_dense_weights(out)["hidden"].kernel_mask.sum() == 3
+
+
+@pytest.mark.parametrize("spelling", ["same", "dotted", "symlink", "hardlink"])
+def test_output_equal_to_input_is_refused_even_with_force(base, tmp_path, capsys, spelling):
+    source = tmp_path / "sub" / "model.keras"
+    source.parent.mkdir()
+    shutil.copy(base["paths"][".keras"], source)
+    if spelling == "same":
+        out = source
+    elif spelling == "dotted":
+        out = tmp_path / "sub" / ".." / "sub" / "." / "model.keras"
+    elif spelling == "symlink":
+        out = tmp_path / "link.keras"
+        out.symlink_to(source)
+    else:
+        out = tmp_path / "hard.keras"
+        os.link(source, out)
+    for command in ("freeze", "strip"):
+        code, _, err = run(capsys, command, source, "-o", out, "--force")
+        assert code == 1
+        assert_one_error_line(err, "is the input file")
+    assert digest(source) == base["digest"][".keras"]
+
+
+@pytest.mark.parametrize("output, message", [
+    ("missing/out.keras", "does not exist"),
+    ("out.txt", "unsupported suffix"),
+    ("out.weights.h5", "weights only"),
+    (".", "is a folder"),
+])
+def test_bad_output_paths_fail_before_any_work(base, tmp_path, capsys, output, message):
+    before = listing(tmp_path)
+    code, _, err = run(capsys, "freeze", base["paths"][".keras"], "-o", tmp_path / output)
+    assert code == 1
+    assert_one_error_line(err, message)
+    assert listing(tmp_path) == before
+
+
+def _bad_inputs(tmp_path: Path, base) -> dict[str, Path]:
+    keras_bytes = base["paths"][".keras"].read_bytes()
+    h5_bytes = base["paths"][".h5"].read_bytes()
+    files = {
+        "empty.keras": b"",
+        "text.h5": b"just some text\n",
+        "random.keras": np.random.default_rng(0).bytes(4096),
+        "truncated.keras": keras_bytes[: len(keras_bytes) // 2],
+        "truncated.h5": h5_bytes[: len(h5_bytes) // 2],
+    }
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content)
+    with zipfile.ZipFile(tmp_path / "noconfig.keras", "w") as archive:
+        archive.writestr("metadata.json", "{}")
+    base_model().save_weights(tmp_path / "weights_only.weights.h5")
+    (tmp_path / "folder.keras").mkdir()
+    (tmp_path / "savedmodel").mkdir()
+    (tmp_path / "savedmodel" / "saved_model.pb").write_bytes(b"")
+    return {
+        "missing": tmp_path / "missing.keras",
+        **{name.split(".")[0]: tmp_path / name for name in files},
+        "noconfig": tmp_path / "noconfig.keras",
+        "weights_only": tmp_path / "weights_only.weights.h5",
+        "folder": tmp_path / "folder.keras",
+        "savedmodel": tmp_path / "savedmodel",
+    }
+
+
+@pytest.mark.parametrize("command", ["freeze", "strip"])
+def test_bad_inputs_exit_1_with_one_line_and_write_nothing(base, tmp_path, capsys, command):
+    inputs = _bad_inputs(tmp_path, base)
+    before = listing(tmp_path)
+    for label, path in inputs.items():
+        code, out, err = run(capsys, command, path, "-o", tmp_path / "out.keras")
+        assert code == 1, (label, err)
+        assert_one_error_line(err, path.name)
+        assert out == ""
+    assert listing(tmp_path) == before
+    code, _, err = run(capsys, "freeze", inputs["savedmodel"], "-o", tmp_path / "o.keras")
+    assert "SavedModel" in err
+
+
+def test_bad_inputs_for_inspect_and_verify(base, tmp_path, capsys):
+    inputs = _bad_inputs(tmp_path, base)
+    for label, path in inputs.items():
+        for argv in (["inspect", path], ["verify", path, "--against", base["paths"][".keras"]],
+                     ["verify", base["paths"][".keras"], "--against", path]):
+            code, out, err = run(capsys, *argv)
+            assert code == 1, (label, argv, err)
+            assert_one_error_line(err, path.name)
+
+
+def test_model_without_dense_layer(tmp_path, capsys):
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Activation("relu", name="act")])
+    model.save(tmp_path / "nodense.keras")
+    code, _, err = run(capsys, "freeze", tmp_path / "nodense.keras", "-o", tmp_path / "o.keras")
+    assert code == 1
+    assert_one_error_line(err, "no Dense layer")
+    assert not (tmp_path / "o.keras").exists()
+
+
+def test_layer_pattern_matching_nothing_lists_the_dense_layers(base, tmp_path, capsys):
+    code, _, err = run(capsys, "freeze", base["paths"][".keras"], "-o", tmp_path / "o.keras",
+                       "--layer", "conv*")
+    assert code == 1
+    assert_one_error_line(err, "conv*", "hidden, out")
+    assert listing(tmp_path) == []
+
+
+def test_rule_that_does_not_fit_names_layer_and_shapes(base, tmp_path, capsys):
+    np.save(tmp_path / "mask.npy", np.ones((5, 5), bool))
+    code, _, err = run(capsys, "freeze", base["paths"][".keras"], "-o", tmp_path / "o.keras",
+                       "--layer", "hidden", "--mask", tmp_path / "mask.npy")
+    assert code == 1
+    assert_one_error_line(err, "hidden", "(4, 3)", "(5, 5)")
+    code, _, err = run(capsys, "freeze", base["paths"][".keras"], "-o", tmp_path / "o.keras",
+                       "--units", "7")
+    assert code == 1
+    assert_one_error_line(err, "7")
+    assert listing(tmp_path) == ["mask.npy"]
+
+
+def test_unsafe_files_are_refused_unless_asked(tmp_path, capsys):
+    model = keras.Sequential([
+        keras.Input((4,)), keras.layers.Lambda(lambda x: x * 2.0, name="double"),
+        keras.layers.Dense(2, name="d"),
+    ])
+    model.save(tmp_path / "lambda.keras")
+    code, _, err = run(capsys, "freeze", tmp_path / "lambda.keras", "-o", tmp_path / "o.keras")
+    assert code == 1
+    assert_one_error_line(err, "--unsafe")
+    assert not (tmp_path / "o.keras").exists()
+    # --unsafe turns Keras' safe mode off for the whole process: run it in its own.
+    result = subprocess.run(
+        [sys.executable, "-m", "kerasurgery", "freeze", tmp_path / "lambda.keras",
+         "-o", tmp_path / "o.keras", "--unsafe"],
+        capture_output=True, text=True, env=_env(), timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.startswith("warning: --unsafe") and len(result.stderr.splitlines()) == 1
+    assert read_dense_weights(tmp_path / "o.keras")["d"].class_name == "MaskedDense"
+
+
+# --- usage errors, unexpected errors, --debug ------------------------------------
+
+
+@pytest.mark.parametrize("argv", [
+    [],
+    ["melt", "x.keras"],
+    ["freeze"],
+    ["freeze", "x.keras", "--below", "abc"],
+    ["freeze", "x.keras", "--below", "nan"],
+    ["freeze", "x.keras", "--below", "0.1", "--units", "1"],
+    ["freeze", "x.keras", "--fraction", "0.5"],
+    ["freeze", "x.keras", "--seed", "1"],
+    ["freeze", "x.keras", "--inputs", "0", "--bias"],
+    ["freeze", "x.keras", "--index", "0,1", "--bias"],
+    ["freeze", "x.keras", "--connections", "c.npy", "--bias"],
+    ["freeze", "x.keras", "--index", "1,2,3"],
+    ["freeze", "x.keras", "--inputs", "a,b"],
+    ["freeze", "x.keras", "--units", "5-2"],
+    ["freeze", "x.keras", "--spec", "p.toml", "--layer", "hidden"],
+    ["freeze", "x.keras", "--spec", "p.toml", "--value", "1"],
+    ["inspect"],
+    ["inspect", "x.keras", "--show", "--json"],
+    ["verify", "x.keras"],
+    ["strip", "x.keras", "--below", "1"],
+])
+def test_usage_errors_exit_2(argv, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(capsys, *argv)
+    assert code == 2, err
+    assert "usage:" in err and "Traceback" not in err
+    assert listing(tmp_path) == []
+
+
+def test_help_and_version(capsys):
+    code, out, _ = run(capsys, "--help")
+    assert code == 0
+    assert "examples:" in out and "kerasurgery freeze" in out and "verify" in out
+    for command in ("freeze", "inspect", "strip", "verify"):
+        code, out, _ = run(capsys, command, "--help")
+        assert code == 0 and "examples:" in out, command
+    code, out, _ = run(capsys, "--version")
+    assert code == 0 and out.strip() == f"kerasurgery {ks.__version__}"
+
+
+def test_unexpected_errors_are_one_line_unless_debug(base, tmp_path, capsys, monkeypatch):
+    from kerasurgery import surgery
+
+    def boom(model, pins):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(surgery, "freeze", boom)
+    code, _, err = run(capsys, "freeze", base["paths"][".keras"], "-o", tmp_path / "o.keras")
+    assert code == 1
+    assert_one_error_line(err, "RuntimeError: boom", "--debug")
+    code, _, err = run(capsys, "freeze", base["paths"][".keras"], "-o", tmp_path / "o.keras", "--debug")
+    assert code == 1
+    assert "Traceback" in err and "boom" in err
+    code, _, err = run(capsys, "--debug", "freeze", base["paths"][".keras"], "-o", tmp_path / "o.keras")
+    assert code == 1 and "Traceback" in err
+    assert listing(tmp_path) == []
+
+
+# --- inspect ---------------------------------------------------------------------
+
+
+def test_inspect_table_and_json(base, tmp_path, capsys):
+    out = tmp_path / "f.h5"
+    run_json(capsys, "freeze", base["paths"][".h5"], "-o", out, "--below", "0.3", "--bias")
+    report = run_json(capsys, "inspect", out)
+    assert set(report) == {"file", "format", "keras_version", "layers"}
+    assert report["format"] == "h5" and report["keras_version"] == keras.__version__
+    layers = {l["name"]: l for l in report["layers"]}
+    for name, (kernel, bias) in base["weights"].items():
+        assert layers[name]["kernel_shape"] == list(kernel.shape)
+        assert layers[name]["pinned_kernel"] == int((np.abs(kernel) < 0.3).sum())
+        assert layers[name]["pinned_bias"] == int((np.abs(bias) < 0.3).sum())
+        assert layers[name]["pinned"] == layers[name]["pinned_kernel"] + layers[name]["pinned_bias"]
+    code, text, _ = run(capsys, "inspect", out)
+    assert code == 0
+    assert "h5 file written by Keras" in text and "hidden" in text and "MaskedDense" in text
+    only = run_json(capsys, "inspect", out, "--layer", "out")
+    assert [l["name"] for l in only["layers"]] == ["out"]
+    code, _, err = run(capsys, "inspect", out, "--layer", "nope")
+    assert code == 1
+    assert_one_error_line(err, "'nope'", "hidden")
+
+
+def test_inspect_show_draws_the_exact_pattern_of_a_small_layer(base, tmp_path, capsys):
+    out = tmp_path / "f.keras"
+    run_json(capsys, "freeze", base["paths"][".keras"], "-o", out)
+    code, text, _ = run(capsys, "inspect", out, "--layer", "hidden", "--show")
+    assert code == 0
+    kernel = base["weights"]["hidden"][0]
+    rows = ["".join("█" if z else "·" for z in row) for row in kernel == 0]
+    lines = text.splitlines()
+    start = lines.index(f"hidden: kernel 4×3, 3 of 12 pinned (25.0%)")
+    assert lines[start + 1 : start + 5] == rows
+    assert lines[start + 5 : start + 7] == ["bias:", "···"]
+
+
+def test_inspect_show_downsamples_a_large_layer(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    monkeypatch.setenv("LINES", "24")
+    model = keras.Sequential([keras.Input((100,)), keras.layers.Dense(300, name="wide")])
+    model.save(tmp_path / "wide.keras")
+    out = tmp_path / "wide.frozen.keras"
+    run_json(capsys, "freeze", tmp_path / "wide.keras", "-o", out, "--inputs", "0-49")
+    code, text, _ = run(capsys, "inspect", out, "--layer", "wide", "--show")
+    assert code == 0
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("wide: kernel 100×300"))
+    assert "each cell = 4×5 entries" in lines[start]
+    grid = lines[start + 1 : start + 26]  # ceil(100 / 4) = 25 rows of ceil(300 / 5) = 60 cells
+    assert all(len(row) == 60 for row in grid)
+    assert grid[:12] == ["█" * 60] * 12
+    assert grid[12] == "▒" * 60  # rows 48-51: half pinned
+    assert grid[13:] == ["·" * 60] * 12
+    assert lines[start + 26] == "bias:"
+
+
+def test_inspect_show_refuses_a_layer_without_kernel(base, capsys):
+    code, _, err = run(capsys, "inspect", base["paths"][".keras"], "--layer", "x", "--show")
+    assert code == 1
+    assert_one_error_line(err, "InputLayer")
+
+
+# --- strip -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("target", [".keras", ".h5"])
+def test_strip_bakes_pins_into_plain_dense(base, tmp_path, capsys, target):
+    frozen = tmp_path / "model.keras"
+    run_json(capsys, "freeze", base["paths"][".keras"], "-o", frozen, "--units", "0", "--value", "0.5")
+    if target == ".keras":
+        code, out, err = run(capsys, "strip", frozen)
+        stripped = tmp_path / "model.stripped.keras"
+        assert "2 MaskedDense layers turned into Dense" in out
+    else:
+        stripped = tmp_path / "deploy.h5"
+        code, out, err = run(capsys, "strip", frozen, "-o", stripped, "--json")
+        report = json.loads(out)
+        assert report["output"] == str(stripped) and report["format"] == "h5"
+        assert report["training_config"] is True
+        assert [(l["name"], l["pinned_kernel"], l["pinned_bias"]) for l in report["stripped"]] == [
+            ("hidden", 4, 1), ("out", 3, 1),
+        ]
+    assert code == 0, err
+    report = run_json(capsys, "inspect", stripped)
+    assert {l["class_name"] for l in report["layers"] if l["kernel_shape"]} == {"Dense"}
+    assert all(l["pinned"] == 0 for l in report["layers"])
+    assert np.array_equal(predict(stripped), predict(frozen))
+    assert read_dense_weights(stripped)["hidden"].kernel[:, 0].tolist() == [0.5] * 4
+
+
+def test_strip_of_a_plain_model_writes_nothing(base, tmp_path, capsys):
+    code, _, err = run(capsys, "strip", base["paths"][".keras"], "-o", tmp_path / "s.keras")
+    assert code == 1
+    assert_one_error_line(err, "no MaskedDense layer")
+    assert listing(tmp_path) == []
+
+
+# --- verify ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def finetuned(base, tmp_path_factory) -> dict:
+    """A frozen model, honestly fine-tuned with AdamW weight decay, masked and stripped."""
+    folder = tmp_path_factory.mktemp("finetune")
+    frozen = folder / "frozen.keras"
+    assert main(["freeze", str(base["paths"][".keras"]), "-o", str(frozen),
+                 "--below", "0.3", "--bias", "--value", "0", "--json"]) == 0
+    model = ks.load_model(frozen)
+    assert model.compiled and model.optimizer.weight_decay == 0.25
+    model.fit(X, Y, epochs=5, batch_size=8, verbose=0)
+    masked = folder / "tuned.keras"
+    ks.save_model(model, masked)
+    stripped = folder / "tuned_plain.h5"
+    assert main(["strip", str(masked), "-o", str(stripped), "--json"]) == 0
+    return {"frozen": frozen, "masked": masked, "stripped": stripped, "folder": folder}
+
+
+def test_verify_passes_on_an_honestly_finetuned_model(finetuned, capsys):
+    before = read_dense_weights(finetuned["frozen"])
+    after = read_dense_weights(finetuned["masked"])
+    pinned = sum(int(w.kernel_mask.sum() + w.bias_mask.sum()) for w in before.values())
+    # Training moved the free entries, so the check below is not vacuous.
+    for name in before:
+        free = ~before[name].kernel_mask
+        assert not np.array_equal(before[name].kernel[free], after[name].kernel[free])
+    for candidate in (finetuned["masked"], finetuned["stripped"]):
+        report = run_json(capsys, "verify", candidate, "--against", finetuned["frozen"])
+        assert report["ok"] is True and report["violations"] == []
+        assert report["checked"] == pinned > 0
+        code, text, _ = run(capsys, "verify", candidate, "--against", finetuned["frozen"])
+        assert code == 0 and f"all {pinned} pinned entries" in text
+
+
+def _tampered(finetuned, name: str, changes) -> Path:
+    model = ks.load_model(finetuned["stripped"], compile=False)
+    layer = model.get_layer("hidden")
+    kernel, bias = layer.get_weights()
+    changes(kernel, bias)
+    layer.set_weights([kernel, bias])
+    path = finetuned["folder"] / name
+    ks.save_model(model, path, overwrite=True)
+    return path
+
+
+def test_verify_fails_on_a_tampered_model(finetuned, capsys):
+    mask = read_dense_weights(finetuned["frozen"])["hidden"].kernel_mask
+    rows, cols = np.nonzero(mask)
+
+    def tamper(kernel, bias):
+        kernel[rows[0], cols[0]] += 0.125
+        kernel[rows[1], cols[1]] = np.nextafter(kernel[rows[1], cols[1]], np.float32(1))  # one ulp
+
+    path = _tampered(finetuned, "tampered.h5", tamper)
+    code, out, err = run(capsys, "verify", path, "--against", finetuned["frozen"], "--json")
+    assert code == 1 and err == ""
+    report = json.loads(out)
+    assert report["ok"] is False
+    assert report["violations"] == [{
+        "layer": "hidden", "weight": "kernel", "pinned": int(mask.sum()),
+        "violations": 2, "max_deviation": 0.125, "reason": "value changed",
+    }]
+    code, text, _ = run(capsys, "verify", path, "--against", finetuned["frozen"])
+    assert code == 1
+    assert "hidden" in text and "FAILED: 2 of" in text
+
+
+def test_verify_reports_missing_layers_and_shape_mismatches(finetuned, tmp_path, capsys):
+    inputs = keras.Input((4,), name="x")
+    h = keras.layers.Dense(5, name="hidden")(inputs)  # 4x5 where FROZEN has 4x3
+    h = keras.layers.Dense(3, name="mid")(h)
+    outputs = keras.layers.Dense(2, name="out", use_bias=False)(h)
+    keras.Model(inputs, outputs).save(tmp_path / "other.keras")
+    inputs = keras.Input((4,), name="x")
+    keras.Model(inputs, keras.layers.Dense(2, name="renamed")(inputs)).save(tmp_path / "renamed.keras")
+    frozen = read_dense_weights(finetuned["frozen"])
+
+    code, out, _ = run(capsys, "verify", tmp_path / "other.keras", "--against", finetuned["frozen"], "--json")
+    assert code == 1
+    reasons = {(v["layer"], v["weight"]): v for v in json.loads(out)["violations"]}
+    assert reasons[("hidden", "kernel")]["reason"] == "shape [4, 5] in CANDIDATE, [4, 3] in FROZEN"
+    assert reasons[("hidden", "bias")]["reason"] == "shape [5] in CANDIDATE, [3] in FROZEN"
+    assert reasons[("out", "bias")]["reason"] == "no bias in CANDIDATE"
+    assert reasons[("hidden", "kernel")]["violations"] == int(frozen["hidden"].kernel_mask.sum())
+
+    code, out, _ = run(capsys, "verify", tmp_path / "renamed.keras", "--against", finetuned["frozen"], "--json")
+    assert code == 1
+    violations = json.loads(out)["violations"]
+    assert {v["reason"] for v in violations} == {"layer missing from CANDIDATE"}
+    assert sum(v["violations"] for v in violations) == sum(
+        int(w.kernel_mask.sum() + w.bias_mask.sum()) for w in frozen.values()
+    )
+
+
+def test_verify_with_nothing_pinned_warns(base, capsys):
+    code, out, err = run(capsys, "verify", base["paths"][".keras"], "--against", base["paths"][".h5"])
+    assert code == 0
+    assert "no pinned entries" in err and "all 0 pinned entries" in out
+
+
+# --- real processes: what a user sees ------------------------------------------------
+
+_PROBE = (
+    "import sys; from kerasurgery.cli import main; code = main(sys.argv[1:]); "
+    "sys.stdout.flush(); "
+    "print('IMPORTED=' + ','.join(m for m in ('tensorflow', 'keras', 'jax', 'torch') "
+    "if m in sys.modules), file=sys.stderr); sys.exit(code)"
+)
+
+
+def _env(**extra: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    return {**env, **extra}
+
+
+def _probe(*argv) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", _PROBE, *map(str, argv)],
+                          capture_output=True, text=True, env=_env(), timeout=120)
+
+
+@pytest.mark.parametrize("argv", [
+    ["--help"],
+    ["freeze", "--help"],
+    ["inspect", "{frozen}", "--json"],
+    ["inspect", "{frozen}", "--layer", "hidden", "--show"],
+    ["verify", "{frozen}", "--against", "{frozen}"],
+])
+def test_help_inspect_and_verify_do_not_import_tensorflow(finetuned, argv):
+    result = _probe(*(a.format(frozen=finetuned["frozen"]) for a in argv))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip().splitlines()[-1] == "IMPORTED="
+
+
+def test_module_run_freeze_shows_no_tensorflow_log(base, tmp_path):
+    out = tmp_path / "o.keras"
+    result = subprocess.run(
+        [sys.executable, "-m", "kerasurgery", "freeze", base["paths"][".keras"], "-o", out],
+        capture_output=True, text=True, env=_env(), timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert "4 kernel and 0 bias entries pinned" in result.stdout
+    assert out.exists()
+
+
+def test_module_run_errors_are_one_line_without_tensorflow_log(base, tmp_path):
+    (tmp_path / "noconfig.keras").write_bytes(b"")
+    with zipfile.ZipFile(tmp_path / "noconfig.keras", "w") as archive:
+        archive.writestr("metadata.json", "{}")
+    for argv, code in (
+        (["freeze", tmp_path / "noconfig.keras", "-o", tmp_path / "o.keras"], 1),  # after TF import
+        (["strip", tmp_path / "absent.keras"], 1),
+        (["freeze", base["paths"][".keras"], "--below", "x"], 2),
+    ):
+        result = subprocess.run([sys.executable, "-m", "kerasurgery", *map(str, argv)],
+                                capture_output=True, text=True, env=_env(), timeout=300)
+        assert result.returncode == code, result.stderr
+        assert result.stdout == ""
+        assert not any(marker in result.stderr for marker in TF_LOG_MARKERS), result.stderr
+        if code == 1:
+            assert_one_error_line(result.stderr)
+    assert not (tmp_path / "o.keras").exists()
+
+
+def test_console_script_is_installed():
+    script = Path(sys.executable).parent / "kerasurgery"
+    if not script.exists():
+        pytest.skip("the package is not installed in this interpreter's environment")
+    result = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "examples:" in result.stdout
