@@ -26,7 +26,10 @@ connections = "head_connections.npz"   # relative to the spec file's folder
 
 The rule is named by its argument key (`below`, `mask`, `connections`,
 `index`, `inputs`, `units`, `fraction` with `seed`) or by `rule = "..."`;
-an entry with neither pins exact zeros.
+an entry with neither pins exact zeros. An `index` item of two numbers is a
+kernel entry, of one number a bias entry. An `.npy` file applies to every layer
+the pattern selects; an `.npz` file holds one array per layer name (a mask
+file also `LAYER/bias` arrays), and the pattern picks among its names.
 """
 
 from __future__ import annotations
