@@ -58,13 +58,13 @@ class _Rule:
 
     name: str
     select: Any
-    bias: bool = False
+    bias: bool | None = False  # None: the bias too, when the layer has one
     value: Value = None
 
     def __call__(self, kernel: np.ndarray, bias: np.ndarray | None) -> Pin:
         kernel_mask = _as_mask(self.select(kernel, "kernel"), kernel.shape, self.name)
         bias_mask = None
-        if self.bias:
+        if self.bias or (self.bias is None and bias is not None):
             if bias is None:
                 raise PinError(f"Rule {self.name!r} targets the bias, but the layer has none.")
             bias_mask = _as_mask(self.select(bias, "bias"), bias.shape, self.name)
@@ -189,8 +189,15 @@ def inputs(rows: Iterable[int], *, value: Value = None) -> Rule:
     return _Rule("inputs", select, False, value)
 
 
-def units(columns: Iterable[int], *, value: Value = None, bias: bool = True) -> Rule:
-    """Pins whole output units: kernel columns and (by default) their bias entries."""
+def units(columns: Iterable[int], *, value: Value = None, bias: bool | None = None) -> Rule:
+    """Pins whole output units: kernel columns and their bias entries.
+
+    Args:
+        columns: Output unit indices.
+        value: `None` keeps current values; a number pins them to it.
+        bias: `None` (default) pins the bias entries when the layer has a bias;
+            `True` requires one; `False` leaves the bias free.
+    """
     columns = [int(c) for c in columns]
 
     def select(w: np.ndarray, which: str) -> np.ndarray:

@@ -102,3 +102,11 @@ def test_bias_rule_on_a_layer_without_bias():
 
 def test_pin_defaults_pin_nothing():
     assert Pin() == Pin(kernel=None, bias=None, kernel_value=None, bias_value=None)
+
+
+def test_units_on_a_layer_without_bias_pins_the_columns_only():
+    pin = rules.units([1])(KERNEL, None)
+    assert pin.kernel[:, 1].all() and pin.kernel.sum() == 3 and pin.bias is None
+    assert rules.units([1], bias=False)(KERNEL, BIAS).bias is None
+    with pytest.raises(PinError, match="has none"):
+        rules.units([1], bias=True)(KERNEL, None)
