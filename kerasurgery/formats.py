@@ -1,13 +1,20 @@
-"""Which kind of model file a path holds, told from its first bytes.
+"""Which kind of model file a path holds, and whether its container is sound.
 
-Kept free of TensorFlow and Keras so that `inspect` and the loader share it.
+`detect_format` tells the format from the first bytes; `read_model_config`
+checks the container (zip checksums, HDF5 structure, the config's JSON) before
+Keras sees the file, so that a broken file fails with a message about the file
+rather than somewhere inside Keras or h5py. Kept free of TensorFlow and Keras
+so that `inspect` and the loader share it.
 """
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import zipfile
 from pathlib import Path
+from typing import Any
 
 from kerasurgery.errors import ModelFileError
 
@@ -75,3 +82,255 @@ def detect_format(path: str | os.PathLike) -> str:
     raise ModelFileError(
         f"{path}: is neither a `.keras` archive nor an HDF5 file."
     )
+
+
+# Members of a `.keras` archive (keras/src/saving/saving_lib.py).
+_CONFIG = "config.json"
+_WEIGHTS = "model.weights.h5"
+# DEFLATE cannot expand data by more than about 1032:1.
+_MAX_EXPANSION = 1032
+
+
+def read_model_config(path: str | os.PathLike, fmt: str) -> dict[str, Any]:
+    """Checks the container of a model file and returns its model config.
+
+    For a `.keras` archive: every member's CRC, a `config.json` holding a JSON
+    object, and a weights file that is sound HDF5. For an `.h5` file: that h5py
+    can open it, that it has a `model_config` (a weights-only file is named as
+    such), and its structure. Structure means every dataset's header is
+    readable and its data fits inside the file, so a corrupt size cannot make
+    the loader allocate more memory than the file could hold.
+
+    Args:
+        path: The model file.
+        fmt: Its format, from `detect_format`.
+
+    Returns:
+        The model config, as the JSON object stored in the file.
+
+    Raises:
+        ModelFileError: the container is damaged or is not a saved model.
+    """
+    path = Path(path)
+    if fmt == KERAS:
+        return _read_keras_config(path)
+    return _read_h5_config(path)
+
+
+def _read_keras_config(path: Path) -> dict[str, Any]:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()
+            if damaged is not None:
+                raise ModelFileError(
+                    f"{path}: is a damaged archive: the checksum of {damaged!r} "
+                    "does not match its contents."
+                )
+            names = archive.namelist()
+            if _CONFIG not in names:
+                raise ModelFileError(
+                    f"{path}: is a zip archive without {_CONFIG}, not a Keras model."
+                )
+            config = _parse_config(path, archive.read(_CONFIG), _CONFIG)
+            if _WEIGHTS in names:
+                info = archive.getinfo(_WEIGHTS)
+                if info.file_size > _MAX_EXPANSION * max(info.compress_size, 1):
+                    raise ModelFileError(
+                        f"{path}: {_WEIGHTS} claims {info.file_size} bytes but "
+                        f"only {info.compress_size} are stored."
+                    )
+                weights = archive.read(_WEIGHTS)
+                _check_hdf5(path, io.BytesIO(weights), len(weights), f"{_WEIGHTS} ")
+    except ModelFileError:
+        raise
+    except Exception as e:  # zipfile and zlib raise many kinds on damage.
+        raise ModelFileError(
+            f"{path}: is a damaged or truncated zip archive ({_short(e)})."
+        ) from None
+    return config
+
+
+def _read_h5_config(path: Path) -> dict[str, Any]:
+    import h5py  # imported here: `detect_format` callers need no h5py.
+
+    size = path.stat().st_size
+    try:
+        h5 = h5py.File(path, "r")
+    except Exception as e:
+        raise ModelFileError(
+            f"{path}: is a damaged or truncated HDF5 file ({_short(e)})."
+        ) from None
+    with h5:
+        try:
+            raw = h5.attrs.get("model_config")
+            weights_only = (
+                raw is None
+                and ("layer_names" in h5.attrs or "layers" in h5 or "vars" in h5)
+            )
+        except Exception as e:
+            raise ModelFileError(f"{path}: is a damaged HDF5 file ({_short(e)}).") from None
+        if weights_only:
+            raise ModelFileError(
+                f"{path}: holds weights only (a `.weights.h5` file), not a model; "
+                "load it with `model.load_weights()` into a model built in code, "
+                "or use the file written by `model.save()`."
+            )
+        if raw is None:
+            raise ModelFileError(
+                f"{path}: is an HDF5 file without a model configuration "
+                "(no `model_config` attribute), not a saved Keras model."
+            )
+        if isinstance(raw, bytes):
+            raw = raw.decode("utf-8", "replace")
+        config = _parse_config(path, raw, "model_config")
+        _check_hdf5(path, h5, size, "")
+    return config
+
+
+def code_layers(config: Any) -> list[tuple[str, str]]:
+    """(name, class name) of each layer whose config holds Python code.
+
+    Keras 3 stores a Python lambda (a Lambda layer's function, or a lambda
+    anywhere else in a config) as `{"class_name": "__lambda__", ...}`; Keras 2
+    marks a Lambda layer's function with `"function_type": "lambda"`. Such code
+    runs when the model is deserialized, which is what safe mode refuses.
+
+    Args:
+        config: A model config, as stored in the file.
+
+    Returns:
+        The layers that carry code, each once, named by the innermost layer
+        entry of the config that holds the code.
+
+    Raises:
+        RecursionError: the config is nested deeper than Python can walk.
+    """
+    found: list[tuple[str, str]] = []
+
+    def walk(node: Any, layer: tuple[str, str]) -> None:
+        if isinstance(node, list):
+            for item in node:
+                walk(item, layer)
+            return
+        if not isinstance(node, dict):
+            return
+        carries_code = node.get("class_name") == "__lambda__" or any(
+            node.get(key) == "lambda" for key in _CODE_TYPE_KEYS
+        )
+        if carries_code and layer not in found:
+            found.append(layer)
+        for key, value in node.items():
+            if key == "layers" and isinstance(value, list):
+                for entry in value:
+                    walk(entry, _layer_of(entry, layer))
+            else:
+                walk(value, layer)
+
+    walk(config, _layer_of(config, ("?", "?")))
+    return found
+
+
+# Keras 2 Lambda config keys that say a function is serialized bytecode.
+_CODE_TYPE_KEYS = ("function_type", "output_shape_type", "mask_type")
+
+
+def _layer_of(entry: Any, default: tuple[str, str]) -> tuple[str, str]:
+    """(name, class name) of a layer entry of a config, else `default`."""
+    if isinstance(entry, dict) and isinstance(entry.get("config"), dict):
+        name = entry["config"].get("name")
+        if isinstance(name, str):
+            return (name, str(entry.get("class_name")))
+    return default
+
+
+def stored_weight_dtypes(path: str | os.PathLike) -> list[tuple[str, list[Any]]]:
+    """The dtypes of the weights an `.h5` model file stores, in Keras' order.
+
+    Keras' `.h5` loader pairs the layers that have weights with the groups
+    listed in `layer_names` that have `weight_names`, in order, and a layer's
+    variables with the datasets in `weight_names`, in order.
+
+    Returns:
+        `(group name, [dataset dtype, ...])` for each group with weights.
+
+    Raises:
+        ModelFileError: the file's weight layout cannot be read.
+    """
+    import h5py
+
+    path = Path(path)
+    try:
+        with h5py.File(path, "r") as h5:
+            group = h5["model_weights"] if "model_weights" in h5 else h5
+            result = []
+            for name in _h5_list(group, "layer_names"):
+                weights = _h5_list(group[name], "weight_names")
+                if weights:
+                    result.append((name, [group[name][w].dtype for w in weights]))
+            return result
+    except Exception as e:
+        raise ModelFileError(
+            f"{path}: cannot read the stored weights ({_short(e)})."
+        ) from None
+
+
+def _h5_list(group: Any, name: str) -> list[str]:
+    """A list attribute of an HDF5 group, also when Keras split it in chunks."""
+    if name in group.attrs:
+        chunks = [group.attrs[name]]
+    else:
+        chunks = []
+        while f"{name}{len(chunks)}" in group.attrs:
+            chunks.append(group.attrs[f"{name}{len(chunks)}"])
+    return [
+        item.decode("utf8") if hasattr(item, "decode") else str(item)
+        for chunk in chunks for item in chunk
+    ]
+
+
+def _parse_config(path: Path, raw: bytes | str, where: str) -> dict[str, Any]:
+    try:
+        config = json.loads(raw)
+    except (ValueError, RecursionError) as e:
+        raise ModelFileError(f"{path}: {where} is not valid JSON ({_short(e)}).") from None
+    if not isinstance(config, dict) or not isinstance(config.get("class_name"), str):
+        raise ModelFileError(f"{path}: {where} does not describe a Keras model.")
+    return config
+
+
+def _check_hdf5(path: Path, source: Any, size: int, what: str) -> None:
+    """Reads every dataset's header in `source` (a path, file object or h5py.File)."""
+    import h5py
+
+    def visit(name: str, item: Any) -> None:
+        if not isinstance(item, h5py.Dataset):
+            return
+        stored = item.size * item.dtype.itemsize
+        offset = item.id.get_offset()
+        if item.compression is None and offset is not None:
+            fits = offset + stored <= size
+        else:
+            fits = stored <= _MAX_EXPANSION * size
+        if not fits:
+            raise ModelFileError(
+                f"{path}: {what}dataset {name!r} claims {stored} bytes, more than "
+                "the file holds: the file is truncated or damaged."
+            )
+
+    try:
+        if isinstance(source, h5py.File):
+            source.visititems(visit)
+        else:
+            with h5py.File(source, "r") as h5:
+                h5.visititems(visit)
+    except ModelFileError:
+        raise
+    except Exception as e:
+        raise ModelFileError(
+            f"{path}: {what}is a damaged HDF5 file ({_short(e)})."
+        ) from None
+
+
+def _short(error: BaseException) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= 200 else text[:197] + "..."

@@ -3,18 +3,33 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import logging
 import os
+import re
+import socket
 import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
-import keras
+from kerasurgery import _compat  # noqa: F401  (refuses an unsupported Keras first)
 
-from kerasurgery import layers as _layers  # noqa: F401  (registers MaskedDense)
+import keras
+import numpy as np
+from keras import ops
+
+from kerasurgery import layers as _layers  # also registers MaskedDense with Keras
 from kerasurgery.errors import KerasurgeryError, ModelFileError
-from kerasurgery.formats import KERAS, H5, detect_format, format_for_suffix
+from kerasurgery.formats import (
+    H5,
+    KERAS,
+    code_layers,
+    detect_format,
+    format_for_suffix,
+    read_model_config,
+    stored_weight_dtypes,
+)
 
 # Longest piece of an underlying library's message we pass on: Keras appends
 # whole configs to some of its errors.
@@ -27,10 +42,12 @@ def load_model(
     """Loads a `.keras` or `.h5` model (written by Keras 3 or Keras 2).
 
     The format is read from the file's first bytes, not trusted from its
-    suffix. `safe_mode=True` refuses files that would run code (Lambda layers).
-    When the saved training configuration cannot be restored, as happens with
-    many Keras 2 `.h5` files, the model is loaded without it and a
-    `UserWarning` says why.
+    suffix, and the container is checked before Keras reads it (zip checksums,
+    HDF5 structure, the config's JSON). `safe_mode=True` refuses files that
+    would run code (Lambda layers) before anything is deserialized. When the
+    saved training configuration cannot be restored, as happens with many
+    Keras 2 `.h5` files, the model is loaded without it and a `UserWarning`
+    says why. Loading never writes next to the file.
 
     Args:
         path: The model file.
@@ -42,15 +59,19 @@ def load_model(
 
     Raises:
         ModelFileError: the file is missing, unreadable, not a model, corrupt,
-            or refused by safe mode. The message names the file.
+            holds weights that do not fit its config, or is refused by safe
+            mode. The message is one line and names the file.
     """
     path = Path(path)
     fmt = detect_format(path)
+    config = read_model_config(path, fmt)
+    if safe_mode:
+        _refuse_code(path, config)
     with _named_for_keras(path, fmt) as readable:
         try:
-            return _load(readable, safe_mode=safe_mode, compile=compile)
+            model = _load(readable, safe_mode=safe_mode, compile=compile)
         except Exception as first:
-            if not compile:
+            if not compile or _is_about_the_model(first):
                 raise _load_error(path, first) from None
             try:
                 model = _load(readable, safe_mode=safe_mode, compile=False)
@@ -61,7 +82,9 @@ def load_model(
                 f"({_detail(first)}); the model was loaded without it.",
                 stacklevel=2,
             )
-            return model
+    if fmt == H5:
+        _check_h5_weights(path, model)
+    return model
 
 
 def _load(path: Path, *, safe_mode: bool, compile: bool) -> keras.Model:
@@ -69,8 +92,49 @@ def _load(path: Path, *, safe_mode: bool, compile: bool) -> keras.Model:
     with _quiet():
         model = keras.saving.load_model(path, compile=compile, safe_mode=safe_mode)
     if not isinstance(model, keras.Model):
-        raise ModelFileError(f"{path}: does not hold a Keras model.")
+        raise ModelFileError("does not hold a Keras model.")
     return model
+
+
+def _is_about_the_model(error: Exception) -> bool:
+    """Whether loading failed for a reason a retry without compiling cannot fix."""
+    if isinstance(error, KerasurgeryError):
+        return True
+    message = str(error)
+    return any(marker in message for marker in _MODEL_ERRORS)
+
+
+# Keras errors about the stored weights or safe mode, which loading without
+# the training configuration cannot fix (so it is not tried: a broken file
+# fails fast). Unknown classes are not here: they may be a custom loss.
+_MODEL_ERRORS = (
+    "safe_mode",
+    "objects could not be loaded",
+    "Shape mismatch",
+    "Layer count mismatch",
+    "Weight count mismatch",
+)
+
+
+def _refuse_code(path: Path, config: dict) -> None:
+    """Refuses, in safe mode, a config whose layers carry Python code."""
+    try:
+        layers = code_layers(config)
+    except RecursionError:
+        raise ModelFileError(f"{path}: the model config is nested too deeply to check.") from None
+    if layers:
+        named = ", ".join(f"{name!r} ({class_name})" for name, class_name in layers)
+        noun = "layer" if len(layers) == 1 else "layers"
+        raise ModelFileError(
+            f"{path}: refused by safe mode: {noun} {named} would run Python code "
+            f"stored in the file. {_OPT_IN}"
+        )
+
+
+_OPT_IN = (
+    "Load it with safe_mode=False (command line: --unsafe) only if you trust "
+    "where the file came from."
+)
 
 
 @contextlib.contextmanager
@@ -88,25 +152,138 @@ def _quiet() -> Iterator[None]:
 
 
 def _load_error(path: Path, error: Exception) -> KerasurgeryError:
+    """One line naming `path` and saying what is wrong, from any loading error."""
     if isinstance(error, KerasurgeryError):
         return type(error)(f"{path}: {error}")
-    message = str(error)
+    message = " ".join(str(error).split())
     if "safe_mode" in message or "safe mode" in message:
         return ModelFileError(
             f"{path}: refused by safe mode, the file would run code "
-            f"({_detail(error)}). Load it without safe mode only if you trust it."
+            f"({_detail(error)}). {_OPT_IN}"
         )
-    return ModelFileError(f"{path}: cannot load the model: {_detail(error)}")
+    if isinstance(error, KeyError):
+        # Raised bare by Keras and h5py for a config key or HDF5 entry that is not there.
+        message = f"the file is malformed: it lacks the entry {message}."
+    return ModelFileError(f"{path}: cannot load the model: {_explain(message)}")
 
 
-def _detail(error: BaseException) -> str:
+def _explain(message: str) -> str:
+    """Rewrites the Keras errors a broken file causes into plain words."""
+    nested = _NOT_DESERIALIZED.search(message)
+    if nested:
+        return f"the model config does not rebuild: {_explain(nested[1])}"
+    failed = _FAILED_OBJECT.search(message)
+    where = ""
+    if failed:
+        # Keras collects per-layer failures; the first one is the useful part.
+        where = f"layer {failed['name']!r} ({failed['cls']}): "
+        message = failed["detail"].removeprefix(f"Layer {failed['name']!r}: ")
+    unknown = _UNKNOWN_CLASS.search(message)
+    if unknown:
+        return (
+            f"{where}unknown layer class {unknown[1] or unknown[2]!r} (a custom layer must be "
+            "registered, by importing the code that defines it, before loading)."
+        )
+    node = _UNKNOWN_NODE.search(message)
+    if node:
+        return f"{where}the config connects a layer {node[1]!r} that it does not define."
+    shape = _H5_SHAPE.search(message)
+    if shape:
+        return (
+            f"{where}layer {shape['layer']!r}: weight {shape['weight']!r} is stored "
+            f"with shape {shape['stored']}, but the model's config makes it "
+            f"{shape['expected']}."
+        )
+    shape = _KERAS_SHAPE.search(message)
+    if shape:
+        return (
+            f"{where}a weight is stored with shape {shape['stored']}, but the "
+            f"model's config makes it {shape['expected']}."
+        )
+    return where + _detail(message)
+
+
+_FAILED_OBJECT = re.compile(
+    r"Example error message for object <(?P<cls>\w+) name=(?P<name>[^,>]+)[^>]*>: "
+    r"(?P<detail>.*?)(?: List of objects that could not be loaded:.*)?$"
+)
+# Keras nests the real reason; the innermost one is the useful part.
+_NOT_DESERIALIZED = re.compile(
+    r"(?:could not be deserialized properly|Error when deserializing class).*"
+    r"Exception encountered: (.*)$"
+)
+_UNKNOWN_NODE = re.compile(r"^Unknown layer: ([^'\s]\S*)$")
+_UNKNOWN_CLASS = re.compile(
+    r"(?:Unknown layer: |Could not locate class )'([^']+)'"
+    r"|Could not deserialize '(?:[\w.]+\.)?([^'.]+)' because it is not a KerasSaveable"
+)
+_H5_SHAPE = re.compile(
+    r"Shape mismatch in layer #\d+ \(named (?P<layer>[^)]+)\) ?for weight "
+    r"(?P<weight>\S+?)\. Weight expects shape (?P<expected>\([^)]*\))\. "
+    r"Received saved weight with shape (?P<stored>\([^)]*\))"
+)
+_KERAS_SHAPE = re.compile(
+    r"variable\.shape=(?P<expected>\([^)]*\)), Received: value\.shape=(?P<stored>\([^)]*\))"
+)
+
+
+def _detail(error: BaseException | str) -> str:
     text = " ".join(str(error).split()) or type(error).__name__
-    cut = text.find("Full object config")
+    cuts = [text.find(marker) for marker in ("Full object config", "Full config:", "config={")]
+    cut = min((c for c in cuts if c > 0), default=-1)
     if cut > 0:
         text = text[:cut].rstrip(" .,") + "."
     if len(text) > _MAX_DETAIL:
         text = text[: _MAX_DETAIL - 3] + "..."
     return text
+
+
+def _check_h5_weights(path: Path, model: keras.Model) -> None:
+    """Refuses an `.h5` file whose stored weights Keras had to cast or let pass.
+
+    Keras' `.h5` loader assigns stored arrays to the model's variables by
+    order, casting each: a float array stored where a `MaskedDense` keeps a
+    boolean pin mask would silently become a mask (every non-zero entry
+    pinned). It also bypasses `MaskedDense.load_own_variables`, which checks
+    the pins of a `.keras` file. So this pairs stored datasets with variables
+    the way Keras does, refuses a boolean/number mismatch, and checks that
+    every pinned value is finite.
+    """
+    stored = stored_weight_dtypes(path)
+    layers = [layer for layer in model.layers if _legacy_weights(layer)]
+    for (_, dtypes), layer in zip(stored, layers):
+        for variable, dtype in zip(_legacy_weights(layer), dtypes):
+            kept = str(variable.dtype)
+            if (kept == "bool") != (dtype == np.bool_):
+                raise ModelFileError(
+                    f"{path}: layer {layer.name!r}: weight {variable.path!r} is "
+                    f"stored as {dtype}, but the layer keeps it as {kept}; "
+                    "refusing to cast it."
+                )
+    for layer in _all_layers(model):
+        if not isinstance(layer, _layers.MaskedDense) or not layer.built:
+            continue
+        for which in ("kernel", "bias"):
+            value = getattr(layer, f"{which}_pin_value", None)
+            if value is not None and not np.all(np.isfinite(ops.convert_to_numpy(value))):
+                raise ModelFileError(
+                    f"{path}: layer {layer.name!r}: `{which}_pin_value` holds a "
+                    "non-finite pinned value."
+                )
+
+
+def _legacy_weights(layer: keras.layers.Layer) -> list:
+    # The order in which Keras' `.h5` format stores and loads a layer's weights.
+    return layer.trainable_weights + layer.non_trainable_weights
+
+
+def _all_layers(model: keras.Model) -> Iterator[keras.layers.Layer]:
+    """Every layer inside `model`, nested models' layers included."""
+    stack = list(model.layers)
+    while stack:
+        layer = stack.pop()
+        yield layer
+        stack.extend(getattr(layer, "layers", []))
 
 
 @contextlib.contextmanager
@@ -128,9 +305,17 @@ def save_model(
     """Saves `model` atomically; the suffix (`.keras`, `.h5`) picks the format.
 
     The model is written to a temporary file in the target's folder, flushed to
-    disk and moved over the target with `os.replace`, so a failed or
-    interrupted save leaves any earlier file at `path` as it was. A replaced
-    file keeps its permissions.
+    disk and moved over the target with `os.replace` (the folder is flushed
+    too), so a failed or interrupted save leaves any earlier file at `path` as
+    it was, and a reader never sees half a model. A replaced file keeps its
+    permissions; a symlink at `path` is replaced, not the file it points to.
+    Without `overwrite`, a file that appears at `path` while saving is not
+    replaced either.
+
+    A process killed while saving (SIGKILL, power loss) can leave its
+    temporary file, `.<name>.<host>-<pid>.<random>.tmp<suffix>`, beside the
+    target. The next save to that target on the same host removes those whose
+    process is gone.
 
     Args:
         model: The model to save.
@@ -149,13 +334,14 @@ def save_model(
     if path.is_dir():
         raise ModelFileError(f"{path}: is a folder, not a model file.")
     if path.exists() and not overwrite:
-        raise ModelFileError(f"{path}: already exists (pass overwrite=True to replace it).")
+        raise _exists(path)
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise ModelFileError(f"{path}: the folder {folder} does not exist.")
+    _remove_stale_temporaries(path)
     try:
         fd, tmp_name = tempfile.mkstemp(
-            prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=folder
+            prefix=f".{path.name}.{_owner_tag()}.", suffix=f".tmp{path.suffix}", dir=folder
         )
     except OSError as e:
         raise ModelFileError(f"{path}: cannot write in {folder}: {e.strerror}.") from None
@@ -166,7 +352,7 @@ def save_model(
             model.save(tmp, overwrite=True)
         _fsync(tmp)
         os.chmod(tmp, _mode_for(path))
-        os.replace(tmp, path)
+        _move(tmp, path, overwrite)
     except BaseException as e:
         tmp.unlink(missing_ok=True)
         if isinstance(e, Exception) and not isinstance(e, KerasurgeryError):
@@ -174,6 +360,56 @@ def save_model(
         raise
     _fsync_folder(folder)
     return path
+
+
+def _exists(path: Path) -> ModelFileError:
+    return ModelFileError(f"{path}: already exists (pass overwrite=True to replace it).")
+
+
+def _move(tmp: Path, path: Path, overwrite: bool) -> None:
+    """Puts `tmp` at `path` in one step; without `overwrite`, only if `path` is free."""
+    if overwrite:
+        os.replace(tmp, path)
+        return
+    try:
+        # A hard link fails if `path` exists, which `os.replace` cannot do:
+        # a file created since the check above is not overwritten.
+        os.link(tmp, path)
+    except FileExistsError:
+        raise _exists(path) from None
+    except OSError:  # No hard links on this filesystem (FAT, some network mounts).
+        if path.exists():
+            raise _exists(path) from None
+        os.replace(tmp, path)
+    else:
+        tmp.unlink()
+
+
+def _owner_tag() -> str:
+    """`<host>-<pid>`: tells later saves whose temporary file this is."""
+    host = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname()) or "host"
+    return f"{host}-{os.getpid()}"
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Removes temporary files of earlier saves to `path` killed on this host."""
+    host = _owner_tag().rsplit("-", 1)[0]
+    prefix = f".{path.name}.{host}-"
+    for stale in path.parent.glob(f"{glob.escape(prefix)}*.tmp{glob.escape(path.suffix)}"):
+        pid = stale.name[len(prefix):].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _running(int(pid)):
+            with contextlib.suppress(OSError):
+                stale.unlink()
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # It exists, but belongs to another user.
+        return True
+    return True
 
 
 def _mode_for(path: Path) -> int:

@@ -13,6 +13,8 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Union
 
+from kerasurgery import _compat  # noqa: F401  (refuses an unsupported Keras first)
+
 import keras
 import numpy as np
 from keras import ops
@@ -281,7 +283,7 @@ def _select(
         raise LayerSelectionError(
             f"Expected a layer name or glob pattern. Received: {key!r}"
         )
-    available = ", ".join(dense_layers) or "none"
+    available = ", ".join(dense_layers) or f"none (model {model.name!r} has no Dense layer)"
     if key in dense_layers:
         return [dense_layers[key]]
     other = next((layer for layer in _walk(model) if layer.name == key), None)
