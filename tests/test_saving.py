@@ -262,3 +262,41 @@ def test_safe_mode_refuses_lambda_layers(tmp_path):
         path = ks.save_model(model, tmp_path / f"lambda{suffix}")
         with pytest.raises(ModelFileError, match="refused by safe mode"):
             ks.load_model(path)
+
+
+def test_a_file_appearing_during_a_save_without_overwrite_is_kept(tmp_path, mlp, monkeypatch):
+    target = tmp_path / "m.keras"
+    save = mlp.save
+
+    def save_while_another_writes(path, **kwargs):
+        save(path, **kwargs)
+        target.write_bytes(b"written meanwhile by someone else")
+
+    monkeypatch.setattr(mlp, "save", save_while_another_writes)
+    with pytest.raises(ModelFileError, match="already exists"):
+        ks.save_model(mlp, target)
+    assert target.read_bytes() == b"written meanwhile by someone else"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.keras"]
+
+
+def test_saving_over_a_symlink_replaces_the_link_not_the_file_it_points_to(tmp_path, mlp):
+    real = tmp_path / "real.keras"
+    real.write_bytes(b"precious")
+    link = tmp_path / "link.keras"
+    link.symlink_to(real)
+    ks.save_model(mlp, link, overwrite=True)
+    assert real.read_bytes() == b"precious"
+    assert not link.is_symlink() and zipfile.is_zipfile(link)
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_saving_over_the_file_a_model_was_loaded_from(tmp_path, mlp, data, suffix):
+    path = ks.save_model(ks.freeze(mlp, {"*": ks.rules.zeros()}), tmp_path / f"m{suffix}")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded = ks.load_model(path)
+        ks.save_model(ks.strip(loaded), path, overwrite=True)
+        again = ks.load_model(path)
+    assert [type(layer).__name__ for layer in again.layers] == ["InputLayer", "Dense", "Dense"]
+    assert np.array_equal(ops.convert_to_numpy(again(data[0])), ops.convert_to_numpy(loaded(data[0])))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"m{suffix}"]
