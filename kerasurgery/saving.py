@@ -84,7 +84,21 @@ def load_model(
             )
     if fmt == H5:
         _check_h5_weights(path, model)
+        if getattr(model, "compiled", False):
+            _rebuild_h5_optimizer(model)
     return model
+
+
+def _rebuild_h5_optimizer(model: keras.Model) -> None:
+    """Gives a model loaded from `.h5` an optimizer that can train it.
+
+    Keras 3.15's `.h5` loader builds the restored optimizer from the model's
+    own (empty) `_trainable_variables` of a Sequential or Functional model,
+    so the first `fit` fails with "Unknown variable". Compiling again from the
+    same compile config gives a fresh optimizer of the same kind and settings;
+    the saved optimizer state could not be used by that broken one anyway.
+    """
+    model.compile_from_config(model.get_compile_config())
 
 
 def _load(path: Path, *, safe_mode: bool, compile: bool) -> keras.Model:

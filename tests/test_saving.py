@@ -300,3 +300,15 @@ def test_saving_over_the_file_a_model_was_loaded_from(tmp_path, mlp, data, suffi
     assert [type(layer).__name__ for layer in again.layers] == ["InputLayer", "Dense", "Dense"]
     assert np.array_equal(ops.convert_to_numpy(again(data[0])), ops.convert_to_numpy(loaded(data[0])))
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"m{suffix}"]
+
+
+def test_compiled_h5_model_loads_ready_to_fit(tmp_path, mlp, data):
+    mlp.compile(optimizer=keras.optimizers.Adam(0.0125), loss="mean_squared_error")
+    path = ks.save_model(ks.freeze(mlp, {"*": ks.rules.zeros()}), tmp_path / "m.h5")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        loaded = ks.load_model(path)
+    assert loaded.compiled
+    assert float(ops.convert_to_numpy(loaded.optimizer.learning_rate)) == pytest.approx(0.0125)
+    history = loaded.fit(*data, epochs=2, verbose=0)
+    assert len(history.history["loss"]) == 2
