@@ -386,8 +386,9 @@ def _clone(
             return _clone(layer, replace, pairs)
         new = replace(layer)
         if new is None:
-            new = layer.__class__.from_config(layer.get_config())
-        pairs.append((layer, new))
+            new = _copy_layer(layer)
+        if new is not layer:
+            pairs.append((layer, new))
         return new
 
     if isinstance(model, keras.Sequential):
@@ -399,6 +400,18 @@ def _clone(
     return keras.models.clone_model(
         model, input_tensors=inputs, clone_function=clone_function
     )
+
+
+def _copy_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
+    try:
+        return layer.__class__.from_config(layer.get_config())
+    except Exception:
+        # A layer that cannot be rebuilt from its config, such as a Lambda
+        # under Keras' safe mode, is reused when it holds no weights: the new
+        # model then shares no state with the old one through it.
+        if layer.weights:
+            raise
+        return layer
 
 
 def _named_input(tensor: Any) -> Any:

@@ -281,3 +281,16 @@ def test_lora_dense_is_frozen_with_its_merged_kernel(data):
     frozen = ks.freeze(model, {"a": ks.rules.zeros()})
     assert np.array_equal(_np(frozen.get_layer("a").kernel), _np(model.get_layer("a").kernel))
     assert np.allclose(_np(frozen(x)), _np(model(x)), atol=1e-6)
+
+
+def test_model_with_a_lambda_layer_can_be_frozen_and_stripped():
+    inputs = keras.Input((4,))
+    h = keras.layers.Dense(3, name="d")(inputs)
+    outputs = keras.layers.Lambda(lambda t: t * 2.0, name="double")(h)
+    model = _prune(keras.Model(inputs, outputs))
+    x = np.ones((2, 4), "float32")
+    frozen = ks.freeze(model, {"d": ks.rules.zeros()})
+    stripped = ks.strip(frozen)
+    assert isinstance(frozen.get_layer("d"), ks.MaskedDense)
+    assert np.array_equal(_np(frozen(x)), _np(model(x)))
+    assert np.array_equal(_np(stripped(x)), _np(model(x)))
