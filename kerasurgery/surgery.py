@@ -2,8 +2,10 @@
 
 Both rebuild the model with `keras.models.clone_model` (recursively, so nested
 models and shared layers keep their structure), replace the chosen layers and
-copy every weight, trainable or not, from the original. The original model is
-left untouched and shares nothing with the result.
+copy every weight, trainable or not, from the original. Subclassed models are
+re-created from their config and rewritten attribute by attribute
+(`_subclassed.py`). The original model is left untouched and shares no
+variable with the result.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from kerasurgery._subclassed import copy_layer, is_subclassed, rebuild_subclassed
 from kerasurgery.errors import KerasurgeryError, LayerSelectionError, PinError
 from kerasurgery.layers import PER_ENTRY, SHARED, MaskedDense
 from kerasurgery.pins import Pin, Rule
@@ -74,10 +77,13 @@ def freeze(model: keras.Model, pins: Mapping[str, PinSpec]) -> keras.Model:
             plan = plans.get(id(layer)) or _Plan.of(layer)
             plans[id(layer)] = plan.add(_resolve(spec, layer, plan), layer.name)
 
+    replaced: set[int] = set()
+
     def replace(layer: keras.layers.Layer) -> keras.layers.Layer | None:
         plan = plans.get(id(layer))
         if plan is None:
             return None
+        replaced.add(id(layer))
         config = {**layer.get_config(), "pinned_kernel_values": plan.storage()}
         for key in ("lora_rank", "lora_alpha", "quantization_config"):
             config.pop(key, None)
@@ -90,7 +96,16 @@ def freeze(model: keras.Model, pins: Mapping[str, PinSpec]) -> keras.Model:
         else:
             plan.assign(new)
 
-    return _rebuild(model, replace, copy)
+    frozen = _rebuild(model, replace, copy)
+    missed = [name for name, layer in dense_layers.items()
+              if id(layer) in plans and id(layer) not in replaced]
+    if missed:
+        raise KerasurgeryError(
+            f"Cannot reach layer(s) {', '.join(map(repr, missed))} of model "
+            f"{model.name!r}: they sit inside a subclassed model nested in a "
+            "Functional or Sequential one. Freeze that inner model instead."
+        )
+    return frozen
 
 
 def strip(model: keras.Model) -> keras.Model:
@@ -301,16 +316,24 @@ def _select(
 
 
 def _walk(layer: keras.layers.Layer) -> Iterator[keras.layers.Layer]:
-    """Every layer inside `layer` (nested models included), each once."""
+    """Every layer inside `layer` (nested models and custom blocks included), once."""
     seen: set[int] = set()
-    stack = list(reversed(getattr(layer, "layers", [])))
+    stack = list(reversed(_sublayers(layer)))
     while stack:
         current = stack.pop()
         if id(current) in seen:
             continue
         seen.add(id(current))
         yield current
-        stack.extend(reversed(getattr(current, "layers", [])))
+        stack.extend(reversed(_sublayers(current)))
+
+
+def _sublayers(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
+    if isinstance(layer, keras.Model):
+        return list(layer.layers)
+    # A custom layer holding layers (a subclassed model's block) has no public
+    # list of them; Keras tracks them in `_layers`.
+    return list(getattr(layer, "_layers", []))
 
 
 def _dense_layers(model: keras.Model) -> list[keras.layers.Layer]:
@@ -331,21 +354,10 @@ def _require_rewritable(model: Any, verb: str) -> None:
         raise KerasurgeryError(
             f"Expected a Keras model to {verb}. Received: {type(model).__name__}"
         )
-    if not _is_graph_model(model):
-        raise KerasurgeryError(
-            f"Cannot {verb} {type(model).__name__} {model.name!r}: only Sequential "
-            "and Functional models can be rewritten (a subclassed model's "
-            "structure lives in its Python code)."
-        )
     if not model.built:
         raise KerasurgeryError(
             f"Model {model.name!r} is not built: call it on data or build it first."
         )
-
-
-def _is_graph_model(model: keras.Model) -> bool:
-    # Functional models are not a public class; their graph runner is the mark.
-    return isinstance(model, keras.Sequential) or hasattr(model, "_run_through_graph")
 
 
 def _rebuild(
@@ -353,6 +365,8 @@ def _rebuild(
     replace: Callable[[keras.layers.Layer], keras.layers.Layer | None],
     copy: Callable[[keras.layers.Layer, keras.layers.Layer], None],
 ) -> keras.Model:
+    if is_subclassed(model):
+        return rebuild_subclassed(model, replace, copy)
     pairs: list[tuple[keras.layers.Layer, keras.layers.Layer]] = []
     with warnings.catch_warnings():
         # clone_model warns about compile state it restores itself.
@@ -382,11 +396,11 @@ def _clone(
     """Clones one level; nested models recurse here so their inputs keep names."""
 
     def clone_function(layer: keras.layers.Layer) -> keras.layers.Layer:
-        if isinstance(layer, keras.Model) and _is_graph_model(layer):
+        if isinstance(layer, keras.Model) and not is_subclassed(layer):
             return _clone(layer, replace, pairs)
         new = replace(layer)
         if new is None:
-            new = _copy_layer(layer)
+            new = copy_layer(layer)
         if new is not layer:
             pairs.append((layer, new))
         return new
@@ -400,18 +414,6 @@ def _clone(
     return keras.models.clone_model(
         model, input_tensors=inputs, clone_function=clone_function
     )
-
-
-def _copy_layer(layer: keras.layers.Layer) -> keras.layers.Layer:
-    try:
-        return layer.__class__.from_config(layer.get_config())
-    except Exception:
-        # A layer that cannot be rebuilt from its config, such as a Lambda
-        # under Keras' safe mode, is reused when it holds no weights: the new
-        # model then shares no state with the old one through it.
-        if layer.weights:
-            raise
-        return layer
 
 
 def _named_input(tensor: Any) -> Any:

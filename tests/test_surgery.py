@@ -223,19 +223,87 @@ def test_bias_pin_on_layer_without_bias_is_an_error():
         ks.freeze(_branches(), {"head2": ks.rules.zeros(bias=True)})
 
 
-def test_subclassed_and_non_models_are_refused_clearly():
-    class Custom(keras.Model):
-        def __init__(self):
+class Block(keras.layers.Layer):
+    def __init__(self, units, **kwargs):
+        super().__init__(**kwargs)
+        self.proj = keras.layers.Dense(units, activation="relu")
+        self.norm = keras.layers.LayerNormalization()
+
+    def call(self, x):
+        return self.norm(self.proj(x))
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.proj.units}
+
+
+class Detector(keras.Model):
+    """Dense layers as attributes, in a list and inside a custom block."""
+
+    def __init__(self, width=5, **kwargs):
+        super().__init__(**kwargs)
+        self.stem = keras.layers.Dense(width, activation="tanh")
+        self.block = Block(width)
+        self.heads = [keras.layers.Dense(2), keras.layers.Dense(3)]
+
+    def call(self, x):
+        h = self.block(self.stem(x))
+        return [head(h) for head in self.heads]
+
+
+def test_subclassed_model_is_frozen_in_memory(data):
+    model = Detector()
+    x = data[0]
+    model(x)
+    model.compile(optimizer="adam", loss=["mse", "mse"])
+    names = {path: layer.name for path, layer in (
+        ("stem", model.stem), ("proj", model.block.proj), ("head0", model.heads[0]))}
+    _prune(model)
+    model.block.norm.set_weights([w + 0.25 for w in model.block.norm.get_weights()])
+    frozen = ks.freeze(model, {names["stem"]: ks.rules.zeros(),
+                               names["proj"]: ks.rules.zeros(),
+                               names["head0"]: ks.rules.units([1], value=0.5)})
+    assert type(frozen) is Detector and frozen is not model
+    assert isinstance(frozen.stem, ks.MaskedDense) and isinstance(frozen.block.proj, ks.MaskedDense)
+    assert isinstance(frozen.heads[0], ks.MaskedDense) and type(frozen.heads[1]) is keras.layers.Dense
+    assert frozen.stem.name == names["stem"]
+    assert np.array_equal(frozen.stem.pins().kernel, model.stem.get_weights()[0] == 0)
+    for a, b in zip(model.block.norm.get_weights(), frozen.block.norm.get_weights()):
+        assert np.array_equal(a, b)
+    assert [layer.name for layer in frozen.layers] == [layer.name for layer in model.layers]
+    out_model, out_frozen = model(x), frozen(x)
+    assert np.array_equal(_np(out_model[1]), _np(out_frozen[1]))
+    assert np.array_equal(_np(out_model[0])[:, 0], _np(out_frozen[0])[:, 0])
+    assert frozen.compiled and not {id(v) for v in model.weights} & {id(v) for v in frozen.weights}
+    kernel_before = _np(frozen.stem.kernel)
+    frozen.fit(x, [data[1], np.zeros((len(x), 3), "float32")], epochs=3, verbose=0)
+    kernel_after = _np(frozen.stem.kernel)
+    pinned = frozen.stem.pins().kernel
+    assert np.array_equal(kernel_after[pinned], kernel_before[pinned])
+    assert np.all(kernel_after[~pinned] != kernel_before[~pinned])
+    assert np.all(_np(frozen.heads[0].kernel)[:, 1] == 0.5)
+    stripped = ks.strip(frozen)
+    assert type(stripped.stem) is keras.layers.Dense
+    assert np.array_equal(_np(stripped(x)[0]), _np(frozen(x)[0]))
+
+
+def test_subclassed_model_without_a_usable_config_is_refused_clearly():
+    class Opaque(keras.Model):
+        def __init__(self, layer_list):
             super().__init__()
-            self.d = keras.layers.Dense(2)
+            self.body = layer_list
 
         def call(self, x):
-            return self.d(x)
+            for layer in self.body:
+                x = layer(x)
+            return x
 
-    model = Custom()
+    model = Opaque([keras.layers.Dense(2)])
     model(np.ones((1, 3), "float32"))
-    with pytest.raises(KerasurgeryError, match="only Sequential and Functional"):
+    with pytest.raises(KerasurgeryError, match="cannot be re-created from get_config"):
         ks.freeze(model, {"*": ks.rules.zeros()})
+
+
+def test_non_models_are_refused_clearly():
     with pytest.raises(KerasurgeryError, match="Expected a Keras model"):
         ks.strip(keras.layers.Dense(2))
 

@@ -1,0 +1,191 @@
+"""Rebuilding a subclassed model, whose layers are Python attributes.
+
+A subclassed model has no graph to clone: its structure lives in `__init__`
+and `call`. It can still be copied when Keras can re-create it from
+`get_config()` (Keras 3 records simple constructor arguments by itself). The
+copy's layers are found at the same attribute paths as the original's
+(`fc1`, `blocks[2]`, `encoder.proj`), replaced there before the copy is
+built, and then every weight is copied path by path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import keras
+
+from kerasurgery.errors import KerasurgeryError
+
+Layer = keras.layers.Layer
+
+
+def rebuild_subclassed(
+    model: keras.Model,
+    replace: Callable[[Layer], Layer | None],
+    copy: Callable[[Layer, Layer], None],
+) -> keras.Model:
+    """A copy of subclassed `model` with `replace`d layers and copied weights."""
+    try:
+        new = model.__class__.from_config(model.get_config())
+    except Exception as e:
+        raise KerasurgeryError(
+            f"Cannot copy subclassed model {model.name!r} ({type(model).__name__}): "
+            f"it cannot be re-created from get_config() ({_first_line(e)}). "
+            "Give its class a get_config() that returns its constructor arguments."
+        ) from None
+    old_layers = dict(_attribute_layers(model))
+    new_layers = dict(_attribute_layers(new))
+    if list(old_layers) != list(new_layers):
+        raise KerasurgeryError(
+            f"Cannot copy subclassed model {model.name!r}: a copy made from its "
+            "config does not have the same layer attributes."
+        )
+    replaced: dict[int, Layer] = {}
+    copied: set[int] = set()
+    for path, old in old_layers.items():
+        if id(old) not in replaced:
+            if _sublayers(old):
+                # A block made by the copy's constructor: only its name is off.
+                new_layers[path].name = old.name
+                replaced[id(old)] = new_layers[path]
+            else:
+                replaced[id(old)] = replace(old) or copy_layer(old)
+        if replaced[id(old)] is not new_layers[path]:
+            _set_attribute(new, path, new_layers[path], replaced[id(old)])
+            new_layers[path] = replaced[id(old)]
+    for path, old in old_layers.items():
+        layer = new_layers[path]
+        if id(old) in copied:
+            continue
+        copied.add(id(old))
+        if _sublayers(old):
+            if not old.trainable:
+                layer.trainable = False
+            continue  # a block: its layers are copied at their own paths
+        if old.built and not layer.built:
+            layer.build_from_config(old.get_build_config())
+        copy(old, layer)
+        layer.trainable = old.trainable
+    # Weights held directly by the model or a block (not by one of its layers).
+    for old, layer in [(model, new)] + [
+        (o, new_layers[p]) for p, o in old_layers.items() if _sublayers(o)
+    ]:
+        _copy_own_weights(old, layer)
+    new.name = model.name
+    new.trainable = model.trainable
+    if getattr(model, "compiled", False):
+        new.compile_from_config(model.get_compile_config())
+    return new
+
+
+def copy_layer(layer: Layer) -> Layer:
+    """A new, unbuilt layer of the same class and config (name included)."""
+    try:
+        return layer.__class__.from_config(layer.get_config())
+    except Exception:
+        # A layer that cannot be rebuilt from its config, such as a Lambda
+        # under Keras' safe mode, is reused when it holds no weights: the new
+        # model then shares no state with the old one through it.
+        if layer.weights:
+            raise
+        return layer
+
+
+def _sublayers(layer: Layer) -> list[Layer]:
+    # Keras tracks a layer's sub-layers in `_layers`; there is no public list
+    # for a custom layer.
+    return list(getattr(layer, "_layers", []))
+
+
+def _own_weights(layer: Layer) -> list[keras.Variable]:
+    inner = {id(v) for sub in _sublayers(layer) for v in sub.weights}
+    return [v for v in layer.weights if id(v) not in inner]
+
+
+def _copy_own_weights(old: Layer, new: Layer) -> None:
+    old_own, new_own = _own_weights(old), _own_weights(new)
+    if [tuple(v.shape) for v in old_own] != [tuple(v.shape) for v in new_own]:
+        raise KerasurgeryError(
+            f"Cannot copy the weights of {old.name!r}: its copy holds different ones."
+        )
+    for source, target in zip(old_own, new_own):
+        target.assign(source)
+
+
+def is_subclassed(model: keras.Model) -> bool:
+    return not isinstance(model, keras.Sequential) and not hasattr(model, "_run_through_graph")
+
+
+def _attribute_layers(root: Layer, prefix: str = "") -> Iterator[tuple[str, Layer]]:
+    """(path, layer) for every layer reachable through public attributes.
+
+    Layers that themselves hold layers (custom blocks, nested subclassed
+    models) are walked too; their own weights are copied per sub-layer.
+    """
+    for name, value in vars(root).items():
+        if name.startswith("_"):
+            continue
+        yield from _layers_in(value, f"{prefix}{name}")
+
+
+def _layers_in(value: Any, path: str) -> Iterator[tuple[str, Layer]]:
+    if isinstance(value, Layer):
+        yield path, value
+        if not isinstance(value, keras.layers.Dense):
+            yield from _attribute_layers(value, f"{path}.")
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            yield from _layers_in(item, f"{path}[{i}]")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _layers_in(item, f"{path}[{key!r}]")
+
+
+def _set_attribute(root: Layer, path: str, old: Layer, new: Layer) -> None:
+    """Puts `new` where `old` is, keeping the owner's layer order.
+
+    Plain `setattr` would append `new` to the owner's tracked layers and leave
+    `old` there: Keras' `__delattr__` does not untrack layers.
+    """
+    owner, container, key = _locate(root, path)
+    if container is None:
+        object.__setattr__(owner, key, new)
+    else:
+        container[key] = new
+    tracked = owner._layers
+    tracked[tracked.index(old)] = new
+
+
+def _locate(root: Layer, path: str) -> tuple[Layer, Any, Any]:
+    """The layer that owns the item at `path`, its list/dict (or None) and key."""
+    parts = _split(path)
+    owner: Layer = root
+    node: Any = root
+    for part in parts[:-1]:
+        node = getattr(node, part) if isinstance(node, Layer) else node[part]
+        if isinstance(node, Layer):
+            owner = node
+    container = None if isinstance(node, Layer) else node
+    return owner, container, parts[-1]
+
+
+def _split(path: str) -> list[Any]:
+    """`a.b[0]['k']` -> ['a', 'b', 0, 'k'] (attribute names str, indices int)."""
+    parts: list[Any] = []
+    for dotted in path.split("."):
+        name, _, rest = dotted.partition("[")
+        parts.append(name)
+        for index in filter(None, rest.rstrip("]").split("][")):
+            parts.append(int(index) if index.isdigit() else _key(index))
+    return parts
+
+
+def _key(text: str) -> str:
+    """A dict key written by `repr` of a string."""
+    return text[1:-1] if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"" else text
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0][:200] if text else type(error).__name__
