@@ -54,6 +54,15 @@ def rebuild_subclassed(
         if replaced[id(old)] is not new_layers[path]:
             _set_attribute(new, path, new_layers[path], replaced[id(old)])
             new_layers[path] = replaced[id(old)]
+    # Blocks first: a block's own build() may build its layers, which must not
+    # happen after their weights are copied.
+    composites = [(model, new)] + [
+        (o, new_layers[p]) for p, o in old_layers.items() if _sublayers(o)
+    ]
+    for old, layer in composites:
+        config = old.get_build_config() if old.built else None
+        if config is not None and not layer.built:
+            layer.build_from_config(config)
     for path, old in old_layers.items():
         layer = new_layers[path]
         if id(old) in copied:
@@ -68,10 +77,11 @@ def rebuild_subclassed(
         copy(old, layer)
         layer.trainable = old.trainable
     # Weights held directly by the model or a block (not by one of its layers).
-    for old, layer in [(model, new)] + [
-        (o, new_layers[p]) for p, o in old_layers.items() if _sublayers(o)
-    ]:
+    for old, layer in composites:
         _copy_own_weights(old, layer)
+        # Built when called on data, they keep no build config: every layer
+        # in them is built now, as after that first call.
+        layer.built = layer.built or old.built
     new.name = model.name
     new.trainable = model.trainable
     if getattr(model, "compiled", False):

@@ -250,7 +250,7 @@ class Detector(keras.Model):
         return [head(h) for head in self.heads]
 
 
-def test_subclassed_model_is_frozen_in_memory(data):
+def test_subclassed_model_is_frozen_in_memory(data, tmp_path):
     model = Detector()
     x = data[0]
     model(x)
@@ -284,6 +284,13 @@ def test_subclassed_model_is_frozen_in_memory(data):
     stripped = ks.strip(frozen)
     assert type(stripped.stem) is keras.layers.Dense
     assert np.array_equal(_np(stripped(x)[0]), _np(frozen(x)[0]))
+    # The documented way to keep the result: weights into a fresh instance.
+    assert frozen.built and stripped.built
+    stripped.save_weights(tmp_path / "detector.weights.h5")
+    fresh = Detector()
+    fresh(x)
+    fresh.load_weights(tmp_path / "detector.weights.h5")
+    assert np.array_equal(_np(fresh(x)[0]), _np(frozen(x)[0]))
 
 
 def test_subclassed_model_without_a_usable_config_is_refused_clearly():
