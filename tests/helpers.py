@@ -55,3 +55,12 @@ def train(model, optimizer, x, y, *, steps: int = 5, jit_compile="auto") -> None
     """Compiles `model` with `optimizer` and MSE, then takes `steps` full-batch steps."""
     model.compile(optimizer=optimizer, loss="mse", jit_compile=jit_compile)
     model.fit(x, y, epochs=steps, batch_size=len(x), verbose=0)
+
+
+def bits(x) -> np.ndarray:
+    """The bit patterns of a float array: equal bits are bit-for-bit equal values.
+
+    float32 is viewed as uint32; 16-bit floats (float16, bfloat16) as uint16.
+    """
+    x = np.ascontiguousarray(ops.convert_to_numpy(x))
+    return x.view(np.uint32) if x.itemsize == 4 else x.view(np.uint16)
