@@ -133,10 +133,16 @@ def _attribute_layers(root: Layer, prefix: str = "") -> Iterator[tuple[str, Laye
     Layers that themselves hold layers (custom blocks, nested subclassed
     models) are walked too; their own weights are copied per sub-layer.
     """
-    for name, value in vars(root).items():
+    for name, value in _attributes(root).items():
         if name.startswith("_"):
             continue
         yield from _layers_in(value, f"{prefix}{name}")
+
+
+def _attributes(layer: Layer) -> dict[str, Any]:
+    # On the PyTorch backend a layer is a torch Module, which keeps its
+    # sub-layers in `_modules` instead of the instance dict.
+    return {**vars(layer), **getattr(layer, "_modules", {})}
 
 
 def _layers_in(value: Any, path: str) -> Iterator[tuple[str, Layer]]:
@@ -160,7 +166,11 @@ def _set_attribute(root: Layer, path: str, old: Layer, new: Layer) -> None:
     """
     owner, container, key = _locate(root, path)
     if container is None:
-        object.__setattr__(owner, key, new)
+        modules = getattr(owner, "_modules", None)
+        if modules is not None and key in modules:
+            modules[key] = new  # PyTorch backend, see `_attributes`
+        else:
+            object.__setattr__(owner, key, new)
     else:
         container[key] = new
     tracked = owner._layers

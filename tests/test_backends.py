@@ -16,7 +16,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CORE_MODULES = ["tests/test_layers.py", "tests/test_surgery.py", "tests/test_saving.py"]
-BACKENDS = [b for b in ("tensorflow", "jax") if b != keras.backend.backend()]
+BACKENDS = [b for b in ("tensorflow", "jax", "torch") if b != keras.backend.backend()]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

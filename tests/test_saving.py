@@ -54,11 +54,11 @@ def test_round_trip_in_a_new_process_predicts_the_same_and_keeps_pins(tmp_path, 
         x = np.load(sys.argv[1])
         for i, path in enumerate(sys.argv[2:]):
             model = keras.saving.load_model(path, compile=False)
-            np.save(f"{path}.pred.npy", np.asarray(model(x)))
+            np.save(f"{path}.pred.npy", keras.ops.convert_to_numpy(model(x)))
             for name in ("hidden", "out"):
                 pin = model.get_layer(name).pins()
                 np.save(f"{path}.{name}.mask.npy", pin.kernel)
-                np.save(f"{path}.{name}.kernel.npy", np.asarray(model.get_layer(name).kernel))
+                np.save(f"{path}.{name}.kernel.npy", keras.ops.convert_to_numpy(model.get_layer(name).kernel))
         """,
         str(tmp_path / "x.npy"), *map(str, paths),
     )
@@ -97,7 +97,7 @@ def test_stripped_model_loads_without_kerasurgery(tmp_path, mlp, data):
         for path in sys.argv[2:]:
             model = keras.saving.load_model(path, compile=False)
             assert {type(l).__name__ for l in model.layers} == {"InputLayer", "Dense"}
-            np.save(f"{path}.pred.npy", np.asarray(model(x)))
+            np.save(f"{path}.pred.npy", keras.ops.convert_to_numpy(model(x)))
         assert not any(m.startswith("kerasurgery") for m in sys.modules), "imported kerasurgery"
         """,
         str(tmp_path / "x.npy"), *map(str, paths),
