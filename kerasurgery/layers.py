@@ -269,7 +269,8 @@ class MaskedDense(keras.layers.Layer):
                     f"Received dtype: {array.dtype}"
                 )
             return array
-        if not np.issubdtype(array.dtype, np.floating):
+        # Not np.floating: bfloat16 (ml_dtypes) is a float that numpy does not class as one.
+        if not keras.backend.is_float_dtype(array.dtype):
             raise PinError(
                 f"Layer {self.name!r}: `{name}` must be floating point. "
                 f"Received dtype: {array.dtype}"
