@@ -87,8 +87,9 @@ def pins_for(
             layer name instead: the patterns then pick among its keys.
         value: Pin to this value instead of the current one (`connections`:
             defaults to 0).
-        bias: Apply the rule to the bias too. `None` = the rule's default
-            (only `units` pins its bias entries by default).
+        bias: Apply the rule to the bias too (`True` requires every selected
+            layer to have one). `None` = the rule's default: only `units`
+            pins bias entries, of the layers that have a bias.
         seed: The seed of `fraction` (required there).
         folder: Where a relative file path is found (default: the working folder).
 
@@ -130,7 +131,8 @@ def _rule(rule: str, argument: Any, *, value: Any, bias: bool | None, seed: Any)
     if rule == "inputs":
         return pins.inputs(argument, value=value)
     if rule == "units":
-        return pins.units(argument, value=value, bias=True if bias is None else bias)
+        # None: the bias entries too where the layer has a bias (pins.units' default).
+        return pins.units(argument, value=value, bias=bias)
     # index: two numbers name a kernel entry, one number a bias entry.
     kernel = [tuple(index) for index in argument if len(index) == 2]
     bias_index = [index[0] for index in argument if len(index) == 1]

@@ -268,6 +268,26 @@ def test_freeze_rule(case, base, tmp_path, capsys, monkeypatch):
     assert digest(base["paths"][".keras"]) == base["digest"][".keras"]
 
 
+def test_freeze_units_on_a_model_mixing_bias_and_no_bias_layers(tmp_path, capsys):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((4,), name="x")
+    h = keras.layers.Dense(3, use_bias=False, name="nobias")(inputs)
+    outputs = keras.layers.Dense(2, name="out")(h)
+    keras.Model(inputs, outputs).save(tmp_path / "mixed.keras")
+    report = run_json(capsys, "freeze", tmp_path / "mixed.keras", "--units", "0")
+    counts = {l["name"]: (l["pinned_kernel"], l["pinned_bias"]) for l in report["layers"]}
+    assert counts == {"nobias": (4, 0), "out": (3, 1)}
+    stored = read_dense_weights(tmp_path / "mixed.frozen.keras")
+    assert stored["nobias"].bias_mask is None
+    np.testing.assert_array_equal(stored["nobias"].kernel_mask[:, 0], [True] * 4)
+    assert stored["out"].bias_mask.tolist() == [True, False]
+    # --bias asks for the bias explicitly: a layer without one is an error.
+    code, _, err = run(capsys, "freeze", tmp_path / "mixed.keras", "-o", tmp_path / "b.keras",
+                       "--units", "0", "--bias")
+    assert code == 1
+    assert_one_error_line(err, "nobias", "targets the bias, but the layer has none")
+
+
 # --- freeze: defaults, formats, training config ----------------------------------
 
 

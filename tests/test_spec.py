@@ -96,6 +96,18 @@ def test_units_without_bias():
     assert pin.bias is None and pin.kernel.sum() == 4
 
 
+def test_units_on_a_layer_without_bias_pins_the_columns_only():
+    # The default pins the bias entries when the layer has a bias, so a
+    # model mixing use_bias=True and use_bias=False layers freezes in one run.
+    pin = apply(pins_for("units", [1], value=0.5)["*"], bias=None)
+    assert pin.bias is None and pin.bias_value is None
+    np.testing.assert_array_equal(pin.kernel.sum(axis=0), [0, 4, 0])
+    assert pin.kernel_value == 0.5
+    # Asked for explicitly, the bias must be there.
+    with pytest.raises(KerasurgeryError, match="targets the bias, but the layer has none"):
+        apply(pins_for("units", [1], bias=True)["*"], bias=None)
+
+
 def test_mask_npy_applies_to_every_pattern(tmp_path):
     mask = KERNEL > 0.4
     np.save(tmp_path / "mask.npy", mask)
