@@ -127,7 +127,10 @@ def is_subclassed(model: keras.Model) -> bool:
     return not isinstance(model, keras.Sequential) and not hasattr(model, "_run_through_graph")
 
 
-def _attribute_layers(root: Layer, prefix: str = "") -> Iterator[tuple[str, Layer]]:
+Path = tuple[Any, ...]  # attribute names on layers, keys/indices in lists and dicts
+
+
+def _attribute_layers(root: Layer, prefix: Path = ()) -> Iterator[tuple[Path, Layer]]:
     """(path, layer) for every layer reachable through public attributes.
 
     Layers that themselves hold layers (custom blocks, nested subclassed
@@ -136,7 +139,7 @@ def _attribute_layers(root: Layer, prefix: str = "") -> Iterator[tuple[str, Laye
     for name, value in _attributes(root).items():
         if name.startswith("_"):
             continue
-        yield from _layers_in(value, f"{prefix}{name}")
+        yield from _layers_in(value, (*prefix, name))
 
 
 def _attributes(layer: Layer) -> dict[str, Any]:
@@ -145,65 +148,45 @@ def _attributes(layer: Layer) -> dict[str, Any]:
     return {**vars(layer), **getattr(layer, "_modules", {})}
 
 
-def _layers_in(value: Any, path: str) -> Iterator[tuple[str, Layer]]:
+def _layers_in(value: Any, path: Path) -> Iterator[tuple[Path, Layer]]:
     if isinstance(value, Layer):
         yield path, value
         if not isinstance(value, keras.layers.Dense):
-            yield from _attribute_layers(value, f"{path}.")
+            yield from _attribute_layers(value, path)
     elif isinstance(value, (list, tuple)):
         for i, item in enumerate(value):
-            yield from _layers_in(item, f"{path}[{i}]")
+            yield from _layers_in(item, (*path, i))
     elif isinstance(value, dict):
         for key, item in value.items():
-            yield from _layers_in(item, f"{path}[{key!r}]")
+            yield from _layers_in(item, (*path, key))
 
 
-def _set_attribute(root: Layer, path: str, old: Layer, new: Layer) -> None:
+def _set_attribute(root: Layer, path: Path, old: Layer, new: Layer) -> None:
     """Puts `new` where `old` is, keeping the owner's layer order.
 
     Plain `setattr` would append `new` to the owner's tracked layers and leave
     `old` there: Keras' `__delattr__` does not untrack layers.
     """
-    owner, container, key = _locate(root, path)
-    if container is None:
-        modules = getattr(owner, "_modules", None)
-        if modules is not None and key in modules:
-            modules[key] = new  # PyTorch backend, see `_attributes`
-        else:
-            object.__setattr__(owner, key, new)
-    else:
-        container[key] = new
-    tracked = owner._layers
-    tracked[tracked.index(old)] = new
-
-
-def _locate(root: Layer, path: str) -> tuple[Layer, Any, Any]:
-    """The layer that owns the item at `path`, its list/dict (or None) and key."""
-    parts = _split(path)
     owner: Layer = root
     node: Any = root
-    for part in parts[:-1]:
-        node = getattr(node, part) if isinstance(node, Layer) else node[part]
+    for key in path[:-1]:
+        node = getattr(node, key) if isinstance(node, Layer) else node[key]
         if isinstance(node, Layer):
             owner = node
-    container = None if isinstance(node, Layer) else node
-    return owner, container, parts[-1]
-
-
-def _split(path: str) -> list[Any]:
-    """`a.b[0]['k']` -> ['a', 'b', 0, 'k'] (attribute names str, indices int)."""
-    parts: list[Any] = []
-    for dotted in path.split("."):
-        name, _, rest = dotted.partition("[")
-        parts.append(name)
-        for index in filter(None, rest.rstrip("]").split("][")):
-            parts.append(int(index) if index.isdigit() else _key(index))
-    return parts
-
-
-def _key(text: str) -> str:
-    """A dict key written by `repr` of a string."""
-    return text[1:-1] if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"" else text
+    key = path[-1]
+    if isinstance(node, tuple):
+        raise KerasurgeryError(
+            f"Cannot replace layer {old.name!r}: it sits in a tuple attribute of "
+            f"{owner.name!r}. Hold the layers in a list instead."
+        )
+    if not isinstance(node, Layer):
+        node[key] = new  # a list or dict attribute of `owner`
+    elif key in getattr(owner, "_modules", {}):
+        owner._modules[key] = new  # PyTorch backend, see `_attributes`
+    else:
+        object.__setattr__(owner, key, new)
+    tracked = owner._layers
+    tracked[tracked.index(old)] = new
 
 
 def _first_line(error: BaseException) -> str:

@@ -94,11 +94,12 @@ class MaskedDense(keras.layers.Layer):
                 f"{pinned_kernel_values!r}"
             )
         for arg in _UNSUPPORTED_DENSE_ARGS:
-            if kwargs.pop(arg, None) is not None:
+            value = kwargs.pop(arg, None)
+            if value is not None:
                 raise ValueError(
                     f"`MaskedDense` does not support `{arg}`: pins and "
                     "LoRA/quantization both redefine the kernel. Merge or "
-                    f"remove them first. Received: {arg}={kwargs.get(arg)!r}"
+                    f"remove them first. Received: {arg}={value!r}"
                 )
         super().__init__(activity_regularizer=activity_regularizer, **kwargs)
         self.units = units
@@ -279,7 +280,7 @@ class MaskedDense(keras.layers.Layer):
             raise PinError(
                 f"Layer {self.name!r}: `{name}` holds a non-finite pinned value."
             )
-        return array.astype(variable.dtype)
+        return array.astype(variable.dtype, copy=False)
 
     def _stored_names(self) -> list[str]:
         names = ["kernel", "kernel_pin_mask", "kernel_pin_value"]

@@ -344,7 +344,6 @@ def save_model(
             `overwrite`, missing or unwritable folder, or a failed save.
     """
     path = Path(path)
-    format_for_suffix(path)
     if path.is_dir():
         raise ModelFileError(f"{path}: is a folder, not a model file.")
     if path.exists() and not overwrite:
@@ -355,7 +354,7 @@ def save_model(
     _remove_stale_temporaries(path)
     try:
         fd, tmp_name = tempfile.mkstemp(
-            prefix=f".{path.name}.{_owner_tag()}.", suffix=f".tmp{path.suffix}", dir=folder
+            prefix=f".{path.name}.{_owner_tag()}.", suffix=_temp_suffix(path), dir=folder
         )
     except OSError as e:
         raise ModelFileError(f"{path}: cannot write in {folder}: {e.strerror}.") from None
@@ -399,6 +398,12 @@ def _move(tmp: Path, path: Path, overwrite: bool) -> None:
         tmp.unlink()
 
 
+def _temp_suffix(path: Path) -> str:
+    """`.tmp.keras` or `.tmp.h5`: Keras accepts only these lower-case suffixes,
+    while the target may be spelled `MODEL.KERAS` or `model.hdf5`."""
+    return ".tmp.keras" if format_for_suffix(path) == KERAS else ".tmp.h5"
+
+
 def _owner_tag() -> str:
     """`<host>-<pid>`: tells later saves whose temporary file this is."""
     host = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname()) or "host"
@@ -409,7 +414,7 @@ def _remove_stale_temporaries(path: Path) -> None:
     """Removes temporary files of earlier saves to `path` killed on this host."""
     host = _owner_tag().rsplit("-", 1)[0]
     prefix = f".{path.name}.{host}-"
-    for stale in path.parent.glob(f"{glob.escape(prefix)}*.tmp{glob.escape(path.suffix)}"):
+    for stale in path.parent.glob(f"{glob.escape(prefix)}*{_temp_suffix(path)}"):
         pid = stale.name[len(prefix):].split(".", 1)[0]
         if pid.isdigit() and int(pid) != os.getpid() and not _running(int(pid)):
             with contextlib.suppress(OSError):

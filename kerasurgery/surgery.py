@@ -141,15 +141,26 @@ def strip(model: keras.Model) -> keras.Model:
 
 
 class _Plan:
-    """The pins one layer will have: masks and values as numpy arrays."""
+    """The pins one layer will have, as numpy arrays.
 
-    def __init__(self, kernel: np.ndarray, bias: np.ndarray | None, pin: Pin) -> None:
+    `*_value` is `None` while every pinned entry keeps its current value (the
+    common case), so no kernel-sized array of values is built for it.
+    """
+
+    def __init__(
+        self,
+        kernel: np.ndarray,
+        bias: np.ndarray | None,
+        kernel_mask: np.ndarray,
+        bias_mask: np.ndarray | None,
+    ) -> None:
         self.kernel = kernel
         self.bias = bias
-        self.kernel_mask = pin.kernel
-        self.kernel_value = pin.kernel_value
-        self.bias_mask = pin.bias
-        self.bias_value = pin.bias_value
+        self.kernel_mask = kernel_mask
+        self.bias_mask = bias_mask
+        self.kernel_value: np.ndarray | None = None
+        self.bias_value: np.ndarray | None = None
+        self._storage: str | None = None
 
     @classmethod
     def of(cls, layer: keras.layers.Layer) -> _Plan:
@@ -158,21 +169,19 @@ class _Plan:
                 f"Layer {layer.name!r} is quantized ({layer.quantization_mode}); "
                 "pins need a float kernel. Freeze the float model instead."
             )
+        # A MaskedDense's effective weights hold its pinned values at its pins.
         kernel = ops.convert_to_numpy(layer.kernel)
         bias = ops.convert_to_numpy(layer.bias) if layer.use_bias else None
         if isinstance(layer, MaskedDense):
-            current = layer.pins()
-            pin = Pin(current.kernel, current.bias, kernel, bias)
+            kernel_mask = ops.convert_to_numpy(layer.kernel_pin_mask).astype(bool)
+            bias_mask = None if bias is None else ops.convert_to_numpy(layer.bias_pin_mask).astype(bool)
         else:
-            pin = Pin(
-                np.zeros(kernel.shape, bool),
-                None if bias is None else np.zeros(bias.shape, bool),
-                kernel.copy(),
-                None if bias is None else bias.copy(),
-            )
-        return cls(kernel, bias, pin)
+            kernel_mask = np.zeros(kernel.shape, bool)
+            bias_mask = None if bias is None else np.zeros(bias.shape, bool)
+        return cls(kernel, bias, kernel_mask, bias_mask)
 
     def add(self, pin: Pin, name: str) -> _Plan:
+        self._storage = None
         self.kernel_mask, self.kernel_value = _merge(
             self.kernel_mask, self.kernel_value, pin.kernel, pin.kernel_value,
             self.kernel, name, "kernel",
@@ -187,39 +196,55 @@ class _Plan:
         return self
 
     def storage(self) -> str:
-        pinned = self.kernel_value[self.kernel_mask]
-        bits = pinned.view(np.uint32) if pinned.dtype == np.float32 else pinned
-        shared = pinned.size == 0 or bool(np.all(bits == bits[0]))
-        return SHARED if shared else PER_ENTRY
+        """`SHARED` when every pinned kernel entry has the same bits, else `PER_ENTRY`."""
+        if self._storage is None:
+            pinned = _bits(self._pinned_kernel_values())
+            shared = pinned.size == 0 or bool(np.all(pinned == pinned[0]))
+            self._storage = SHARED if shared else PER_ENTRY
+        return self._storage
+
+    def _pinned_kernel_values(self) -> np.ndarray:
+        values = self.kernel if self.kernel_value is None else self.kernel_value
+        return values[self.kernel_mask]
 
     def assign(self, layer: MaskedDense) -> None:
-        pinned = self.kernel_value[self.kernel_mask]
         if self.storage() == SHARED:
-            kernel_value = pinned[0] if pinned.size else np.zeros((), self.kernel.dtype)
-            kernel_value = np.asarray(kernel_value)
+            pinned = self._pinned_kernel_values()
+            kernel_value = np.asarray(pinned[0] if pinned.size else np.zeros((), self.kernel.dtype))
         else:
-            kernel_value = self.kernel_value
+            kernel_value = self.kernel if self.kernel_value is None else self.kernel_value
+        bias_value = self.bias if self.bias_value is None else self.bias_value
         # The raw kernel starts equal to the effective kernel, so the file and
         # the variables agree until training moves raw entries under the pins.
         layer.set_pinned_weights(
-            kernel=np.where(self.kernel_mask, self.kernel_value, self.kernel),
+            kernel=_effective(self.kernel, self.kernel_mask, self.kernel_value),
             kernel_mask=self.kernel_mask,
             kernel_value=kernel_value,
-            bias=None if self.bias is None else np.where(self.bias_mask, self.bias_value, self.bias),
+            bias=None if self.bias is None else _effective(self.bias, self.bias_mask, self.bias_value),
             bias_mask=self.bias_mask,
-            bias_value=self.bias_value,
+            bias_value=bias_value,
         )
+
+
+def _effective(weight: np.ndarray, mask: np.ndarray, values: np.ndarray | None) -> np.ndarray:
+    return weight if values is None else np.where(mask, values, weight)
+
+
+def _bits(array: np.ndarray) -> np.ndarray:
+    """The raw bits, so that -0.0 and 0.0 (and NaN payloads) count as different."""
+    return np.ascontiguousarray(array).view(f"u{array.dtype.itemsize}")
 
 
 def _merge(
     mask: np.ndarray,
-    values: np.ndarray,
+    values: np.ndarray | None,
     new_mask: Any,
     new_value: Any,
     weight: np.ndarray,
     name: str,
     which: str,
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Adds one pin to a weight's mask and values (`None` values = current)."""
     if new_mask is None:
         if new_value is not None:
             raise PinError(
@@ -228,10 +253,11 @@ def _merge(
         return mask, values
     new_mask = _checked_mask(new_mask, weight.shape, name, which)
     if new_value is None:
-        new_values = weight
-    else:
-        new_values = _checked_value(new_value, weight, name, which)
-    return mask | new_mask, np.where(new_mask, new_values, values)
+        if values is not None:
+            values = np.where(new_mask, weight, values)
+        return mask | new_mask, values
+    new_values = _checked_value(new_value, weight, name, which)
+    return mask | new_mask, np.where(new_mask, new_values, weight if values is None else values)
 
 
 def _checked_mask(mask: Any, shape: tuple, name: str, which: str) -> np.ndarray:
@@ -367,19 +393,21 @@ def _rebuild(
 ) -> keras.Model:
     if is_subclassed(model):
         return rebuild_subclassed(model, replace, copy)
-    pairs: list[tuple[keras.layers.Layer, keras.layers.Layer]] = []
+    clones: dict[int, tuple[keras.layers.Layer, keras.layers.Layer]] = {}
     with warnings.catch_warnings():
         # clone_model warns about compile state it restores itself.
         warnings.simplefilter("ignore")
         try:
-            clone = _clone(model, replace, pairs)
+            clone = _clone(model, replace, clones)
         except KerasurgeryError:
             raise
         except Exception as e:
             raise KerasurgeryError(
                 f"Could not rebuild model {model.name!r}: {e}"
             ) from None
-    for old, new in pairs:
+    for old, new in clones.values():
+        if new is old or isinstance(old, keras.Model):
+            continue
         if old.built and not new.built:
             new.build_from_config(old.get_build_config())
         copy(old, new)
@@ -391,18 +419,22 @@ def _rebuild(
 def _clone(
     model: keras.Model,
     replace: Callable[[keras.layers.Layer], keras.layers.Layer | None],
-    pairs: list[tuple[keras.layers.Layer, keras.layers.Layer]],
+    clones: dict[int, tuple[keras.layers.Layer, keras.layers.Layer]],
 ) -> keras.Model:
-    """Clones one level; nested models recurse here so their inputs keep names."""
+    """Clones one level; nested models recurse here so their inputs keep names.
+
+    `clones` maps every layer cloned so far, at any depth, to its clone, so a
+    layer shared between a nested model and its parent stays one layer.
+    """
 
     def clone_function(layer: keras.layers.Layer) -> keras.layers.Layer:
+        if id(layer) in clones:
+            return clones[id(layer)][1]
         if isinstance(layer, keras.Model) and not is_subclassed(layer):
-            return _clone(layer, replace, pairs)
-        new = replace(layer)
-        if new is None:
-            new = copy_layer(layer)
-        if new is not layer:
-            pairs.append((layer, new))
+            new: keras.layers.Layer = _clone(layer, replace, clones)
+        else:
+            new = replace(layer) or copy_layer(layer)
+        clones[id(layer)] = (layer, new)
         return new
 
     if isinstance(model, keras.Sequential):

@@ -247,7 +247,7 @@ def test_config_round_trip():
     [
         ({"units": 0}, "positive integer"),
         ({"units": 2, "pinned_kernel_values": "some"}, "pinned_kernel_values"),
-        ({"units": 2, "lora_rank": 4}, "lora_rank"),
+        ({"units": 2, "lora_rank": 4}, "Received: lora_rank=4"),
     ],
 )
 def test_constructor_validates_arguments(kwargs, match):

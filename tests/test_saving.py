@@ -312,3 +312,13 @@ def test_compiled_h5_model_loads_ready_to_fit(tmp_path, mlp, data):
     assert float(ops.convert_to_numpy(loaded.optimizer.learning_rate)) == pytest.approx(0.0125)
     history = loaded.fit(*data, epochs=2, verbose=0)
     assert len(history.history["loss"]) == 2
+
+
+@pytest.mark.parametrize("name", ["UP.KERAS", "model.H5", "model.hdf5"])
+def test_any_spelling_of_the_suffix_saves_and_loads(tmp_path, mlp, data, name):
+    path = ks.save_model(mlp, tmp_path / name)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loaded = ks.load_model(path)
+    assert np.array_equal(ops.convert_to_numpy(loaded(data[0])), ops.convert_to_numpy(mlp(data[0])))

@@ -369,3 +369,53 @@ def test_model_with_a_lambda_layer_can_be_frozen_and_stripped():
     assert isinstance(frozen.get_layer("d"), ks.MaskedDense)
     assert np.array_equal(_np(frozen(x)), _np(model(x)))
     assert np.array_equal(_np(stripped(x)), _np(model(x)))
+
+
+def test_layer_shared_between_a_nested_model_and_its_parent_stays_one_layer(data):
+    shared = keras.layers.Dense(4, activation="tanh", name="shared")
+    inner_in = keras.Input((4,))
+    inner = keras.Model(inner_in, shared(inner_in), name="inner")
+    inputs = keras.Input((4,))
+    outputs = keras.layers.Dense(2, name="head")(shared(inner(inputs)))
+    model = _prune(keras.Model(inputs, outputs, name="outer"))
+    for frozen in (ks.freeze(model, {"shared": ks.rules.zeros()}), ks.strip(model)):
+        layers = [layer for layer in _all_layers(frozen) if layer.name == "shared"]
+        assert len(layers) == 2 and layers[0] is layers[1]
+        assert len(frozen.weights) == len(model.weights) + (4 if frozen.get_layer("shared").__class__ is ks.MaskedDense else 0)
+        _assert_same_outputs(model, frozen, data[0])
+
+
+def test_negative_zeros_keep_their_sign_bit():
+    model = _sequential()
+    weights = model.get_layer("a").get_weights()
+    weights[0][0, :3] = np.float32(-0.0)
+    weights[0][1, :3] = np.float32(0.0)
+    model.get_layer("a").set_weights(weights)
+    layer = ks.freeze(model, {"a": ks.rules.zeros()}).get_layer("a")
+    assert layer.pinned_kernel_values == "per_entry"
+    kernel = _np(layer.kernel)
+    assert np.all(np.signbit(kernel[0, :3])) and not np.any(np.signbit(kernel[1, :3]))
+    shared = ks.freeze(model, {"a": ks.rules.zeros(value=0.0)}).get_layer("a")
+    assert shared.pinned_kernel_values == "shared"
+    assert not np.any(np.signbit(_np(shared.kernel)[:2, :3]))
+
+
+class Heads(keras.Model):
+    """Dense layers in a dict whose keys look like paths."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.heads = {"a.b": keras.layers.Dense(2, name="ab"), "c[0]": keras.layers.Dense(2, name="c0")}
+
+    def call(self, x):
+        return self.heads["a.b"](x) + self.heads["c[0]"](x)
+
+
+def test_subclassed_layers_in_dicts_with_odd_keys(data):
+    model = Heads()
+    model(data[0])
+    _prune(model)
+    frozen = ks.freeze(model, {"ab": ks.rules.zeros()})
+    assert isinstance(frozen.heads["a.b"], ks.MaskedDense)
+    assert type(frozen.heads["c[0]"]) is keras.layers.Dense
+    assert np.array_equal(_np(frozen(data[0])), _np(model(data[0])))
