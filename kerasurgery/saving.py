@@ -344,6 +344,7 @@ def save_model(
             `overwrite`, missing or unwritable folder, or a failed save.
     """
     path = Path(path)
+    format_for_suffix(path)
     if path.is_dir():
         raise ModelFileError(f"{path}: is a folder, not a model file.")
     if path.exists() and not overwrite:
