@@ -2,7 +2,13 @@
 
 Every error the library raises because of what it was given derives from
 `KerasurgeryError`, so a script (and the command line) can catch one type.
+`one_line` turns another library's error into the short detail these
+messages quote.
 """
+
+from __future__ import annotations
+
+import re
 
 
 class KerasurgeryError(Exception):
@@ -19,3 +25,41 @@ class PinError(KerasurgeryError, ValueError):
 
 class ModelFileError(KerasurgeryError, OSError):
     """A model file is missing, unreadable, corrupt or unsupported."""
+
+
+class UsageError(KerasurgeryError, ValueError):
+    """Arguments that contradict each other (the command line exits 2 on these)."""
+
+
+# Keras appends whole configs to some of its errors, after one of these.
+_CONFIG_TAIL = re.compile(r"Full object config|Full config:|config=\{")
+
+
+def one_line(error: BaseException | str, limit: int = 300) -> str:
+    """An error's message as one short line, to quote inside another message.
+
+    Collapses whitespace (newlines included), cuts the config Keras appends to
+    some errors, and truncates to `limit` characters with "...".
+
+    Args:
+        error: An exception, or a message.
+        limit: The longest result, at least 4.
+
+    Returns:
+        The line; the exception's class name when its message is empty.
+
+    Example:
+
+    ```python
+    raise ModelFileError(f"{path}: cannot load the model: {one_line(e)}") from None
+    ```
+    """
+    text = " ".join(str(error).split())
+    if not text:
+        return type(error).__name__ if isinstance(error, BaseException) else ""
+    tail = _CONFIG_TAIL.search(text)
+    if tail is not None and tail.start() > 0:
+        text = text[: tail.start()].rstrip(" .,:") + "."
+    if len(text) > limit:
+        text = text[: max(limit, 4) - 3] + "..."
+    return text
