@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from kerasurgery import __version__
-from kerasurgery.errors import KerasurgeryError, ModelFileError
+from kerasurgery.errors import KerasurgeryError, ModelFileError, UsageError, one_line
 
 OK, FAILED, USAGE = 0, 1, 2
 
@@ -73,6 +73,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.run(args, ui)
     except SystemExit as e:  # a usage error found after parsing
         return _code(e)
+    except UsageError as e:  # arguments the library found contradictory: as argparse words it
+        args.parser.print_usage(sys.stderr)
+        print(f"{args.parser.prog}: error: {e}", file=sys.stderr)
+        return USAGE
     except KerasurgeryError as e:
         if debug:
             traceback.print_exc()
@@ -88,7 +92,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if debug:
             traceback.print_exc()
         ui.error(
-            f"unexpected {type(e).__name__}: {e} "
+            f"unexpected {type(e).__name__}: {one_line(e)} "
             "(rerun with --debug to see the traceback, and please report it)"
         )
         return FAILED
@@ -263,18 +267,7 @@ def _pins_from_args(args: argparse.Namespace) -> dict[str, Any]:
     for name in spec.RULES[1:]:
         if getattr(args, name) is not None:
             rule, argument = name, getattr(args, name)
-    if rule == "fraction" and args.seed is None:
-        parser.error("--fraction needs --seed S, so that every run pins the same entries")
-    if rule != "fraction" and args.seed is not None:
-        parser.error("--seed applies to --fraction only")
-    if args.bias and rule in ("index", "inputs", "mask", "connections"):
-        hint = {
-            "index": "give a bias entry as --index J",
-            "inputs": "the bias has no input axis",
-            "mask": "put bias masks in an .npz file under the key 'LAYER/bias'",
-            "connections": "a connections matrix describes the kernel only",
-        }[rule]
-        parser.error(f"--bias does not apply to --{rule}: {hint}")
+    # Contradicting rule arguments raise UsageError there: exit 2 in `main`.
     return spec.pins_for(
         rule, argument,
         patterns=args.layers or ["*"],

@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from kerasurgery import pins
-from kerasurgery.errors import KerasurgeryError
+from kerasurgery.errors import KerasurgeryError, UsageError, one_line
 from kerasurgery.pins import Pin
 
 RULES = ("zeros", "below", "mask", "connections", "index", "inputs", "units", "fraction")
@@ -97,19 +97,22 @@ def pins_for(
         A mapping from layer name or pattern to a rule or `Pin`.
 
     Raises:
+        UsageError: arguments that contradict each other: `bias` with a rule
+            that has no bias form, `fraction` without `seed`, or `seed` with
+            another rule.
         KerasurgeryError: an unknown rule, a missing or wrong argument, an
             unreadable array file, or a pattern that matches none of its arrays.
     """
     if rule not in RULES:
         raise KerasurgeryError(f"Unknown rule {rule!r}. Expected one of: {', '.join(RULES)}")
     if bias and rule not in _BIAS_RULES:
-        raise KerasurgeryError(f"`bias` does not apply to rule {rule!r}: {_BIAS_HINTS[rule]}.")
+        raise UsageError(f"`bias` does not apply to rule {rule!r}: {_BIAS_HINTS[rule]}.")
     if rule == "fraction" and seed is None:
-        raise KerasurgeryError(
+        raise UsageError(
             "Rule 'fraction' needs a seed, so that every run pins the same entries."
         )
     if rule != "fraction" and seed is not None:
-        raise KerasurgeryError(f"A seed applies to rule 'fraction' only, not {rule!r}.")
+        raise UsageError(f"A seed applies to rule 'fraction' only, not {rule!r}.")
     if rule != "zeros" and argument is None:
         raise KerasurgeryError(f"Rule {rule!r} needs an argument.")
     if rule in FILE_RULES:
@@ -215,9 +218,8 @@ def load_arrays(path: str | os.PathLike) -> np.ndarray | dict[str, np.ndarray]:
         with loaded:
             return {key: loaded[key] for key in loaded.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
-        detail = " ".join(str(e).split()) or type(e).__name__
         raise KerasurgeryError(
-            f"{path}: cannot read it as an .npy or .npz array file ({detail})."
+            f"{path}: cannot read it as an .npy or .npz array file ({one_line(e)})."
         ) from None
 
 
@@ -279,6 +281,7 @@ def load_spec(path: str | os.PathLike) -> dict[str, Any]:
         try:
             built = _entry_pins(entry, path.parent)
         except KerasurgeryError as e:
+            # A contradiction inside the file is bad input, not a usage error.
             raise KerasurgeryError(f"{where}: {e}") from None
         for key, rule in built.items():
             if key in result:

@@ -573,6 +573,23 @@ def test_usage_errors_exit_2(argv, tmp_path, capsys, monkeypatch):
     assert listing(tmp_path) == []
 
 
+def test_usage_errors_of_the_library_exit_2_with_the_usage(base, tmp_path, capsys, monkeypatch):
+    from kerasurgery import spec
+    from kerasurgery.errors import UsageError
+
+    def contradiction(*args, **kwargs):
+        raise UsageError("these arguments contradict each other")
+
+    monkeypatch.setattr(spec, "pins_for", contradiction)
+    code, out, err = run(capsys, "freeze", base["paths"][".keras"], "-o", tmp_path / "o.keras")
+    assert code == 2 and out == ""
+    assert err.startswith("usage: kerasurgery freeze")
+    assert err.strip().splitlines()[-1] == (
+        "kerasurgery freeze: error: these arguments contradict each other"
+    )
+    assert listing(tmp_path) == []
+
+
 def test_help_and_version(capsys):
     code, out, _ = run(capsys, "--help")
     assert code == 0

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from kerasurgery import Pin
-from kerasurgery.errors import KerasurgeryError
+from kerasurgery.errors import KerasurgeryError, UsageError
 from kerasurgery.spec import RULES, load_arrays, load_spec, pins_for
 
 KERNEL = np.array(
@@ -172,6 +172,30 @@ def test_connections_file_with_other_values_names_the_file(tmp_path):
 def test_pins_for_errors(kwargs, message):
     with pytest.raises(KerasurgeryError, match=message):
         pins_for(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(rule="fraction", argument=0.5), "needs a seed"),
+        (dict(rule="below", argument=0.1, seed=1), "seed applies to rule 'fraction' only"),
+        (dict(rule="inputs", argument=[0], bias=True), "bias has no input axis"),
+        (dict(rule="index", argument=[(0, 1)], bias=True), "index of one number"),
+        (dict(rule="mask", argument="m.npy", bias=True), "'LAYER/bias'"),
+        (dict(rule="connections", argument="c.npy", bias=True), "kernel only"),
+    ],
+)
+def test_contradicting_arguments_are_usage_errors(kwargs, message):
+    # The command line maps UsageError to exit code 2, without checks of its own.
+    with pytest.raises(UsageError, match=message):
+        pins_for(**kwargs)
+
+
+def test_usage_errors_in_a_spec_file_are_input_errors(tmp_path):
+    path = write(tmp_path, "[[layer]]\npattern = 'a'\ninputs = [0]\nbias = true\n")
+    with pytest.raises(KerasurgeryError, match="bias has no input axis") as caught:
+        load_spec(path)
+    assert not isinstance(caught.value, UsageError)  # a bad file, not a bad command line
 
 
 @pytest.mark.parametrize(
