@@ -35,14 +35,14 @@ class UsageError(KerasurgeryError, ValueError):
 _CONFIG_TAIL = re.compile(r"Full object config|Full config:|config=\{")
 
 
-def one_line(error: BaseException | str, limit: int = 300) -> str:
+def one_line(error: object, limit: int = 300) -> str:
     """An error's message as one short line, to quote inside another message.
 
     Collapses whitespace (newlines included), cuts the config Keras appends to
     some errors, and truncates to `limit` characters with "...".
 
     Args:
-        error: An exception, or a message.
+        error: An exception, or a message (any object: its `str`).
         limit: The longest result, at least 4.
 
     Returns:

@@ -1,22 +1,27 @@
 """Which kind of model file a path holds, and whether its container is sound.
 
-`detect_format` tells the format from the first bytes; `read_model_config`
-checks the container (zip checksums, HDF5 structure, the config's JSON) before
-Keras sees the file, so that a broken file fails with a message about the file
-rather than somewhere inside Keras or h5py. Kept free of TensorFlow and Keras
-so that `inspect` and the loader share it.
+`detect_format` tells the format from the first bytes; `open_model_file`
+checks the container (zip checksums, HDF5 structure, the config's JSON) and
+hands over the parsed config and the open HDF5 weights, so that a broken file
+fails with a message about the file rather than somewhere inside Keras or
+h5py. The loader (`read_model_config`) and `inspect`/`verify` share it; it is
+kept free of TensorFlow and Keras.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import io
 import json
 import os
+import struct
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from kerasurgery.errors import ModelFileError
+from kerasurgery.errors import ModelFileError, one_line
 
 KERAS = "keras"  # a zip archive: config.json, metadata.json, model.weights.h5
 H5 = "h5"  # an HDF5 file written by Keras 3's or Keras 2's model.save
@@ -86,20 +91,77 @@ def detect_format(path: str | os.PathLike) -> str:
 
 # Members of a `.keras` archive (keras/src/saving/saving_lib.py).
 _CONFIG = "config.json"
+_METADATA = "metadata.json"
 _WEIGHTS = "model.weights.h5"
 # DEFLATE cannot expand data by more than about 1032:1.
 _MAX_EXPANSION = 1032
+# A model config larger than this is not a model config.
+_MAX_JSON_BYTES = 256 << 20
+_ZIP_LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelFile:
+    """A model file opened by `open_model_file`, its container checked.
+
+    Attributes:
+        path: The file.
+        format: `KERAS` or `H5`.
+        config: The model config, the JSON object stored in the file.
+        keras_version: The Keras version that wrote the file, if recorded.
+        weights: The open HDF5 weights, valid inside the `with` block: a
+            `.keras` archive's `model.weights.h5` (`None` if it has none), or
+            the `.h5` file itself.
+        members: The names in a `.keras` archive; empty for `.h5`.
+    """
+
+    path: Path
+    format: str
+    config: dict[str, Any]
+    keras_version: str | None
+    weights: Any
+    members: frozenset[str] = frozenset()
+
+
+@contextlib.contextmanager
+def open_model_file(
+    path: str | os.PathLike, fmt: str | None = None, *, check_crc: bool = True
+) -> Iterator[ModelFile]:
+    """Opens a model file, checks its container and parses its config.
+
+    For a `.keras` archive: every member's CRC (unless `check_crc=False`), a
+    `config.json` holding a JSON object, and a weights file that is sound
+    HDF5, read in place from the archive rather than copied into memory. For
+    an `.h5` file: that h5py can open it and that it has a `model_config` (a
+    weights-only file is named as such). In both, every dataset's header must
+    be readable and its data must fit inside the file, so that a corrupt or
+    hostile size cannot make a reader allocate more memory than the file
+    could hold.
+
+    Args:
+        path: The model file.
+        fmt: Its format, if already known from `detect_format`.
+        check_crc: Verify the CRC of every archive member (reads them all once).
+
+    Yields:
+        A `ModelFile`; its `weights` are closed when the block ends.
+
+    Raises:
+        ModelFileError: the file is missing, damaged, or not a saved model.
+    """
+    path = Path(path)
+    fmt = detect_format(path) if fmt is None else fmt
+    with contextlib.ExitStack() as stack:
+        if fmt == KERAS:
+            yield _open_keras(path, stack, check_crc)
+        else:
+            yield _open_h5(path, stack)
 
 
 def read_model_config(path: str | os.PathLike, fmt: str) -> dict[str, Any]:
     """Checks the container of a model file and returns its model config.
 
-    For a `.keras` archive: every member's CRC, a `config.json` holding a JSON
-    object, and a weights file that is sound HDF5. For an `.h5` file: that h5py
-    can open it, that it has a `model_config` (a weights-only file is named as
-    such), and its structure. Structure means every dataset's header is
-    readable and its data fits inside the file, so a corrupt size cannot make
-    the loader allocate more memory than the file could hold.
+    The checks are `open_model_file`'s, CRCs included.
 
     Args:
         path: The model file.
@@ -111,80 +173,173 @@ def read_model_config(path: str | os.PathLike, fmt: str) -> dict[str, Any]:
     Raises:
         ModelFileError: the container is damaged or is not a saved model.
     """
-    path = Path(path)
-    if fmt == KERAS:
-        return _read_keras_config(path)
-    return _read_h5_config(path)
+    with open_model_file(path, fmt, check_crc=True) as model:
+        return model.config
 
 
-def _read_keras_config(path: Path) -> dict[str, Any]:
+def _open_keras(path: Path, stack: contextlib.ExitStack, check_crc: bool) -> ModelFile:
     try:
-        with zipfile.ZipFile(path) as archive:
+        archive = stack.enter_context(zipfile.ZipFile(path))
+        if check_crc:
             damaged = archive.testzip()
             if damaged is not None:
                 raise ModelFileError(
                     f"{path}: is a damaged archive: the checksum of {damaged!r} "
                     "does not match its contents."
                 )
-            names = archive.namelist()
-            if _CONFIG not in names:
+        names = frozenset(archive.namelist())
+        if _CONFIG not in names:
+            raise ModelFileError(
+                f"{path}: is a zip archive without {_CONFIG}, not a Keras model."
+            )
+        config = _parse_config(path, _read_small(path, archive, _CONFIG), _CONFIG)
+        version = None
+        if _METADATA in names:
+            with contextlib.suppress(ValueError, RecursionError):  # Keras ignores it too.
+                metadata = json.loads(_read_small(path, archive, _METADATA))
+                if isinstance(metadata, dict):
+                    version = h5_text(metadata.get("keras_version"))
+        weights = None
+        if _WEIGHTS in names:
+            info = archive.getinfo(_WEIGHTS)
+            if info.file_size > _MAX_EXPANSION * max(info.compress_size, 1):
                 raise ModelFileError(
-                    f"{path}: is a zip archive without {_CONFIG}, not a Keras model."
+                    f"{path}: {_WEIGHTS} claims {info.file_size} bytes but "
+                    f"only {info.compress_size} are stored."
                 )
-            config = _parse_config(path, archive.read(_CONFIG), _CONFIG)
-            if _WEIGHTS in names:
-                info = archive.getinfo(_WEIGHTS)
-                if info.file_size > _MAX_EXPANSION * max(info.compress_size, 1):
-                    raise ModelFileError(
-                        f"{path}: {_WEIGHTS} claims {info.file_size} bytes but "
-                        f"only {info.compress_size} are stored."
-                    )
-                weights = archive.read(_WEIGHTS)
-                _check_hdf5(path, io.BytesIO(weights), len(weights), f"{_WEIGHTS} ")
+            member = stack.enter_context(contextlib.closing(_open_member(archive, info, path)))
+            weights = _open_hdf5(path, member, info.file_size, f"{_WEIGHTS} ", stack)
     except ModelFileError:
         raise
     except Exception as e:  # zipfile and zlib raise many kinds on damage.
         raise ModelFileError(
-            f"{path}: is a damaged or truncated zip archive ({_short(e)})."
+            f"{path}: is a damaged or truncated zip archive ({one_line(e)})."
         ) from None
-    return config
+    return ModelFile(path, KERAS, config, version, weights, names)
 
 
-def _read_h5_config(path: Path) -> dict[str, Any]:
+def _open_h5(path: Path, stack: contextlib.ExitStack) -> ModelFile:
     import h5py  # imported here: `detect_format` callers need no h5py.
 
-    size = path.stat().st_size
     try:
-        h5 = h5py.File(path, "r")
+        h5 = stack.enter_context(h5py.File(path, "r"))
     except Exception as e:
         raise ModelFileError(
-            f"{path}: is a damaged or truncated HDF5 file ({_short(e)})."
+            f"{path}: is a damaged or truncated HDF5 file ({one_line(e)})."
         ) from None
-    with h5:
-        try:
-            raw = h5.attrs.get("model_config")
-            weights_only = (
-                raw is None
-                and ("layer_names" in h5.attrs or "layers" in h5 or "vars" in h5)
-            )
-        except Exception as e:
-            raise ModelFileError(f"{path}: is a damaged HDF5 file ({_short(e)}).") from None
-        if weights_only:
+    try:
+        raw = h5.attrs.get("model_config")
+        weights_only = raw is None and (
+            "layer_names" in h5.attrs or "layers" in h5 or "vars" in h5
+        )
+        version = h5_text(h5.attrs.get("keras_version"))
+        if version is None and isinstance(h5.get("model_weights"), h5py.Group):
+            version = h5_text(h5["model_weights"].attrs.get("keras_version"))
+    except Exception as e:
+        raise ModelFileError(f"{path}: is a damaged HDF5 file ({one_line(e)}).") from None
+    if weights_only:
+        raise ModelFileError(
+            f"{path}: holds weights only (a `.weights.h5` file), not a model: a "
+            "weights-only file has no model config. Load it with `model.load_weights()` "
+            "into a model built in code, or use the file written by `model.save()`."
+        )
+    if raw is None:
+        raise ModelFileError(
+            f"{path}: is an HDF5 file without a model configuration "
+            "(no `model_config` attribute), not a saved Keras model."
+        )
+    if getattr(raw, "shape", None) == ():  # a numpy scalar
+        raw = raw.item()
+    if not isinstance(raw, (str, bytes)):
+        raise ModelFileError(f"{path}: has a `model_config` attribute that is not text.")
+    config = _parse_config(path, raw, "model_config")
+    _check_hdf5(path, h5, path.stat().st_size, "")
+    return ModelFile(path, H5, config, version, h5)
+
+
+def _open_hdf5(path: Path, source: Any, size: int, what: str, stack: contextlib.ExitStack) -> Any:
+    """Opens HDF5 data held in a file object, and checks its structure."""
+    import h5py
+
+    try:
+        h5 = stack.enter_context(h5py.File(source, "r"))
+    except Exception as e:
+        raise ModelFileError(f"{path}: {what}is a damaged HDF5 file ({one_line(e)}).") from None
+    _check_hdf5(path, h5, size, what)
+    return h5
+
+
+def _read_small(path: Path, archive: zipfile.ZipFile, name: str) -> bytes:
+    if archive.getinfo(name).file_size > _MAX_JSON_BYTES:
+        raise ModelFileError(f"{path}: {name} is implausibly large.")
+    return archive.read(name)
+
+
+def _open_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) -> io.RawIOBase:
+    """A seekable reader of one archive member.
+
+    Keras stores members uncompressed; then HDF5 reads the member in place
+    through a window on the archive file, so only the bytes it needs are read
+    and none is copied. A compressed member (an archive re-packed by another
+    tool) is inflated into memory.
+    """
+    if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:
+        return io.BytesIO(archive.read(info))
+    raw = open(path, "rb")  # noqa: SIM115  (closed by the window)
+    try:
+        raw.seek(info.header_offset)
+        header = raw.read(_ZIP_LOCAL_HEADER.size)
+        fields = None
+        if len(header) == _ZIP_LOCAL_HEADER.size:
+            fields = _ZIP_LOCAL_HEADER.unpack(header)
+        if fields is None or fields[0] != b"PK\x03\x04":
             raise ModelFileError(
-                f"{path}: holds weights only (a `.weights.h5` file), not a model; "
-                "load it with `model.load_weights()` into a model built in code, "
-                "or use the file written by `model.save()`."
+                f"{path}: is a damaged zip archive (bad header of {info.filename})."
             )
-        if raw is None:
+        start = info.header_offset + _ZIP_LOCAL_HEADER.size + fields[10] + fields[11]
+        if start + info.file_size > os.fstat(raw.fileno()).st_size:
             raise ModelFileError(
-                f"{path}: is an HDF5 file without a model configuration "
-                "(no `model_config` attribute), not a saved Keras model."
+                f"{path}: is a truncated zip archive ({info.filename} is cut short)."
             )
-        if isinstance(raw, bytes):
-            raw = raw.decode("utf-8", "replace")
-        config = _parse_config(path, raw, "model_config")
-        _check_hdf5(path, h5, size, "")
-    return config
+    except BaseException:
+        raw.close()
+        raise
+    return _Window(raw, start, info.file_size)
+
+
+class _Window(io.RawIOBase):
+    """Bytes `[start, start + size)` of an open file, as a read-only file."""
+
+    def __init__(self, raw: io.BufferedReader, start: int, size: int) -> None:
+        self._raw, self._start, self._size, self._pos = raw, start, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        n = max(0, min(len(buffer), self._size - self._pos))
+        if n == 0:
+            return 0
+        self._raw.seek(self._start + self._pos)
+        data = self._raw.read(n)
+        buffer[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
 
 
 def code_layers(config: Any) -> list[tuple[str, str]]:
@@ -263,43 +418,61 @@ def stored_weight_dtypes(path: str | os.PathLike) -> list[tuple[str, list[Any]]]
         with h5py.File(path, "r") as h5:
             group = h5["model_weights"] if "model_weights" in h5 else h5
             result = []
-            for name in _h5_list(group, "layer_names"):
-                weights = _h5_list(group[name], "weight_names")
+            for name in read_h5_list(group, "layer_names"):
+                weights = read_h5_list(group[name], "weight_names")
                 if weights:
                     result.append((name, [group[name][w].dtype for w in weights]))
             return result
     except Exception as e:
         raise ModelFileError(
-            f"{path}: cannot read the stored weights ({_short(e)})."
+            f"{path}: cannot read the stored weights ({one_line(e)})."
         ) from None
 
 
-def _h5_list(group: Any, name: str) -> list[str]:
-    """A list attribute of an HDF5 group, also when Keras split it in chunks."""
+def read_h5_list(group: Any, name: str) -> list[str]:
+    """A list-of-names attribute of an HDF5 group (`layer_names`, `weight_names`).
+
+    Keras splits a large one into `name0`, `name1`, ... chunks; they are joined.
+    """
     if name in group.attrs:
         chunks = [group.attrs[name]]
     else:
         chunks = []
         while f"{name}{len(chunks)}" in group.attrs:
             chunks.append(group.attrs[f"{name}{len(chunks)}"])
-    return [
-        item.decode("utf8") if hasattr(item, "decode") else str(item)
-        for chunk in chunks for item in chunk
-    ]
+    items = [item for chunk in chunks for item in _elements(chunk)]
+    return [text for text in map(h5_text, items) if text is not None]
+
+
+def _elements(chunk: Any) -> list[Any]:
+    if isinstance(chunk, (str, bytes)) or getattr(chunk, "shape", None) == ():
+        return [chunk]
+    return list(chunk)
+
+
+def h5_text(value: Any) -> str | None:
+    """An HDF5 attribute (bytes, str, or a numpy scalar of either) as text."""
+    if value is None:
+        return None
+    if getattr(value, "shape", None) == ():  # a numpy scalar
+        value = value.item()
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
 
 
 def _parse_config(path: Path, raw: bytes | str, where: str) -> dict[str, Any]:
     try:
         config = json.loads(raw)
     except (ValueError, RecursionError) as e:
-        raise ModelFileError(f"{path}: {where} is not valid JSON ({_short(e)}).") from None
+        raise ModelFileError(f"{path}: {where} is not valid JSON ({one_line(e)}).") from None
     if not isinstance(config, dict) or not isinstance(config.get("class_name"), str):
         raise ModelFileError(f"{path}: {where} does not describe a Keras model.")
     return config
 
 
-def _check_hdf5(path: Path, source: Any, size: int, what: str) -> None:
-    """Reads every dataset's header in `source` (a path, file object or h5py.File)."""
+def _check_hdf5(path: Path, h5: Any, size: int, what: str) -> None:
+    """Checks that every dataset of an open HDF5 file fits in its `size` bytes."""
     import h5py
 
     def visit(name: str, item: Any) -> None:
@@ -309,7 +482,7 @@ def _check_hdf5(path: Path, source: Any, size: int, what: str) -> None:
         offset = item.id.get_offset()
         if item.compression is None and offset is not None:
             fits = offset + stored <= size
-        else:
+        else:  # chunked: unwritten chunks read as fill values, from no bytes at all
             fits = stored <= _MAX_EXPANSION * size
         if not fits:
             raise ModelFileError(
@@ -318,19 +491,10 @@ def _check_hdf5(path: Path, source: Any, size: int, what: str) -> None:
             )
 
     try:
-        if isinstance(source, h5py.File):
-            source.visititems(visit)
-        else:
-            with h5py.File(source, "r") as h5:
-                h5.visititems(visit)
+        h5.visititems(visit)
     except ModelFileError:
         raise
     except Exception as e:
         raise ModelFileError(
-            f"{path}: {what}is a damaged HDF5 file ({_short(e)})."
+            f"{path}: {what}is a damaged HDF5 file ({one_line(e)})."
         ) from None
-
-
-def _short(error: BaseException) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text if len(text) <= 200 else text[:197] + "..."

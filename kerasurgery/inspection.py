@@ -25,12 +25,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import io
-import json
 import os
 import re
-import struct
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -38,8 +34,9 @@ from typing import Any
 import h5py
 import numpy as np
 
-from kerasurgery.errors import ModelFileError
-from kerasurgery.formats import KERAS, detect_format
+from kerasurgery import formats
+from kerasurgery.errors import ModelFileError, one_line
+from kerasurgery.formats import KERAS, h5_text, read_h5_list
 
 _DENSE = "Dense"
 _MASKED = "MaskedDense"
@@ -47,9 +44,6 @@ _MASKED_NAMES = ("kernel_pin_mask", "kernel_pin_value", "bias_pin_mask", "bias_p
 # Mask entries read at once when counting, so counting a huge mask stays
 # within a few tens of MB of memory.
 _COUNT_BLOCK = 1 << 24
-_MAX_JSON_BYTES = 256 << 20
-_MAX_DETAIL = 200
-_ZIP_LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,65 +178,39 @@ def _opened(path: str | os.PathLike, *, check_crc: bool) -> Iterator[_ModelFile]
     """Opens a model file; any failure below becomes a one-line ModelFileError."""
     path = Path(path)
     try:
-        with contextlib.ExitStack() as stack:
-            yield _ModelFile(path, stack, check_crc=check_crc)
+        with formats.open_model_file(path, check_crc=check_crc) as opened:
+            yield _ModelFile(opened)
     except ModelFileError:
         raise
-    except Exception as e:  # h5py, zipfile, json: the file is damaged.
-        raise ModelFileError(f"{path}: cannot read the model: {_detail(e)}") from None
+    except Exception as e:  # h5py on damaged data: the file is damaged.
+        raise ModelFileError(f"{path}: cannot read the model: {one_line(e)}") from None
 
 
 class _ModelFile:
     """An open model file: its format, version, and config layers with their weights."""
 
-    def __init__(self, path: Path, stack: contextlib.ExitStack, *, check_crc: bool) -> None:
-        self.path = path
-        self.format = detect_format(path)
+    def __init__(self, opened: formats.ModelFile) -> None:
+        self.path = opened.path
+        self.format = opened.format
+        self.keras_version = opened.keras_version
         self.entries: list[_Entry] = []
         if self.format == KERAS:
-            self._open_keras(stack, check_crc)
+            self._open_keras(opened)
         else:
-            self._open_h5(stack)
+            self._open_h5(opened)
 
     def error(self, message: str) -> ModelFileError:
         return ModelFileError(f"{self.path}: {message}")
 
     # .keras archives
 
-    def _open_keras(self, stack: contextlib.ExitStack, check_crc: bool) -> None:
-        archive = stack.enter_context(zipfile.ZipFile(self.path))
-        names = set(archive.namelist())
-        if "config.json" not in names:
-            raise self.error("is a zip archive without `config.json`, not a `.keras` model.")
-        config = self._json(_read_member(archive, "config.json"), "config.json")
-        self.keras_version = None
-        if "metadata.json" in names:
-            with contextlib.suppress(ValueError):  # Keras ignores metadata on load too.
-                metadata = json.loads(_read_member(archive, "metadata.json"))
-                version = metadata.get("keras_version") if isinstance(metadata, dict) else None
-                self.keras_version = str(version) if version is not None else None
-        if "model.weights.h5" not in names:
-            if "model.weights.npz" in names:
+    def _open_keras(self, opened: formats.ModelFile) -> None:
+        if opened.weights is None:
+            if "model.weights.npz" in opened.members:
                 raise self.error("stores its weights as `.npz`, which is not supported.")
             raise self.error("is a `.keras` archive without `model.weights.h5`.")
-        if check_crc:
-            # The fast path below reads the member in place, without the
-            # checksum zipfile verifies; reading every weight, pay for it once.
-            try:
-                with archive.open("model.weights.h5") as member:
-                    while member.read(1 << 22):
-                        pass
-            except zipfile.BadZipFile:
-                raise self.error("is damaged: `model.weights.h5` fails its CRC check.") from None
-        member = stack.enter_context(
-            contextlib.closing(_open_member(archive, "model.weights.h5", self.path))
-        )
-        try:
-            weights = stack.enter_context(h5py.File(member, "r"))
-        except OSError as e:
-            raise self.error(f"holds a damaged `model.weights.h5` ({_detail(e)}).") from None
-        root = _container(weights)
-        self._walk_keras(_model_layers(config, self), root)
+        root = _container(opened.weights)
+        self._walk_keras(_model_layers(opened.config, self), root)
 
     def _walk_keras(self, layers: list[tuple], container: h5py.Group | None) -> None:
         counters: dict[str, int] = {}
@@ -270,31 +238,11 @@ class _ModelFile:
 
     # .h5 files
 
-    def _open_h5(self, stack: contextlib.ExitStack) -> None:
-        try:
-            f = stack.enter_context(h5py.File(self.path, "r"))
-        except OSError as e:
-            raise self.error(f"is a damaged or truncated HDF5 file ({_detail(e)}).") from None
-        raw_config = f.attrs.get("model_config")
-        if raw_config is None:
-            if "layer_names" in f.attrs or "layers" in f or "vars" in f:
-                raise self.error(
-                    "is a weights-only file (saved with `save_weights`), with no model "
-                    "config; load it into a model in Python and save that as `.keras`."
-                )
-            raise self.error("is an HDF5 file without a Keras model config.")
-        if isinstance(raw_config, np.ndarray) and raw_config.shape == ():
-            raw_config = raw_config.item()
-        if not isinstance(raw_config, (str, bytes)):
-            raise self.error("has a `model_config` attribute that is not text.")
-        config = self._json(raw_config, "model_config")
-        self.keras_version = _text(f.attrs.get("keras_version"))
-        root = _group(f, "model_weights")
+    def _open_h5(self, opened: formats.ModelFile) -> None:
+        root = _group(opened.weights, "model_weights")
         if root is None:
             raise self.error("has a model config but no `model_weights` group.")
-        if self.keras_version is None:
-            self.keras_version = _text(root.attrs.get("keras_version"))
-        for layer_config, name, class_name in _model_layers(config, self):
+        for layer_config, name, class_name in _model_layers(opened.config, self):
             variables = _h5_variables(_group(root, name))
             children = _model_layers(layer_config, self, nested=True)
             # A nested model's group holds its layers' variables, not its own.
@@ -312,12 +260,6 @@ class _ModelFile:
                 self._walk_h5_nested(children, variables)
 
     # Reading
-
-    def _json(self, text: str | bytes, what: str) -> Any:
-        try:
-            return json.loads(text)
-        except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
-            raise self.error(f"`{what}` is not valid JSON ({_detail(e)}).") from None
 
     def layer_info(self, entry: _Entry) -> LayerInfo:
         if entry.class_name not in (_DENSE, _MASKED):
@@ -443,7 +385,7 @@ def _model_layers(config: Any, model: _ModelFile, *, nested: bool = False) -> li
     """
     if not isinstance(config, dict):
         if nested:
-            raise model.error(f"has a malformed layer in its config: {_detail(config)}")
+            raise model.error(f"has a malformed layer in its config: {one_line(config)}")
         raise model.error("has a config that is not a Keras model config.")
     inner = config.get("config")
     class_name = config.get("class_name")
@@ -459,13 +401,13 @@ def _model_layers(config: Any, model: _ModelFile, *, nested: bool = False) -> li
     result = []
     for layer in layers:
         if not isinstance(layer, dict) or not isinstance(layer.get("class_name"), str):
-            raise model.error(f"has a malformed layer in its config: {_detail(layer)}")
+            raise model.error(f"has a malformed layer in its config: {one_line(layer)}")
         layer_inner = layer.get("config")
         name = layer.get("name")
         if name is None and isinstance(layer_inner, dict):
             name = layer_inner.get("name")
         if not isinstance(name, str) or not name:
-            raise model.error(f"has a layer without a name in its config: {_detail(layer)}")
+            raise model.error(f"has a layer without a name in its config: {one_line(layer)}")
         layer_class = layer["class_name"].rpartition(">")[2]  # "kerasurgery>MaskedDense"
         if class_name == "Sequential" and layer_class == "InputLayer":
             continue  # not one of `Sequential.layers`
@@ -518,7 +460,7 @@ def _h5_variables(group: h5py.Group | None) -> dict[str | None, dict]:
     if group is None:
         return {}
     by_owner: dict[str | None, dict] = {}
-    for weight_name in _weight_names(group):
+    for weight_name in read_h5_list(group, "weight_names"):
         parts = weight_name.split("/")
         variable = re.sub(r":\d+$", "", parts[-1])
         dataset = _dataset(group, weight_name)
@@ -527,18 +469,6 @@ def _h5_variables(group: h5py.Group | None) -> dict[str | None, dict]:
             variables = by_owner.setdefault(owner, {})
             variables[variable] = None if variable in variables else dataset
     return by_owner
-
-
-def _weight_names(group: h5py.Group) -> list[str]:
-    """The `weight_names` attribute, which Keras splits into chunks when large."""
-    if "weight_names" in group.attrs:
-        chunks = [group.attrs["weight_names"]]
-    else:
-        chunks, i = [], 0
-        while f"weight_names{i}" in group.attrs:
-            chunks.append(group.attrs[f"weight_names{i}"])
-            i += 1
-    return [_text(n) for chunk in chunks for n in np.atleast_1d(chunk)]
 
 
 def _container(group: h5py.Group | None) -> h5py.Group | None:
@@ -580,7 +510,7 @@ def _subgroups(container: h5py.Group) -> Iterator[h5py.Group]:
 
 def _vars_name(group: h5py.Group) -> str | None:
     vars_group = _group(group, "vars")
-    return None if vars_group is None else _text(vars_group.attrs.get("name"))
+    return None if vars_group is None else h5_text(vars_group.attrs.get("name"))
 
 
 def _input_dim(layer_config: dict) -> int | None:
@@ -607,90 +537,3 @@ def _snake_case(name: str) -> str:
     name = re.sub(r"\W+", "", name)
     name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
     return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
-
-
-def _text(value: Any) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, np.ndarray) and value.shape == ():
-        value = value.item()
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace")
-    return str(value)
-
-
-def _read_member(archive: zipfile.ZipFile, name: str) -> bytes:
-    if archive.getinfo(name).file_size > _MAX_JSON_BYTES:
-        raise ModelFileError(f"{archive.filename}: `{name}` is implausibly large.")
-    return archive.read(name)
-
-
-def _open_member(archive: zipfile.ZipFile, name: str, path: Path) -> io.RawIOBase:
-    """A seekable reader of one archive member.
-
-    Keras stores members uncompressed; then h5py reads the member in place
-    through a window on the archive file, so only the bytes it needs are read.
-    A compressed member (an archive re-packed by another tool) is inflated
-    into memory.
-    """
-    info = archive.getinfo(name)
-    if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:
-        return io.BytesIO(archive.read(name))
-    raw = open(path, "rb")  # noqa: SIM115  (closed by the window)
-    try:
-        raw.seek(info.header_offset)
-        header = raw.read(_ZIP_LOCAL_HEADER.size)
-        fields = None
-        if len(header) == _ZIP_LOCAL_HEADER.size:
-            fields = _ZIP_LOCAL_HEADER.unpack(header)
-        if fields is None or fields[0] != b"PK\x03\x04":
-            raise ModelFileError(f"{path}: is a damaged zip archive (bad header of `{name}`).")
-        start = info.header_offset + _ZIP_LOCAL_HEADER.size + fields[10] + fields[11]
-        if start + info.file_size > os.fstat(raw.fileno()).st_size:
-            raise ModelFileError(f"{path}: is a truncated zip archive (`{name}` is cut short).")
-    except BaseException:
-        raw.close()
-        raise
-    return _Window(raw, start, info.file_size)
-
-
-class _Window(io.RawIOBase):
-    """Bytes `[start, start + size)` of an open file, as a read-only file."""
-
-    def __init__(self, raw: io.BufferedReader, start: int, size: int) -> None:
-        self._raw, self._start, self._size, self._pos = raw, start, size, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
-
-    def readinto(self, buffer: Any) -> int:
-        n = max(0, min(len(buffer), self._size - self._pos))
-        if n == 0:
-            return 0
-        self._raw.seek(self._start + self._pos)
-        data = self._raw.read(n)
-        buffer[: len(data)] = data
-        self._pos += len(data)
-        return len(data)
-
-    def close(self) -> None:
-        self._raw.close()
-        super().close()
-
-
-def _detail(error: Any) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
-    if len(text) > _MAX_DETAIL:
-        text = text[: _MAX_DETAIL - 3] + "..."
-    return text

@@ -431,9 +431,9 @@ def _broken_files(tmp_path):
         "truncated keras": (truncated_keras, "damaged or truncated zip"),
         "weights-only keras 3": (weights_only, "weights-only file"),
         "weights-only keras 2": (keras2_weights_only, "weights-only file"),
-        "hdf5 without config": (bare_h5, "without a Keras model config"),
+        "hdf5 without config": (bare_h5, "without a model configuration"),
         "zip without config.json": (
-            _repack(src, t / "noconfig.keras", drop=("config.json",)), "without `config.json`"),
+            _repack(src, t / "noconfig.keras", drop=("config.json",)), "without config.json, not a Keras model"),
         "zip without weights": (
             _repack(src, t / "noweights.keras", drop=("model.weights.h5",)),
             "without `model.weights.h5`"),
@@ -442,11 +442,11 @@ def _broken_files(tmp_path):
                     replace={"model.weights.npz": b"PK"}), "`.npz`"),
         "damaged weights member": (
             _repack(src, t / "garbage.keras", replace={"model.weights.h5": b"\0" * 4096}),
-            "damaged `model.weights.h5`"),
+            "model.weights.h5 is a damaged HDF5 file"),
         "bad json": (_repack(src, t / "badjson.keras", config=b'{"class_name": '),
-                     "`config.json` is not valid JSON"),
+                     "config.json is not valid JSON"),
         "json not a model": (_repack(src, t / "list.keras", config=[1, 2]),
-                             "not a Keras model config"),
+                             "config.json does not describe a Keras model"),
         "layer without name": (
             _repack(src, t / "noname.keras", config={
                 "class_name": "Functional", "config": {"layers": [{"class_name": "Dense"}]}}),
@@ -508,7 +508,7 @@ def _broken_files(tmp_path):
         "bad json h5": (
             _edit_h5(FIXTURES / "pruned_mlp.h5", t / "badjson.h5",
                      lambda f: f.attrs.__setitem__("model_config", "{not json")),
-            "`model_config` is not valid JSON"),
+            "model_config is not valid JSON"),
         "no model_weights h5": (
             _edit_h5(FIXTURES / "pruned_mlp.h5", t / "noweights.h5", _delete("model_weights")),
             "no `model_weights` group"),
@@ -578,8 +578,51 @@ def test_corrupt_weight_bytes_in_an_archive_fail_the_crc_check(tmp_path):
     path = tmp_path / "flipped.keras"
     path.write_bytes(data)
     assert inspect_file(path).layers == inspect_file(src).layers  # masks are intact
-    with pytest.raises(ModelFileError, match="fails its CRC check"):
+    with pytest.raises(ModelFileError, match="the checksum of 'model.weights.h5' does not match"):
         read_dense_weights(path)
+
+
+def _claims_more_than_it_holds(tmp_path, suffix):
+    """A model file whose Dense kernel and bias claim 80 MB held in a few kB.
+
+    Chunked datasets with no chunk written read as fill values, so nothing on
+    disk bounds what `dataset[()]` allocates; the config agrees with the
+    shapes, so only the size check stands between a reader and the allocation.
+    """
+    units = 4_000_000
+    inputs = keras.Input((4,), name="x")
+    model = keras.Model(inputs, keras.layers.Dense(2, name="d")(inputs))
+    path = ks.save_model(model, tmp_path / f"plain{suffix}")
+
+    def edit(f, root, names):
+        for name, shape in zip(names, ((4, units), (units,))):
+            del f[f"{root}/{name}"]
+            f.create_dataset(f"{root}/{name}", shape=shape, dtype="float32", chunks=True)
+
+    def grow(config):
+        config["config"]["layers"][1]["config"]["units"] = units
+        return config
+
+    if suffix == ".h5":
+        def edit_h5(f):
+            f.attrs["model_config"] = json.dumps(grow(json.loads(f.attrs["model_config"])))
+            edit(f, "model_weights/d/d", ("kernel", "bias"))
+        return _edit_h5(path, tmp_path / "huge.h5", edit_h5)
+    with zipfile.ZipFile(path) as archive:
+        config = grow(json.loads(archive.read("config.json")))
+    return _repack(path, tmp_path / "huge.keras", config=config,
+                   edit_weights=lambda f: edit(f, "layers/dense/vars", ("0", "1")))
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+@pytest.mark.parametrize("reader", [inspect_file, read_dense_weights])
+def test_datasets_larger_than_the_file_are_refused_before_reading(tmp_path, suffix, reader):
+    path = _claims_more_than_it_holds(tmp_path, suffix)
+    assert path.stat().st_size < 100_000
+    with pytest.raises(ModelFileError, match=r"dataset '.*' claims \d+ bytes, more than the file holds"):
+        reader(path)
+    with pytest.raises(ModelFileError, match="more than the file holds"):
+        ks.load_model(path)  # the loader's check is the same one
 
 
 def test_truncated_files_never_raise_anything_else(tmp_path):
