@@ -161,6 +161,7 @@ class _Plan:
         self.kernel_value: np.ndarray | None = None
         self.bias_value: np.ndarray | None = None
         self._storage: str | None = None
+        self._shared_value: np.ndarray | None = None
 
     @classmethod
     def of(cls, layer: keras.layers.Layer) -> _Plan:
@@ -198,19 +199,25 @@ class _Plan:
     def storage(self) -> str:
         """`SHARED` when every pinned kernel entry has the same bits, else `PER_ENTRY`."""
         if self._storage is None:
-            pinned = _bits(self._pinned_kernel_values())
-            shared = pinned.size == 0 or bool(np.all(pinned == pinned[0]))
-            self._storage = SHARED if shared else PER_ENTRY
+            self._shared_value = None
+            values = self.kernel if self.kernel_value is None else self.kernel_value
+            first = int(np.argmax(self.kernel_mask)) if self.kernel_mask.any() else None
+            if first is None:
+                self._shared_value = np.zeros((), values.dtype)
+            else:
+                # Whole-array comparisons: boolean indexing of a 50M kernel
+                # costs several times more.
+                bits = _bits(values)
+                differs = np.not_equal(bits, bits.flat[first])
+                np.logical_and(differs, self.kernel_mask, out=differs)
+                if not differs.any():
+                    self._shared_value = np.asarray(values.flat[first])
+            self._storage = PER_ENTRY if self._shared_value is None else SHARED
         return self._storage
-
-    def _pinned_kernel_values(self) -> np.ndarray:
-        values = self.kernel if self.kernel_value is None else self.kernel_value
-        return values[self.kernel_mask]
 
     def assign(self, layer: MaskedDense) -> None:
         if self.storage() == SHARED:
-            pinned = self._pinned_kernel_values()
-            kernel_value = np.asarray(pinned[0] if pinned.size else np.zeros((), self.kernel.dtype))
+            kernel_value = self._shared_value
         else:
             kernel_value = self.kernel if self.kernel_value is None else self.kernel_value
         bias_value = self.bias if self.bias_value is None else self.bias_value
