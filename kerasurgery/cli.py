@@ -173,13 +173,14 @@ def _parser() -> argparse.ArgumentParser:
         "inspect", parents=[common], formatter_class=formatter,
         help="list layers and pinned counts (fast, no TensorFlow)",
         description="Read a model file with h5py/zipfile/json only: format, Keras version,\n"
-        "every layer with its class, kernel shape and pinned counts.",
+        "every layer with its class, kernel shape and pinned counts. Layers inside nested\n"
+        "models are listed by path, MODEL/NAME (--json: the \"path\" field of each layer).",
         epilog="examples:\n  kerasurgery inspect model.frozen.keras\n"
         "  kerasurgery inspect model.frozen.h5 --json\n"
         "  kerasurgery inspect model.frozen.keras --layer hidden --show\n",
     )
     inspect.add_argument("file", metavar="FILE", help="model file (.keras or .h5)")
-    inspect.add_argument("--layer", metavar="NAME", help="only this layer")
+    inspect.add_argument("--layer", metavar="NAME", help="only this layer: a path (MODEL/NAME inside nested models) or a name")
     inspect.add_argument("--show", action="store_true", help="draw the pin pattern of --layer (or of every Dense layer)")
     inspect.set_defaults(run=_inspect, parser=inspect)
 
@@ -198,8 +199,10 @@ def _parser() -> argparse.ArgumentParser:
         "verify", parents=[common], formatter_class=formatter,
         help="check that a fine-tuned model kept every pinned value",
         description="Exit 0 when every pinned entry of FROZEN holds its pinned value, bit for bit,\n"
-        "in the same-named layer of CANDIDATE (masked or stripped, .keras or .h5);\n"
-        "exit 1 with a table of violations otherwise. Reads files without TensorFlow.",
+        "in the layer of CANDIDATE at the same path (masked or stripped, .keras or .h5);\n"
+        "exit 1 with a table of violations otherwise, or when FROZEN pins nothing.\n"
+        "A layer's path is its name, or MODEL/NAME inside a nested model, as `inspect`\n"
+        "lists it. Reads files without TensorFlow.",
         epilog="examples:\n  kerasurgery verify finetuned.keras --against model.frozen.keras\n"
         "  kerasurgery verify deploy.h5 --against model.frozen.keras --json\n",
     )
@@ -400,7 +403,7 @@ def _dense_rows(model: Any) -> list[dict[str, Any]]:
     from kerasurgery.layers import MaskedDense
 
     rows, seen = [], set()
-    for layer in _walk(model):
+    for layer, path in _walk(model):
         dense = type(layer) is keras.layers.Dense
         if id(layer) in seen or not (dense or isinstance(layer, MaskedDense)) or not layer.built:
             continue
@@ -417,6 +420,7 @@ def _dense_rows(model: Any) -> list[dict[str, Any]]:
             "pinned_kernel": pinned_kernel,
             "pinned_bias": pinned_bias,
             "pinned": pinned_kernel + pinned_bias,
+            "path": path,
         })
     return rows
 
@@ -453,10 +457,11 @@ def _save(model: Any, output: Path, args: argparse.Namespace, ui: _Ui) -> None:
         saving.save_model(model, output, overwrite=args.force)
 
 
-def _walk(model: Any) -> Iterator[Any]:
+def _walk(model: Any, prefix: str = "") -> Iterator[tuple[Any, str]]:
+    """(layer, path) of every layer inside `model`; paths as `inspect` gives them."""
     for layer in getattr(model, "layers", []):
-        yield layer
-        yield from _walk(layer)
+        yield layer, prefix + layer.name
+        yield from _walk(layer, f"{prefix}{layer.name}/")
 
 
 def _inspect(args: argparse.Namespace, ui: _Ui) -> int:
@@ -468,9 +473,10 @@ def _inspect(args: argparse.Namespace, ui: _Ui) -> int:
     document = info.to_json()
     layers = document["layers"]
     if args.layer is not None:
-        layers = [layer for layer in layers if layer["name"] == args.layer]
+        # A path picks one layer; a name, every layer of that name (nested models may repeat it).
+        layers = [layer for layer in layers if args.layer in (layer["path"], layer["name"])]
         if not layers:
-            names = ", ".join(layer["name"] for layer in document["layers"]) or "none"
+            names = ", ".join(layer["path"] for layer in document["layers"]) or "none"
             raise KerasurgeryError(f"{args.file}: no layer named {args.layer!r}. Layers: {names}")
         document = {**document, "layers": layers}
     if ui.json_output:
@@ -480,14 +486,14 @@ def _inspect(args: argparse.Namespace, ui: _Ui) -> int:
     ui.layer_table(layers, title=None)
     if args.show:
         weights = read_dense_weights(args.file)
-        shown = [layer["name"] for layer in layers if layer["name"] in weights]
+        shown = [layer["path"] for layer in layers if layer["path"] in weights]
         if args.layer is not None and not shown:
             raise KerasurgeryError(
                 f"{args.file}: layer {args.layer!r} is a {layers[0]['class_name']}; "
                 "--show draws Dense and MaskedDense layers."
             )
-        for name in shown:
-            ui.pattern(weights[name])
+        for path in shown:
+            ui.pattern(weights[path])
     return OK
 
 
@@ -496,11 +502,19 @@ def _verify(args: argparse.Namespace, ui: _Ui) -> int:
 
     from kerasurgery.inspection import read_dense_weights
 
+    # Layers are matched by path: equal names in different nested models are
+    # different layers, and freeze and strip keep the nesting.
     frozen = read_dense_weights(args.against)
     candidate = read_dense_weights(args.candidate)
+    if not any(layer.kernel_mask.any() or (layer.bias_mask is not None and layer.bias_mask.any())
+               for layer in frozen.values()):
+        # A wrong --against file (the model before freezing) must not pass.
+        raise KerasurgeryError(
+            f"{args.against}: FROZEN has no pinned entries: is it the frozen file?"
+        )
     rows: list[dict[str, Any]] = []
     checked = 0
-    for name, layer in frozen.items():
+    for path, layer in frozen.items():
         for which in ("kernel", "bias"):
             mask = getattr(layer, f"{which}_mask")
             if mask is None or not mask.any():
@@ -508,8 +522,8 @@ def _verify(args: argparse.Namespace, ui: _Ui) -> int:
             pinned = np.asarray(getattr(layer, f"{which}_value"))
             count = int(mask.sum())
             checked += count
-            row = {"layer": name, "weight": which, "pinned": count}
-            other = candidate.get(name)
+            row = {"layer": path, "weight": which, "pinned": count}
+            other = candidate.get(path)
             actual = None if other is None else getattr(other, which)
             if other is None:
                 rows.append({**row, "violations": count, "max_deviation": None,
@@ -535,8 +549,6 @@ def _verify(args: argparse.Namespace, ui: _Ui) -> int:
             "checked": checked, "violations": rows,
         })
     elif ok:
-        if checked == 0:
-            ui.warn(f"{args.against} has no pinned entries: nothing to check.")
         ui.say(f"ok: all {checked:,} pinned entries of {args.against} hold in {args.candidate}.", style="green")
     else:
         ui.violation_table(rows)
@@ -627,7 +639,7 @@ class _Ui:
             size = math.prod(shape) if shape else 0
             share = f"{100 * layer['pinned_kernel'] / size:.1f}" if size else ""
             table.add_row(
-                layer["name"], layer["class_name"],
+                layer["path"], layer["class_name"],
                 "×".join(map(str, shape)) if shape else "",
                 f"{layer['pinned_kernel']:,}" if shape else "",
                 f"{layer['pinned_bias']:,}" if shape else "",
@@ -660,7 +672,7 @@ class _Ui:
         row_step, col_step = math.ceil(rows / 32), math.ceil(cols / width)
         grid = _block_fraction(mask, row_step, col_step)
         pinned = int(mask.sum())
-        header = (f"{weights.name}: kernel {rows}×{cols}, {pinned:,} of {mask.size:,} pinned "
+        header = (f"{weights.path}: kernel {rows}×{cols}, {pinned:,} of {mask.size:,} pinned "
                   f"({100 * pinned / max(mask.size, 1):.1f}%)")
         if row_step > 1 or col_step > 1:
             header += f"; each cell = {row_step}×{col_step} entries"

@@ -17,8 +17,15 @@ Where the weights live:
 - `.h5`: `model_config` attribute, and `model_weights/<top-level layer>/` with a
   `weight_names` attribute listing variable paths (`dense/kernel` in Keras 3,
   `dense/kernel:0` in Keras 2). A nested model's group holds all of its
-  layers' variables, told apart by the layer name in their paths. `MaskedDense`
-  weights here are raw: the effective kernel is computed from the pins.
+  layers' variables, told apart by the layer names in their paths (the
+  longest match wins). `MaskedDense` weights here are raw: the effective
+  kernel is computed from the pins.
+
+Keras requires a layer name to be unique within one model only, so a nested
+model may hold a `dense` while the outer model holds another. A layer is
+therefore identified by its path: its name for a layer of the top-level model,
+`outer/inner/name` for a layer inside nested models (Keras' layer names cannot
+contain "/").
 """
 
 from __future__ import annotations
@@ -48,13 +55,22 @@ _COUNT_BLOCK = 1 << 24
 
 @dataclasses.dataclass(frozen=True)
 class LayerInfo:
-    """One layer of a saved model, as `inspect_file` reports it."""
+    """One layer of a saved model, as `inspect_file` reports it.
+
+    `path` identifies the layer in the file: its name for a layer of the
+    top-level model (the default), `model/.../name` inside nested models.
+    """
 
     name: str
     class_name: str
     kernel_shape: tuple[int, ...] | None
     pinned_kernel: int
     pinned_bias: int
+    path: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.path:
+            object.__setattr__(self, "path", self.name)
 
     @property
     def pinned(self) -> int:
@@ -87,6 +103,7 @@ class FileInfo:
                     "pinned_kernel": layer.pinned_kernel,
                     "pinned_bias": layer.pinned_bias,
                     "pinned": layer.pinned,
+                    "path": layer.path,
                 }
                 for layer in self.layers
             ],
@@ -99,7 +116,8 @@ class DenseWeights:
 
     The arrays are read-only. `kernel_value` holds the pinned value at each
     pinned entry and the effective weight elsewhere, so it equals `kernel`
-    (as `MaskedDense.pins()` reports it); likewise `bias_value`.
+    (as `MaskedDense.pins()` reports it); likewise `bias_value`. `path` is
+    the layer's path, as in `LayerInfo`.
     """
 
     name: str
@@ -110,6 +128,11 @@ class DenseWeights:
     bias_mask: np.ndarray | None
     kernel_value: np.ndarray
     bias_value: np.ndarray | None
+    path: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.path:
+            object.__setattr__(self, "path", self.name)
 
 
 def inspect_file(path: str | os.PathLike) -> FileInfo:
@@ -123,7 +146,8 @@ def inspect_file(path: str | os.PathLike) -> FileInfo:
 
     Returns:
         A `FileInfo` with every layer in model order, nested models flattened
-        (each nested model listed before its layers).
+        (each nested model listed before its layers, which have paths
+        `model/name`).
 
     Raises:
         ModelFileError: the file is missing, not a model file, corrupt, or its
@@ -133,7 +157,7 @@ def inspect_file(path: str | os.PathLike) -> FileInfo:
 
     ```python
     info = inspect_file("fixtures/frozen_mlp.keras")
-    {layer.name: layer.pinned for layer in info.layers}
+    {layer.path: layer.pinned for layer in info.layers}
     ```
     """
     with _opened(path, check_crc=False) as model:
@@ -145,8 +169,10 @@ def read_dense_weights(path: str | os.PathLike) -> dict[str, DenseWeights]:
     """Reads the effective weights and pins of every Dense and MaskedDense layer.
 
     Returns:
-        `DenseWeights` by layer name, in model order. A name that occurs twice
-        (a nested model reusing an outer name) keeps its first layer.
+        `DenseWeights` by layer path (see `LayerInfo`), in model order: a
+        layer of the top-level model under its name, a layer inside nested
+        models under `model/.../name`, so equal names in different models
+        are told apart.
 
     Raises:
         ModelFileError: as `inspect_file`; also for non-float (quantized)
@@ -156,10 +182,10 @@ def read_dense_weights(path: str | os.PathLike) -> dict[str, DenseWeights]:
     with _opened(path, check_crc=True) as model:
         weights: dict[str, DenseWeights] = {}
         for entry in model.entries:
-            if entry.class_name in (_DENSE, _MASKED) and entry.name not in weights:
+            if entry.class_name in (_DENSE, _MASKED) and entry.path not in weights:
                 dense = model.dense_weights(entry)
                 if dense is not None:
-                    weights[entry.name] = dense
+                    weights[entry.path] = dense
         return weights
 
 
@@ -171,6 +197,7 @@ class _Entry:
     class_name: str
     layer_config: dict  # {"class_name", "config", "build_config", ...}
     variables: dict[str, h5py.Dataset | None]  # None: two variables claim the name
+    path: str
 
 
 @contextlib.contextmanager
@@ -210,9 +237,9 @@ class _ModelFile:
                 raise self.error("stores its weights as `.npz`, which is not supported.")
             raise self.error("is a `.keras` archive without `model.weights.h5`.")
         root = _container(opened.weights)
-        self._walk_keras(_model_layers(opened.config, self), root)
+        self._walk_keras(_model_layers(opened.config, self), root, "")
 
-    def _walk_keras(self, layers: list[tuple], container: h5py.Group | None) -> None:
+    def _walk_keras(self, layers: list[tuple], container: h5py.Group | None, prefix: str) -> None:
         counters: dict[str, int] = {}
         by_name: dict[str, h5py.Group] | None = None
         for layer_config, name, class_name in layers:
@@ -231,10 +258,12 @@ class _ModelFile:
                 group = by_name.get(name)
             vars_group = _group(group, "vars")
             variables = _keras_variables(class_name, layer_config, vars_group)
-            self.entries.append(_Entry(name, class_name, layer_config, variables))
+            path = prefix + name
+            self.entries.append(_Entry(name, class_name, layer_config, variables, path))
             children = _model_layers(layer_config, self, nested=True)
             if children is not None:
-                self._walk_keras(children, _container(group) if group is not None else None)
+                inner = _container(group) if group is not None else None
+                self._walk_keras(children, inner, f"{path}/")
 
     # .h5 files
 
@@ -247,17 +276,18 @@ class _ModelFile:
             children = _model_layers(layer_config, self, nested=True)
             # A nested model's group holds its layers' variables, not its own.
             own = variables.get(None, {}) if children is None else {}
-            self.entries.append(_Entry(name, class_name, layer_config, own))
+            self.entries.append(_Entry(name, class_name, layer_config, own, name))
             if children is not None:
-                self._walk_h5_nested(children, variables)
+                self._walk_h5_nested(children, variables, (name,))
 
-    def _walk_h5_nested(self, layers: list[tuple], variables: dict) -> None:
+    def _walk_h5_nested(self, layers: list[tuple], variables: dict, prefix: tuple) -> None:
         for layer_config, name, class_name in layers:
+            path = (*prefix, name)
             children = _model_layers(layer_config, self, nested=True)
-            own = variables.get(name, {}) if children is None else {}
-            self.entries.append(_Entry(name, class_name, layer_config, own))
+            own = _owned(variables, path) if children is None else {}
+            self.entries.append(_Entry(name, class_name, layer_config, own, "/".join(path)))
             if children is not None:
-                self._walk_h5_nested(children, variables)
+                self._walk_h5_nested(children, variables, path)
 
     # Reading
 
@@ -265,17 +295,19 @@ class _ModelFile:
         if entry.class_name not in (_DENSE, _MASKED):
             kernel = entry.variables.get("kernel")
             shape = None if kernel is None else tuple(int(n) for n in kernel.shape)
-            return LayerInfo(entry.name, entry.class_name, shape, 0, 0)
+            return LayerInfo(entry.name, entry.class_name, shape, 0, 0, entry.path)
         variables = self._dense_variables(entry)
         if variables is None:  # never built: no weights yet
-            return LayerInfo(entry.name, entry.class_name, None, 0, 0)
+            return LayerInfo(entry.name, entry.class_name, None, 0, 0, entry.path)
         shape = tuple(int(n) for n in variables["kernel"].shape)
         pinned_kernel = pinned_bias = 0
         if entry.class_name == _MASKED:
             pinned_kernel = _count_true(variables["kernel_pin_mask"])
             if "bias_pin_mask" in variables:
                 pinned_bias = _count_true(variables["bias_pin_mask"])
-        return LayerInfo(entry.name, entry.class_name, shape, pinned_kernel, pinned_bias)
+        return LayerInfo(
+            entry.name, entry.class_name, shape, pinned_kernel, pinned_bias, entry.path
+        )
 
     def dense_weights(self, entry: _Entry) -> DenseWeights | None:
         variables = self._dense_variables(entry)
@@ -284,7 +316,7 @@ class _ModelFile:
         kernel = variables["kernel"][()]
         if not np.issubdtype(kernel.dtype, np.floating):
             raise self.error(
-                f"layer {entry.name!r} has a {kernel.dtype} kernel (quantized?); "
+                f"layer {entry.path!r} has a {kernel.dtype} kernel (quantized?); "
                 "only floating-point kernels are supported."
             )
         bias = variables["bias"][()] if "bias" in variables else None
@@ -301,20 +333,20 @@ class _ModelFile:
             if array is not None:
                 array.setflags(write=False)
         return DenseWeights(entry.name, entry.class_name, kernel, bias, kernel_mask, bias_mask,
-                            kernel_value=kernel, bias_value=bias)
+                            kernel_value=kernel, bias_value=bias, path=entry.path)
 
     def _pin_value(self, entry: _Entry, variables: dict, which: str) -> np.ndarray:
         value = variables[f"{which}_pin_value"][()]
         # MaskedDense refuses to load these too, so no model can compute with them.
         if not np.all(np.isfinite(value)):
             raise self.error(
-                f"layer {entry.name!r}: `{which}_pin_value` holds a non-finite value."
+                f"layer {entry.path!r}: `{which}_pin_value` holds a non-finite value."
             )
         return value.astype(variables[which].dtype)
 
     def _dense_variables(self, entry: _Entry) -> dict[str, h5py.Dataset] | None:
         """The datasets of a Dense/MaskedDense layer, checked against its config."""
-        where = f"layer {entry.name!r} ({entry.class_name})"
+        where = f"layer {entry.path!r} ({entry.class_name})"
         config = entry.layer_config.get("config")
         units = config.get("units") if isinstance(config, dict) else None
         use_bias = config.get("use_bias", True) if isinstance(config, dict) else None
@@ -454,21 +486,43 @@ def _keras_variables(class_name: str, layer_config: dict, vars_group: h5py.Group
     return {}
 
 
-def _h5_variables(group: h5py.Group | None) -> dict[str | None, dict]:
+def _h5_variables(group: h5py.Group | None) -> dict[tuple[str, ...] | None, dict]:
     """A top-level layer's datasets: `{None: {var: ds}}` for its own variables, and
-    `{layer_name: {var: ds}}` for layers inside it (a nested model)."""
+    `{owner path: {var: ds}}` by the path in their names (`("inner", "dense")`
+    for `inner/dense/kernel`), for the layers inside it (a nested model)."""
     if group is None:
         return {}
-    by_owner: dict[str | None, dict] = {}
+    by_owner: dict[tuple[str, ...] | None, dict] = {}
     for weight_name in read_h5_list(group, "weight_names"):
         parts = weight_name.split("/")
         variable = re.sub(r":\d+$", "", parts[-1])
         dataset = _dataset(group, weight_name)
-        owners = [None] + ([parts[-2]] if len(parts) > 1 else [])
-        for owner in owners:
+        for owner in (None, tuple(parts[:-1])):
             variables = by_owner.setdefault(owner, {})
             variables[variable] = None if variable in variables else dataset
     return by_owner
+
+
+def _owned(by_owner: dict, path: tuple[str, ...]) -> dict:
+    """The datasets of the nested layer at `path`, from `_h5_variables`.
+
+    Variable names carry the scope they were built in, which need not be the
+    layer's path (a Functional model's layers are built outside it): the
+    owners ending in the layer's name are candidates, and the one sharing the
+    longest tail with `path` wins. Candidates that tie are merged, so a
+    variable claimed by both reads as stored twice rather than as either.
+    """
+    best, found = 0, {}
+    for owner, variables in by_owner.items():
+        if not owner or owner[-1] != path[-1]:
+            continue
+        shared = next((n for n in range(len(owner), 0, -1) if path[-n:] == owner[-n:]), 0)
+        if shared > best:
+            best, found = shared, dict(variables)
+        elif shared == best:
+            for name, dataset in variables.items():
+                found[name] = None if name in found else dataset
+    return found
 
 
 def _container(group: h5py.Group | None) -> h5py.Group | None:

@@ -814,10 +814,72 @@ def test_verify_reports_missing_layers_and_shape_mismatches(finetuned, tmp_path,
     )
 
 
-def test_verify_with_nothing_pinned_warns(base, capsys):
-    code, out, err = run(capsys, "verify", base["paths"][".keras"], "--against", base["paths"][".h5"])
-    assert code == 0
-    assert "no pinned entries" in err and "all 0 pinned entries" in out
+def test_verify_refuses_a_frozen_file_with_nothing_pinned(base, capsys):
+    # A wrong --against file (here the unfrozen model) must not pass.
+    for argv in ([], ["--json"]):
+        code, out, err = run(capsys, "verify", base["paths"][".keras"], "--against",
+                             base["paths"][".h5"], *argv)
+        assert code == 1 and out == ""
+        assert_one_error_line(err, str(base["paths"][".h5"]),
+                              "FROZEN has no pinned entries: is it the frozen file?")
+
+
+def _same_names_in_two_models() -> keras.Model:
+    """An outer model and the Sequential nested in it each hold a MaskedDense
+    named 'dense', with output unit 0 pinned (4 kernel entries and 1 bias entry)."""
+    keras.utils.set_random_seed(0)
+    inner = keras.Sequential([keras.Input((4,)), keras.layers.Dense(4, name="dense")], name="inner")
+    inner = ks.freeze(inner, {"dense": ks.rules.units([0])})
+    inputs = keras.Input((4,), name="x")
+    outer = keras.Model(inputs, keras.layers.Dense(2, name="dense")(inner(inputs)), name="outer")
+    return ks.freeze(outer, {"dense": ks.rules.units([0])})
+
+
+def _dense_at(model: keras.Model, path: str) -> keras.layers.Layer:
+    for name in path.split("/"):
+        model = model.get_layer(name)
+    return model
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_verify_tells_apart_layers_of_the_same_name_in_nested_models(tmp_path, capsys, suffix):
+    frozen = ks.save_model(_same_names_in_two_models(), tmp_path / f"dup.frozen{suffix}")
+    inspected = run_json(capsys, "inspect", frozen)
+    assert [(l["name"], l["path"], l["pinned"]) for l in inspected["layers"]] == [
+        ("x", "x", 0), ("inner", "inner", 0), ("dense", "inner/dense", 5), ("dense", "dense", 5),
+    ]
+    # --layer takes a path (one layer) or a name (every layer of that name).
+    assert [l["path"] for l in run_json(capsys, "inspect", frozen, "--layer", "dense")["layers"]] == [
+        "inner/dense", "dense"]
+    assert [l["path"] for l in run_json(capsys, "inspect", frozen, "--layer", "inner/dense")["layers"]] == [
+        "inner/dense"]
+    code, text, _ = run(capsys, "inspect", frozen, "--layer", "inner/dense", "--show")
+    assert code == 0 and "inner/dense: kernel 4×4, 4 of 16 pinned (25.0%)" in text
+    assert "dense: kernel 4×2" not in text
+    stripped = tmp_path / f"dup.stripped{suffix}"
+    report = run_json(capsys, "strip", frozen, "-o", stripped)
+    assert [(l["name"], l["path"], l["pinned"]) for l in report["stripped"]] == [
+        ("dense", "inner/dense", 5), ("dense", "dense", 5),
+    ]
+    for candidate in (frozen, stripped):
+        report = run_json(capsys, "verify", candidate, "--against", frozen)
+        assert report["ok"] and report["checked"] == 10
+
+    for path in ("dense", "inner/dense"):
+        model = ks.load_model(stripped, compile=False)
+        layer = _dense_at(model, path)
+        kernel, bias = layer.get_weights()
+        kernel[3, 0] += 0.25  # unit 0 is pinned
+        layer.set_weights([kernel, bias])
+        tampered = ks.save_model(model, tmp_path / f"tampered{suffix}", overwrite=True)
+        code, out, _ = run(capsys, "verify", tampered, "--against", frozen, "--json")
+        assert code == 1, path
+        assert json.loads(out)["violations"] == [{
+            "layer": path, "weight": "kernel", "pinned": 4, "violations": 1,
+            "max_deviation": 0.25, "reason": "value changed",
+        }]
+        code, text, _ = run(capsys, "verify", tampered, "--against", frozen)
+        assert code == 1 and path in text and "FAILED: 1 of 10" in text
 
 
 # --- real processes: what a user sees ------------------------------------------------

@@ -43,16 +43,16 @@ def _load(path) -> keras.Model:
     return ks.load_model(path, compile=False)
 
 
-def _walk(model):
-    """Every layer in model order, nested models before their layers, each once."""
+def _walk(model, prefix=""):
+    """(layer, path) in model order, nested models before their layers, each once."""
     seen = set()
     for layer in model.layers:
         if id(layer) in seen:
             continue
         seen.add(id(layer))
-        yield layer
+        yield layer, prefix + layer.name
         if isinstance(layer, keras.Model):
-            yield from _walk(layer)
+            yield from _walk(layer, f"{prefix}{layer.name}/")
 
 
 def _is_dense(layer) -> bool:
@@ -63,7 +63,7 @@ def _np(x) -> np.ndarray:
     return ops.convert_to_numpy(x)
 
 
-def _expected_info(layer) -> LayerInfo:
+def _expected_info(layer, path) -> LayerInfo:
     """What inspect_file should say about `layer`, computed by Keras and numpy."""
     shape = tuple(layer.kernel.shape) if _is_dense(layer) else None
     pinned_kernel = pinned_bias = 0
@@ -71,7 +71,7 @@ def _expected_info(layer) -> LayerInfo:
         pinned_kernel = int(np.count_nonzero(_np(layer.kernel_pin_mask)))
         if layer.use_bias:
             pinned_bias = int(np.count_nonzero(_np(layer.bias_pin_mask)))
-    return LayerInfo(layer.name, type(layer).__name__, shape, pinned_kernel, pinned_bias)
+    return LayerInfo(layer.name, type(layer).__name__, shape, pinned_kernel, pinned_bias, path)
 
 
 # Reading the fixtures, compared with what Keras loads.
@@ -85,7 +85,7 @@ def test_inspect_file_matches_keras(name):
     assert info.file == str(path)
     assert info.format == ("keras" if name.endswith(".keras") else "h5")
     assert info.keras_version == ("2.21.0" if name.startswith("keras2") else keras.__version__)
-    assert info.layers == [_expected_info(layer) for layer in _walk(model)]
+    assert info.layers == [_expected_info(layer, path) for layer, path in _walk(model)]
 
 
 @pytest.mark.parametrize("name", ALL_FILES)
@@ -93,11 +93,11 @@ def test_read_dense_weights_equals_keras_bit_for_bit(name):
     path = FIXTURES / name
     weights = read_dense_weights(path)
     model = _load(path)
-    dense = [layer for layer in _walk(model) if _is_dense(layer)]
-    assert list(weights) == [layer.name for layer in dense]
-    for layer in dense:
-        w = weights[layer.name]
-        assert w.class_name == type(layer).__name__
+    dense = [(layer, path) for layer, path in _walk(model) if _is_dense(layer)]
+    assert list(weights) == [path for _, path in dense]
+    for layer, path in dense:
+        w = weights[path]
+        assert (w.name, w.path, w.class_name) == (layer.name, path, type(layer).__name__)
         assert w.kernel.dtype == np.float32 and w.bias.dtype == np.float32
         assert np.array_equal(w.kernel, _np(layer.kernel))
         assert np.array_equal(w.bias, _np(layer.bias))
@@ -152,13 +152,13 @@ def test_to_json_is_the_documented_object():
         "keras_version": keras.__version__,
         "layers": [
             {"name": "features", "class_name": "InputLayer", "kernel_shape": None,
-             "pinned_kernel": 0, "pinned_bias": 0, "pinned": 0},
+             "pinned_kernel": 0, "pinned_bias": 0, "pinned": 0, "path": "features"},
             {"name": "dense_1", "class_name": "MaskedDense", "kernel_shape": [8, 16],
-             "pinned_kernel": 64, "pinned_bias": 0, "pinned": 64},
+             "pinned_kernel": 64, "pinned_bias": 0, "pinned": 64, "path": "dense_1"},
             {"name": "dense_2", "class_name": "MaskedDense", "kernel_shape": [16, 16],
-             "pinned_kernel": 128, "pinned_bias": 0, "pinned": 128},
+             "pinned_kernel": 128, "pinned_bias": 0, "pinned": 128, "path": "dense_2"},
             {"name": "dense_3", "class_name": "MaskedDense", "kernel_shape": [16, 4],
-             "pinned_kernel": 16, "pinned_bias": 1, "pinned": 17},
+             "pinned_kernel": 16, "pinned_bias": 1, "pinned": 17, "path": "dense_3"},
         ],
     }
     json.dumps(info.to_json())  # serializable as it is
@@ -169,16 +169,48 @@ def test_to_json_is_the_documented_object():
 def test_nested_models_and_shared_layers_are_flattened_once():
     for suffix in (".keras", ".h5"):
         info = inspect_file(FIXTURES / f"nested_frozen{suffix}")
-        assert [(layer.name, layer.class_name) for layer in info.layers] == [
+        assert [(layer.path, layer.class_name) for layer in info.layers] == [
             ("features", "InputLayer"), ("encoder", "Dense"), ("block", "Sequential"),
-            ("block_dense", "MaskedDense"), ("block_bn", "BatchNormalization"),
-            ("shared", "MaskedDense"), ("tower", "Functional"), ("tower_in", "InputLayer"),
-            ("tower_dense", "MaskedDense"), ("head", "Dense"),
+            ("block/block_dense", "MaskedDense"), ("block/block_bn", "BatchNormalization"),
+            ("shared", "MaskedDense"), ("tower", "Functional"), ("tower/tower_in", "InputLayer"),
+            ("tower/tower_dense", "MaskedDense"), ("head", "Dense"),
         ]
-        pinned = {layer.name: (layer.pinned_kernel, layer.pinned_bias) for layer in info.layers}
-        assert pinned["block_dense"] == (16, 0)  # fraction 0.25 of 8x8
+        assert [layer.name for layer in info.layers][3] == "block_dense"
+        pinned = {layer.path: (layer.pinned_kernel, layer.pinned_bias) for layer in info.layers}
+        assert pinned["block/block_dense"] == (16, 0)  # fraction 0.25 of 8x8
         assert pinned["shared"] == (16, 0)  # input rows 0 and 3
-        assert pinned["tower_dense"] == (2, 2)
+        assert pinned["tower/tower_dense"] == (2, 2)
+
+
+def _same_names_at_three_depths():
+    """'dense' in the outer model, in Sequential 'a', and in Sequential 'b' inside 'a'."""
+    keras.utils.set_random_seed(0)
+    b = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="dense")], name="b")
+    a = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="dense"), b], name="a")
+    inputs = keras.Input((4,), name="x")
+    outer = keras.Model(inputs, keras.layers.Dense(5, name="dense")(a(inputs)), name="outer")
+    return ks.freeze(outer, {"dense": ks.rules.inputs([0])})  # the outer 'dense' only
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_layers_of_the_same_name_in_nested_models_are_told_apart_by_path(tmp_path, suffix):
+    model = _same_names_at_three_depths()
+    path = ks.save_model(model, tmp_path / f"same{suffix}")
+    info = inspect_file(path)
+    assert [(layer.name, layer.path, layer.pinned) for layer in info.layers] == [
+        ("x", "x", 0), ("a", "a", 0), ("dense", "a/dense", 0), ("b", "a/b", 0),
+        ("dense", "a/b/dense", 0), ("dense", "dense", 5),
+    ]
+    assert info.layers == [_expected_info(*layer) for layer in _walk(model)]
+    weights = read_dense_weights(path)
+    assert list(weights) == ["a/dense", "a/b/dense", "dense"]
+    a = model.get_layer("a")
+    for key, layer in (("a/dense", a.get_layer("dense")), ("a/b/dense", a.get_layer("b").get_layer("dense")),
+                       ("dense", model.get_layer("dense"))):
+        assert (weights[key].name, weights[key].path) == ("dense", key)
+        assert np.array_equal(weights[key].kernel, _np(layer.kernel))
+        assert np.array_equal(weights[key].bias, _np(layer.bias))
+    assert weights["dense"].kernel_mask.sum() == 5 and not weights["a/dense"].kernel_mask.any()
 
 
 def test_keras2_file_with_training_config():
@@ -274,7 +306,7 @@ def test_operations_in_a_functional_graph_are_not_layers(tmp_path):
     # Without the recorded names, the class-order path must skip the ops too.
     paths.append(_repack(paths[0], tmp_path / "unnamed.keras", edit_weights=_drop_names))
     for path in paths:
-        assert inspect_file(path).layers == [_expected_info(layer) for layer in _walk(model)]
+        assert inspect_file(path).layers == [_expected_info(*layer) for layer in _walk(model)]
         assert [layer.name for layer in inspect_file(path).layers] == ["x", "a", "b"]
         weights = read_dense_weights(path)
         assert np.array_equal(weights["b"].kernel, _np(model.get_layer("b").kernel))
