@@ -429,21 +429,12 @@ def _load(source: Path, args: argparse.Namespace, ui: _Ui) -> tuple[Any, bool]:
     from kerasurgery import saving
 
     if args.unsafe:
-        import keras
-
+        # Only this load runs with safe mode off: Keras' process-wide switch
+        # stays on, and freeze/strip reuse the layers that hold code as they are.
         ui.warn(f"--unsafe: loading {source} with safe mode off; code stored in it may run.")
-        # Rebuilding the model re-creates each layer from its config, which
-        # Keras checks against its global safe mode, not the loader's flag.
-        # The user has opted in for this file, and the process ends with the command.
-        keras.config.enable_unsafe_deserialization()
     with ui.status(f"Loading {source}"), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        try:
-            model = saving.load_model(source, safe_mode=not args.unsafe, compile=True)
-        except KerasurgeryError as e:
-            if "safe mode" in str(e) and "--unsafe" not in str(e):
-                raise type(e)(f"{e} Rerun with --unsafe only if you trust the file.") from None
-            raise
+        model = saving.load_model(source, safe_mode=not args.unsafe, compile=True)
     for warning in caught:
         if issubclass(warning.category, UserWarning):
             ui.warn(str(warning.message))

@@ -519,25 +519,45 @@ def test_rule_that_does_not_fit_names_layer_and_shapes(base, tmp_path, capsys):
     assert listing(tmp_path) == ["mask.npy"]
 
 
-def test_unsafe_files_are_refused_unless_asked(tmp_path, capsys):
+@pytest.fixture
+def keras_safe_mode_restored():
+    """Puts back Keras' process-wide safe-mode switch if a test left it off."""
+    from keras.src.backend.common import global_state
+
+    before = global_state.get_global_attribute("safe_mode_saving")
+    yield
+    global_state.set_global_attribute("safe_mode_saving", before)
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_unsafe_files_are_refused_unless_asked(tmp_path, capsys, suffix, keras_safe_mode_restored):
     model = keras.Sequential([
         keras.Input((4,)), keras.layers.Lambda(lambda x: x * 2.0, name="double"),
         keras.layers.Dense(2, name="d"),
     ])
-    model.save(tmp_path / "lambda.keras")
-    code, _, err = run(capsys, "freeze", tmp_path / "lambda.keras", "-o", tmp_path / "o.keras")
+    source = tmp_path / f"lambda{suffix}"
+    model.save(source)
+    code, _, err = run(capsys, "freeze", source, "-o", tmp_path / "o.keras")
     assert code == 1
     assert_one_error_line(err, "--unsafe")
     assert not (tmp_path / "o.keras").exists()
-    # --unsafe turns Keras' safe mode off for the whole process: run it in its own.
-    result = subprocess.run(
-        [sys.executable, "-m", "kerasurgery", "freeze", tmp_path / "lambda.keras",
-         "-o", tmp_path / "o.keras", "--unsafe"],
-        capture_output=True, text=True, env=_env(), timeout=300,
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stderr.startswith("warning: --unsafe") and len(result.stderr.splitlines()) == 1
+
+    code, _, err = run(capsys, "freeze", source, "-o", tmp_path / "o.keras", "--unsafe")
+    assert code == 0, err
+    assert err.startswith("warning: --unsafe") and len(err.splitlines()) == 1
     assert read_dense_weights(tmp_path / "o.keras")["d"].class_name == "MaskedDense"
+    x = np.ones((2, 4), "float32")
+    frozen = ks.load_model(tmp_path / "o.keras", safe_mode=False)
+    assert np.array_equal(ops.convert_to_numpy(frozen(x)), ops.convert_to_numpy(model(x)))
+    code, _, err = run(capsys, "strip", tmp_path / "o.keras", "-o", tmp_path / f"s{suffix}", "--unsafe")
+    assert code == 0, err
+    stripped = ks.load_model(tmp_path / f"s{suffix}", safe_mode=False)
+    assert np.array_equal(ops.convert_to_numpy(stripped(x)), ops.convert_to_numpy(model(x)))
+    # --unsafe applied to that one load: Keras' safe mode is still on in this process.
+    with pytest.raises(ValueError, match="safe_mode"):
+        keras.saving.load_model(tmp_path / "o.keras")
+    with pytest.raises(ValueError, match="safe_mode"):
+        keras.layers.Lambda.from_config(model.get_layer("double").get_config())
 
 
 # --- usage errors, unexpected errors, --debug ------------------------------------
