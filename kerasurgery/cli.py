@@ -18,6 +18,7 @@ import math
 import os
 import shutil
 import sys
+import tempfile
 import traceback
 import warnings
 from collections.abc import Iterator, Sequence
@@ -280,15 +281,30 @@ def _pins_from_args(args: argparse.Namespace) -> dict[str, Any]:
     )
 
 
-def _output_path(source: Path, given: str | None, tag: str) -> Path:
-    """`-o OUT`, or `<stem>.<tag><suffix>` beside the input."""
-    from kerasurgery.formats import KERAS, detect_format
+def _source_and_output(args: argparse.Namespace, tag: str) -> tuple[Path, Path]:
+    """IN and OUT of freeze/strip, checked before TensorFlow is imported.
+
+    Refuses an input that is not a model file and an output that saving would
+    refuse, so that a mistake costs no loading and no freezing.
+    """
+    from kerasurgery.formats import detect_format
+
+    source = Path(args.input)
+    fmt = detect_format(source)
+    output = _output_path(source, args.output, tag, fmt)
+    _check_output(source, output, args.force)
+    return source, output
+
+
+def _output_path(source: Path, given: str | None, tag: str, fmt: str) -> Path:
+    """`-o OUT`, or `<stem>.<tag><suffix>` beside the input (`fmt`: the input's format)."""
+    from kerasurgery.formats import KERAS
 
     if given is not None:
         return Path(given)
     suffix = source.suffix if source.suffix.lower() in (".keras", ".h5", ".hdf5") else None
     if suffix is None:  # e.g. a model saved as "model.bin": name the output by its format
-        suffix = ".keras" if detect_format(source) == KERAS else ".h5"
+        suffix = ".keras" if fmt == KERAS else ".h5"
     stem = source.name[: len(source.name) - len(source.suffix)] if source.suffix else source.name
     return source.with_name(f"{stem}.{tag}{suffix}")
 
@@ -307,21 +323,27 @@ def _check_output(source: Path, output: Path, force: bool) -> None:
     format_for_suffix(output)
     if output.exists() and not force:
         raise ModelFileError(f"{output}: already exists; pass --force to replace it.")
-    if not output.resolve().parent.is_dir():
+    folder = output.resolve().parent
+    if not folder.is_dir():
         raise ModelFileError(f"{output}: the folder {output.parent} does not exist.")
+    if not os.access(folder, os.W_OK):
+        raise ModelFileError(f"{output}: cannot write in {folder}: permission denied.")
+    # os.access lets root write anywhere, yet /proc, read-only mounts and some
+    # network file systems still refuse: create (and remove) a file to be sure.
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{output.name}.probe-", dir=folder)
+    except OSError as e:
+        raise ModelFileError(f"{output}: cannot write in {folder}: {e.strerror}.") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 # --- Commands ----------------------------------------------------------------
 
 
 def _freeze(args: argparse.Namespace, ui: _Ui) -> int:
-    from kerasurgery.formats import detect_format
-
-    source = Path(args.input)
     pins = _pins_from_args(args)
-    detect_format(source)
-    output = _output_path(source, args.output, "frozen")
-    _check_output(source, output, args.force)
+    source, output = _source_and_output(args, "frozen")
     with ui.tensorflow():
         from kerasurgery import surgery
 
@@ -347,12 +369,7 @@ def _freeze(args: argparse.Namespace, ui: _Ui) -> int:
 
 
 def _strip(args: argparse.Namespace, ui: _Ui) -> int:
-    from kerasurgery.formats import detect_format
-
-    source = Path(args.input)
-    detect_format(source)
-    output = _output_path(source, args.output, "stripped")
-    _check_output(source, output, args.force)
+    source, output = _source_and_output(args, "stripped")
     with ui.tensorflow():
         from kerasurgery import surgery
 

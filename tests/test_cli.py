@@ -321,6 +321,30 @@ def test_freeze_default_output_name(base, tmp_path, capsys, source_suffix, name,
     assert listing(tmp_path) == sorted([name, expected])
 
 
+@pytest.mark.parametrize("command", ["freeze", "strip"])
+def test_the_input_format_is_read_once_by_the_command_line(base, tmp_path, capsys, monkeypatch, command):
+    from kerasurgery import formats
+
+    source = tmp_path / "model.bin"  # no telling suffix: the output is named by the format
+    if command == "strip":
+        run_json(capsys, "freeze", base["paths"][".keras"], "-o", tmp_path / "f.keras")
+        shutil.move(tmp_path / "f.keras", source)
+    else:
+        shutil.copy(base["paths"][".keras"], source)
+    calls = []
+    real = formats.detect_format
+
+    def counted(path):
+        calls.append(sys._getframe(1).f_globals["__name__"])
+        return real(path)
+
+    monkeypatch.setattr(formats, "detect_format", counted)
+    code, _, err = run(capsys, command, source)
+    assert code == 0, err
+    assert (tmp_path / f"model.{command.replace('freeze', 'frozen').replace('strip', 'stripped')}.keras").exists()
+    assert [caller for caller in calls if caller == "kerasurgery.cli"] == ["kerasurgery.cli"]
+
+
 @pytest.mark.parametrize("source, target", [(".h5", ".h5"), (".keras", ".h5"), (".h5", ".keras")])
 def test_freeze_across_formats_keeps_function_and_training_config(base, tmp_path, capsys, source, target):
     out = tmp_path / f"out{target}"
@@ -435,6 +459,30 @@ def test_bad_output_paths_fail_before_any_work(base, tmp_path, capsys, output, m
     assert code == 1
     assert_one_error_line(err, message)
     assert listing(tmp_path) == before
+
+
+@pytest.mark.parametrize("command", ["freeze", "strip"])
+def test_unwritable_output_folder_fails_before_loading(base, tmp_path, capsys, monkeypatch, command):
+    from kerasurgery import saving
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(saving, "load_model", never)
+    # /proc refuses new files even to root, whom os.access lets write anywhere.
+    code, out, err = run(capsys, command, base["paths"][".keras"], "-o", "/proc/out.keras")
+    assert code == 1 and out == ""
+    assert_one_error_line(err, "/proc/out.keras", "cannot write in /proc")
+    # A folder the user may not write to (as a non-root user sees it).
+    folder = tmp_path / "locked"
+    folder.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: (
+        False if Path(p) == folder and mode & os.W_OK else real_access(p, mode, **kw)))
+    code, out, err = run(capsys, command, base["paths"][".keras"], "-o", folder / "out.keras")
+    assert code == 1 and out == ""
+    assert_one_error_line(err, "cannot write in", str(folder))
+    assert listing(folder) == []
 
 
 def _bad_inputs(tmp_path: Path, base) -> dict[str, Path]:
