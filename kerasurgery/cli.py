@@ -40,7 +40,8 @@ examples:
   kerasurgery verify finetuned.keras --against pruned.frozen.keras
   kerasurgery strip finetuned.keras               # plain Dense layers, loads without kerasurgery
 
-exit codes: 0 success, 1 error (nothing written) or failed verification, 2 usage error
+exit codes: 0 success, 1 error (nothing written) or failed verification, 2 usage error,
+  130 interrupted (Ctrl-C)
 """
 
 _FREEZE_EXAMPLES = """\

@@ -369,7 +369,6 @@ def test_freeze_without_restorable_training_config_warns_once(tmp_path, capsys):
     assert "no training config" in out
 
 
-@pytest.mark.skipif(not (FIXTURES / "keras2_mlp.h5").exists(), reason="fixture not generated")
 def test_freeze_keras2_fixture(tmp_path, capsys):
     source = FIXTURES / "keras2_mlp.h5"
     before = digest(source)
@@ -386,7 +385,6 @@ def test_freeze_keras2_fixture(tmp_path, capsys):
     assert digest(source) == before
 
 
-@pytest.mark.skipif(not (FIXTURES / "frozen_mlp.keras").exists(), reason="fixture not generated")
 @pytest.mark.parametrize("name", ["frozen_mlp.keras", "frozen_mlp.h5", "nested_frozen.keras"])
 def test_inspect_counts_equal_the_models_own_pins(name, capsys):
     path = FIXTURES / name
@@ -662,6 +660,7 @@ def test_help_and_version(capsys):
     code, out, _ = run(capsys, "--help")
     assert code == 0
     assert "examples:" in out and "kerasurgery freeze" in out and "verify" in out
+    assert "130 interrupted (Ctrl-C)" in out
     for command in ("freeze", "inspect", "strip", "verify"):
         code, out, _ = run(capsys, command, "--help")
         assert code == 0 and "examples:" in out, command
@@ -684,6 +683,19 @@ def test_unexpected_errors_are_one_line_unless_debug(base, tmp_path, capsys, mon
     assert "Traceback" in err and "boom" in err
     code, _, err = run(capsys, "--debug", "freeze", base["paths"][".keras"], "-o", tmp_path / "o.keras")
     assert code == 1 and "Traceback" in err
+    assert listing(tmp_path) == []
+
+
+def test_ctrl_c_exits_130_with_one_line_and_writes_nothing(base, tmp_path, capsys, monkeypatch):
+    from kerasurgery import surgery
+
+    def interrupted(model, pins):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(surgery, "freeze", interrupted)
+    code, out, err = run(capsys, "freeze", base["paths"][".keras"], "-o", tmp_path / "o.keras")
+    assert code == 130 and out == ""
+    assert err == "error: interrupted.\n"
     assert listing(tmp_path) == []
 
 
