@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import io
 import json
 import os
-import struct
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from kerasurgery._zipwindow import open_member
 from kerasurgery.errors import ModelFileError, one_line
 
 KERAS = "keras"  # a zip archive: config.json, metadata.json, model.weights.h5
@@ -97,7 +96,6 @@ _WEIGHTS = "model.weights.h5"
 _MAX_EXPANSION = 1032
 # A model config larger than this is not a model config.
 _MAX_JSON_BYTES = 256 << 20
-_ZIP_LOCAL_HEADER = struct.Struct("<4s2B4HL2L2H")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,7 +205,7 @@ def _open_keras(path: Path, stack: contextlib.ExitStack, check_crc: bool) -> Mod
                     f"{path}: {_WEIGHTS} claims {info.file_size} bytes but "
                     f"only {info.compress_size} are stored."
                 )
-            member = stack.enter_context(contextlib.closing(_open_member(archive, info, path)))
+            member = stack.enter_context(contextlib.closing(open_member(archive, info, path)))
             weights = _open_hdf5(path, member, info.file_size, f"{_WEIGHTS} ", stack)
     except ModelFileError:
         raise
@@ -273,73 +271,6 @@ def _read_small(path: Path, archive: zipfile.ZipFile, name: str) -> bytes:
     if archive.getinfo(name).file_size > _MAX_JSON_BYTES:
         raise ModelFileError(f"{path}: {name} is implausibly large.")
     return archive.read(name)
-
-
-def _open_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) -> io.RawIOBase:
-    """A seekable reader of one archive member.
-
-    Keras stores members uncompressed; then HDF5 reads the member in place
-    through a window on the archive file, so only the bytes it needs are read
-    and none is copied. A compressed member (an archive re-packed by another
-    tool) is inflated into memory.
-    """
-    if info.compress_type != zipfile.ZIP_STORED or info.flag_bits & 0x1:
-        return io.BytesIO(archive.read(info))
-    raw = open(path, "rb")  # noqa: SIM115  (closed by the window)
-    try:
-        raw.seek(info.header_offset)
-        header = raw.read(_ZIP_LOCAL_HEADER.size)
-        fields = None
-        if len(header) == _ZIP_LOCAL_HEADER.size:
-            fields = _ZIP_LOCAL_HEADER.unpack(header)
-        if fields is None or fields[0] != b"PK\x03\x04":
-            raise ModelFileError(
-                f"{path}: is a damaged zip archive (bad header of {info.filename})."
-            )
-        start = info.header_offset + _ZIP_LOCAL_HEADER.size + fields[10] + fields[11]
-        if start + info.file_size > os.fstat(raw.fileno()).st_size:
-            raise ModelFileError(
-                f"{path}: is a truncated zip archive ({info.filename} is cut short)."
-            )
-    except BaseException:
-        raw.close()
-        raise
-    return _Window(raw, start, info.file_size)
-
-
-class _Window(io.RawIOBase):
-    """Bytes `[start, start + size)` of an open file, as a read-only file."""
-
-    def __init__(self, raw: io.BufferedReader, start: int, size: int) -> None:
-        self._raw, self._start, self._size, self._pos = raw, start, size, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
-
-    def readinto(self, buffer: Any) -> int:
-        n = max(0, min(len(buffer), self._size - self._pos))
-        if n == 0:
-            return 0
-        self._raw.seek(self._start + self._pos)
-        data = self._raw.read(n)
-        buffer[: len(data)] = data
-        self._pos += len(data)
-        return len(data)
-
-    def close(self) -> None:
-        self._raw.close()
-        super().close()
 
 
 def code_layers(config: Any) -> list[tuple[str, str]]:

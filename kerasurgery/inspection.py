@@ -2,51 +2,34 @@
 
 `inspect_file` lists every layer of a `.keras` or `.h5` file (Keras 3 or
 Keras 2) with its kernel shape and pinned counts; `read_dense_weights` returns
-the effective weights and pins of every `Dense` and `MaskedDense` layer. Both
-read the model config (json) and only the weights they need (h5py), so they
-answer in a fraction of a second where importing TensorFlow takes seconds.
-
-Where the weights live:
-
-- `.keras` (a zip): `config.json`, `metadata.json`, `model.weights.h5`. Layer
-  variables sit in `layers/<snake_case class name>[_N]/vars/`, nested models'
-  in `.../layers/<...>/layers/...`; recent Keras also writes the layer name in
-  the `vars` group's `name` attribute, which is preferred when present. `Dense`
-  stores `0` (kernel) and `1` (bias); `MaskedDense` stores named, effective
-  weights.
-- `.h5`: `model_config` attribute, and `model_weights/<top-level layer>/` with a
-  `weight_names` attribute listing variable paths (`dense/kernel` in Keras 3,
-  `dense/kernel:0` in Keras 2). A nested model's group holds all of its
-  layers' variables, told apart by the layer names in their paths (the
-  longest match wins). `MaskedDense` weights here are raw: the effective
-  kernel is computed from the pins.
+the effective weights and pins of every `Dense` and `MaskedDense` layer;
+`check_pins` compares the pins of a frozen file with another file (`verify`).
+They read the model config (json) and only the weights they need (h5py), so
+they answer in a fraction of a second where importing TensorFlow takes seconds.
 
 Keras requires a layer name to be unique within one model only, so a nested
 model may hold a `dense` while the outer model holds another. A layer is
 therefore identified by its path: its name for a layer of the top-level model,
 `outer/inner/name` for a layer inside nested models (Keras' layer names cannot
-contain "/").
+contain "/"). Where each format keeps a layer's weights is `_layout`'s part.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
-import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import h5py
 import numpy as np
 
 from kerasurgery import formats
-from kerasurgery.errors import ModelFileError, one_line
-from kerasurgery.formats import KERAS, h5_text, read_h5_list
-
-_DENSE = "Dense"
-_MASKED = "MaskedDense"
+from kerasurgery._layout import DENSE, MASKED, Entry, layer_entries
+from kerasurgery.errors import KerasurgeryError, ModelFileError, one_line
+from kerasurgery.formats import KERAS
 _MASKED_NAMES = ("kernel_pin_mask", "kernel_pin_value", "bias_pin_mask", "bias_pin_value")
 # Mask entries read at once when counting, so counting a huge mask stays
 # within a few tens of MB of memory.
@@ -182,22 +165,94 @@ def read_dense_weights(path: str | os.PathLike) -> dict[str, DenseWeights]:
     with _opened(path, check_crc=True) as model:
         weights: dict[str, DenseWeights] = {}
         for entry in model.entries:
-            if entry.class_name in (_DENSE, _MASKED) and entry.path not in weights:
+            if entry.class_name in (DENSE, MASKED) and entry.path not in weights:
                 dense = model.dense_weights(entry)
                 if dense is not None:
                     weights[entry.path] = dense
         return weights
 
 
-@dataclasses.dataclass
-class _Entry:
-    """A layer of the config and the datasets of its variables, by variable name."""
+@dataclasses.dataclass(frozen=True)
+class PinCheck:
+    """What `check_pins` found.
 
-    name: str
-    class_name: str
-    layer_config: dict  # {"class_name", "config", "build_config", ...}
-    variables: dict[str, h5py.Dataset | None]  # None: two variables claim the name
-    path: str
+    Attributes:
+        checked: Pinned entries of the frozen file that were compared.
+        violations: One row per layer and weight where pins do not hold:
+            `{"layer": path, "weight": "kernel" | "bias", "pinned": n,
+            "violations": n, "max_deviation": float | None, "reason": str}`.
+    """
+
+    checked: int
+    violations: list[dict]
+
+    @property
+    def ok(self) -> bool:
+        """Whether every pinned entry holds."""
+        return not self.violations
+
+
+def check_pins(candidate: str | os.PathLike, frozen: str | os.PathLike) -> PinCheck:
+    """Checks that every pinned entry of `frozen` holds, bit for bit, in `candidate`.
+
+    Layers are matched by path: equal names in different nested models are
+    different layers, and freeze and strip keep the nesting. `candidate` may
+    be masked or stripped, `.keras` or `.h5`.
+
+    Args:
+        candidate: The model file to check (fine-tuned, stripped, ...).
+        frozen: The frozen model file whose pins must hold.
+
+    Returns:
+        A `PinCheck`; `.ok` when no pinned entry changed.
+
+    Raises:
+        ModelFileError: either file cannot be read (as `read_dense_weights`).
+        KerasurgeryError: `frozen` pins nothing, so it cannot be the frozen
+            file: a wrong file must not pass.
+    """
+    pinned = read_dense_weights(frozen)
+    actual = read_dense_weights(candidate)
+    if not any(w.kernel_mask.any() or (w.bias_mask is not None and w.bias_mask.any())
+               for w in pinned.values()):
+        raise KerasurgeryError(f"{frozen}: FROZEN has no pinned entries: is it the frozen file?")
+    checked, violations = 0, []
+    for path, layer in pinned.items():
+        for which in ("kernel", "bias"):
+            mask = getattr(layer, f"{which}_mask")
+            if mask is None or not mask.any():
+                continue
+            count = int(mask.sum())
+            checked += count
+            row = {"layer": path, "weight": which, "pinned": count}
+            other = actual.get(path)
+            have = None if other is None else getattr(other, which)
+            reason = None
+            if other is None:
+                reason = "layer missing from CANDIDATE"
+            elif have is None:
+                reason = "no bias in CANDIDATE"
+            elif have.shape != mask.shape:
+                reason = f"shape {list(have.shape)} in CANDIDATE, {list(mask.shape)} in FROZEN"
+            if reason is not None:
+                violations.append({**row, "violations": count, "max_deviation": None,
+                                   "reason": reason})
+                continue
+            want, got = getattr(layer, f"{which}_value")[mask], have[mask]
+            wrong = ~_bit_equal(want, got)
+            if wrong.any():
+                deviation = np.abs(got[wrong].astype(np.float64) - want[wrong].astype(np.float64))
+                largest = float(np.nanmax(deviation)) if not np.isnan(deviation).all() else math.nan
+                violations.append({**row, "violations": int(wrong.sum()),
+                                   "max_deviation": largest, "reason": "value changed"})
+    return PinCheck(checked, violations)
+
+
+def _bit_equal(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    if a.dtype == b.dtype and a.dtype.kind == "f":
+        unsigned = np.dtype(f"u{a.dtype.itemsize}")
+        return a.view(unsigned) == b.view(unsigned)
+    return a == b
 
 
 @contextlib.contextmanager
@@ -220,79 +275,15 @@ class _ModelFile:
         self.path = opened.path
         self.format = opened.format
         self.keras_version = opened.keras_version
-        self.entries: list[_Entry] = []
-        if self.format == KERAS:
-            self._open_keras(opened)
-        else:
-            self._open_h5(opened)
+        self.entries = layer_entries(opened)
 
     def error(self, message: str) -> ModelFileError:
         return ModelFileError(f"{self.path}: {message}")
 
-    # .keras archives
-
-    def _open_keras(self, opened: formats.ModelFile) -> None:
-        if opened.weights is None:
-            if "model.weights.npz" in opened.members:
-                raise self.error("stores its weights as `.npz`, which is not supported.")
-            raise self.error("is a `.keras` archive without `model.weights.h5`.")
-        root = _container(opened.weights)
-        self._walk_keras(_model_layers(opened.config, self), root, "")
-
-    def _walk_keras(self, layers: list[tuple], container: h5py.Group | None, prefix: str) -> None:
-        counters: dict[str, int] = {}
-        by_name: dict[str, h5py.Group] | None = None
-        for layer_config, name, class_name in layers:
-            # Keras names a layer's group after its class, numbered per class.
-            key = _snake_case(class_name)
-            counters[key] = counters.get(key, -1) + 1
-            key = key if counters[key] == 0 else f"{key}_{counters[key]}"
-            group = _group(container, key)
-            if group is not None and _vars_name(group) not in (None, name):
-                group = None
-            if group is None and container is not None:
-                # Config order and saved order can differ (e.g. ops in a
-                # Functional graph); recent Keras records each layer's name.
-                if by_name is None:
-                    by_name = {_vars_name(g): g for g in _subgroups(container)}
-                group = by_name.get(name)
-            vars_group = _group(group, "vars")
-            variables = _keras_variables(class_name, layer_config, vars_group)
-            path = prefix + name
-            self.entries.append(_Entry(name, class_name, layer_config, variables, path))
-            children = _model_layers(layer_config, self, nested=True)
-            if children is not None:
-                inner = _container(group) if group is not None else None
-                self._walk_keras(children, inner, f"{path}/")
-
-    # .h5 files
-
-    def _open_h5(self, opened: formats.ModelFile) -> None:
-        root = _group(opened.weights, "model_weights")
-        if root is None:
-            raise self.error("has a model config but no `model_weights` group.")
-        for layer_config, name, class_name in _model_layers(opened.config, self):
-            variables = _h5_variables(_group(root, name))
-            children = _model_layers(layer_config, self, nested=True)
-            # A nested model's group holds its layers' variables, not its own.
-            own = variables.get(None, {}) if children is None else {}
-            self.entries.append(_Entry(name, class_name, layer_config, own, name))
-            if children is not None:
-                self._walk_h5_nested(children, variables, (name,))
-
-    def _walk_h5_nested(self, layers: list[tuple], variables: dict, prefix: tuple) -> None:
-        for layer_config, name, class_name in layers:
-            path = (*prefix, name)
-            children = _model_layers(layer_config, self, nested=True)
-            own = _owned(variables, path) if children is None else {}
-            self.entries.append(_Entry(name, class_name, layer_config, own, "/".join(path)))
-            if children is not None:
-                self._walk_h5_nested(children, variables, path)
-
     # Reading
 
-    def layer_info(self, entry: _Entry) -> LayerInfo:
-        if entry.class_name not in (_DENSE, _MASKED):
+    def layer_info(self, entry: Entry) -> LayerInfo:
+        if entry.class_name not in (DENSE, MASKED):
             kernel = entry.variables.get("kernel")
             shape = None if kernel is None else tuple(int(n) for n in kernel.shape)
             return LayerInfo(entry.name, entry.class_name, shape, 0, 0, entry.path)
@@ -301,7 +292,7 @@ class _ModelFile:
             return LayerInfo(entry.name, entry.class_name, None, 0, 0, entry.path)
         shape = tuple(int(n) for n in variables["kernel"].shape)
         pinned_kernel = pinned_bias = 0
-        if entry.class_name == _MASKED:
+        if entry.class_name == MASKED:
             pinned_kernel = _count_true(variables["kernel_pin_mask"])
             if "bias_pin_mask" in variables:
                 pinned_bias = _count_true(variables["bias_pin_mask"])
@@ -309,7 +300,7 @@ class _ModelFile:
             entry.name, entry.class_name, shape, pinned_kernel, pinned_bias, entry.path
         )
 
-    def dense_weights(self, entry: _Entry) -> DenseWeights | None:
+    def dense_weights(self, entry: Entry) -> DenseWeights | None:
         variables = self._dense_variables(entry)
         if variables is None:
             return None
@@ -322,7 +313,7 @@ class _ModelFile:
         bias = variables["bias"][()] if "bias" in variables else None
         kernel_mask = np.zeros(kernel.shape, bool)
         bias_mask = None if bias is None else np.zeros(bias.shape, bool)
-        if entry.class_name == _MASKED:
+        if entry.class_name == MASKED:
             kernel_mask = variables["kernel_pin_mask"][()]
             kernel = np.where(kernel_mask, self._pin_value(entry, variables, "kernel"), kernel)
             if bias is not None:
@@ -335,7 +326,7 @@ class _ModelFile:
         return DenseWeights(entry.name, entry.class_name, kernel, bias, kernel_mask, bias_mask,
                             kernel_value=kernel, bias_value=bias, path=entry.path)
 
-    def _pin_value(self, entry: _Entry, variables: dict, which: str) -> np.ndarray:
+    def _pin_value(self, entry: Entry, variables: dict, which: str) -> np.ndarray:
         value = variables[f"{which}_pin_value"][()]
         # MaskedDense refuses to load these too, so no model can compute with them.
         if not np.all(np.isfinite(value)):
@@ -344,7 +335,7 @@ class _ModelFile:
             )
         return value.astype(variables[which].dtype)
 
-    def _dense_variables(self, entry: _Entry) -> dict[str, h5py.Dataset] | None:
+    def _dense_variables(self, entry: Entry) -> dict[str, h5py.Dataset] | None:
         """The datasets of a Dense/MaskedDense layer, checked against its config."""
         where = f"layer {entry.path!r} ({entry.class_name})"
         config = entry.layer_config.get("config")
@@ -358,7 +349,7 @@ class _ModelFile:
         if not variables and "build_config" not in entry.layer_config and self.format == KERAS:
             return None
         names = ["kernel"] + (["bias"] if use_bias else [])
-        if entry.class_name == _MASKED:
+        if entry.class_name == MASKED:
             names += [n for n in _MASKED_NAMES if use_bias or not n.startswith("bias")]
         found = {}
         for name in names:
@@ -382,7 +373,7 @@ class _ModelFile:
                 f"{where}: the bias's shape {found['bias'].shape} disagrees with the "
                 f"config (expected ({units},))."
             )
-        if entry.class_name == _MASKED:
+        if entry.class_name == MASKED:
             self._check_pins(found, config, where)
         return found
 
@@ -409,164 +400,6 @@ class _ModelFile:
                 )
 
 
-def _model_layers(config: Any, model: _ModelFile, *, nested: bool = False) -> list | None:
-    """`(layer_config, name, class_name)` of a model config's layers.
-
-    Returns `None` for a nested entry that is not a Sequential/Functional model;
-    raises for a top-level config that is not one.
-    """
-    if not isinstance(config, dict):
-        if nested:
-            raise model.error(f"has a malformed layer in its config: {one_line(config)}")
-        raise model.error("has a config that is not a Keras model config.")
-    inner = config.get("config")
-    class_name = config.get("class_name")
-    if isinstance(inner, list) and class_name == "Sequential":
-        inner = {"layers": inner}  # Keras < 2.2.3 wrote a Sequential as its list of layers.
-    layers = inner.get("layers") if isinstance(inner, dict) else None
-    if not isinstance(layers, list):
-        if nested:
-            return None
-        if isinstance(class_name, str):  # a single layer or a subclassed model
-            return []
-        raise model.error("has a config that is not a Keras model config.")
-    result = []
-    for layer in layers:
-        if not isinstance(layer, dict) or not isinstance(layer.get("class_name"), str):
-            raise model.error(f"has a malformed layer in its config: {one_line(layer)}")
-        layer_inner = layer.get("config")
-        name = layer.get("name")
-        if name is None and isinstance(layer_inner, dict):
-            name = layer_inner.get("name")
-        if not isinstance(name, str) or not name:
-            raise model.error(f"has a layer without a name in its config: {one_line(layer)}")
-        layer_class = layer["class_name"].rpartition(">")[2]  # "kerasurgery>MaskedDense"
-        if class_name == "Sequential" and layer_class == "InputLayer":
-            continue  # not one of `Sequential.layers`
-        if _is_operation(layer, layer_class):
-            continue  # `keras.ops.add(...)` in a Functional graph: no weights, not a layer
-        result.append((layer, name, layer_class))
-    return result
-
-
-def _is_operation(layer: dict, class_name: str) -> bool:
-    module = layer.get("module")
-    if isinstance(module, str) and module.startswith(("keras.src.ops.", "keras.ops.")):
-        return True
-    # Legacy `.h5` configs drop `module`; every layer but InputLayer serializes
-    # `trainable`, an operation never does (nor do models of Keras < 2.5).
-    config = layer.get("config")
-    return (
-        class_name != "InputLayer"
-        and isinstance(config, dict)
-        and "trainable" not in config
-        and "layers" not in config
-    )
-
-
-def _keras_variables(class_name: str, layer_config: dict, vars_group: h5py.Group | None) -> dict:
-    """A `.keras` layer's datasets, keyed `kernel`/`bias`/... where known."""
-    if vars_group is None:
-        return {}
-    stored = {key: _dataset(vars_group, key) for key in vars_group}
-    stored = {key: value for key, value in stored.items() if value is not None}
-    if class_name == _MASKED:
-        return stored
-    if class_name == _DENSE:
-        config = layer_config.get("config")
-        use_bias = config.get("use_bias", True) if isinstance(config, dict) else True
-        renamed = {"kernel": stored["0"]} if "0" in stored else {}
-        if use_bias is not False and "1" in stored:
-            renamed["bias"] = stored["1"]
-        return renamed
-    # Other layers with a kernel (Conv*, EinsumDense) create it first.
-    config = layer_config.get("config")
-    if isinstance(config, dict) and "kernel_initializer" in config and "0" in stored:
-        return {"kernel": stored["0"]}
-    return {}
-
-
-def _h5_variables(group: h5py.Group | None) -> dict[tuple[str, ...] | None, dict]:
-    """A top-level layer's datasets: `{None: {var: ds}}` for its own variables, and
-    `{owner path: {var: ds}}` by the path in their names (`("inner", "dense")`
-    for `inner/dense/kernel`), for the layers inside it (a nested model)."""
-    if group is None:
-        return {}
-    by_owner: dict[tuple[str, ...] | None, dict] = {}
-    for weight_name in read_h5_list(group, "weight_names"):
-        parts = weight_name.split("/")
-        variable = re.sub(r":\d+$", "", parts[-1])
-        dataset = _dataset(group, weight_name)
-        for owner in (None, tuple(parts[:-1])):
-            variables = by_owner.setdefault(owner, {})
-            variables[variable] = None if variable in variables else dataset
-    return by_owner
-
-
-def _owned(by_owner: dict, path: tuple[str, ...]) -> dict:
-    """The datasets of the nested layer at `path`, from `_h5_variables`.
-
-    Variable names carry the scope they were built in, which need not be the
-    layer's path (a Functional model's layers are built outside it): the
-    owners ending in the layer's name are candidates, and the one sharing the
-    longest tail with `path` wins. Candidates that tie are merged, so a
-    variable claimed by both reads as stored twice rather than as either.
-    """
-    best, found = 0, {}
-    for owner, variables in by_owner.items():
-        if not owner or owner[-1] != path[-1]:
-            continue
-        shared = next((n for n in range(len(owner), 0, -1) if path[-n:] == owner[-n:]), 0)
-        if shared > best:
-            best, found = shared, dict(variables)
-        elif shared == best:
-            for name, dataset in variables.items():
-                found[name] = None if name in found else dataset
-    return found
-
-
-def _container(group: h5py.Group | None) -> h5py.Group | None:
-    """The group holding a model's layer groups (`_layer_checkpoint_dependencies`
-    in `.keras` files of Keras 2.13-2.15)."""
-    layers = _group(group, "layers")
-    return layers if layers is not None else _group(group, "_layer_checkpoint_dependencies")
-
-
-def _group(parent: h5py.Group | None, name: str) -> h5py.Group | None:
-    obj = _child(parent, name)
-    return obj if isinstance(obj, h5py.Group) else None
-
-
-def _dataset(parent: h5py.Group, name: str) -> h5py.Dataset | None:
-    obj = _child(parent, name)
-    return obj if isinstance(obj, h5py.Dataset) else None
-
-
-def _child(parent: h5py.Group | None, name: str) -> Any:
-    """`parent[name]` following hard links only: a soft or external link could
-    point anywhere, even into another file."""
-    current = parent
-    for part in name.split("/"):
-        if current is None or not part or part not in current:
-            return None
-        if not isinstance(current.get(part, getlink=True), h5py.HardLink):
-            return None
-        current = current[part]
-    return current
-
-
-def _subgroups(container: h5py.Group) -> Iterator[h5py.Group]:
-    for key in container:
-        group = _group(container, key)
-        if group is not None:
-            yield group
-
-
-def _vars_name(group: h5py.Group) -> str | None:
-    vars_group = _group(group, "vars")
-    return None if vars_group is None else h5_text(vars_group.attrs.get("name"))
-
-
 def _input_dim(layer_config: dict) -> int | None:
     build = layer_config.get("build_config")
     shape = build.get("input_shape") if isinstance(build, dict) else None
@@ -584,10 +417,3 @@ def _count_true(dataset: h5py.Dataset) -> int:
     rows = dataset.shape[0]
     step = max(1, _COUNT_BLOCK // max(1, dataset.size // rows))
     return sum(int(np.count_nonzero(dataset[i : i + step])) for i in range(0, rows, step))
-
-
-def _snake_case(name: str) -> str:
-    # Mirrors keras.src.utils.naming.to_snake_case, which names the groups.
-    name = re.sub(r"\W+", "", name)
-    name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
-    return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()

@@ -18,11 +18,12 @@ import pytest
 from keras import ops
 
 import kerasurgery as ks
-from kerasurgery.errors import ModelFileError
+from kerasurgery.errors import KerasurgeryError, ModelFileError
 from kerasurgery.inspection import (
     DenseWeights,
     FileInfo,
     LayerInfo,
+    check_pins,
     inspect_file,
     read_dense_weights,
 )
@@ -227,6 +228,39 @@ def test_keras2_file_with_training_config():
     for name, kernel in kernels.items():
         assert np.count_nonzero(kernel == 0) == kernel.size // 2
         assert np.array_equal(weights[name].kernel, kernel)
+
+
+# check_pins: what `verify` reports.
+
+
+def test_check_pins_compares_every_pinned_entry_bit_for_bit(tmp_path):
+    frozen = FIXTURES / "frozen_mlp.keras"
+    pinned = sum(layer.pinned for layer in inspect_file(frozen).layers)
+    for candidate in (frozen, FIXTURES / "frozen_mlp.h5"):
+        result = check_pins(candidate, frozen)
+        assert (result.ok, result.checked, result.violations) == (True, pinned, [])
+    model = _load(frozen)
+    layer = model.get_layer("dense_3")
+    stripped = ks.strip(model)
+    kernel, bias = stripped.get_layer("dense_3").get_weights()
+    kernel[0, 1] = np.nextafter(kernel[0, 1], np.float32(1))  # one ulp, at a pinned entry
+    bias[1] = -bias[1] - 1.0
+    stripped.get_layer("dense_3").set_weights([kernel, bias])
+    result = check_pins(ks.save_model(stripped, tmp_path / "moved.h5"), frozen)
+    assert not result.ok and result.checked == pinned
+    ulp = float(np.spacing(np.float32(_np(layer.kernel)[0, 1])))
+    assert result.violations == [
+        {"layer": "dense_3", "weight": "kernel", "pinned": 16, "violations": 1,
+         "max_deviation": ulp, "reason": "value changed"},
+        {"layer": "dense_3", "weight": "bias", "pinned": 1, "violations": 1,
+         "max_deviation": 2.0, "reason": "value changed"},
+    ]
+
+
+def test_check_pins_refuses_a_frozen_file_that_pins_nothing():
+    # The model before freezing, passed by mistake, must not make anything pass.
+    with pytest.raises(KerasurgeryError, match="FROZEN has no pinned entries: is it the frozen file?"):
+        check_pins(FIXTURES / "frozen_mlp.keras", FIXTURES / "pruned_mlp.keras")
 
 
 # Files written here: raw weights moved by training, other layouts.

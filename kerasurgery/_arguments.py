@@ -1,0 +1,185 @@
+"""The command line's arguments: sub-commands, flags, help texts, value types.
+
+`parser()` builds the argparse parser; `cli.main` runs what it parsed. Flag
+values are checked here only for their form (a number, a list like 0,2,5-7);
+whether flags make sense together is the library's to say (`UsageError`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+from kerasurgery import __version__
+
+_EXAMPLES = """\
+examples:
+  kerasurgery freeze pruned.keras                 # pin every exact zero of every Dense layer
+  kerasurgery freeze model.h5 --layer 'dense_*' --below 1e-3 --value 0 -o pinned.h5
+  kerasurgery freeze model.keras --spec pins.toml # several layers, different rules
+  kerasurgery inspect pruned.frozen.keras         # layers and pinned counts, no TensorFlow
+  kerasurgery inspect pruned.frozen.keras --layer dense_1 --show
+  kerasurgery verify finetuned.keras --against pruned.frozen.keras
+  kerasurgery strip finetuned.keras               # plain Dense layers, loads without kerasurgery
+
+exit codes: 0 success, 1 error (nothing written) or failed verification, 2 usage error,
+  130 interrupted (Ctrl-C)
+"""
+
+_FREEZE_EXAMPLES = """\
+examples:
+  kerasurgery freeze pruned.keras                          # -> pruned.frozen.keras
+  kerasurgery freeze model.h5 --below 0.01 --bias          # |w| < 0.01, bias too
+  kerasurgery freeze model.keras --layer hidden --units 0,3-5 --value 0
+  kerasurgery freeze model.keras --layer out --index 0,1 --index 2,0 --index 1
+  kerasurgery freeze model.keras --connections wiring.npz  # 1 = trainable, 0 = pinned at 0
+  kerasurgery freeze model.keras --fraction 0.5 --seed 7 -o half.keras --force
+  kerasurgery freeze model.keras --spec pins.toml
+
+A spec file holds one [[layer]] table per layer name or glob:
+  [[layer]]
+  pattern = "hidden"
+  below = 0.01          # the rule: below | mask | connections | index | inputs | units | fraction
+  bias = true           # optional; `value = 0.5` pins to 0.5; no rule key = zeros
+"""
+
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `kerasurgery` parser; `args.command` names the sub-command, `args.parser` its parser."""
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="kerasurgery",
+        description="Pin individual Dense weights of a saved Keras model to constants.",
+        epilog=_EXAMPLES,
+        formatter_class=formatter,
+    )
+    parser.add_argument("--version", action="version", version=f"kerasurgery {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and TensorFlow's log")
+    commands = parser.add_subparsers(title="commands", dest="command", required=True, metavar="COMMAND")
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="print one JSON object for scripts")
+    common.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS,
+        help="show tracebacks and TensorFlow's log",
+    )
+    writing = argparse.ArgumentParser(add_help=False)
+    writing.add_argument("-o", "--output", metavar="OUT", help="output file; its suffix (.keras, .h5) picks the format")
+    writing.add_argument("--force", action="store_true", help="replace an existing OUT")
+    writing.add_argument(
+        "--unsafe", action="store_true",
+        help="load with Keras' safe mode off (runs code stored in the file: trusted files only)",
+    )
+
+    freeze = commands.add_parser(
+        "freeze", parents=[common, writing], formatter_class=formatter,
+        help="pin Dense weights of a model file, write a new file",
+        description="Rewrite Dense layers into MaskedDense layers with the chosen entries pinned.\n"
+        "Default: every Dense layer, exact zeros, output IN.frozen.SUFFIX beside IN.",
+        epilog=_FREEZE_EXAMPLES,
+    )
+    freeze.add_argument("input", metavar="IN", help="model file (.keras or .h5)")
+    freeze.add_argument(
+        "--layer", action="append", metavar="PATTERN", dest="layers",
+        help="layer name or glob, repeatable (default: every Dense layer)",
+    )
+    rule = freeze.add_argument_group("rule (one of)").add_mutually_exclusive_group()
+    rule.add_argument("--zeros", action="store_true", help="entries that are exactly 0 (default)")
+    rule.add_argument("--below", type=_float, metavar="T", help="entries with |w| < T")
+    rule.add_argument("--mask", metavar="FILE", help=".npy mask, or .npz keyed by layer name ('LAYER/bias' for biases); True = pinned")
+    rule.add_argument("--connections", metavar="FILE", help=".npy or .npz (keyed by layer) matrix: 1 = trainable, 0 = pinned (at 0 unless --value)")
+    rule.add_argument("--index", action="append", type=_index, metavar="I,J", help="kernel entry (I, J); a single number J is bias entry J; repeatable")
+    rule.add_argument("--inputs", type=_int_list, metavar="LIST", help="whole kernel rows, e.g. 0,2,5-7")
+    rule.add_argument("--units", type=_int_list, metavar="LIST", help="whole output units: kernel columns and their bias entries")
+    rule.add_argument("--fraction", type=_float, metavar="F", help="a random fraction F of the entries (needs --seed)")
+    rule.add_argument("--spec", metavar="FILE.toml", help="several layers with different rules (see below)")
+    freeze.add_argument("--seed", type=int, metavar="S", help="seed of --fraction")
+    freeze.add_argument("--value", type=_float, metavar="V", help="pin to V instead of the current values")
+    freeze.add_argument("--bias", action="store_true", help="apply the rule to the bias too")
+    freeze.set_defaults(parser=freeze)
+
+    inspect = commands.add_parser(
+        "inspect", parents=[common], formatter_class=formatter,
+        help="list layers and pinned counts (fast, no TensorFlow)",
+        description="Read a model file with h5py/zipfile/json only: format, Keras version,\n"
+        "every layer with its class, kernel shape and pinned counts. Layers inside nested\n"
+        "models are listed by path, MODEL/NAME (--json: the \"path\" field of each layer).",
+        epilog="examples:\n  kerasurgery inspect model.frozen.keras\n"
+        "  kerasurgery inspect model.frozen.h5 --json\n"
+        "  kerasurgery inspect model.frozen.keras --layer hidden --show\n",
+    )
+    inspect.add_argument("file", metavar="FILE", help="model file (.keras or .h5)")
+    inspect.add_argument("--layer", metavar="NAME", help="only this layer: a path (MODEL/NAME inside nested models) or a name")
+    inspect.add_argument("--show", action="store_true", help="draw the pin pattern of --layer (or of every Dense layer)")
+    inspect.set_defaults(parser=inspect)
+
+    strip = commands.add_parser(
+        "strip", parents=[common, writing], formatter_class=formatter,
+        help="turn MaskedDense back into plain Dense (deployable)",
+        description="Replace every MaskedDense by a plain Dense holding the effective weights;\n"
+        "the result loads with plain Keras. Default output: IN.stripped.SUFFIX.",
+        epilog="examples:\n  kerasurgery strip finetuned.keras\n"
+        "  kerasurgery strip finetuned.keras -o deploy.h5 --force\n",
+    )
+    strip.add_argument("input", metavar="IN", help="model file (.keras or .h5)")
+    strip.set_defaults(parser=strip)
+
+    verify = commands.add_parser(
+        "verify", parents=[common], formatter_class=formatter,
+        help="check that a fine-tuned model kept every pinned value",
+        description="Exit 0 when every pinned entry of FROZEN holds its pinned value, bit for bit,\n"
+        "in the layer of CANDIDATE at the same path (masked or stripped, .keras or .h5);\n"
+        "exit 1 with a table of violations otherwise, or when FROZEN pins nothing.\n"
+        "A layer's path is its name, or MODEL/NAME inside a nested model, as `inspect`\n"
+        "lists it. Reads files without TensorFlow.",
+        epilog="examples:\n  kerasurgery verify finetuned.keras --against model.frozen.keras\n"
+        "  kerasurgery verify deploy.h5 --against model.frozen.keras --json\n",
+    )
+    verify.add_argument("candidate", metavar="CANDIDATE", help="the model to check")
+    verify.add_argument("--against", required=True, metavar="FROZEN", help="the frozen model whose pins must hold")
+    verify.set_defaults(parser=verify)
+    return parser
+
+
+def _float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def _int_list(text: str) -> list[int]:
+    """'0,2,5-7' -> [0, 2, 5, 6, 7]; negative numbers count from the end."""
+    result: list[int] = []
+    try:
+        for part in text.split(","):
+            part = part.strip()
+            first, dash, last = part[1:].partition("-")
+            if dash:
+                start, stop = int(part[0] + first), int(last)
+                if stop < start:
+                    raise ValueError
+                result.extend(range(start, stop + 1))
+            else:
+                result.append(int(part))
+    except (ValueError, IndexError):
+        raise argparse.ArgumentTypeError(
+            f"expected integers like 0,2,5-7, got {text!r}"
+        ) from None
+    return result
+
+
+def _index(text: str) -> tuple[int, ...]:
+    try:
+        index = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        index = ()
+    if len(index) not in (1, 2):
+        raise argparse.ArgumentTypeError(
+            f"expected I,J (a kernel entry) or J (a bias entry), got {text!r}"
+        )
+    return index

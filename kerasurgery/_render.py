@@ -1,0 +1,204 @@
+"""What the command line shows: rich tables and pin maps, one-line messages, JSON.
+
+`Ui` is the one place output is written: tables and text to stdout through
+rich, `error:` / `warning:` lines to stderr, and `--json` documents printed
+as they are. It also keeps TensorFlow's native start-up log off the terminal
+while Keras is imported. rich, numpy and Keras are imported when first used,
+so that `--help` stays fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import os
+import shutil
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+
+class Ui:
+    """Where output goes: rich to stdout, one-line messages to stderr, JSON for scripts."""
+
+    def __init__(self, *, json_output: bool, debug: bool) -> None:
+        self.json_output = json_output
+        self.debug = debug
+        self.warnings: list[str] = []
+
+    def _console(self, *, stderr: bool = False) -> Any:
+        from rich.console import Console
+
+        return Console(stderr=stderr, highlight=False)
+
+    def error(self, message: str) -> None:
+        from rich.text import Text
+
+        line = Text("error: ", style="bold red") + Text(" ".join(message.split()), style="red")
+        self._console(stderr=True).print(line, soft_wrap=True)
+
+    def warn(self, message: str) -> None:
+        from rich.text import Text
+
+        message = " ".join(message.split())
+        self.warnings.append(message)
+        line = Text("warning: ", style="bold yellow") + Text(message)
+        self._console(stderr=True).print(line, soft_wrap=True)
+
+    def say(self, message: str, style: str | None = None) -> None:
+        from rich.text import Text
+
+        self._console().print(Text(message, style=style or ""), soft_wrap=True)
+
+    def print_json(self, document: dict[str, Any]) -> None:
+        print(json.dumps(document, indent=2))
+
+    @contextlib.contextmanager
+    def status(self, message: str) -> Iterator[None]:
+        console = self._console(stderr=True)
+        if self.json_output or not console.is_terminal:
+            yield
+            return
+        with console.status(f"{message}…"):
+            yield
+
+    @contextlib.contextmanager
+    def tensorflow(self) -> Iterator[None]:
+        """Imports Keras (and TensorFlow) with their native start-up log kept off the terminal."""
+        if self.debug:
+            import keras  # noqa: F401
+
+            yield
+            return
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        with _native_stderr_silenced():
+            with self.status("Starting Keras"):
+                import keras  # noqa: F401
+            yield
+
+    def layer_table(self, layers: list[dict[str, Any]], title: str | None) -> None:
+        from rich.table import Table
+
+        table = Table(title=title, title_justify="left")
+        for column, justify in (("layer", "left"), ("class", "left"), ("kernel", "right"),
+                                ("pinned kernel", "right"), ("pinned bias", "right"), ("pinned %", "right")):
+            # Names and paths are folded onto more lines, never cut short.
+            table.add_column(column, justify=justify, overflow="fold" if justify == "left" else "ellipsis")
+        for layer in layers:
+            shape = layer["kernel_shape"]
+            size = math.prod(shape) if shape else 0
+            share = f"{100 * layer['pinned_kernel'] / size:.1f}" if size else ""
+            table.add_row(
+                layer["path"], layer["class_name"],
+                "×".join(map(str, shape)) if shape else "",
+                f"{layer['pinned_kernel']:,}" if shape else "",
+                f"{layer['pinned_bias']:,}" if shape else "",
+                share,
+            )
+        self._console().print(table)
+
+    def violation_table(self, rows: list[dict[str, Any]]) -> None:
+        from rich.table import Table
+
+        table = Table(title="pins that do not hold", title_justify="left")
+        for column in ("layer", "weight", "violations", "pinned", "largest deviation", "reason"):
+            table.add_column(column, justify="right" if column in ("violations", "pinned", "largest deviation") else "left")
+        for row in rows:
+            deviation = row["max_deviation"]
+            table.add_row(
+                row["layer"], row["weight"], f"{row['violations']:,}", f"{row['pinned']:,}",
+                "" if deviation is None else f"{deviation:.6g}", row["reason"],
+            )
+        self._console().print(table)
+
+    def pattern(self, weights: Any) -> None:
+        """Draws a layer's kernel pin mask (rows = inputs, columns = units), down-sampled."""
+        import numpy as np
+        from rich.text import Text
+
+        mask = np.asarray(weights.kernel_mask, dtype=bool)
+        width = max(8, shutil.get_terminal_size((80, 24)).columns - 8)
+        rows, cols = mask.shape
+        row_step, col_step = math.ceil(rows / 32), math.ceil(cols / width)
+        grid = _block_fraction(mask, row_step, col_step)
+        pinned = int(mask.sum())
+        header = (f"{weights.path}: kernel {rows}×{cols}, {pinned:,} of {mask.size:,} pinned "
+                  f"({100 * pinned / max(mask.size, 1):.1f}%)")
+        if row_step > 1 or col_step > 1:
+            header += f"; each cell = {row_step}×{col_step} entries"
+        text = Text(header + "\n", style="bold")
+        for line in grid:
+            text += _cells(line) + Text("\n")
+        if weights.bias_mask is not None:
+            bias = np.asarray(weights.bias_mask, dtype=bool)[None, :]
+            text += Text("bias:\n", style="bold") + _cells(_block_fraction(bias, 1, col_step)[0]) + Text("\n")
+        text += Text("█ all pinned  ▓ most  ▒ some  ░ few  · none", style="dim")
+        self._console().print(text, soft_wrap=True)
+
+
+def _block_fraction(mask: Any, row_step: int, col_step: int) -> Any:
+    import numpy as np
+
+    counts = mask.astype(np.int64)
+    rows, cols = mask.shape
+    r, c = np.arange(0, rows, row_step), np.arange(0, cols, col_step)
+    if not rows or not cols:
+        return np.zeros((len(r), len(c)))
+    sums = np.add.reduceat(np.add.reduceat(counts, r, axis=0), c, axis=1)
+    sizes = np.outer(np.diff(np.append(r, rows)), np.diff(np.append(c, cols)))
+    return sums / sizes
+
+
+def _cells(fractions: Any) -> Any:
+    from rich.text import Text
+
+    text = Text()
+    for f in fractions:
+        if f == 0:
+            text.append("·", style="dim")
+        elif f == 1:
+            text.append("█", style="cyan")
+        else:
+            text.append("░▒▓"[min(2, int(f * 3))], style="cyan")
+    return text
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced() -> Iterator[None]:
+    """Points file descriptor 2 at /dev/null; Python's own stderr keeps the terminal.
+
+    TensorFlow's C++ start-up messages (absl, oneDNN, cudart) bypass Python and
+    ignore TF_CPP_MIN_LOG_LEVEL, so only the descriptor can hold them back.
+    """
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError, AttributeError):
+        yield
+        return
+    original = sys.stderr
+    try:
+        writes_to_fd2 = original.fileno() == 2
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        writes_to_fd2 = False  # e.g. captured by a test runner: leave it be
+    replacement = None
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        if writes_to_fd2:
+            replacement = open(  # noqa: SIM115 - closed below
+                os.dup(saved), "w", encoding=getattr(original, "encoding", None) or "utf-8",
+                errors="backslashreplace", buffering=1,
+            )
+            sys.stderr = replacement
+        yield
+    finally:
+        if replacement is not None:
+            replacement.flush()
+            sys.stderr = original
+            replacement.close()
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
