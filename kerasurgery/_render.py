@@ -68,14 +68,14 @@ class Ui:
     def tensorflow(self) -> Iterator[None]:
         """Imports Keras (and TensorFlow) with their native start-up log kept off the terminal."""
         if self.debug:
-            import keras  # noqa: F401
+            import keras  # noqa: F401,F811
 
             yield
             return
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         with _native_stderr_silenced():
             with self.status("Starting Keras"):
-                import keras  # noqa: F401
+                import keras  # noqa: F401,F811
             yield
 
     def layer_table(self, layers: list[dict[str, Any]], title: str | None) -> None:

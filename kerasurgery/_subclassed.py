@@ -15,7 +15,7 @@ from typing import Any
 
 import keras
 
-from kerasurgery.errors import KerasurgeryError
+from kerasurgery.errors import KerasurgeryError, one_line
 
 Layer = keras.layers.Layer
 
@@ -31,7 +31,7 @@ def rebuild_subclassed(
     except Exception as e:
         raise KerasurgeryError(
             f"Cannot copy subclassed model {model.name!r} ({type(model).__name__}): "
-            f"it cannot be re-created from get_config() ({_first_line(e)}). "
+            f"it cannot be re-created from get_config() ({one_line(e, limit=200)}). "
             "Give its class a get_config() that returns its constructor arguments."
         ) from None
     old_layers = dict(_attribute_layers(model))
@@ -187,8 +187,3 @@ def _set_attribute(root: Layer, path: Path, old: Layer, new: Layer) -> None:
         object.__setattr__(owner, key, new)
     tracked = owner._layers
     tracked[tracked.index(old)] = new
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0][:200] if text else type(error).__name__

@@ -18,7 +18,7 @@ import sys
 import tempfile
 import traceback
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -243,9 +243,10 @@ def _dense_rows(model: Any) -> list[dict[str, Any]]:
     import numpy as np
 
     from kerasurgery.layers import MaskedDense
+    from kerasurgery.surgery import walk_layers
 
     rows, seen = [], set()
-    for layer, path in _walk(model):
+    for path, layer in walk_layers(model):
         dense = type(layer) is keras.layers.Dense
         if id(layer) in seen or not (dense or isinstance(layer, MaskedDense)) or not layer.built:
             continue
@@ -288,13 +289,6 @@ def _save(model: Any, output: Path, args: argparse.Namespace, ui: Ui) -> None:
 
     with ui.status(f"Saving {output}"):
         saving.save_model(model, output, overwrite=args.force)
-
-
-def _walk(model: Any, prefix: str = "") -> Iterator[tuple[Any, str]]:
-    """(layer, path) of every layer inside `model`; paths as `inspect` gives them."""
-    for layer in getattr(model, "layers", []):
-        yield layer, prefix + layer.name
-        yield from _walk(layer, f"{prefix}{layer.name}/")
 
 
 def _inspect(args: argparse.Namespace, ui: Ui) -> int:

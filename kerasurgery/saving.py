@@ -20,7 +20,7 @@ import numpy as np
 from keras import ops
 
 from kerasurgery import layers as _layers  # also registers MaskedDense with Keras
-from kerasurgery.errors import KerasurgeryError, ModelFileError
+from kerasurgery.errors import KerasurgeryError, ModelFileError, one_line
 from kerasurgery.formats import (
     H5,
     KERAS,
@@ -31,9 +31,6 @@ from kerasurgery.formats import (
     stored_weight_dtypes,
 )
 
-# Longest piece of an underlying library's message we pass on: Keras appends
-# whole configs to some of its errors.
-_MAX_DETAIL = 300
 
 
 def load_model(
@@ -79,7 +76,7 @@ def load_model(
                 raise _load_error(path, second) from None
             warnings.warn(
                 f"{path}: the saved training configuration could not be restored "
-                f"({_detail(first)}); the model was loaded without it.",
+                f"({one_line(first)}); the model was loaded without it.",
                 stacklevel=2,
             )
     if fmt == H5:
@@ -173,7 +170,7 @@ def _load_error(path: Path, error: Exception) -> KerasurgeryError:
     if "safe_mode" in message or "safe mode" in message:
         return ModelFileError(
             f"{path}: refused by safe mode, the file would run code "
-            f"({_detail(error)}). {_OPT_IN}"
+            f"({one_line(error)}). {_OPT_IN}"
         )
     if isinstance(error, KeyError):
         # Raised bare by Keras and h5py for a config key or HDF5 entry that is not there.
@@ -214,7 +211,7 @@ def _explain(message: str) -> str:
             f"{where}a weight is stored with shape {shape['stored']}, but the "
             f"model's config makes it {shape['expected']}."
         )
-    return where + _detail(message)
+    return where + one_line(message)
 
 
 _FAILED_OBJECT = re.compile(
@@ -239,17 +236,6 @@ _H5_SHAPE = re.compile(
 _KERAS_SHAPE = re.compile(
     r"variable\.shape=(?P<expected>\([^)]*\)), Received: value\.shape=(?P<stored>\([^)]*\))"
 )
-
-
-def _detail(error: BaseException | str) -> str:
-    text = " ".join(str(error).split()) or type(error).__name__
-    cuts = [text.find(marker) for marker in ("Full object config", "Full config:", "config={")]
-    cut = min((c for c in cuts if c > 0), default=-1)
-    if cut > 0:
-        text = text[:cut].rstrip(" .,") + "."
-    if len(text) > _MAX_DETAIL:
-        text = text[: _MAX_DETAIL - 3] + "..."
-    return text
 
 
 def _check_h5_weights(path: Path, model: keras.Model) -> None:
@@ -370,7 +356,7 @@ def save_model(
     except BaseException as e:
         tmp.unlink(missing_ok=True)
         if isinstance(e, Exception) and not isinstance(e, KerasurgeryError):
-            raise ModelFileError(f"{path}: saving failed: {_detail(e)}") from None
+            raise ModelFileError(f"{path}: saving failed: {one_line(e)}") from None
         raise
     _fsync_folder(folder)
     return path

@@ -70,7 +70,7 @@ def freeze(model: keras.Model, pins: Mapping[str, PinSpec]) -> keras.Model:
             "Expected `pins` to be a non-empty mapping from layer names or "
             f"patterns to pins. Received: {pins!r}"
         )
-    dense_layers = {layer.name: layer for layer in _dense_layers(model)}
+    dense_layers = dict(_dense_layers(model))
     plans: dict[int, _Plan] = {}
     for key, spec in pins.items():
         for layer in _select(model, key, dense_layers):
@@ -97,7 +97,7 @@ def freeze(model: keras.Model, pins: Mapping[str, PinSpec]) -> keras.Model:
             plan.assign(new)
 
     frozen = _rebuild(model, replace, copy)
-    missed = [name for name, layer in dense_layers.items()
+    missed = [path for path, layer in dense_layers.items()
               if id(layer) in plans and id(layer) not in replaced]
     if missed:
         raise KerasurgeryError(
@@ -327,6 +327,12 @@ def _resolve(spec: PinSpec, layer: keras.layers.Layer, plan: _Plan) -> Pin:
 def _select(
     model: keras.Model, key: str, dense_layers: dict[str, keras.layers.Layer]
 ) -> list[keras.layers.Layer]:
+    """The Dense layers `key` selects.
+
+    A path (`dense`, `inner/dense`: names are unique only within one model)
+    selects that one layer; otherwise a name selects every Dense layer of that
+    name, and a glob every Dense layer whose path or name it matches.
+    """
     if not isinstance(key, str):
         raise LayerSelectionError(
             f"Expected a layer name or glob pattern. Received: {key!r}"
@@ -334,13 +340,21 @@ def _select(
     available = ", ".join(dense_layers) or f"none (model {model.name!r} has no Dense layer)"
     if key in dense_layers:
         return [dense_layers[key]]
-    other = next((layer for layer in _walk(model) if layer.name == key), None)
+    named = [layer for layer in dense_layers.values() if layer.name == key]
+    if named:
+        return named
+    other = next(
+        (layer for path, layer in walk_layers(model) if key in (path, layer.name)), None
+    )
     if other is not None:
         raise LayerSelectionError(
             f"Expected a `Dense` layer. Received: layer={key!r} "
             f"({type(other).__name__}). Dense layers: {available}"
         )
-    matched = [layer for name, layer in dense_layers.items() if fnmatch.fnmatchcase(name, key)]
+    matched = [
+        layer for path, layer in dense_layers.items()
+        if fnmatch.fnmatchcase(path, key) or fnmatch.fnmatchcase(layer.name, key)
+    ]
     if not matched:
         raise LayerSelectionError(
             f"No Dense layer matches {key!r}. Dense layers: {available}"
@@ -348,17 +362,24 @@ def _select(
     return matched
 
 
-def _walk(layer: keras.layers.Layer) -> Iterator[keras.layers.Layer]:
-    """Every layer inside `layer` (nested models and custom blocks included), once."""
+def walk_layers(model: keras.layers.Layer) -> Iterator[tuple[str, keras.layers.Layer]]:
+    """(path, layer) for every layer inside `model`, each once, in order.
+
+    The path is the layer's name, prefixed by the names of the models (or
+    custom blocks) that hold it below `model`: `dense`, `inner/dense`. This is
+    also how `kerasurgery inspect` names layers.
+    """
     seen: set[int] = set()
-    stack = list(reversed(_sublayers(layer)))
+    stack = [(layer.name, layer) for layer in reversed(_sublayers(model))]
     while stack:
-        current = stack.pop()
+        path, current = stack.pop()
         if id(current) in seen:
             continue
         seen.add(id(current))
-        yield current
-        stack.extend(reversed(_sublayers(current)))
+        yield path, current
+        stack.extend(
+            (f"{path}/{layer.name}", layer) for layer in reversed(_sublayers(current))
+        )
 
 
 def _sublayers(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
@@ -369,17 +390,17 @@ def _sublayers(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
     return list(getattr(layer, "_layers", []))
 
 
-def _dense_layers(model: keras.Model) -> list[keras.layers.Layer]:
-    """The Dense and MaskedDense layers of `model`, in order."""
+def _dense_layers(model: keras.Model) -> list[tuple[str, keras.layers.Layer]]:
+    """(path, layer) of the Dense and MaskedDense layers of `model`, in order."""
     return [
-        layer for layer in _walk(model)
+        (path, layer) for path, layer in walk_layers(model)
         if type(layer) is keras.layers.Dense or isinstance(layer, MaskedDense)
     ]
 
 
 def dense_layer_names(model: keras.Model) -> list[str]:
-    """Names of the Dense and MaskedDense layers of `model`, nested ones included."""
-    return [layer.name for layer in _dense_layers(model)]
+    """Paths of the Dense and MaskedDense layers of `model`, nested ones included."""
+    return [path for path, _ in _dense_layers(model)]
 
 
 def _require_rewritable(model: Any, verb: str) -> None:
@@ -467,8 +488,8 @@ def _named_input(tensor: Any) -> Any:
 
 def _copy_model_flags(old: keras.Model, new: keras.Model) -> None:
     """Nested models are rebuilt by Keras, not from config: carry their flags."""
-    old_models = [old] + [layer for layer in _walk(old) if isinstance(layer, keras.Model)]
-    new_models = [new] + [layer for layer in _walk(new) if isinstance(layer, keras.Model)]
+    old_models = [old] + [layer for _, layer in walk_layers(old) if isinstance(layer, keras.Model)]
+    new_models = [new] + [layer for _, layer in walk_layers(new) if isinstance(layer, keras.Model)]
     for o, n in zip(old_models, new_models):
         if not o.trainable:
             n.trainable = False

@@ -419,3 +419,28 @@ def test_subclassed_layers_in_dicts_with_odd_keys(data):
     assert isinstance(frozen.heads["a.b"], ks.MaskedDense)
     assert type(frozen.heads["c[0]"]) is keras.layers.Dense
     assert np.array_equal(_np(frozen(data[0])), _np(model(data[0])))
+
+
+def test_equal_names_in_nested_models_are_told_apart_by_path():
+    inner = keras.Sequential([keras.Input((4,)), keras.layers.Dense(4, name="dense")], name="inner")
+    inputs = keras.Input((4,))
+    model = _prune(keras.Model(inputs, keras.layers.Dense(2, name="dense")(inner(inputs)), name="outer"))
+    from kerasurgery.surgery import dense_layer_names
+
+    assert dense_layer_names(model) == ["inner/dense", "dense"]
+    every = ks.freeze(model, {"*": ks.rules.zeros()})
+    assert isinstance(every.get_layer("inner").get_layer("dense"), ks.MaskedDense)
+    assert isinstance(every.get_layer("dense"), ks.MaskedDense)
+    # A path names one layer: "dense" is the outer one, as `inspect` lists it.
+    top = ks.freeze(model, {"dense": ks.rules.zeros()})
+    assert type(top.get_layer("inner").get_layer("dense")) is keras.layers.Dense
+    assert isinstance(top.get_layer("dense"), ks.MaskedDense)
+    # A glob matches paths and names alike.
+    both = ks.freeze(model, {"den*": ks.rules.zeros()})
+    assert isinstance(both.get_layer("inner").get_layer("dense"), ks.MaskedDense)
+    assert isinstance(both.get_layer("dense"), ks.MaskedDense)
+    by_path = ks.freeze(model, {"inner/dense": ks.rules.zeros()})
+    assert isinstance(by_path.get_layer("inner").get_layer("dense"), ks.MaskedDense)
+    assert type(by_path.get_layer("dense")) is keras.layers.Dense
+    with pytest.raises(LayerSelectionError, match=r"Dense layers: inner/dense, dense"):
+        ks.freeze(model, {"nope": ks.rules.zeros()})
