@@ -60,7 +60,8 @@ def train(model, optimizer, x, y, *, steps: int = 5, jit_compile="auto") -> None
 def bits(x) -> np.ndarray:
     """The bit patterns of a float array: equal bits are bit-for-bit equal values.
 
-    float32 is viewed as uint32; 16-bit floats (float16, bfloat16) as uint16.
+    Viewed as unsigned integers of the same width (float32 as uint32, float16
+    and bfloat16 as uint16, float64 as uint64).
     """
     x = np.ascontiguousarray(ops.convert_to_numpy(x))
-    return x.view(np.uint32) if x.itemsize == 4 else x.view(np.uint16)
+    return x.view(f"u{x.itemsize}")

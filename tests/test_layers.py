@@ -9,7 +9,7 @@ from keras import ops
 
 import kerasurgery as ks
 from kerasurgery.errors import PinError
-from tests.helpers import gradients, train
+from tests.helpers import bits, gradients, train
 
 OPTIMIZERS = {
     "sgd_nesterov": lambda: keras.optimizers.SGD(0.1, momentum=0.9, nesterov=True),
@@ -24,11 +24,6 @@ OPTIMIZERS = {
     "adam_global_clipnorm": lambda: keras.optimizers.Adam(0.05, global_clipnorm=0.01),
     "adamax_clipvalue": lambda: keras.optimizers.Adamax(0.05, clipvalue=0.001),
 }
-
-
-def _bits(x) -> np.ndarray:
-    x = np.ascontiguousarray(ops.convert_to_numpy(x))
-    return x.view(np.uint32) if x.dtype == np.float32 else x.view(np.uint16)
 
 
 def _dense_and_masked(units=3, **kwargs):
@@ -52,7 +47,7 @@ def _dense_and_masked(units=3, **kwargs):
 @pytest.mark.parametrize("activation", [None, "relu", "sigmoid"])
 def test_built_from_dense_config_computes_exactly_like_dense(use_bias, activation):
     dense, masked, x = _dense_and_masked(use_bias=use_bias, activation=activation)
-    assert np.array_equal(_bits(dense(x)), _bits(masked(x)))
+    assert np.array_equal(bits(dense(x)), bits(masked(x)))
     assert not masked.pins().kernel.any()
     assert masked.get_config()["units"] == 3
 
@@ -73,7 +68,7 @@ def test_rank_3_inputs_and_keras_masking_behave_like_dense():
     )
     y_masked = masked(e)
     assert y_masked.shape == (2, 4, 3)
-    assert np.array_equal(_bits(y_dense), _bits(y_masked))
+    assert np.array_equal(bits(y_dense), bits(y_masked))
     mask = masked.compute_mask(e, embed.compute_mask(tokens))
     assert np.array_equal(ops.convert_to_numpy(mask), tokens != 0)
 
@@ -100,7 +95,7 @@ def test_original_question_zero_gets_zero_gradient_and_stays_zero():
     assert np.all(np.delete(g.ravel(), 0) != 0.0)
     train(frozen, keras.optimizers.SGD(1.0, momentum=0.9), x, y, steps=20)
     kernel = ops.convert_to_numpy(frozen.get_layer("first").kernel)
-    assert _bits(kernel)[0, 0] == 0
+    assert bits(kernel)[0, 0] == 0
     assert not np.array_equal(kernel.ravel()[1:], np.array([0.25, 0.2, 0.3], "float32"))
 
 
@@ -122,10 +117,10 @@ def _assert_pins_hold(frozen, expected):
     for name, pin in expected.items():
         layer = frozen.get_layer(name)
         kernel = ops.convert_to_numpy(layer.kernel)
-        assert np.array_equal(_bits(kernel)[pin.kernel], _bits(pin.kernel_value)[pin.kernel]), name
+        assert np.array_equal(bits(kernel)[pin.kernel], bits(pin.kernel_value)[pin.kernel]), name
         if pin.bias is not None:
             bias = ops.convert_to_numpy(layer.bias)
-            assert np.array_equal(_bits(bias)[pin.bias], _bits(pin.bias_value)[pin.bias]), name
+            assert np.array_equal(bits(bias)[pin.bias], bits(pin.bias_value)[pin.bias]), name
 
 
 @pytest.mark.parametrize("jit_compile", [False, True], ids=["graph", "xla"])
@@ -170,7 +165,7 @@ def test_mixed_precision_output_equals_dense_output(data):
     finally:
         keras.config.set_dtype_policy(previous)
     x = data[0]
-    assert np.array_equal(_bits(model(x)), _bits(frozen(x)))
+    assert np.array_equal(bits(model(x)), bits(frozen(x)))
 
 
 def test_regularizer_sees_the_effective_kernel_so_pins_get_zero_gradient():
