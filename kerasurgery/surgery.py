@@ -36,9 +36,11 @@ def freeze(model: keras.Model, pins: Mapping[str, PinSpec]) -> keras.Model:
     """Returns a copy of `model` with the selected Dense entries pinned.
 
     Args:
-        model: A built Sequential or Functional Keras model (nested models and
-            shared layers included).
-        pins: Maps a layer name or glob pattern (`"dense*"`) to a `Pin`, a
+        model: A built Keras model: Sequential or Functional (nested models and
+            shared layers included), or subclassed (re-created from its
+            `get_config()`, its Dense attributes swapped).
+        pins: Maps a layer path (`"dense"`, `"inner/dense"` inside a nested
+            model), name, or glob pattern (`"dense*"`) to a `Pin`, a
             boolean kernel mask (= `Pin(kernel=mask)`), or a rule such as
             `kerasurgery.rules.zeros()`. Several keys may select one layer: their
             pins add up, a later key's values winning on shared entries. A layer
@@ -53,7 +55,9 @@ def freeze(model: keras.Model, pins: Mapping[str, PinSpec]) -> keras.Model:
 
     Raises:
         LayerSelectionError: a key matches no Dense layer, or names a layer that
-            is not Dense. The message lists the Dense layers of the model.
+            is not Dense. The message lists the Dense layers' paths.
+        KerasurgeryError: a subclassed model cannot be re-created from its
+            config.
         PinError: a mask or value does not fit its layer.
 
     Example:
