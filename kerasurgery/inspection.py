@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -242,9 +241,14 @@ def check_pins(candidate: str | os.PathLike, frozen: str | os.PathLike) -> PinCh
             wrong = ~_bit_equal(want, got)
             if wrong.any():
                 deviation = np.abs(got[wrong].astype(np.float64) - want[wrong].astype(np.float64))
-                largest = float(np.nanmax(deviation)) if not np.isnan(deviation).all() else math.nan
+                finite = deviation[np.isfinite(deviation)]
+                # None, not NaN/inf, so that `verify --json` stays valid JSON.
+                largest = float(finite.max()) if finite.size else None
+                reason = "value changed"
+                if finite.size < deviation.size:
+                    reason += " (some to NaN or infinity)"
                 violations.append({**row, "violations": int(wrong.sum()),
-                                   "max_deviation": largest, "reason": "value changed"})
+                                   "max_deviation": largest, "reason": reason})
     return PinCheck(checked, violations)
 
 

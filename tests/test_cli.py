@@ -867,6 +867,28 @@ def test_verify_fails_on_a_tampered_model(finetuned, capsys):
     assert "hidden" in text and "FAILED: 2 of" in text
 
 
+def test_verify_json_stays_valid_json_when_pins_turned_nan(finetuned, capsys):
+    mask = read_dense_weights(finetuned["frozen"])["hidden"].kernel_mask
+    rows, cols = np.nonzero(mask)
+
+    def tamper(kernel, bias):
+        kernel[rows[0], cols[0]] = np.nan
+
+    path = _tampered(finetuned, "nan.keras", tamper)
+    code, out, _ = run(capsys, "verify", path, "--against", finetuned["frozen"], "--json")
+    assert code == 1
+
+    def refuse(constant):
+        raise AssertionError(f"not JSON: {constant}")
+
+    report = json.loads(out, parse_constant=refuse)
+    assert report["violations"] == [{
+        "layer": "hidden", "weight": "kernel", "pinned": int(mask.sum()),
+        "violations": 1, "max_deviation": None,
+        "reason": "value changed (some to NaN or infinity)",
+    }]
+
+
 def test_verify_reports_missing_layers_and_shape_mismatches(finetuned, tmp_path, capsys):
     inputs = keras.Input((4,), name="x")
     h = keras.layers.Dense(5, name="hidden")(inputs)  # 4x5 where FROZEN has 4x3
