@@ -108,11 +108,17 @@ def test_stripped_model_loads_without_kerasurgery(tmp_path, mlp, data):
         assert np.array_equal(np.load(f"{path}.pred.npy"), expected)
 
 
-def test_import_kerasurgery_does_not_import_tensorflow_and_registers_later():
+@pytest.mark.parametrize("first", ["keras", "tensorflow"])
+def test_import_kerasurgery_does_not_import_tensorflow_and_registers_later(first):
+    # TensorFlow probes for Keras with find_spec before importing it for
+    # tf.keras: the probe must not use up the registration hook.
     result = _run(
-        """
+        f"""
         import sys, kerasurgery
         assert "tensorflow" not in sys.modules and "keras" not in sys.modules
+        import {first}
+        if "{first}" == "tensorflow":
+            {first}.keras.layers.Dense(2)
         import keras
         assert keras.saving.get_registered_object("kerasurgery>MaskedDense") is kerasurgery.MaskedDense
         """
