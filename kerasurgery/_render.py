@@ -88,7 +88,8 @@ class Ui:
             table.add_column(column, justify=justify, overflow="fold" if justify == "left" else "ellipsis")
         for layer in layers:
             shape = layer["kernel_shape"]
-            size = math.prod(shape) if shape else 0
+            # `size` counts every weight but the bias (a separable convolution has two).
+            size = layer.get("size") or (math.prod(shape) if shape else 0)
             share = f"{100 * layer['pinned_kernel'] / size:.1f}" if size else ""
             table.add_row(
                 layer["path"], layer["class_name"],
@@ -114,28 +115,85 @@ class Ui:
         self._console().print(table)
 
     def pattern(self, weights: Any) -> None:
-        """Draws a layer's kernel pin mask (rows = inputs, columns = units), down-sampled."""
+        """Draws a layer's pin masks, down-sampled: each weight but the bias, then the bias.
+
+        `weights` is an `inspection.LayerWeights` (or `DenseWeights`). A weight
+        of any rank is drawn as a 2-D grid: rows = all its axes but the last
+        (a convolution's kernel positions × input channels), columns = the
+        last axis (units, filters); the header says which.
+        """
         import numpy as np
         from rich.text import Text
 
-        mask = np.asarray(weights.kernel_mask, dtype=bool)
         width = max(8, shutil.get_terminal_size((80, 24)).columns - 8)
-        rows, cols = mask.shape
-        row_step, col_step = math.ceil(rows / 32), math.ceil(cols / width)
-        grid = _block_fraction(mask, row_step, col_step)
-        pinned = int(mask.sum())
-        header = (f"{weights.path}: kernel {rows}×{cols}, {pinned:,} of {mask.size:,} pinned "
-                  f"({100 * pinned / max(mask.size, 1):.1f}%)")
-        if row_step > 1 or col_step > 1:
-            header += f"; each cell = {row_step}×{col_step} entries"
-        text = Text(header + "\n", style="bold")
-        for line in grid:
-            text += _cells(line) + Text("\n")
-        if weights.bias_mask is not None:
-            bias = np.asarray(weights.bias_mask, dtype=bool)[None, :]
-            text += Text("bias:\n", style="bold") + _cells(_block_fraction(bias, 1, col_step)[0]) + Text("\n")
+        text = Text()
+        bias = None
+        for name, weight in weights.weights.items():
+            mask = np.asarray(weight.mask, dtype=bool)
+            if name == "bias":
+                bias = mask
+                continue
+            grid = _as_2d(mask)
+            rows, cols = grid.shape
+            row_step, col_step = math.ceil(rows / 32) or 1, math.ceil(cols / width) or 1
+            pinned = int(mask.sum())
+            header = f"{weights.path}: {name} {_dims(mask.shape)}"
+            if mask.ndim != 2:
+                header += f" drawn as {rows}×{cols}"
+            axes = _axes(weights.class_name, name, mask.ndim)
+            if axes is not None:
+                header += f" (rows = {axes[0]}, columns = {axes[1]})"
+            header += (f", {pinned:,} of {mask.size:,} pinned "
+                       f"({100 * pinned / max(mask.size, 1):.1f}%)")
+            if row_step > 1 or col_step > 1:
+                header += f"; each cell = {row_step}×{col_step} entries"
+            text += Text(header + "\n", style="bold")
+            for line in _block_fraction(grid, row_step, col_step):
+                text += _cells(line) + Text("\n")
+        if bias is not None:
+            grid = _as_2d(bias)
+            rows, cols = grid.shape
+            row_step, col_step = math.ceil(rows / 32) or 1, math.ceil(cols / width) or 1
+            label = "bias:" if bias.ndim <= 1 else f"bias {_dims(bias.shape)}:"
+            text += Text(label + "\n", style="bold")
+            for line in _block_fraction(grid, row_step, col_step):
+                text += _cells(line) + Text("\n")
         text += Text("█ all pinned  ▓ most  ▒ some  ░ few  · none", style="dim")
         self._console().print(text, soft_wrap=True)
+
+
+def _as_2d(mask: Any) -> Any:
+    """A weight as (all axes but the last, the last axis); a vector as one row."""
+    if mask.ndim == 0:
+        return mask.reshape(1, 1)
+    if mask.ndim == 1:
+        return mask.reshape(1, -1)
+    return mask.reshape(math.prod(mask.shape[:-1]), mask.shape[-1])
+
+
+def _dims(shape: tuple) -> str:
+    return "×".join(map(str, shape)) if shape else "scalar"
+
+
+def _axes(class_name: str, weight: str, ndim: int) -> tuple[str, str] | None:
+    """What a weight's rows and columns are, when drawn as a grid; `None` for a
+    Dense-like 2-D kernel (rows = inputs, columns = units)."""
+    kind = class_name[len("Masked"):] if class_name.startswith("Masked") else class_name
+    if kind == "Embedding":
+        return "token ids", "features"
+    if kind.startswith("SeparableConv"):
+        if weight == "pointwise_kernel":
+            return "input channels × depth multiplier", "filters"
+        return "kernel positions × input channels", "depth multiplier"
+    if kind.startswith("DepthwiseConv"):
+        return "kernel positions × input channels", "depth multiplier"
+    if kind.startswith("Conv") and kind.endswith("Transpose"):
+        return "kernel positions × filters", "input channels"
+    if kind.startswith("Conv"):
+        return "kernel positions × input channels", "filters"
+    if ndim > 2:
+        return "all axes but the last", "the last axis"
+    return None
 
 
 def _block_fraction(mask: Any, row_step: int, col_step: int) -> Any:

@@ -1,46 +1,88 @@
 """Reading a saved model file without TensorFlow or Keras: layers, shapes, pins.
 
 `inspect_file` lists every layer of a `.keras` or `.h5` file (Keras 3 or
-Keras 2) with its kernel shape and pinned counts; `read_dense_weights` returns
-the effective weights and pins of every `Dense` and `MaskedDense` layer;
-`check_pins` compares the pins of a frozen file with another file (`verify`).
-They read the model config (json) and only the weights they need (h5py), so
-they answer in a fraction of a second where importing TensorFlow takes seconds.
+Keras 2), at every depth, with its kernel shape, pinned counts and zeros;
+`read_weights` returns the effective weights and pins of the pinnable layers
+(`Dense`, `EinsumDense`, the convolutions, `Embedding`, plain or pinned) or of
+the layers asked for; `read_dense_weights` is the older reader of `Dense` and
+`MaskedDense` layers only; `check_pins` compares every pinned weight of a
+frozen file with another file (`verify`). They read the model config (json),
+the pin record, and only the weights they need (h5py), so they answer in a
+fraction of a second where importing TensorFlow takes seconds; counting goes
+block by block, so a huge weight is never read whole just to count.
 
-Keras requires a layer name to be unique within one model only, so a nested
-model may hold a `dense` while the outer model holds another. A layer is
-therefore identified by its path: its name for a layer of the top-level model,
-`outer/inner/name` for a layer inside nested models (Keras' layer names cannot
-contain "/"). Where each format keeps a layer's weights is `_layout`'s part.
+A layer is identified by its path: its name prefixed by the names of the
+layers and models that hold it, joined by "/" (`dense`, `inner/dense`,
+`bert_backbone/transformer_layer_0/self_attention_layer/query`), as Keras
+requires names to be unique within one parent only. Layers inside other
+layers (those a KerasHub block or a custom layer creates in `build()`) are
+listed too, although the model config does not name them: their class comes
+from the pin record when they are pinned, from their parent's config where it
+names them (a wrapper's `layer`), or from the container key Keras gave them
+(`dense_1` in a list); otherwise it is `UNKNOWN_CLASS` ("?"), and only their
+first stored weight counts as their kernel, when it has two or more axes.
+Where each format keeps a layer's weights is `_layout`'s part.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
-from collections.abc import Iterator
+import re
+from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
 
 from kerasurgery import formats
-from kerasurgery._layout import DENSE, MASKED, Entry, layer_entries
+from kerasurgery._layout import (
+    BIAS,
+    CONFIG,
+    DENSE,
+    MASKED,
+    UNKNOWN,
+    Entry,
+    _present,
+    is_pinned_class,
+    kind_of,
+    layer_entries,
+    open_pin_record,
+    weight_order,
+)
 from kerasurgery.errors import KerasurgeryError, ModelFileError, one_line
 from kerasurgery.formats import KERAS
-_MASKED_NAMES = ("kernel_pin_mask", "kernel_pin_value", "bias_pin_mask", "bias_pin_value")
-# Mask entries read at once when counting, so counting a huge mask stays
+
+UNKNOWN_CLASS = UNKNOWN
+
+# Entries read at once when counting, so counting a huge weight or mask stays
 # within a few tens of MB of memory.
 _COUNT_BLOCK = 1 << 24
+# The weights that count as a kernel in a layer of no pinnable kind.
+_KERNEL_LIKE = ("kernel", "depthwise_kernel", "pointwise_kernel", "embeddings")
+_SHARED, _PER_ENTRY = "shared", "per_entry"
 
 
 @dataclasses.dataclass(frozen=True)
 class LayerInfo:
     """One layer of a saved model, as `inspect_file` reports it.
 
-    `path` identifies the layer in the file: its name for a layer of the
-    top-level model (the default), `model/.../name` inside nested models.
+    Attributes:
+        name: The layer's name.
+        class_name: Its class (`MaskedConv2D`, ...); `UNKNOWN_CLASS` ("?") for
+            a layer that only the weights file shows and nothing names.
+        kernel_shape: The shape of its first weight (`kernel`,
+            `depthwise_kernel`, `embeddings`), `None` without one.
+        pinned_kernel: Pinned entries of all its weights but the bias.
+        pinned_bias: Pinned entries of its bias.
+        path: The layer's path (its name for a layer of the top-level model).
+        zeros: Entries exactly zero (0.0 or -0.0) in its effective weights
+            but the bias; `None` when not counted.
+        size: Entries of its weights but the bias, so `zeros / size` is its
+            sparsity.
     """
 
     name: str
@@ -49,6 +91,8 @@ class LayerInfo:
     pinned_kernel: int
     pinned_bias: int
     path: str = ""
+    zeros: int | None = 0
+    size: int = 0
 
     def __post_init__(self) -> None:
         if not self.path:
@@ -56,8 +100,13 @@ class LayerInfo:
 
     @property
     def pinned(self) -> int:
-        """Pinned entries of the kernel and the bias together."""
+        """Pinned entries of all its weights, the bias included."""
         return self.pinned_kernel + self.pinned_bias
+
+    @property
+    def sparsity(self) -> float | None:
+        """`zeros / size`, `None` without weights or count."""
+        return None if not self.size or self.zeros is None else self.zeros / self.size
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,9 +118,42 @@ class FileInfo:
     keras_version: str | None
     layers: list[LayerInfo]
 
-    def to_json(self) -> dict:
-        """The object `kerasurgery inspect --json` prints."""
+    @property
+    def pinned_kernel(self) -> int:
+        return sum(layer.pinned_kernel for layer in self.layers)
+
+    @property
+    def pinned_bias(self) -> int:
+        return sum(layer.pinned_bias for layer in self.layers)
+
+    @property
+    def pinned(self) -> int:
+        """Pinned entries of every layer."""
+        return self.pinned_kernel + self.pinned_bias
+
+    @property
+    def size(self) -> int:
+        """Entries of every layer's weights but the biases."""
+        return sum(layer.size for layer in self.layers)
+
+    @property
+    def zeros(self) -> int | None:
+        """Exact zeros among them; `None` when not counted."""
+        if any(layer.zeros is None for layer in self.layers):
+            return None
+        return sum(layer.zeros for layer in self.layers)
+
+    def totals(self) -> dict:
+        """`{"layers", "size", "zeros", "pinned_kernel", "pinned_bias", "pinned"}` of the file."""
         return {
+            "layers": len(self.layers), "size": self.size, "zeros": self.zeros,
+            "pinned_kernel": self.pinned_kernel, "pinned_bias": self.pinned_bias,
+            "pinned": self.pinned,
+        }
+
+    def to_json(self, *, totals: bool = False) -> dict:
+        """The object `kerasurgery inspect --json` prints; with `totals`, also `"totals"`."""
+        document = {
             "file": self.file,
             "format": self.format,
             "keras_version": self.keras_version,
@@ -86,10 +168,64 @@ class FileInfo:
                     "pinned_bias": layer.pinned_bias,
                     "pinned": layer.pinned,
                     "path": layer.path,
+                    "zeros": layer.zeros,
+                    "size": layer.size,
                 }
                 for layer in self.layers
             ],
         }
+        if totals:
+            document["totals"] = self.totals()
+        return document
+
+
+@dataclasses.dataclass(frozen=True)
+class StoredWeight:
+    """One weight of a saved layer and its pins, as numpy arrays (read-only).
+
+    `effective` is what the layer computes with; `mask` is True at pinned
+    entries (all False for a plain layer); `value` holds the pinned value at
+    each pinned entry and the effective weight elsewhere, so it equals
+    `effective`.
+    """
+
+    name: str
+    effective: np.ndarray
+    mask: np.ndarray
+    value: np.ndarray
+
+    @property
+    def pinned(self) -> int:
+        return int(np.count_nonzero(self.mask))
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerWeights:
+    """The weights and pins of one saved layer, by weight name in Keras' order.
+
+    Weight names are Keras' (`kernel`, `bias`, `depthwise_kernel`,
+    `pointwise_kernel`, `embeddings`, ...); for a layer of unknown class in a
+    `.keras` file, the keys the file stores (`0`, `1`, ...).
+    """
+
+    path: str
+    name: str
+    class_name: str
+    weights: dict[str, StoredWeight]
+
+    @property
+    def kernel(self) -> StoredWeight | None:
+        """The first weight (`kernel`, `depthwise_kernel`, `embeddings`), if any but the bias."""
+        return next((w for n, w in self.weights.items() if n != BIAS), None)
+
+    @property
+    def bias(self) -> StoredWeight | None:
+        return self.weights.get(BIAS)
+
+    @property
+    def pinned(self) -> int:
+        """Pinned entries of all its weights."""
+        return sum(weight.pinned for weight in self.weights.values())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,20 +252,30 @@ class DenseWeights:
         if not self.path:
             object.__setattr__(self, "path", self.name)
 
+    @property
+    def weights(self) -> dict[str, StoredWeight]:
+        """The same arrays as `LayerWeights.weights`: `kernel`, and `bias` if any."""
+        weights = {"kernel": StoredWeight("kernel", self.kernel, self.kernel_mask, self.kernel_value)}
+        if self.bias is not None:
+            weights[BIAS] = StoredWeight(BIAS, self.bias, self.bias_mask, self.bias_value)
+        return weights
 
-def inspect_file(path: str | os.PathLike) -> FileInfo:
-    """Lists the layers of a `.keras` or `.h5` model file, without TensorFlow.
 
-    Reads the model config and, of the weights, only their shapes and the pin
-    masks of `MaskedDense` layers.
+def inspect_file(path: str | os.PathLike, *, count_zeros: bool = True) -> FileInfo:
+    """Lists the layers of a `.keras` or `.h5` model file, at every depth, without TensorFlow.
+
+    Reads the model config, the pin record, the weights' shapes and the pin
+    masks, and (with `count_zeros`) the weights but the biases, block by
+    block, to count their zeros.
 
     Args:
         path: A model file written by Keras 3 (`.keras`, `.h5`) or Keras 2 (`.h5`).
+        count_zeros: Count exact zeros (`LayerInfo.zeros`); without, `zeros`
+            is `None` and no weight is read.
 
     Returns:
-        A `FileInfo` with every layer in model order, nested models flattened
-        (each nested model listed before its layers, which have paths
-        `model/name`).
+        A `FileInfo` with every layer in model order, each listed before the
+        layers inside it (which have paths `parent/name`).
 
     Raises:
         ModelFileError: the file is missing, not a model file, corrupt, or its
@@ -143,31 +289,64 @@ def inspect_file(path: str | os.PathLike) -> FileInfo:
     ```
     """
     with _opened(path, check_crc=False) as model:
-        layers = [model.layer_info(entry) for entry in model.entries]
+        layers = [model.layer_info(entry, count_zeros) for entry in model.entries]
         return FileInfo(str(path), model.format, model.keras_version, layers)
+
+
+def read_weights(
+    path: str | os.PathLike, layers: Iterable[str] | None = None
+) -> dict[str, LayerWeights]:
+    """Reads the effective weights and pins of the layers of a model file, at every depth.
+
+    Args:
+        path: A model file, as for `inspect_file`.
+        layers: The paths of the layers to read; those the file lacks, or
+            that have no weights, are left out. `None`: every layer of a
+            pinnable kind (`Dense`, `EinsumDense`, the convolutions,
+            `Embedding`, plain or pinned) and every layer with pins.
+
+    Returns:
+        `LayerWeights` by layer path, in model order.
+
+    Raises:
+        ModelFileError: as `inspect_file`; also for non-float (quantized)
+            weights of a pinnable layer, non-finite pin values, and a `.keras`
+            archive whose members fail their CRC check (Keras refuses those too).
+    """
+    wanted = None if layers is None else {layers} if isinstance(layers, str) else set(layers)
+    with _opened(path, check_crc=True) as model:
+        result: dict[str, LayerWeights] = {}
+        for entry in model.entries:
+            if entry.path in result:
+                continue
+            if wanted is not None and entry.path not in wanted:
+                continue
+            if wanted is None and kind_of(entry.class_name) is None and not entry.has_pins:
+                continue
+            weights = model.read_layer(entry)
+            if weights is not None:
+                result[entry.path] = weights
+        return result
 
 
 def read_dense_weights(path: str | os.PathLike) -> dict[str, DenseWeights]:
     """Reads the effective weights and pins of every Dense and MaskedDense layer.
 
     Returns:
-        `DenseWeights` by layer path (see `LayerInfo`), in model order: a
-        layer of the top-level model under its name, a layer inside nested
-        models under `model/.../name`, so equal names in different models
-        are told apart.
+        `DenseWeights` by layer path (see `LayerInfo`), in model order, at
+        every depth: a layer of the top-level model under its name, a layer
+        inside nested models or other layers under `parent/.../name`.
 
     Raises:
-        ModelFileError: as `inspect_file`; also for non-float (quantized)
-            kernels, non-finite pin values, and a `.keras` archive whose
-            weights fail their CRC check (Keras refuses those too).
+        ModelFileError: as `read_weights`.
     """
     with _opened(path, check_crc=True) as model:
         weights: dict[str, DenseWeights] = {}
         for entry in model.entries:
             if entry.class_name in (DENSE, MASKED) and entry.path not in weights:
-                dense = model.dense_weights(entry)
-                if dense is not None:
-                    weights[entry.path] = dense
+                layer = model.read_layer(entry)
+                if layer is not None and "kernel" in layer.weights:
+                    weights[entry.path] = _dense_weights(layer)
         return weights
 
 
@@ -178,7 +357,7 @@ class PinCheck:
     Attributes:
         checked: Pinned entries of the frozen file that were compared.
         violations: One row per layer and weight where pins do not hold:
-            `{"layer": path, "weight": "kernel" | "bias", "pinned": n,
+            `{"layer": path, "weight": "kernel" | "bias" | ..., "pinned": n,
             "violations": n, "max_deviation": float | None, "reason": str}`.
     """
 
@@ -194,9 +373,11 @@ class PinCheck:
 def check_pins(candidate: str | os.PathLike, frozen: str | os.PathLike) -> PinCheck:
     """Checks that every pinned entry of `frozen` holds, bit for bit, in `candidate`.
 
-    Layers are matched by path: equal names in different nested models are
-    different layers, and freeze and strip keep the nesting. `candidate` may
-    be masked or stripped, `.keras` or `.h5`.
+    Every pinned weight of every layer of `frozen`, at any depth, is compared
+    with the weight of the same name in the layer of the same path in
+    `candidate`: equal names in different parents are different layers, and
+    freeze and strip keep the nesting. `candidate` may be masked or stripped,
+    `.keras` or `.h5`. One layer is read at a time.
 
     Args:
         candidate: The model file to check (fine-tuned, stripped, ...).
@@ -206,50 +387,82 @@ def check_pins(candidate: str | os.PathLike, frozen: str | os.PathLike) -> PinCh
         A `PinCheck`; `.ok` when no pinned entry changed.
 
     Raises:
-        ModelFileError: either file cannot be read (as `read_dense_weights`).
+        ModelFileError: either file cannot be read (as `read_weights`).
         KerasurgeryError: `frozen` pins nothing, so it cannot be the frozen
             file: a wrong file must not pass.
     """
-    pinned = read_dense_weights(frozen)
-    actual = read_dense_weights(candidate)
-    if not any(w.kernel_mask.any() or (w.bias_mask is not None and w.bias_mask.any())
-               for w in pinned.values()):
-        raise KerasurgeryError(f"{frozen}: FROZEN has no pinned entries: is it the frozen file?")
-    checked, violations = 0, []
-    for path, layer in pinned.items():
-        for which in ("kernel", "bias"):
-            mask = getattr(layer, f"{which}_mask")
-            if mask is None or not mask.any():
+    with _opened(frozen, check_crc=True) as pinned_file, \
+            _opened(candidate, check_crc=True) as actual_file:
+        pinned: list[tuple[Entry, dict[str, int]]] = []
+        paths = set()
+        for entry in pinned_file.entries:
+            if entry.path in paths or not entry.has_pins:
                 continue
-            count = int(mask.sum())
-            checked += count
-            row = {"layer": path, "weight": which, "pinned": count}
-            other = actual.get(path)
-            have = None if other is None else getattr(other, which)
-            reason = None
-            if other is None:
-                reason = "layer missing from CANDIDATE"
-            elif have is None:
-                reason = "no bias in CANDIDATE"
-            elif have.shape != mask.shape:
-                reason = f"shape {list(have.shape)} in CANDIDATE, {list(mask.shape)} in FROZEN"
-            if reason is not None:
-                violations.append({**row, "violations": count, "max_deviation": None,
-                                   "reason": reason})
-                continue
-            want, got = getattr(layer, f"{which}_value")[mask], have[mask]
-            wrong = ~_bit_equal(want, got)
-            if wrong.any():
-                deviation = np.abs(got[wrong].astype(np.float64) - want[wrong].astype(np.float64))
-                finite = deviation[np.isfinite(deviation)]
-                # None, not NaN/inf, so that `verify --json` stays valid JSON.
-                largest = float(finite.max()) if finite.size else None
-                reason = "value changed"
-                if finite.size < deviation.size:
-                    reason += " (some to NaN or infinity)"
-                violations.append({**row, "violations": int(wrong.sum()),
-                                   "max_deviation": largest, "reason": reason})
+            stored = pinned_file.stored(entry) or []
+            counts = {s.name: _count_true(s.mask) for s in stored if s.mask is not None}
+            if any(counts.values()):
+                pinned.append((entry, counts))
+                paths.add(entry.path)
+        if not pinned:
+            raise KerasurgeryError(
+                f"{frozen}: FROZEN has no pinned entries: is it the frozen file?")
+        actual: dict[str, Entry] = {}
+        for entry in actual_file.entries:
+            actual.setdefault(entry.path, entry)
+        checked, violations = 0, []
+        for entry, counts in pinned:
+            want = pinned_file.read_layer(entry)
+            other = actual.get(entry.path)
+            have = None if other is None else actual_file.read_layer(other)
+            names = list(want.weights)
+            for name, count in counts.items():
+                if not count:
+                    continue
+                checked += count
+                row = {"layer": entry.path, "weight": name, "pinned": count}
+                weight = want.weights[name]
+                got = None if have is None else _same_weight(have, name, names.index(name))
+                reason = None
+                if other is None:
+                    reason = "layer missing from CANDIDATE"
+                elif got is None:
+                    reason = f"no {name} in CANDIDATE"
+                elif got.effective.shape != weight.mask.shape:
+                    reason = (f"shape {list(got.effective.shape)} in CANDIDATE, "
+                              f"{list(weight.mask.shape)} in FROZEN")
+                if reason is not None:
+                    violations.append({**row, "violations": count, "max_deviation": None,
+                                       "reason": reason})
+                    continue
+                row_violation = _compare(weight.value[weight.mask], got.effective[weight.mask])
+                if row_violation is not None:
+                    violations.append({**row, **row_violation})
+            del want, have
     return PinCheck(checked, violations)
+
+
+def _same_weight(layer: LayerWeights, name: str, index: int) -> StoredWeight | None:
+    """`layer`'s weight `name`; for a layer of unknown class stored by index, the
+    weight at `index` (the position of `name` in the frozen layer)."""
+    if name in layer.weights:
+        return layer.weights[name]
+    if layer.weights and all(key.isdigit() for key in layer.weights):
+        return layer.weights.get(str(index))
+    return None
+
+
+def _compare(want: np.ndarray, got: np.ndarray) -> dict | None:
+    wrong = ~_bit_equal(want, got)
+    if not wrong.any():
+        return None
+    deviation = np.abs(got[wrong].astype(np.float64) - want[wrong].astype(np.float64))
+    finite = deviation[np.isfinite(deviation)]
+    # None, not NaN/inf, so that `verify --json` stays valid JSON.
+    largest = float(finite.max()) if finite.size else None
+    reason = "value changed"
+    if finite.size < deviation.size:
+        reason += " (some to NaN or infinity)"
+    return {"violations": int(wrong.sum()), "max_deviation": largest, "reason": reason}
 
 
 def _bit_equal(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -259,112 +472,171 @@ def _bit_equal(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return a == b
 
 
+def _dense_weights(layer: LayerWeights) -> DenseWeights:
+    kernel, bias = layer.weights["kernel"], layer.weights.get(BIAS)
+    return DenseWeights(
+        layer.name, layer.class_name, kernel.effective,
+        None if bias is None else bias.effective, kernel.mask,
+        None if bias is None else bias.mask, kernel_value=kernel.value,
+        bias_value=None if bias is None else bias.value, path=layer.path,
+    )
+
+
 @contextlib.contextmanager
 def _opened(path: str | os.PathLike, *, check_crc: bool) -> Iterator[_ModelFile]:
-    """Opens a model file; any failure below becomes a one-line ModelFileError."""
+    """Opens a model file and its pin record; a failure below becomes a one-line ModelFileError."""
     path = Path(path)
     try:
-        with formats.open_model_file(path, check_crc=check_crc) as opened:
-            yield _ModelFile(opened)
-    except ModelFileError:
+        with contextlib.ExitStack() as stack:
+            opened = stack.enter_context(formats.open_model_file(path, check_crc=check_crc))
+            record = open_pin_record(opened, stack)
+            yield _ModelFile(opened, record)
+    except KerasurgeryError:
         raise
     except Exception as e:  # h5py on damaged data: the file is damaged.
         raise ModelFileError(f"{path}: cannot read the model: {one_line(e)}") from None
 
 
-class _ModelFile:
-    """An open model file: its format, version, and config layers with their weights."""
+@dataclasses.dataclass(frozen=True)
+class _Stored:
+    """One weight's datasets: the weight, and its pin mask and value if pinned."""
 
-    def __init__(self, opened: formats.ModelFile) -> None:
+    name: str
+    dataset: h5py.Dataset
+    mask: h5py.Dataset | None
+    value: h5py.Dataset | None
+
+
+class _ModelFile:
+    """An open model file: its format, version, and layers with their weights."""
+
+    def __init__(self, opened: formats.ModelFile, record: dict) -> None:
         self.path = opened.path
         self.format = opened.format
         self.keras_version = opened.keras_version
-        self.entries = layer_entries(opened)
+        self.entries = layer_entries(opened, record=record)
 
     def error(self, message: str) -> ModelFileError:
         return ModelFileError(f"{self.path}: {message}")
 
     # Reading
 
-    def layer_info(self, entry: Entry) -> LayerInfo:
-        if entry.class_name not in (DENSE, MASKED):
-            kernel = entry.variables.get("kernel")
-            shape = None if kernel is None else tuple(int(n) for n in kernel.shape)
-            return LayerInfo(entry.name, entry.class_name, shape, 0, 0, entry.path)
-        variables = self._dense_variables(entry)
-        if variables is None:  # never built: no weights yet
+    def layer_info(self, entry: Entry, count_zeros: bool) -> LayerInfo:
+        stored = self.stored(entry)
+        if stored is None:  # never built: no weights yet
             return LayerInfo(entry.name, entry.class_name, None, 0, 0, entry.path)
-        shape = tuple(int(n) for n in variables["kernel"].shape)
-        pinned_kernel = pinned_bias = 0
-        if entry.class_name == MASKED:
-            pinned_kernel = _count_true(variables["kernel_pin_mask"])
-            if "bias_pin_mask" in variables:
-                pinned_bias = _count_true(variables["bias_pin_mask"])
-        return LayerInfo(
-            entry.name, entry.class_name, shape, pinned_kernel, pinned_bias, entry.path
-        )
+        main = _kernel_like(entry, stored)
+        shape = tuple(int(n) for n in main[0].dataset.shape) if main else None
+        pinned_kernel = sum(_count_true(s.mask) for s in stored
+                            if s.mask is not None and s.name != BIAS)
+        pinned_bias = sum(_count_true(s.mask) for s in stored
+                          if s.mask is not None and s.name == BIAS)
+        size = sum(int(s.dataset.size) for s in main)
+        zeros = sum(_count_zeros(s) for s in main) if count_zeros else None
+        return LayerInfo(entry.name, entry.class_name, shape, pinned_kernel, pinned_bias,
+                         entry.path, zeros, size)
 
-    def dense_weights(self, entry: Entry) -> DenseWeights | None:
-        variables = self._dense_variables(entry)
-        if variables is None:
+    def read_layer(self, entry: Entry) -> LayerWeights | None:
+        stored = self.stored(entry)
+        if not stored:
             return None
-        kernel = variables["kernel"][()]
-        if not np.issubdtype(kernel.dtype, np.floating):
-            raise self.error(
-                f"layer {entry.path!r} has a {kernel.dtype} kernel (quantized?); "
-                "only floating-point kernels are supported."
-            )
-        bias = variables["bias"][()] if "bias" in variables else None
-        kernel_mask = np.zeros(kernel.shape, bool)
-        bias_mask = None if bias is None else np.zeros(bias.shape, bool)
-        if entry.class_name == MASKED:
-            kernel_mask = variables["kernel_pin_mask"][()]
-            kernel = np.where(kernel_mask, self._pin_value(entry, variables, "kernel"), kernel)
-            if bias is not None:
-                bias_mask = variables["bias_pin_mask"][()]
-                bias = np.where(bias_mask, self._pin_value(entry, variables, "bias"), bias)
-        arrays = [kernel, bias, kernel_mask, bias_mask]
-        for array in arrays:
-            if array is not None:
-                array.setflags(write=False)
-        return DenseWeights(entry.name, entry.class_name, kernel, bias, kernel_mask, bias_mask,
-                            kernel_value=kernel, bias_value=bias, path=entry.path)
+        checked = {id(s) for s in _kernel_like(entry, stored)}
+        pinnable = kind_of(entry.class_name) is not None
+        weights = {}
+        for s in stored:
+            array = np.asarray(s.dataset[()])
+            if (pinnable or s.mask is not None or id(s) in checked) and not np.issubdtype(
+                array.dtype, np.floating
+            ):
+                raise self.error(
+                    f"layer {entry.path!r} has a {_dtype_name(s.dataset)} {s.name} "
+                    "(quantized?); only floating-point kernels are supported."
+                )
+            if s.mask is None:
+                mask, effective = np.zeros(array.shape, bool), array
+            else:
+                mask = np.asarray(s.mask[()])
+                value = np.asarray(s.value[()])
+                # A pinned layer refuses to load these too, so no model can compute with them.
+                if not np.all(np.isfinite(value)):
+                    raise self.error(
+                        f"layer {entry.path!r}: `{s.name}_pin_value` holds a non-finite value."
+                    )
+                effective = np.where(mask, value.astype(array.dtype), array)
+            for a in (mask, effective):
+                a.setflags(write=False)
+            weights[s.name] = StoredWeight(s.name, effective, mask, effective)
+        return LayerWeights(entry.path, entry.name, entry.class_name, weights)
 
-    def _pin_value(self, entry: Entry, variables: dict, which: str) -> np.ndarray:
-        value = variables[f"{which}_pin_value"][()]
-        # MaskedDense refuses to load these too, so no model can compute with them.
-        if not np.all(np.isfinite(value)):
-            raise self.error(
-                f"layer {entry.path!r}: `{which}_pin_value` holds a non-finite value."
-            )
-        return value.astype(variables[which].dtype)
+    # Checking
 
-    def _dense_variables(self, entry: Entry) -> dict[str, h5py.Dataset] | None:
-        """The datasets of a Dense/MaskedDense layer, checked against its config."""
+    def stored(self, entry: Entry) -> list[_Stored] | None:
+        """A layer's weights and pins, checked against its config; `None` if never built."""
         where = f"layer {entry.path!r} ({entry.class_name})"
         config = entry.layer_config.get("config")
-        units = config.get("units") if isinstance(config, dict) else None
-        use_bias = config.get("use_bias", True) if isinstance(config, dict) else None
+        config = config if isinstance(config, dict) else None
+        kind = kind_of(entry.class_name)
+        variables = entry.variables
+        if not variables and entry.source == CONFIG and self.format == KERAS and (
+            "build_config" not in entry.layer_config
+        ):
+            return None
+        if entry.class_name in (DENSE, MASKED) and config is not None:
+            self._check_dense(entry, config, where)
+        elif kind is not None and config is not None and variables:
+            required = _present(kind, entry.layer_config) or []
+            if is_pinned_class(entry.class_name) and not entry.pins_from_record:
+                required = [n for w in required for n in (w, f"{w}_pin_mask", f"{w}_pin_value")]
+            self._require(entry, required, where)
+            self._check_shapes(entry, kind, config, where)
+        stored = []
+        lenient = kind is None and not entry.has_pins
+        for name in entry.weights:
+            dataset = variables[name]
+            if dataset is None and lenient:
+                continue  # not read: which of two layers it belongs to does not matter
+            if dataset is None:
+                raise self.error(f"{where}: the weight `{name}` is stored twice.")
+            pins = [f"{name}_pin_mask", f"{name}_pin_value"]
+            present = [p in variables for p in pins]
+            if any(present) and not all(present):
+                missing = pins[present.index(False)]
+                raise self.error(f"{where}: the weight `{missing}` is missing.")
+            if all(present):
+                self._require(entry, pins, where)
+                stored.append(_Stored(name, dataset, variables[pins[0]], variables[pins[1]]))
+            else:
+                stored.append(_Stored(name, dataset, None, None))
+        names = {s.name for s in stored}
+        for key in variables:
+            if key.endswith("_pin_mask") and key[: -len("_pin_mask")] not in names:
+                raise self.error(f"{where}: `{key}` pins no weight of the layer.")
+        if any(s.mask is not None for s in stored):
+            self._check_pins(entry, stored, config, where)
+        return stored
+
+    def _require(self, entry: Entry, names: Iterable[str], where: str) -> None:
+        for name in names:
+            if entry.variables.get(name) is None:
+                problem = "is missing" if name not in entry.variables else "is stored twice"
+                raise self.error(f"{where}: the weight `{name}` {problem}.")
+
+    def _check_dense(self, entry: Entry, config: dict, where: str) -> None:
+        """A Dense/MaskedDense layer's datasets against its config."""
+        units = config.get("units")
+        use_bias = config.get("use_bias", True)
         if not isinstance(units, int) or isinstance(units, bool) or units <= 0:
             raise self.error(f"{where} has no valid `units` in its config: {units!r}.")
         if not isinstance(use_bias, bool):
             raise self.error(f"{where} has an invalid `use_bias` in its config: {use_bias!r}.")
         variables = entry.variables
-        if not variables and "build_config" not in entry.layer_config and self.format == KERAS:
-            return None
         names = ["kernel"] + (["bias"] if use_bias else [])
-        if entry.class_name == MASKED:
-            names += [n for n in _MASKED_NAMES if use_bias or not n.startswith("bias")]
-        found = {}
-        for name in names:
-            dataset = variables.get(name)
-            if dataset is None:
-                problem = "is missing" if name not in variables else "is stored twice"
-                raise self.error(f"{where}: the weight `{name}` {problem}.")
-            found[name] = dataset
+        if entry.class_name == MASKED and not entry.pins_from_record:
+            names += [f"{w}_pin_{p}" for w in names for p in ("mask", "value")]
+        self._require(entry, names, where)
         if not use_bias and "bias" in variables:
             raise self.error(f"{where} has a bias, but its config says `use_bias=False`.")
-        kernel = found["kernel"].shape
+        kernel = variables["kernel"].shape
         expected_in = _input_dim(entry.layer_config)
         if len(kernel) != 2 or kernel[1] != units or expected_in not in (None, kernel[0]):
             expected = (expected_in if expected_in is not None else "?", units)
@@ -372,36 +644,109 @@ class _ModelFile:
                 f"{where}: the kernel's shape {kernel} disagrees with the config "
                 f"(expected ({expected[0]}, {expected[1]}))."
             )
-        if use_bias and found["bias"].shape != (units,):
+        if use_bias and variables["bias"].shape != (units,):
             raise self.error(
-                f"{where}: the bias's shape {found['bias'].shape} disagrees with the "
+                f"{where}: the bias's shape {variables['bias'].shape} disagrees with the "
                 f"config (expected ({units},))."
             )
-        if entry.class_name == MASKED:
-            self._check_pins(found, config, where)
-        return found
 
-    def _check_pins(self, found: dict, config: dict, where: str) -> None:
-        storage = config.get("pinned_kernel_values", "shared")
-        value_shapes = {"shared": [()], "per_entry": [found["kernel"].shape]}.get(storage)
-        if value_shapes is None:
-            raise self.error(f"{where} has an invalid `pinned_kernel_values`: {storage!r}.")
-        for which in ("kernel", "bias"):
-            if which not in found:
+    def _check_shapes(self, entry: Entry, kind: str, config: dict, where: str) -> None:
+        """The shapes of a convolution's or an embedding's weights against its config."""
+        shapes = {name: tuple(ds.shape) for name, ds in entry.variables.items()
+                  if ds is not None and name in weight_order(kind)}
+        expected: dict[str, tuple] = {}
+        filters = _positive(config.get("filters"))
+        if kind == "Embedding":
+            expected["embeddings"] = (_positive(config.get("input_dim")),
+                                      _positive(config.get("output_dim")))
+        elif kind.startswith(("Conv", "DepthwiseConv", "SeparableConv")):
+            rank = int(re.search(r"(\d)D", kind).group(1))  # "Conv2DTranspose": 2
+            size = config.get("kernel_size")
+            spatial = tuple(_positive(n) for n in size) if isinstance(size, list) else (None,) * rank
+            if len(spatial) != rank:
+                spatial = (None,) * rank
+            if kind.startswith("Conv") and kind.endswith("Transpose"):
+                expected["kernel"] = (*spatial, filters, None)
+                expected[BIAS] = (filters,)
+            elif kind.startswith("Conv"):
+                expected["kernel"] = (*spatial, None, filters)
+                expected[BIAS] = (filters,)
+            elif kind.startswith("Depthwise"):
+                expected["kernel"] = (*spatial, None, _positive(config.get("depth_multiplier")))
+                kernel = shapes.get("kernel")
+                if kernel is not None and len(kernel) == rank + 2:
+                    expected[BIAS] = (kernel[-2] * kernel[-1],)
+            else:
+                expected["depthwise_kernel"] = (*spatial, None,
+                                                _positive(config.get("depth_multiplier")))
+                expected["pointwise_kernel"] = (*(1,) * rank, None, filters)
+                expected[BIAS] = (filters,)
+        for name, want in expected.items():
+            have = shapes.get(name)
+            if have is None:
                 continue
-            shape = found[which].shape
-            mask, value = found[f"{which}_pin_mask"], found[f"{which}_pin_value"]
-            if mask.shape != shape or mask.dtype != np.bool_:
+            if len(have) != len(want) or any(w is not None and h != w for h, w in zip(have, want)):
+                shown = ", ".join("?" if w is None else str(w) for w in want)
+                shown = f"({shown},)" if len(want) == 1 else f"({shown})"
                 raise self.error(
-                    f"{where}: `{which}_pin_mask` must be boolean of shape {shape}; "
-                    f"it is {mask.dtype} of shape {mask.shape}."
+                    f"{where}: the {name}'s shape {have} disagrees with the config "
+                    f"(expected {shown})."
                 )
-            allowed = value_shapes if which == "kernel" else [shape]
-            if value.shape not in allowed or not np.issubdtype(value.dtype, np.floating):
+
+    def _check_pins(self, entry: Entry, stored: list[_Stored], config: dict | None,
+                    where: str) -> None:
+        storage = {} if entry.pins_from_record else self._storage(config, where)
+        for s in stored:
+            if s.mask is None:
+                continue
+            shape = s.dataset.shape
+            if s.mask.shape != shape or s.mask.dtype != np.bool_:
                 raise self.error(
-                    f"{where}: `{which}_pin_value` must be floating point of shape "
-                    f"{allowed[0]}; it is {value.dtype} of shape {value.shape}."
+                    f"{where}: `{s.name}_pin_mask` must be boolean of shape {shape}; "
+                    f"it is {s.mask.dtype} of shape {s.mask.shape}."
                 )
+            allowed = {_SHARED: [()], _PER_ENTRY: [shape]}.get(storage.get(s.name), [(), shape])
+            if s.value.shape not in allowed or not np.issubdtype(s.value.dtype, np.floating):
+                shapes = " or ".join(dict.fromkeys(str(a) for a in allowed))
+                raise self.error(
+                    f"{where}: `{s.name}_pin_value` must be floating point of shape "
+                    f"{shapes}; it is {s.value.dtype} of shape {s.value.shape}."
+                )
+
+    def _storage(self, config: dict | None, where: str) -> dict[str, str]:
+        """How the config says each weight's pinned values are stored; `{}`: not said."""
+        if config is None:
+            return {}
+        storage = config.get("pin_storage")
+        if storage is not None:
+            if not isinstance(storage, dict) or any(
+                not isinstance(k, str) or v not in (_SHARED, _PER_ENTRY) for k, v in storage.items()
+            ):
+                raise self.error(f"{where} has an invalid `pin_storage`: {storage!r}.")
+            return dict(storage)
+        if "pinned_kernel_values" in config:  # kerasurgery 0.1.0: the bias is per entry
+            kernel = config["pinned_kernel_values"]
+            if kernel not in (_SHARED, _PER_ENTRY):
+                raise self.error(f"{where} has an invalid `pinned_kernel_values`: {kernel!r}.")
+            return {"kernel": kernel, BIAS: _PER_ENTRY}
+        return {}
+
+
+def _kernel_like(entry: Entry, stored: list[_Stored]) -> list[_Stored]:
+    """The weights that count as the layer's kernel: all but the bias for a
+    pinnable kind; else the kernel-named ones, the pinned ones, or a first
+    stored weight with two or more axes."""
+    if kind_of(entry.class_name) is not None:
+        return [s for s in stored if s.name != BIAS]
+    named = [s for s in stored if s.name in _KERNEL_LIKE]
+    if named:
+        return named
+    pinned = [s for s in stored if s.mask is not None and s.name != BIAS]
+    if pinned:
+        return pinned
+    if stored and stored[0].name == "0" and stored[0].dataset.ndim >= 2:
+        return [stored[0]]
+    return []
 
 
 def _input_dim(layer_config: dict) -> int | None:
@@ -412,12 +757,61 @@ def _input_dim(layer_config: dict) -> int | None:
     return None
 
 
+def _positive(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def _dtype_name(dataset: h5py.Dataset) -> str:
+    if formats.h5_text(dataset.attrs.get("dtype")) == "bfloat16":
+        return "bfloat16"
+    return str(dataset.dtype)
+
+
+def _slabs(shape: tuple[int, ...], limit: int | None = None) -> Iterator[tuple]:
+    """Index tuples that cover a dataset of `shape` in blocks of at most `limit`
+    entries (`_COUNT_BLOCK`), whatever its shape: a block is never read whole
+    just because one axis is short."""
+    limit = _COUNT_BLOCK if limit is None else limit
+    if not shape:
+        yield ()
+        return
+    inner = math.prod(shape[1:])
+    if inner <= limit:
+        step = max(1, limit // max(inner, 1))
+        for start in range(0, shape[0], step):
+            yield (slice(start, min(start + step, shape[0])),)
+        return
+    for i in range(shape[0]):
+        for rest in _slabs(shape[1:], limit):
+            yield (slice(i, i + 1), *rest)
+
+
 def _count_true(dataset: h5py.Dataset) -> int:
     """Counts True entries block by block: a mask is never read whole."""
-    if dataset.ndim == 0:
-        return int(bool(dataset[()]))
     if dataset.size == 0:
         return 0
-    rows = dataset.shape[0]
-    step = max(1, _COUNT_BLOCK // max(1, dataset.size // rows))
-    return sum(int(np.count_nonzero(dataset[i : i + step])) for i in range(0, rows, step))
+    return sum(int(np.count_nonzero(dataset[index])) for index in _slabs(dataset.shape))
+
+
+def _count_zeros(stored: _Stored) -> int:
+    """Counts the exact zeros of an effective weight block by block."""
+    dataset = stored.dataset
+    bfloat16 = _dtype_name(dataset) == "bfloat16" and dataset.dtype.itemsize == 2
+    if dataset.size == 0 or not (bfloat16 or dataset.dtype.kind in "biufc"):
+        return 0
+    mask, value = stored.mask, stored.value
+    shared = None
+    if mask is not None and value.ndim == 0:
+        shared = np.asarray(value[()])
+    total = 0
+    for index in _slabs(dataset.shape):
+        block = np.asarray(dataset[index])
+        if mask is not None:
+            pinned = shared if shared is not None else np.asarray(value[index])
+            if pinned.dtype == block.dtype or not bfloat16:
+                block = np.where(np.asarray(mask[index]), pinned.astype(block.dtype), block)
+        if bfloat16:
+            total += int(np.count_nonzero((block.view(np.uint16) & 0x7FFF) == 0))
+        else:
+            total += int(np.count_nonzero(block == 0))
+    return total

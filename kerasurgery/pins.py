@@ -18,6 +18,88 @@ from kerasurgery.errors import PinError
 
 Value = Union[float, np.ndarray, None]
 
+# How a weight's pinned values are stored: one scalar shared by every pinned
+# entry (the pruning case: about 1 byte of extra state per entry), or one
+# stored value per entry (at most 1 + 4 bytes per entry in float32).
+SHARED = "shared"
+PER_ENTRY = "per_entry"
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightPins:
+    """One weight's pin state in numpy: what a layer holds and a file stores.
+
+    `effective` is what the layer computes with; `mask` is True at pinned
+    entries; `value` is a scalar (shared) or an array of the weight's shape.
+    """
+
+    effective: np.ndarray
+    mask: np.ndarray
+    value: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class Axes:
+    """Which axes of a weight are its inputs and its outputs (units / filters).
+
+    `units` axes are flattened in C order to number the output units, which is
+    also how the bias numbers them when `bias_follows_units`.
+    """
+
+    inputs: tuple[int, ...]
+    units: tuple[int, ...]
+    bias_follows_units: bool = True
+
+
+def bits(array: np.ndarray) -> np.ndarray:
+    """The raw bits, so that -0.0 and 0.0 (and NaN payloads) count as different."""
+    array = np.asarray(array)
+    return np.ascontiguousarray(array).view(f"u{array.dtype.itemsize}")
+
+
+def shared_value(values: np.ndarray, mask: np.ndarray) -> np.ndarray | None:
+    """The one value every pinned entry holds (same bits), or `None` if they differ.
+
+    With nothing pinned, a zero of the values' dtype.
+    """
+    if not mask.any():
+        return np.zeros((), values.dtype)
+    first = int(np.argmax(mask))
+    # Whole-array comparisons: boolean indexing of a 50M kernel costs several
+    # times more.
+    b = bits(values)
+    differs = np.not_equal(b, b.flat[first])
+    np.logical_and(differs, mask, out=differs)
+    return None if differs.any() else np.asarray(values.flat[first])
+
+
+def checked_stored_mask(value: Any, shape: tuple, where: str) -> np.ndarray:
+    """A stored or assigned pin mask: boolean, of the weight's shape."""
+    array = np.asarray(value)
+    if array.shape != tuple(shape):
+        raise PinError(f"{where} has the wrong shape. Expected: {tuple(shape)}. Received: {array.shape}")
+    if array.dtype != np.bool_:
+        raise PinError(f"{where} must be boolean. Received dtype: {array.dtype}")
+    return array
+
+
+def checked_stored_value(value: Any, shape: tuple, dtype: Any, where: str) -> np.ndarray:
+    """Stored or assigned pinned values: floating point, finite, of the expected shape."""
+    array = checked_stored_weight(value, shape, dtype, where)
+    if not np.all(np.isfinite(array)):
+        raise PinError(f"{where} holds a non-finite pinned value.")
+    return array
+
+
+def checked_stored_weight(value: Any, shape: tuple, dtype: Any, where: str) -> np.ndarray:
+    array = np.asarray(value)
+    if array.shape != tuple(shape):
+        raise PinError(f"{where} has the wrong shape. Expected: {tuple(shape)}. Received: {array.shape}")
+    # Not np.floating: bfloat16 (ml_dtypes) is a float that numpy does not class as one.
+    if array.dtype.kind not in "fV" and "float" not in str(array.dtype):
+        raise PinError(f"{where} must be floating point. Received dtype: {array.dtype}")
+    return array.astype(str(dtype), copy=False) if str(array.dtype) != str(dtype) else array
+
 
 @dataclasses.dataclass(frozen=True)
 class Pin:
@@ -61,13 +143,16 @@ class _Rule:
     bias: bool | None = False  # None: the bias too, when the layer has one
     value: Value = None
 
-    def __call__(self, kernel: np.ndarray, bias: np.ndarray | None) -> Pin:
-        kernel_mask = _as_mask(self.select(kernel, "kernel"), kernel.shape, self.name)
+    def __call__(
+        self, kernel: np.ndarray, bias: np.ndarray | None, axes: Axes | None = None
+    ) -> Pin:
+        axes = axes or _dense_axes(kernel)
+        kernel_mask = _as_mask(self.select(kernel, "kernel", axes), kernel.shape, self.name)
         bias_mask = None
         if self.bias or (self.bias is None and bias is not None):
             if bias is None:
                 raise PinError(f"Rule {self.name!r} targets the bias, but the layer has none.")
-            bias_mask = _as_mask(self.select(bias, "bias"), bias.shape, self.name)
+            bias_mask = _as_mask(self.select(bias, "bias", axes), bias.shape, self.name)
         value = self.value
         return Pin(
             kernel=kernel_mask,
@@ -75,6 +160,11 @@ class _Rule:
             kernel_value=value,
             bias_value=value if bias_mask is not None else None,
         )
+
+
+def _dense_axes(kernel: np.ndarray) -> Axes:
+    # A rule called by a script on a bare array: rows are inputs, the last axis units.
+    return Axes(inputs=(0,) if kernel.ndim > 1 else (), units=(kernel.ndim - 1,))
 
 
 def _as_mask(mask: Any, shape: tuple, rule: str) -> np.ndarray:
@@ -94,7 +184,7 @@ def zeros(*, bias: bool = False, value: Value = None) -> Rule:
         bias: Apply the rule to the bias too.
         value: `None` keeps the zeros; a number pins them to it instead.
     """
-    return _Rule("zeros", lambda w, _: w == 0, bias, value)
+    return _Rule("zeros", lambda w, *_: w == 0, bias, value)
 
 
 def below(threshold: float, *, bias: bool = False, value: Value = None) -> Rule:
@@ -106,7 +196,7 @@ def below(threshold: float, *, bias: bool = False, value: Value = None) -> Rule:
     threshold = _finite(threshold, "threshold")
     if threshold < 0:
         raise PinError(f"Expected a threshold >= 0. Received: {threshold}")
-    return _Rule(f"below {threshold}", lambda w, _: np.abs(w) < threshold, bias, value)
+    return _Rule(f"below {threshold}", lambda w, *_: np.abs(w) < threshold, bias, value)
 
 
 def fraction(f: float, *, seed: int, bias: bool = False, value: Value = None) -> Rule:
@@ -118,7 +208,7 @@ def fraction(f: float, *, seed: int, bias: bool = False, value: Value = None) ->
     if not 0.0 <= f <= 1.0:
         raise PinError(f"Expected a fraction between 0 and 1. Received: {f}")
 
-    def select(w: np.ndarray, which: str) -> np.ndarray:
+    def select(w: np.ndarray, which: str, _axes: Axes) -> np.ndarray:
         # One stream per weight, so pinning the bias too leaves the kernel's
         # choice unchanged.
         rng = np.random.default_rng([seed, 0 if which == "kernel" else 1])
@@ -145,7 +235,7 @@ def connections(matrix: Any, *, value: Value = 0.0) -> Rule:
             raise PinError("A connections matrix may hold only 0 and 1.")
     pinned = matrix == 0
 
-    def select(w: np.ndarray, _: str) -> np.ndarray:
+    def select(w: np.ndarray, *_: Any) -> np.ndarray:
         if pinned.shape != w.shape:
             raise PinError(
                 "The connections matrix does not fit the kernel. "
@@ -159,17 +249,20 @@ def connections(matrix: Any, *, value: Value = 0.0) -> Rule:
 def entries(
     kernel: Iterable[Sequence[int]] = (), *, bias: Iterable[int] = (), value: Value = None
 ) -> Rule:
-    """Pins single entries: kernel `(row, column)` pairs and bias indices."""
-    kernel_index = [tuple(int(i) for i in pair) for pair in kernel]
+    """Pins single entries: kernel index tuples (`(row, column)` for Dense, one
+    number per axis for any kernel) and bias indices."""
+    kernel_index = [tuple(int(i) for i in index) for index in kernel]
     bias_index = [int(i) for i in bias]
-    for pair in kernel_index:
-        if len(pair) != 2:
-            raise PinError(f"Expected a kernel index as (row, column). Received: {pair}")
 
-    def select(w: np.ndarray, which: str) -> np.ndarray:
+    def select(w: np.ndarray, which: str, _axes: Axes) -> np.ndarray:
         mask = np.zeros(w.shape, dtype=bool)
         chosen = kernel_index if which == "kernel" else [(i,) for i in bias_index]
         for index in chosen:
+            if len(index) != w.ndim:
+                raise PinError(
+                    f"Expected a {which} index of {w.ndim} numbers for shape "
+                    f"{tuple(w.shape)}. Received: {index}"
+                )
             mask[_checked_index(index, w.shape, which)] = True
         return mask
 
@@ -177,38 +270,52 @@ def entries(
 
 
 def inputs(rows: Iterable[int], *, value: Value = None) -> Rule:
-    """Pins whole kernel rows: every connection from the given input features."""
+    """Pins everything that reads the given inputs: Dense kernel rows, a
+    convolution's input channels, an Embedding's rows (token ids)."""
     rows = [int(r) for r in rows]
 
-    def select(w: np.ndarray, _: str) -> np.ndarray:
-        mask = np.zeros(w.shape, dtype=bool)
-        for r in rows:
-            mask[_checked_index((r,), w.shape[:1], "input")] = True
-        return mask
+    def select(w: np.ndarray, _: str, axes: Axes) -> np.ndarray:
+        return _along(w, axes.inputs, rows, "input")
 
     return _Rule("inputs", select, False, value)
 
 
 def units(columns: Iterable[int], *, value: Value = None, bias: bool | None = None) -> Rule:
-    """Pins whole output units: kernel columns and their bias entries.
+    """Pins whole output units: Dense kernel columns, a convolution's filters,
+    EinsumDense output entries, each with its bias entry.
 
     Args:
-        columns: Output unit indices.
+        columns: Output unit indices (output axes flattened in C order).
         value: `None` keeps current values; a number pins them to it.
         bias: `None` (default) pins the bias entries when the layer has a bias;
             `True` requires one; `False` leaves the bias free.
     """
     columns = [int(c) for c in columns]
 
-    def select(w: np.ndarray, which: str) -> np.ndarray:
-        mask = np.zeros(w.shape, dtype=bool)
-        n = w.shape[-1]
-        for c in columns:
-            _checked_index((c,), (n,), "unit")
-            mask[..., c] = True
-        return mask
+    def select(w: np.ndarray, which: str, axes: Axes) -> np.ndarray:
+        if which == "bias":
+            if not axes.bias_follows_units:
+                raise PinError("This layer's bias is not indexed by its output units; pass bias=False.")
+            return _along(w, tuple(range(w.ndim)), columns, "unit")
+        return _along(w, axes.units, columns, "unit")
 
     return _Rule("units", select, bias, value)
+
+
+def _along(w: np.ndarray, axes: tuple[int, ...], indices: list[int], what: str) -> np.ndarray:
+    """A mask that is True wherever the (flattened) `axes` index is in `indices`."""
+    if not axes:
+        return np.zeros(w.shape, dtype=bool)  # e.g. the depthwise kernel's units
+    axes = tuple(a % w.ndim for a in axes)
+    n = int(np.prod([w.shape[a] for a in axes]))
+    chosen = np.zeros(n, dtype=bool)
+    for i in indices:
+        _checked_index((i,), (n,), what)
+        chosen[i] = True
+    # Move the axes to the end, mark, and move them back.
+    rest = [a for a in range(w.ndim) if a not in axes]
+    moved = np.broadcast_to(chosen.reshape([w.shape[a] for a in axes]), [w.shape[a] for a in rest + list(axes)])
+    return np.ascontiguousarray(np.moveaxis(moved, range(len(rest), w.ndim), axes))
 
 
 def _checked_index(index: tuple, shape: tuple, what: str) -> tuple:

@@ -1,11 +1,11 @@
-"""`freeze` and `strip`: rewriting a model's Dense layers and copying weights.
+"""`freeze` and `strip`: one copy of the model, then pins changed in place.
 
-Both rebuild the model with `keras.models.clone_model` (recursively, so nested
-models and shared layers keep their structure), replace the chosen layers and
-copy every weight, trainable or not, from the original. Subclassed models are
-re-created from their config and rewritten attribute by attribute
-(`_subclassed.py`). The original model is left untouched and shares no
-variable with the result.
+Both copy the model with `keras.models.clone_model` (recursively, so nested
+models and shared layers keep their structure; subclassed models are
+re-created from their config, `_subclassed.py`), copy every weight, trainable
+or not, and then pin (or unpin) the chosen layers of the copy in place, at any
+depth (`layers.pin_in_place`). The original model is left untouched and
+shares no variable with the result.
 """
 
 from __future__ import annotations
@@ -22,40 +22,49 @@ import numpy as np
 from keras import ops
 
 from kerasurgery._subclassed import copy_layer, is_subclassed, rebuild_subclassed
+from kerasurgery import layers as layers_lib
+from kerasurgery import pins as _pins
 from kerasurgery.errors import KerasurgeryError, LayerSelectionError, PinError
-from kerasurgery.layers import PER_ENTRY, SHARED, MaskedDense
-from kerasurgery.pins import Pin, Rule
+from kerasurgery.layers import PER_ENTRY, SHARED
+from kerasurgery.pins import Axes, Pin, Rule
 
 PinSpec = Union[Pin, np.ndarray, Rule]
 
-# Config keys of MaskedDense that plain Dense does not know.
-_MASKED_ONLY_KEYS = ("pinned_kernel_values",)
-
 
 def freeze(model: keras.Model, pins: Mapping[str, PinSpec]) -> keras.Model:
-    """Returns a copy of `model` with the selected Dense entries pinned.
+    """Returns a copy of `model` with the selected weight entries pinned.
+
+    Every supported layer can be pinned (`Dense`, `EinsumDense`, the
+    convolutions, `Embedding`; see `kerasurgery.layers`), wherever it sits:
+    at top level, in nested models, in wrappers, or inside custom layers that
+    create it in `build()` (a KerasHub `TransformerEncoder`). The copy's layers
+    are pinned in place, so their parents keep calling them.
 
     Args:
         model: A built Keras model: Sequential or Functional (nested models and
             shared layers included), or subclassed (re-created from its
-            `get_config()`, its Dense attributes swapped).
-        pins: Maps a layer path (`"dense"`, `"inner/dense"` inside a nested
-            model), name, or glob pattern (`"dense*"`) to a `Pin`, a
-            boolean kernel mask (= `Pin(kernel=mask)`), or a rule such as
-            `kerasurgery.rules.zeros()`. Several keys may select one layer: their
-            pins add up, a later key's values winning on shared entries. A layer
-            that is already a `MaskedDense` keeps its pins and gains the new ones.
+            `get_config()`).
+        pins: Maps a layer path (`"dense"`, `"inner/dense"`,
+            `"bert_backbone/transformer_layer_0/feedforward_intermediate_dense"`),
+            a variable path without the variable name
+            (`"transformer_layer_0/feedforward_intermediate_dense"`), a name, or
+            a glob over any of them (`"*"`: every supported layer) to a `Pin`, a
+            boolean mask of the layer's main weight (= `Pin(kernel=mask)`), or
+            a rule such as `kerasurgery.rules.zeros()`. Several keys may select
+            one layer: their pins add up, a later key's values winning on
+            shared entries. A layer that is already pinned keeps its pins and
+            gains the new ones.
 
     Returns:
         A new model of the same structure, names, trainable flags and dtype
-        policies, whose selected layers are `MaskedDense`. With values left at
-        their current values it computes exactly what `model` computes. A
-        compiled model's compile configuration is carried over (with a fresh
-        optimizer state).
+        policies, whose selected layers are pinned (`MaskedDense`, ...). With
+        values left at their current values it computes exactly what `model`
+        computes. A compiled model's compile configuration is carried over
+        (with a fresh optimizer state).
 
     Raises:
-        LayerSelectionError: a key matches no Dense layer, or names a layer that
-            is not Dense. The message lists the Dense layers' paths.
+        LayerSelectionError: a key matches no supported layer, or names a layer
+            of an unsupported kind. The message lists the supported layers.
         KerasurgeryError: a subclassed model cannot be re-created from its
             config.
         PinError: a mask or value does not fit its layer.
@@ -74,176 +83,187 @@ def freeze(model: keras.Model, pins: Mapping[str, PinSpec]) -> keras.Model:
             "Expected `pins` to be a non-empty mapping from layer names or "
             f"patterns to pins. Received: {pins!r}"
         )
-    dense_layers = dict(_dense_layers(model))
+    pinnable = pinnable_layers(model)
     plans: dict[int, _Plan] = {}
+    paths: dict[int, str] = {}
     for key, spec in pins.items():
-        for layer in _select(model, key, dense_layers):
+        for path, layer in _select(model, key, pinnable):
             plan = plans.get(id(layer)) or _Plan.of(layer)
-            plans[id(layer)] = plan.add(_resolve(spec, layer, plan), layer.name)
-
-    replaced: set[int] = set()
-
-    def replace(layer: keras.layers.Layer) -> keras.layers.Layer | None:
-        plan = plans.get(id(layer))
-        if plan is None:
-            return None
-        replaced.add(id(layer))
-        config = {**layer.get_config(), "pinned_kernel_values": plan.storage()}
-        for key in ("lora_rank", "lora_alpha", "quantization_config"):
-            config.pop(key, None)
-        return MaskedDense.from_config(config)
-
-    def copy(old: keras.layers.Layer, new: keras.layers.Layer) -> None:
-        plan = plans.get(id(old))
-        if plan is None:
-            new.set_weights(old.get_weights())
-        else:
-            plan.assign(new)
-
-    frozen = _rebuild(model, replace, copy)
-    missed = [path for path, layer in dense_layers.items()
-              if id(layer) in plans and id(layer) not in replaced]
-    if missed:
-        raise KerasurgeryError(
-            f"Cannot reach layer(s) {', '.join(map(repr, missed))} of model "
-            f"{model.name!r}: they sit inside a subclassed model nested in a "
-            "Functional or Sequential one. Freeze that inner model instead."
+            plans[id(layer)] = plan.add(_resolve(spec, layer, plan), path)
+            paths[id(layer)] = path
+    frozen = _rebuild(model, _copy_state)
+    copies = dict(walk_layers(frozen))
+    visible = _config_visible(frozen)
+    for key, plan in plans.items():
+        layer = copies[paths[key]]
+        if layers_lib.is_pinned(layer):
+            layers_lib.unpin_in_place(layer)  # to store its pins as the plan says
+        layers_lib.pin_in_place(
+            layer, layers_lib.pinned_class_for(layer), plan.storage(),
+            in_config=id(layer) in visible,
         )
+        plan.assign(layer)
     return frozen
 
 
 def strip(model: keras.Model) -> keras.Model:
-    """Returns a copy of `model` with every `MaskedDense` turned into a `Dense`.
+    """Returns a copy of `model` with every pinned layer turned back into its Keras class.
 
-    Each `Dense` has the same name and configuration and holds the effective
+    Each layer keeps its name and configuration and holds the effective
     weights (pinned entries at their pinned values), so the result predicts
     exactly what `model` predicts and loads with plain Keras.
 
     Raises:
-        KerasurgeryError: if `model` is not a Sequential or Functional model.
+        KerasurgeryError: if `model` is not a built Keras model.
     """
     _require_rewritable(model, "strip")
+    stripped = _rebuild(model, _copy_state)
+    for _, layer in walk_layers(stripped):
+        if layers_lib.is_pinned(layer):
+            layers_lib.unpin_in_place(layer)
+    return stripped
 
-    def replace(layer: keras.layers.Layer) -> keras.layers.Layer | None:
-        if not isinstance(layer, MaskedDense):
-            return None
-        config = layer.get_config()
-        for key in _MASKED_ONLY_KEYS:
-            config.pop(key, None)
-        return keras.layers.Dense.from_config(config)
 
-    def copy(old: keras.layers.Layer, new: keras.layers.Layer) -> None:
-        if isinstance(old, MaskedDense):
-            weights = [ops.convert_to_numpy(old.kernel)]
-            if old.use_bias:
-                weights.append(ops.convert_to_numpy(old.bias))
-            new.set_weights(weights)
+def _copy_state(old: keras.layers.Layer, new: keras.layers.Layer) -> None:
+    """Copies every weight of `old` (its sub-layers' too) into its copy `new`.
+
+    A copy made from a config holds plain Keras layers where the parent
+    creates them in `build()`; those that are pinned in `old` are pinned in
+    place in `new` first, so both hold the same variables.
+    """
+    # By position: sub-layers that a parent names itself (`softmax_1`) may be
+    # named differently in the copy.
+    olds = [old] + [layer for _, layer in walk_layers(old)]
+    news = [new] + [layer for _, layer in walk_layers(new)]
+    if [type(layer).__name__ for layer in olds if not layers_lib.is_pinned(layer)] != [
+        type(layer).__name__ for layer in news if not layers_lib.is_pinned(layer)
+    ] or len(olds) != len(news):
+        raise KerasurgeryError(
+            f"Cannot copy layer {old.name!r}: its copy made from its config holds other layers."
+        )
+    for source, target in zip(olds, news):
+        if layers_lib.is_pinned(source) and not layers_lib.is_pinned(target):
+            layers_lib.pin_in_place(
+                target, type(source), dict(source._pin_storage), in_config=source._in_config
+            )
+    new.set_weights(_raw_weights(old))
+
+
+def _raw_weights(layer: keras.layers.Layer) -> list[np.ndarray]:
+    # Every variable as it is (a pinned layer's `get_weights` gives effective
+    # weights, which equal the raw ones wherever the layer reads them).
+    return [ops.convert_to_numpy(v) for v in layer.weights]
+
+
+def _config_visible(model: keras.Model) -> set[int]:
+    """Layers that a saved config of `model` names by class (so Keras rebuilds them pinned).
+
+    Those are the layers of Sequential/Functional models (nested ones too) and
+    the layers that wrappers (`TimeDistributed`, `Bidirectional`) hold; a
+    layer that a custom layer or a subclassed model creates itself is re-created
+    by its parent as a plain Keras layer.
+    """
+    visible: set[int] = set()
+    stack: list[keras.layers.Layer] = [model]
+    while stack:
+        layer = stack.pop()
+        if isinstance(layer, keras.Model) and not is_subclassed(layer):
+            children = list(layer.layers)
+        elif isinstance(layer, keras.layers.Wrapper) and id(layer) in visible:
+            children = [getattr(layer, a, None) for a in ("layer", "forward_layer", "backward_layer")]
         else:
-            new.set_weights(old.get_weights())
-
-    return _rebuild(model, replace, copy)
+            continue
+        for child in children:
+            if isinstance(child, keras.layers.Layer) and id(child) not in visible:
+                visible.add(id(child))
+                stack.append(child)
+    return visible
 
 
 class _Plan:
-    """The pins one layer will have, as numpy arrays.
+    """The pins one layer will have, per weight, as numpy arrays.
 
-    `*_value` is `None` while every pinned entry keeps its current value (the
-    common case), so no kernel-sized array of values is built for it.
+    `values[w]` is `None` while every pinned entry keeps its current value (the
+    common case), so no weight-sized array of values is built for it.
     """
 
-    def __init__(
-        self,
-        kernel: np.ndarray,
-        bias: np.ndarray | None,
-        kernel_mask: np.ndarray,
-        bias_mask: np.ndarray | None,
-    ) -> None:
-        self.kernel = kernel
-        self.bias = bias
-        self.kernel_mask = kernel_mask
-        self.bias_mask = bias_mask
-        self.kernel_value: np.ndarray | None = None
-        self.bias_value: np.ndarray | None = None
-        self._storage: str | None = None
-        self._shared_value: np.ndarray | None = None
+    def __init__(self, layer: keras.layers.Layer, effective: dict[str, np.ndarray],
+                 masks: dict[str, np.ndarray]) -> None:
+        self.layer = layer
+        self.effective = effective
+        self.masks = masks
+        self.values: dict[str, np.ndarray | None] = {w: None for w in effective}
+        self._storage: dict[str, str] | None = None
+        self._stored: dict[str, np.ndarray] = {}
 
     @classmethod
     def of(cls, layer: keras.layers.Layer) -> _Plan:
         if getattr(layer, "quantization_mode", None):
             raise PinError(
                 f"Layer {layer.name!r} is quantized ({layer.quantization_mode}); "
-                "pins need a float kernel. Freeze the float model instead."
+                "pins need float weights. Freeze the float model instead."
             )
-        # A MaskedDense's effective weights hold its pinned values at its pins.
-        kernel = ops.convert_to_numpy(layer.kernel)
-        bias = ops.convert_to_numpy(layer.bias) if layer.use_bias else None
-        if isinstance(layer, MaskedDense):
-            kernel_mask = ops.convert_to_numpy(layer.kernel_pin_mask).astype(bool)
-            bias_mask = None if bias is None else ops.convert_to_numpy(layer.bias_pin_mask).astype(bool)
+        pinned = layers_lib.pinned_class_for(layer)
+        if layers_lib.is_pinned(layer):
+            state = layer.pin_state()
+            effective = {w: s.effective for w, s in state.items()}
+            masks = {w: s.mask for w, s in state.items()}
         else:
-            kernel_mask = np.zeros(kernel.shape, bool)
-            bias_mask = None if bias is None else np.zeros(bias.shape, bool)
-        return cls(kernel, bias, kernel_mask, bias_mask)
+            # A LoRA layer's property gives its merged weight.
+            effective = {
+                w: ops.convert_to_numpy(getattr(layer, w))
+                for w in pinned.pinned_weights if getattr(layer, w, None) is not None
+            }
+            masks = {w: np.zeros(a.shape, bool) for w, a in effective.items()}
+        return cls(layer, effective, masks)
 
-    def add(self, pin: Pin, name: str) -> _Plan:
+    @property
+    def main(self) -> str:
+        return next(iter(self.effective))
+
+    def axes(self, weight: str) -> Axes:
+        return layers_lib.pinned_class_for(self.layer).pin_axes(self.layer, weight)
+
+    def add(self, updates: list[tuple[str, Any, Any]], name: str) -> _Plan:
         self._storage = None
-        self.kernel_mask, self.kernel_value = _merge(
-            self.kernel_mask, self.kernel_value, pin.kernel, pin.kernel_value,
-            self.kernel, name, "kernel",
-        )
-        if pin.bias is not None or pin.bias_value is not None:
-            if self.bias is None:
-                raise PinError(f"Layer {name!r} has no bias, but a bias pin was given.")
-            self.bias_mask, self.bias_value = _merge(
-                self.bias_mask, self.bias_value, pin.bias, pin.bias_value,
-                self.bias, name, "bias",
+        for weight, mask, value in updates:
+            if mask is None and value is None:
+                continue
+            if weight not in self.effective:
+                raise PinError(f"Layer {name!r} has no {weight}, but a {weight} pin was given.")
+            self.masks[weight], self.values[weight] = _merge(
+                self.masks[weight], self.values[weight], mask, value,
+                self.effective[weight], name, weight,
             )
         return self
 
-    def storage(self) -> str:
-        """`SHARED` when every pinned kernel entry has the same bits, else `PER_ENTRY`."""
+    def storage(self) -> dict[str, str]:
+        """Per weight: `SHARED` when every pinned entry has the same bits, else `PER_ENTRY`."""
         if self._storage is None:
-            self._shared_value = None
-            values = self.kernel if self.kernel_value is None else self.kernel_value
-            first = int(np.argmax(self.kernel_mask)) if self.kernel_mask.any() else None
-            if first is None:
-                self._shared_value = np.zeros((), values.dtype)
-            else:
-                # Whole-array comparisons: boolean indexing of a 50M kernel
-                # costs several times more.
-                bits = _bits(values)
-                differs = np.not_equal(bits, bits.flat[first])
-                np.logical_and(differs, self.kernel_mask, out=differs)
-                if not differs.any():
-                    self._shared_value = np.asarray(values.flat[first])
-            self._storage = PER_ENTRY if self._shared_value is None else SHARED
+            self._storage, self._stored = {}, {}
+            for w, mask in self.masks.items():
+                values = self.effective[w] if self.values[w] is None else self.values[w]
+                shared = _pins.shared_value(values, mask)
+                self._storage[w] = SHARED if shared is not None else PER_ENTRY
+                self._stored[w] = shared if shared is not None else values
         return self._storage
 
-    def assign(self, layer: MaskedDense) -> None:
-        if self.storage() == SHARED:
-            kernel_value = self._shared_value
-        else:
-            kernel_value = self.kernel if self.kernel_value is None else self.kernel_value
-        bias_value = self.bias if self.bias_value is None else self.bias_value
-        # The raw kernel starts equal to the effective kernel, so the file and
+    def assign(self, layer: Any) -> None:
+        self.storage()
+        # The raw weights start equal to the effective ones, so the file and
         # the variables agree until training moves raw entries under the pins.
-        layer.set_pinned_weights(
-            kernel=_effective(self.kernel, self.kernel_mask, self.kernel_value),
-            kernel_mask=self.kernel_mask,
-            kernel_value=kernel_value,
-            bias=None if self.bias is None else _effective(self.bias, self.bias_mask, self.bias_value),
-            bias_mask=self.bias_mask,
-            bias_value=bias_value,
-        )
+        layer.set_pin_state({
+            w: _pins.WeightPins(
+                effective=_effective(self.effective[w], self.masks[w], self.values[w]),
+                mask=self.masks[w],
+                value=self._stored[w],
+            )
+            for w in self.masks
+        })
 
 
 def _effective(weight: np.ndarray, mask: np.ndarray, values: np.ndarray | None) -> np.ndarray:
     return weight if values is None else np.where(mask, values, weight)
-
-
-def _bits(array: np.ndarray) -> np.ndarray:
-    """The raw bits, so that -0.0 and 0.0 (and NaN payloads) count as different."""
-    return np.ascontiguousarray(array).view(f"u{array.dtype.itemsize}")
 
 
 def _merge(
@@ -306,14 +326,27 @@ def _checked_value(value: Any, weight: np.ndarray, name: str, which: str) -> np.
     return np.broadcast_to(array.astype(weight.dtype), weight.shape)
 
 
-def _resolve(spec: PinSpec, layer: keras.layers.Layer, plan: _Plan) -> Pin:
-    if isinstance(spec, Pin):
-        return spec
+def _resolve(spec: PinSpec, layer: keras.layers.Layer, plan: _Plan) -> list[tuple[str, Any, Any]]:
+    """(weight, mask, value) updates for one layer: a Pin's `kernel` is its main weight."""
     if isinstance(spec, (np.ndarray, list, tuple)):
-        return Pin(kernel=spec)
-    if callable(spec):
+        spec = Pin(kernel=spec)
+    if isinstance(spec, Pin):
+        return [(plan.main, spec.kernel, spec.kernel_value), ("bias", spec.bias, spec.bias_value)]
+    if not callable(spec):
+        raise PinError(
+            "Expected a Pin, a boolean array or a rule for layer "
+            f"{layer.name!r}. Received: {type(spec).__name__}"
+        )
+    # A rule sees each main weight (both kernels of a separable convolution)
+    # with the layer's bias; the bias part is taken once.
+    updates: list[tuple[str, Any, Any]] = []
+    bias = plan.effective.get("bias")
+    for weight in [w for w in plan.effective if w != "bias"]:
         try:
-            pin = spec(plan.kernel, plan.bias)
+            if isinstance(spec, _pins._Rule):
+                pin = spec(plan.effective[weight], bias, plan.axes(weight))
+            else:
+                pin = spec(plan.effective[weight], bias)
         except PinError as e:
             raise PinError(f"Layer {layer.name!r}: {e}") from None
         if not isinstance(pin, Pin):
@@ -321,30 +354,31 @@ def _resolve(spec: PinSpec, layer: keras.layers.Layer, plan: _Plan) -> Pin:
                 f"A rule must return a Pin. Received: {type(pin).__name__} "
                 f"for layer {layer.name!r}"
             )
-        return pin
-    raise PinError(
-        "Expected a Pin, a boolean array or a rule for layer "
-        f"{layer.name!r}. Received: {type(spec).__name__}"
-    )
+        updates.append((weight, pin.kernel, pin.kernel_value))
+        if len(updates) == 1:
+            updates.append(("bias", pin.bias, pin.bias_value))
+    return updates
 
 
 def _select(
-    model: keras.Model, key: str, dense_layers: dict[str, keras.layers.Layer]
-) -> list[keras.layers.Layer]:
-    """The Dense layers `key` selects.
+    model: keras.Model, key: str, pinnable: dict[str, keras.layers.Layer]
+) -> list[tuple[str, keras.layers.Layer]]:
+    """The (path, layer) pairs of the supported layers that `key` selects.
 
     A path (`dense`, `inner/dense`: names are unique only within one model)
-    selects that one layer; otherwise a name selects every Dense layer of that
-    name, and a glob every Dense layer whose path or name it matches.
+    or a variable path without the variable name selects that one layer;
+    otherwise a name selects every supported layer of that name, and a glob
+    every supported layer whose path, variable path or name it matches.
     """
     if not isinstance(key, str):
         raise LayerSelectionError(
             f"Expected a layer name or glob pattern. Received: {key!r}"
         )
-    available = ", ".join(dense_layers) or f"none (model {model.name!r} has no Dense layer)"
-    if key in dense_layers:
-        return [dense_layers[key]]
-    named = [layer for layer in dense_layers.values() if layer.name == key]
+    available = _listing(model, pinnable)
+    if key in pinnable:
+        return [(key, pinnable[key])]
+    aliases = {path: (layer.name, variable_prefix(layer)) for path, layer in pinnable.items()}
+    named = [(p, pinnable[p]) for p, names in aliases.items() if key in names]
     if named:
         return named
     other = next(
@@ -352,18 +386,36 @@ def _select(
     )
     if other is not None:
         raise LayerSelectionError(
-            f"Expected a `Dense` layer. Received: layer={key!r} "
-            f"({type(other).__name__}). Dense layers: {available}"
+            f"Expected a layer of a supported kind "
+            f"({', '.join(layers_lib.supported_class_names())}). Received: "
+            f"layer={key!r} ({type(other).__name__}). Supported layers: {available}"
         )
     matched = [
-        layer for path, layer in dense_layers.items()
-        if fnmatch.fnmatchcase(path, key) or fnmatch.fnmatchcase(layer.name, key)
+        (path, pinnable[path]) for path, names in aliases.items()
+        if any(n is not None and fnmatch.fnmatchcase(n, key) for n in (path, *names))
     ]
     if not matched:
         raise LayerSelectionError(
-            f"No Dense layer matches {key!r}. Dense layers: {available}"
+            f"No supported layer matches {key!r}. Supported layers: {available}"
         )
     return matched
+
+
+def _listing(model: keras.Model, pinnable: dict[str, keras.layers.Layer], limit: int = 12) -> str:
+    if not pinnable:
+        return (f"none (model {model.name!r} has no layer of a supported kind: "
+                f"{', '.join(layers_lib.supported_class_names())})")
+    paths = list(pinnable)
+    more = f" and {len(paths) - limit} more" if len(paths) > limit else ""
+    return ", ".join(paths[:limit]) + more
+
+
+def variable_prefix(layer: keras.layers.Layer) -> str | None:
+    """The layer's Keras variable path without the variable name (`block/dense`)."""
+    variables = getattr(layer, "_trainable_variables", []) + getattr(layer, "_non_trainable_variables", [])
+    if not variables:
+        return None
+    return variables[0].path.rpartition("/")[0] or None
 
 
 def walk_layers(model: keras.layers.Layer) -> Iterator[tuple[str, keras.layers.Layer]]:
@@ -394,17 +446,17 @@ def _sublayers(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
     return list(getattr(layer, "_layers", []))
 
 
-def _dense_layers(model: keras.Model) -> list[tuple[str, keras.layers.Layer]]:
-    """(path, layer) of the Dense and MaskedDense layers of `model`, in order."""
-    return [
-        (path, layer) for path, layer in walk_layers(model)
-        if type(layer) is keras.layers.Dense or isinstance(layer, MaskedDense)
-    ]
+def pinnable_layers(model: keras.Model) -> dict[str, keras.layers.Layer]:
+    """Path -> layer for every layer of a supported kind in `model`, at any depth, in order."""
+    return {
+        path: layer for path, layer in walk_layers(model)
+        if layers_lib.is_pinnable(layer) and layer.built
+    }
 
 
 def dense_layer_names(model: keras.Model) -> list[str]:
-    """Paths of the Dense and MaskedDense layers of `model`, nested ones included."""
-    return [path for path, _ in _dense_layers(model)]
+    """Paths of the supported layers of `model` (kept under its 0.1.0 name)."""
+    return list(pinnable_layers(model))
 
 
 def _require_rewritable(model: Any, verb: str) -> None:
@@ -420,9 +472,11 @@ def _require_rewritable(model: Any, verb: str) -> None:
 
 def _rebuild(
     model: keras.Model,
-    replace: Callable[[keras.layers.Layer], keras.layers.Layer | None],
     copy: Callable[[keras.layers.Layer, keras.layers.Layer], None],
 ) -> keras.Model:
+    def replace(layer: keras.layers.Layer) -> None:
+        return None  # layers are copied as they are; pins change in place after
+
     if is_subclassed(model):
         return rebuild_subclassed(model, replace, copy)
     clones: dict[int, tuple[keras.layers.Layer, keras.layers.Layer]] = {}
@@ -438,7 +492,8 @@ def _rebuild(
                 f"Could not rebuild model {model.name!r}: {e}"
             ) from None
     for old, new in clones.values():
-        if new is old or isinstance(old, keras.Model):
+        # Operations of a Functional graph (`x[:, 0]`) are cloned too.
+        if new is old or isinstance(old, keras.Model) or not isinstance(old, keras.layers.Layer):
             continue
         if old.built and not new.built:
             new.build_from_config(old.get_build_config())

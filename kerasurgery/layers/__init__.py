@@ -1,0 +1,61 @@
+"""Pinned layers: one mechanism (`PinMixin`) over every weight-bearing Keras layer.
+
+The registry maps a Keras class to its pinned class; surgery, saving and the
+command line ask it (`pinned_class_for`, `is_pinned`, `is_pinnable`) instead of
+naming layer classes. Only exact Keras classes are pinnable: a subclass may
+compute with its weights in ways the mixin does not know.
+"""
+
+from __future__ import annotations
+
+import keras
+
+from kerasurgery.layers._classes import (
+    PINNED_CLASSES,
+    MaskedConv1D,
+    MaskedConv1DTranspose,
+    MaskedConv2D,
+    MaskedConv2DTranspose,
+    MaskedConv3D,
+    MaskedConv3DTranspose,
+    MaskedDense,
+    MaskedDepthwiseConv1D,
+    MaskedDepthwiseConv2D,
+    MaskedEinsumDense,
+    MaskedEmbedding,
+    MaskedSeparableConv1D,
+    MaskedSeparableConv2D,
+)
+from kerasurgery.layers._mechanism import PER_ENTRY, SHARED, PinMixin, pin_in_place, unpin_in_place
+
+__all__ = [
+    "PER_ENTRY", "PINNED_CLASSES", "SHARED", "PinMixin", "is_pinnable", "is_pinned",
+    "pin_in_place", "pinned_class_for", "supported_class_names", "unpin_in_place",
+    "MaskedConv1D", "MaskedConv1DTranspose", "MaskedConv2D", "MaskedConv2DTranspose",
+    "MaskedConv3D", "MaskedConv3DTranspose", "MaskedDense", "MaskedDepthwiseConv1D",
+    "MaskedDepthwiseConv2D", "MaskedEinsumDense", "MaskedEmbedding",
+    "MaskedSeparableConv1D", "MaskedSeparableConv2D",
+]
+
+_REGISTRY: dict[type, type] = {cls.keras_class: cls for cls in PINNED_CLASSES}
+
+
+def pinned_class_for(layer: keras.layers.Layer) -> type | None:
+    """The pinned class for `layer`'s exact Keras class (its own class if pinned), else `None`."""
+    if isinstance(layer, PinMixin):
+        return type(layer)
+    return _REGISTRY.get(type(layer))
+
+
+def is_pinned(layer: object) -> bool:
+    return isinstance(layer, PinMixin)
+
+
+def is_pinnable(layer: object) -> bool:
+    """A layer of a supported kind: pinned already, or of an exact supported Keras class."""
+    return isinstance(layer, PinMixin) or type(layer) in _REGISTRY
+
+
+def supported_class_names() -> list[str]:
+    """Names of the Keras classes that have a pinned class, for messages and the CLI."""
+    return [cls.keras_class.__name__ for cls in PINNED_CLASSES]

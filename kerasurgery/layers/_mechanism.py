@@ -1,0 +1,474 @@
+"""The one pin mechanism shared by every pinned layer class.
+
+Keras 3 builds `Dense`, `EinsumDense`, the convolutions and `Embedding` around
+one contract, the one LoRA composes: the layer computes with a weight it reads
+through an attribute (`kernel`, `bias`, `embeddings`, `depthwise_kernel`, ...).
+A pinned class is the Keras class with `PinMixin` in front: the mixin turns
+each such attribute into a read-only property that returns the *effective*
+weight
+
+    where(weight_pin_mask, weight_pin_value, raw)
+
+and adds the non-trainable mask and value variables. The raw variable stays
+the trainable one. A pinned entry therefore gets an exactly zero gradient, and
+whatever an optimizer does to the raw variable there (weight decay, momentum,
+EMA), the layer never reads it.
+
+A layer becomes pinned in one of two ways, with the same result:
+
+* constructed from its config (`MaskedDense(...)`, or Keras loading a file
+  whose config names `kerasurgery>MaskedDense`): `build` adds the pin
+  variables after the Keras class built its own;
+* pinned in place (`pin_in_place`): an already built Keras layer changes
+  class and gains the pin variables, as `enable_lora` and `quantize` change a
+  layer in place. This is how layers that a parent creates in `build()` (the
+  Dense layers of a KerasHub `TransformerEncoder`) are pinned.
+
+What a layer saves in its own variable store depends on whether Keras will
+rebuild it as a pinned layer when loading: a layer that a saved config names
+(`in_config`) stores the effective weights with its masks and values under
+named keys (the layout of kerasurgery 0.1.0); a layer that its parent
+re-creates as a plain Keras layer stores exactly the plain layout (effective
+weights under "0", "1", ...), so the file still loads with plain Keras, and
+its pins travel in the file's pin record instead (`saving.py`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import keras
+import numpy as np
+from keras import ops
+
+from kerasurgery import pins as _pins
+from kerasurgery.errors import KerasurgeryError, PinError
+
+SHARED = _pins.SHARED
+PER_ENTRY = _pins.PER_ENTRY
+
+# Arguments of the Keras classes that change what a weight means; a pinned
+# layer accepts them (Keras configs carry them) only when unset.
+_UNSUPPORTED_ARGS = ("lora_rank", "lora_alpha", "quantization_config")
+
+
+class PinMixin:
+    """Pins on the weights named in `pinned_weights` of a Keras layer class.
+
+    Subclasses list their weights in the order Keras stores them
+    (`("kernel", "bias")`); the first is the layer's main weight (the one the
+    rules call `kernel`), a weight named `bias` is the bias.
+    """
+
+    pinned_weights: ClassVar[tuple[str, ...]] = ()
+    keras_class: ClassVar[type]
+    # weight -> the attribute that holds its raw variable
+    _raw_attrs: ClassVar[dict[str, str]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if not cls.pinned_weights:
+            return
+        cls.keras_class = next(
+            base for base in cls.__mro__[1:]
+            if issubclass(base, keras.layers.Layer) and not issubclass(base, PinMixin)
+        )
+        raw_attrs = {}
+        for weight in cls.pinned_weights:
+            # Where Keras itself reads the weight through a property (the LoRA
+            # contract: `kernel` over `_kernel`), the raw variable stays where
+            # Keras' own methods expect it; otherwise the property shadows a
+            # plain attribute and keeps the raw variable under another name.
+            keras_attr = getattr(cls.keras_class, weight, None)
+            raw = f"_{weight}" if isinstance(keras_attr, property) else f"_raw_{weight}"
+            raw_attrs[weight] = raw
+            setattr(cls, weight, _effective_property(weight, raw, settable=raw != f"_{weight}"))
+        cls._raw_attrs = raw_attrs
+
+    def __init__(
+        self,
+        *args: Any,
+        pin_storage: dict[str, str] | None = None,
+        pinned_kernel_values: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        for arg in _UNSUPPORTED_ARGS:
+            value = kwargs.pop(arg, None)
+            if value is not None:
+                raise ValueError(
+                    f"`{type(self).__name__}` does not support `{arg}`: pins and "
+                    "LoRA/quantization both redefine the weights. Merge or "
+                    f"remove them first. Received: {arg}={value!r}"
+                )
+        storage = dict(pin_storage or {})
+        if pinned_kernel_values is not None:  # configs written by kerasurgery 0.1.0
+            storage.setdefault(self.pinned_weights[0], pinned_kernel_values)
+        for weight, kind in storage.items():
+            if weight not in self.pinned_weights or kind not in (SHARED, PER_ENTRY):
+                raise ValueError(
+                    f"Expected `pin_storage` to map weights of {self.pinned_weights} "
+                    f"to {SHARED!r} or {PER_ENTRY!r}. Received: {pin_storage!r}"
+                )
+        super().__init__(*args, **kwargs)
+        object.__setattr__(self, "_pin_storage", storage)
+        object.__setattr__(self, "_in_config", True)
+
+    def build(self, input_shape: Any = None) -> None:
+        super().build(input_shape)
+        self._add_pin_variables(self._pin_storage)
+
+    # -- the state ---------------------------------------------------------
+
+    def _add_pin_variables(self, storage: dict[str, str]) -> None:
+        """Creates the mask and value variables of every weight the layer has."""
+        object.__setattr__(self, "_pin_storage", {})
+        unlocked = self._tracker.locked
+        self._tracker.unlock()
+        try:
+            for weight in self.pinned_weights:
+                raw = self.raw_variable(weight)
+                if raw is None:
+                    continue
+                kind = storage.get(weight, SHARED if weight != "bias" else PER_ENTRY)
+                self._pin_storage[weight] = kind
+                shape = tuple(raw.shape)
+                # Variables that must never train are created non-trainable.
+                mask = self.add_weight(
+                    name=f"{weight}_pin_mask", shape=shape, initializer="zeros",
+                    dtype="bool", trainable=False,
+                )
+                value = self.add_weight(
+                    name=f"{weight}_pin_value", shape=() if kind == SHARED else shape,
+                    initializer="zeros", dtype=raw.dtype, trainable=False,
+                )
+                object.__setattr__(self, f"{weight}_pin_mask", mask)
+                object.__setattr__(self, f"{weight}_pin_value", value)
+                _regularize_effective(raw, self, weight)
+        finally:
+            if unlocked:
+                self._tracker.lock()
+
+    def raw_variable(self, weight: str) -> keras.Variable | None:
+        """The trainable variable behind `weight` (`None` when the layer has none)."""
+        return self.__dict__.get(self._raw_attrs[weight])
+
+    def pin_variables(self, weight: str) -> tuple[keras.Variable, keras.Variable]:
+        return getattr(self, f"{weight}_pin_mask"), getattr(self, f"{weight}_pin_value")
+
+    def present_weights(self) -> list[str]:
+        """The pinned weights this layer has (`bias` only with `use_bias`)."""
+        return [w for w in self.pinned_weights if self.raw_variable(w) is not None]
+
+    def effective(self, weight: str, raw: Any = None) -> Any:
+        """The effective tensor of `weight` (of `raw`, if given, instead of the variable)."""
+        raw = self.raw_variable(weight) if raw is None else raw
+        if f"{weight}_pin_mask" not in self.__dict__:
+            return raw  # while the Keras class builds its own weights
+        mask, value = self.pin_variables(weight)
+        # Explicit conversion: JAX's where does not accept Keras variables.
+        return _pinned(
+            ops.convert_to_tensor(mask), ops.convert_to_tensor(value), ops.convert_to_tensor(raw)
+        )
+
+    def pins(self) -> _pins.Pin:
+        """Returns the layer's current pins as numpy arrays.
+
+        Returns:
+            A `Pin` whose `kernel`/`bias` are boolean masks (True = pinned) of
+            the main weight and of the bias, and whose `kernel_value`/
+            `bias_value` hold the pinned value at each pinned entry and the
+            current effective value elsewhere. `bias` fields are `None`
+            without a bias. `pin_state()` has every weight.
+        """
+        self._require_built("pins")
+        state = self.pin_state()
+        main = state[self.pinned_weights[0]]
+        bias = state.get("bias")
+        return _pins.Pin(
+            kernel=main.mask, kernel_value=main.effective,
+            bias=None if bias is None else bias.mask,
+            bias_value=None if bias is None else bias.effective,
+        )
+
+    def pin_state(self) -> dict[str, _pins.WeightPins]:
+        """Every present weight's effective values, mask and stored value, as numpy."""
+        self._require_built("pin_state")
+        state = {}
+        for weight in self.present_weights():
+            mask, value = self.pin_variables(weight)
+            state[weight] = _pins.WeightPins(
+                effective=ops.convert_to_numpy(self.effective(weight)),
+                mask=ops.convert_to_numpy(mask).astype(bool),
+                value=ops.convert_to_numpy(value),
+            )
+        return state
+
+    def set_pin_state(self, state: dict[str, _pins.WeightPins], *, raw: bool = True) -> None:
+        """Assigns masks, values (and, with `raw`, the raw weights) of every weight.
+
+        Everything is checked before anything is assigned.
+
+        Raises:
+            PinError: a shape, dtype or value does not fit the layer.
+        """
+        self._require_built("set_pin_state")
+        assignments = []
+        for weight in self.present_weights():
+            if weight not in state:
+                raise PinError(f"Layer {self.name!r}: missing the pins of `{weight}`.")
+            mask_var, value_var = self.pin_variables(weight)
+            pins = state[weight]
+            prefix = f"Layer {self.name!r}: `{weight}"
+            mask = _pins.checked_stored_mask(pins.mask, tuple(mask_var.shape), f"{prefix}_pin_mask`")
+            value = _pins.checked_stored_value(
+                pins.value, tuple(value_var.shape), value_var.dtype, f"{prefix}_pin_value`"
+            )
+            assignments += [(mask_var, mask), (value_var, value)]
+            if raw:
+                raw_var = self.raw_variable(weight)
+                weights = _pins.checked_stored_weight(
+                    pins.effective, tuple(raw_var.shape), raw_var.dtype, f"{prefix}`"
+                )
+                assignments.append((raw_var, weights))
+        for variable, value in assignments:
+            variable.assign(value)
+
+    # -- what users read and write -----------------------------------------
+
+    def get_weights(self) -> list[np.ndarray]:
+        # The effective weights stand where the raw ones are: what users read
+        # is what the layer computes with, never a raw entry training moved.
+        effective = {id(self.raw_variable(w)): w for w in self.present_weights()}
+        return [
+            ops.convert_to_numpy(self.effective(effective[id(v)])) if id(v) in effective
+            else ops.convert_to_numpy(v)
+            for v in self.weights
+        ]
+
+    def set_weights(self, weights: list[Any]) -> None:
+        variables = self.weights
+        if len(weights) != len(variables):
+            raise ValueError(
+                f"Layer {self.name!r} expected {len(variables)} weights "
+                f"({[v.name for v in variables]}). Received: {len(weights)}"
+            )
+        named = {id(v): v.name for v in variables}
+        checked = []
+        for variable, value in zip(variables, weights):
+            name = named[id(variable)]
+            where = f"Layer {self.name!r}: `{name}`"
+            shape, dtype = tuple(variable.shape), variable.dtype
+            if name.endswith("_pin_mask"):
+                value = _pins.checked_stored_mask(value, shape, where)
+            elif name.endswith("_pin_value"):
+                value = _pins.checked_stored_value(value, shape, dtype, where)
+            checked.append((variable, value))
+        for variable, value in checked:
+            variable.assign(value)
+
+    def save_own_variables(self, store: Any) -> None:
+        if not self.built:
+            return
+        self._check_pins_sound()
+        if not self._in_config:
+            # The parent re-creates a plain Keras layer: store what it loads.
+            for i, weight in enumerate(self.present_weights()):
+                store[str(i)] = ops.convert_to_numpy(self.effective(weight))
+            return
+        for weight in self.present_weights():
+            mask, value = self.pin_variables(weight)
+            store[weight] = ops.convert_to_numpy(self.effective(weight))
+            store[f"{weight}_pin_mask"] = ops.convert_to_numpy(mask)
+            store[f"{weight}_pin_value"] = ops.convert_to_numpy(value)
+
+    def load_own_variables(self, store: Any) -> None:
+        if not self.built:
+            return
+        present = self.present_weights()
+        keys = set(store.keys())
+        named = [k for w in present for k in (w, f"{w}_pin_mask", f"{w}_pin_value")]
+        plain = [str(i) for i in range(len(present))]
+        if keys == set(named):
+            state = {
+                w: _pins.WeightPins(
+                    effective=store[w][...], mask=store[f"{w}_pin_mask"][...],
+                    value=store[f"{w}_pin_value"][...],
+                )
+                for w in present
+            }
+        elif keys == set(plain):
+            # A plain layout: the weights only, nothing pinned (a layer whose
+            # pins are kept in the file's pin record, or a plain layer's file).
+            state = {}
+            for i, w in enumerate(present):
+                mask_var, value_var = self.pin_variables(w)
+                state[w] = _pins.WeightPins(
+                    effective=store[str(i)][...],
+                    mask=np.zeros(tuple(mask_var.shape), bool),
+                    value=np.zeros(tuple(value_var.shape), value_var.dtype),
+                )
+        else:
+            raise PinError(
+                f"Layer {self.name!r}: the saved variables do not match a "
+                f"{type(self).__name__} layer. Expected: {named} (or {plain}). "
+                f"Received: {sorted(keys)}"
+            )
+        self.set_pin_state(state)
+
+    def _check_pins_sound(self) -> None:
+        # A direct `assign` can put anything into the variables; refuse to
+        # write a file that could not be loaded again.
+        for weight in self.present_weights():
+            mask, value = self.pin_variables(weight)
+            if str(mask.dtype) != "bool":
+                raise PinError(f"Layer {self.name!r}: `{weight}_pin_mask` is not boolean.")
+            if not np.all(np.isfinite(ops.convert_to_numpy(value))):
+                raise PinError(
+                    f"Layer {self.name!r}: `{weight}_pin_value` holds a non-finite "
+                    "pinned value; set finite values before saving."
+                )
+
+    # -- refused ------------------------------------------------------------
+
+    def quantize(self, mode: Any = None, *args: Any, **kwargs: Any) -> None:
+        raise KerasurgeryError(
+            f"Layer {self.name!r} has pins; quantizing it would drop them. Quantize "
+            "`kerasurgery.strip(model)` instead (plain layers with the effective weights)."
+        )
+
+    def enable_lora(self, *args: Any, **kwargs: Any) -> None:
+        raise KerasurgeryError(
+            f"Layer {self.name!r} has pins; LoRA would redefine its weights. "
+            "Enable LoRA on `kerasurgery.strip(model)` instead."
+        )
+
+    def _require_built(self, method: str) -> None:
+        if not self.built:
+            raise ValueError(
+                f"Layer {self.name!r} is not built yet: call it on an input (or "
+                f"`build` it) before `{method}()`."
+            )
+
+    def get_config(self) -> dict:
+        base_config = super().get_config()
+        config = {"pin_storage": dict(self._pin_storage)}
+        return {**base_config, **config}
+
+
+def _effective_property(weight: str, raw_attr: str, *, settable: bool) -> property:
+    def fget(self: PinMixin) -> Any:
+        raw = self.__dict__.get(raw_attr)
+        if raw is None:
+            return None
+        return self.effective(weight, raw)
+
+    def fset(self: PinMixin, value: Any) -> None:
+        # The Keras class's own `build` assigns its raw variable here.
+        if not settable or f"{weight}_pin_mask" in self.__dict__:
+            raise AttributeError(
+                f"`{weight}` of a pinned layer is read-only: it is the effective "
+                f"weight. Assign to `raw_variable({weight!r})` or use `set_weights`."
+            )
+        object.__setattr__(self, raw_attr, value)
+
+    return property(fget, fset, doc=f"The effective `{weight}`: pinned entries at their values.")
+
+
+def pin_in_place(layer: keras.layers.Layer, cls: type, storage: dict[str, str], *, in_config: bool) -> None:
+    """Turns a built Keras layer into an instance of its pinned class `cls`, nothing pinned yet.
+
+    The layer keeps its identity, variables and place in its parent; it gains
+    the mask and value variables (all False / zero) of each weight.
+    """
+    if getattr(layer, "lora_enabled", False) or getattr(layer, "quantization_mode", None):
+        raise PinError(f"Layer {layer.name!r}: cannot pin a LoRA-enabled or quantized layer.")
+    for weight, raw_attr in cls._raw_attrs.items():
+        if raw_attr != f"_{weight}" and weight in layer.__dict__:
+            layer.__dict__[raw_attr] = layer.__dict__.pop(weight)
+    layer.__class__ = cls
+    # Keras wraps `quantize` per instance when the layer is created; the
+    # wrapper would call the plain class's method.
+    layer.__dict__["quantize"] = cls.quantize.__get__(layer)
+    object.__setattr__(layer, "_in_config", in_config)
+    layer._add_pin_variables(storage)
+
+
+def unpin_in_place(layer: PinMixin) -> None:
+    """Turns a pinned layer back into its plain Keras class, holding the effective weights."""
+    effective = {w: ops.convert_to_numpy(layer.effective(w)) for w in layer.present_weights()}
+    cls = layer.keras_class
+    unlocked = layer._tracker.locked
+    layer._tracker.unlock()
+    try:
+        for weight in layer.present_weights():
+            for variable in layer.pin_variables(weight):
+                layer._untrack_variable(variable)
+            del layer.__dict__[f"{weight}_pin_mask"]
+            del layer.__dict__[f"{weight}_pin_value"]
+            raw = layer.raw_variable(weight)
+            raw.assign(effective[weight])
+            if isinstance(raw.regularizer, _OnEffective):
+                raw.regularizer = raw.regularizer.fn
+        raw_attrs = type(layer)._raw_attrs
+        layer.__dict__.pop("quantize", None)
+        layer.__class__ = cls
+        for weight, raw_attr in raw_attrs.items():
+            if raw_attr != f"_{weight}" and raw_attr in layer.__dict__:
+                layer.__dict__[weight] = layer.__dict__.pop(raw_attr)
+        for attr in ("_pin_storage", "_in_config"):
+            layer.__dict__.pop(attr, None)
+    finally:
+        if unlocked:
+            layer._tracker.lock()
+
+
+def _pinned(mask: Any, value: Any, raw: Any) -> Any:
+    """`where(mask, value, raw)` on tensors, in the cheapest exact form of the backend."""
+    if keras.backend.backend() == "tensorflow":
+        return _tf_select(mask, value, raw)
+    return ops.where(mask, ops.cast(value, raw.dtype), raw)
+
+
+def _tf_select(mask: Any, value: Any, raw: Any) -> Any:
+    # `ops.where` runs TensorFlow's SelectV2, whose broadcasting CPU kernel is
+    # about 3x slower than the v1 `Select` kernel (operands of one shape) on
+    # the same data. In graph mode the forward and backward selects of a
+    # 1024x1024 kernel cost ~1.5 ms of CPU per step with SelectV2 and ~0.9 ms
+    # with Select, as much as multiplying by a 0/1 matrix; a 3 x 1024 MLP step
+    # went from ~1.08x to ~1.04x plain Dense (benchmarks/bench_step.py).
+    # `Select` needs the value at full shape, so a shared scalar is filled
+    # first (one cheap write). Its gradient sends exact zeros to the pinned
+    # entries of `raw`, as SelectV2's does, and XLA compiles it alike.
+    import tensorflow as tf
+
+    value = tf.cast(value, raw.dtype)
+    if value.shape.rank == 0:
+        value = tf.fill(tf.shape(raw), value)
+    return tf.raw_ops.Select(condition=mask, x=value, y=raw)
+
+
+class _OnEffective:
+    """Applies a regularizer to the effective weight instead of the raw one.
+
+    Keras hands the raw variable (or, under JAX, its current value) to a
+    variable's regularizer; on the raw weight it would give pinned entries a
+    gradient.
+    """
+
+    def __init__(self, fn: Any, layer: PinMixin, weight: str) -> None:
+        self.fn = fn
+        self.layer = layer
+        self.weight = weight
+
+    def __call__(self, raw: Any) -> Any:
+        return self.fn(self.layer.effective(self.weight, raw))
+
+
+def _regularize_effective(raw: keras.Variable, layer: PinMixin, weight: str) -> None:
+    regularizer = getattr(raw, "regularizer", None)
+    if regularizer is not None and not isinstance(regularizer, _OnEffective):
+        raw.regularizer = _OnEffective(regularizer, layer, weight)
+    # A constraint projects the raw variable after each update, as for the
+    # Keras class. It cannot see the pins: under JAX the optimizer applies it
+    # where only trainable variables are readable. Pinned entries are
+    # unaffected anyway.
