@@ -206,6 +206,11 @@ def open_pin_record(opened: formats.ModelFile, stack: contextlib.ExitStack) -> d
         info = archive.getinfo(PIN_RECORD)
         if info.file_size > _MAX_EXPANSION * max(info.compress_size, 1):
             raise error(f"claims {info.file_size} bytes but only {info.compress_size} are stored.")
+        # A mask takes 1 byte an entry and a value at most 8, against at least 2
+        # for the weight: a record larger than this pins weights the file lacks.
+        weights = archive.getinfo("model.weights.h5").file_size if opened.weights is not None else 0
+        if info.file_size > 5 * weights + (1 << 20):
+            raise error(f"is {info.file_size} bytes, too large for a weights file of {weights}.")
         member = stack.enter_context(contextlib.closing(open_member(archive, info, path)))
         record = stack.enter_context(h5py.File(member, "r"))
     except ModelFileError:
@@ -219,8 +224,9 @@ def open_pin_record(opened: formats.ModelFile, stack: contextlib.ExitStack) -> d
         raise error(f"is not a kerasurgery pin record (its `format` is {fmt!r}).")
     version = _int_attr(record.attrs.get("version"))
     if version != PIN_RECORD_VERSION:
+        shown = version if version is not None else one_line(repr(record.attrs.get("version")))
         raise error(
-            f"has version {record.attrs.get('version')!r}; this kerasurgery reads version "
+            f"has version {shown}; this kerasurgery reads version "
             f"{PIN_RECORD_VERSION} (was the file written by a newer kerasurgery?)."
         )
     layers = _group(record, "layers")
@@ -423,12 +429,12 @@ class _Walk:
                 count = next(i for i in range(len(stored) + 1) if str(i) not in stored)
                 names = KINDS[kind][:count]
             return {n: stored[str(i)] for i, n in enumerate(names) if str(i) in stored}
+        if source == WEIGHTS:
+            return stored  # not a pinnable kind: by the keys the file uses
         config = layer_config.get("config")
         if isinstance(config, dict) and "kernel_initializer" in config and "0" in stored:
             # Other layers with a kernel (LSTM cells, ...) create it first.
             return {"kernel": stored["0"]}
-        if source == WEIGHTS and class_name == UNKNOWN:
-            return stored  # by the keys the file uses
         return {}
 
     # .h5 files
@@ -500,8 +506,11 @@ class _Walk:
             nodes[node.path] = node
             stack.extend(node.children)
         config_paths = list(nodes)
+        named = set(config_paths)
         for owner, variables in deep.items():
             path = _resolve(owner, config_paths, top.path[0])
+            if path in named:
+                continue  # variables in the scope of a config layer that did not claim them
             anchor = next(path[:n] for n in range(len(path) - 1, 0, -1) if path[:n] in nodes)
             for n in range(len(anchor) + 1, len(path) + 1):
                 if path[:n] not in nodes:

@@ -173,8 +173,13 @@ def _freeze(args: argparse.Namespace, ui: Ui) -> int:
         from kerasurgery import surgery
 
         model, compiled = _load(source, args, ui)
-        if not surgery.dense_layer_names(model):
-            raise KerasurgeryError(f"{source}: the model has no Dense layer to freeze.")
+        if not surgery.pinnable_layers(model):
+            from kerasurgery.layers import supported_class_names
+
+            raise KerasurgeryError(
+                f"{source}: the model has no layer of a supported kind to freeze "
+                f"({', '.join(supported_class_names())})."
+            )
         with ui.status("Pinning weights"):
             frozen = surgery.freeze(model, pins)
         _save(frozen, output, args, ui)
@@ -199,22 +204,22 @@ def _strip(args: argparse.Namespace, ui: Ui) -> int:
         from kerasurgery import surgery
 
         model, compiled = _load(source, args, ui)
-        layers = [row for row in _dense_rows(model) if row["class_name"] == "MaskedDense"]
+        layers = [row for row in _dense_rows(model) if row["class_name"].startswith("Masked")]
         if not layers:
             raise KerasurgeryError(
-                f"{source}: the model has no MaskedDense layer; there is nothing to strip."
+                f"{source}: the model has no pinned layer; there is nothing to strip."
             )
-        with ui.status("Replacing MaskedDense layers"):
+        with ui.status("Turning pinned layers back into Keras layers"):
             stripped = surgery.strip(model)
         _save(stripped, output, args, ui)
     document = _written(args, "strip", source, output, compiled, ui, stripped=layers)
     if ui.json_output:
         ui.print_json(document)
         return OK
-    ui.layer_table(layers, title=f"{output}: now plain Dense, with these pins baked in")
+    ui.layer_table(layers, title=f"{output}: now plain Keras layers, with these pins baked in")
     ui.say(
-        f"stripped {source} -> {output}: {len(layers)} MaskedDense "
-        f"layer{'s' if len(layers) != 1 else ''} turned into Dense; "
+        f"stripped {source} -> {output}: {len(layers)} pinned "
+        f"layer{'s' if len(layers) != 1 else ''} turned into plain Keras layers; "
         + ("training config kept." if compiled else "no training config.")
     )
     return OK
@@ -238,28 +243,28 @@ def _written(
 
 
 def _dense_rows(model: Any) -> list[dict[str, Any]]:
-    """The Dense and MaskedDense layers of a model, as `inspect --json` lists layers."""
-    import keras
+    """The layers of a supported kind, at any depth, as `inspect --json` lists layers."""
     import numpy as np
 
-    from kerasurgery.layers import MaskedDense
-    from kerasurgery.surgery import walk_layers
+    from kerasurgery import layers as layers_lib
+    from kerasurgery.surgery import pinnable_layers
 
-    rows, seen = [], set()
-    for path, layer in walk_layers(model):
-        dense = type(layer) is keras.layers.Dense
-        if id(layer) in seen or not (dense or isinstance(layer, MaskedDense)) or not layer.built:
-            continue
-        seen.add(id(layer))
+    rows = []
+    for path, layer in pinnable_layers(model).items():
+        cls = layers_lib.pinned_class_for(layer)
+        main = cls.pinned_weights[0]
         pinned_kernel = pinned_bias = 0
-        if not dense:
-            pinned_kernel = int(np.count_nonzero(keras.ops.convert_to_numpy(layer.kernel_pin_mask)))
-            if layer.use_bias:
-                pinned_bias = int(np.count_nonzero(keras.ops.convert_to_numpy(layer.bias_pin_mask)))
+        if layers_lib.is_pinned(layer):
+            for weight, state in layer.pin_state().items():
+                count = int(np.count_nonzero(state.mask))
+                if weight == "bias":
+                    pinned_bias = count
+                else:
+                    pinned_kernel += count
         rows.append({
             "name": layer.name,
             "class_name": type(layer).__name__,
-            "kernel_shape": [int(n) for n in layer.kernel.shape],
+            "kernel_shape": [int(n) for n in getattr(layer, main).shape],
             "pinned_kernel": pinned_kernel,
             "pinned_bias": pinned_bias,
             "pinned": pinned_kernel + pinned_bias,

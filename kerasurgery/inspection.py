@@ -60,7 +60,7 @@ UNKNOWN_CLASS = UNKNOWN
 
 # Entries read at once when counting, so counting a huge weight or mask stays
 # within a few tens of MB of memory.
-_COUNT_BLOCK = 1 << 24
+_COUNT_BLOCK = 1 << 22
 # The weights that count as a kernel in a layer of no pinnable kind.
 _KERNEL_LIKE = ("kernel", "depthwise_kernel", "pointwise_kernel", "embeddings")
 _SHARED, _PER_ENTRY = "shared", "per_entry"
@@ -577,10 +577,10 @@ class _ModelFile:
         config = config if isinstance(config, dict) else None
         kind = kind_of(entry.class_name)
         variables = entry.variables
-        if not variables and entry.source == CONFIG and self.format == KERAS and (
-            "build_config" not in entry.layer_config
-        ):
-            return None
+        if not variables and (entry.source != CONFIG or (
+            self.format == KERAS and "build_config" not in entry.layer_config
+        )):
+            return None  # never built (or, only in the weights, a layer without weights)
         if entry.class_name in (DENSE, MASKED) and config is not None:
             self._check_dense(entry, config, where)
         elif kind is not None and config is not None and variables:

@@ -19,7 +19,9 @@ import keras
 import numpy as np
 from keras import ops
 
-from kerasurgery import layers as _layers  # also registers MaskedDense with Keras
+from kerasurgery import _pin_record
+from kerasurgery import layers as _layers  # also registers the pinned layers with Keras
+from kerasurgery import pins as _pins
 from kerasurgery.errors import KerasurgeryError, ModelFileError, one_line
 from kerasurgery.formats import (
     H5,
@@ -83,7 +85,66 @@ def load_model(
         _check_h5_weights(path, model)
         if getattr(model, "compiled", False):
             _rebuild_h5_optimizer(model)
+    else:
+        _restore_record(path, model)
     return model
+
+
+def _restore_record(path: Path, model: keras.Model) -> None:
+    """Pins, in place, the layers whose pins the file keeps in its pin record.
+
+    Keras has loaded them as plain layers holding the effective weights; the
+    record adds their masks and values. The stored weights must already hold
+    the pinned values at the pins (as `save_model` writes them): a file whose
+    weights disagree with its record is refused rather than silently changed.
+    """
+    import zipfile
+
+    from kerasurgery.surgery import walk_layers
+
+    with zipfile.ZipFile(path) as archive:
+        entries = _pin_record.read(archive, where=str(path))
+    if not entries:
+        return
+    found = dict(walk_layers(model))
+    for entry in entries:
+        layer = found.get(entry.path)
+        cls = None if layer is None else _layers.pinned_class_for(layer)
+        if cls is None or cls.__name__ != entry.class_name:
+            raise ModelFileError(
+                f"{path}: the pin record names layer {entry.path!r} ({entry.class_name}), "
+                "which the model does not have."
+            )
+        storage = {
+            w: _pins.SHARED if value.shape == () else _pins.PER_ENTRY
+            for w, (_, value) in entry.weights.items()
+        }
+        if not _layers.is_pinned(layer):
+            _layers.pin_in_place(layer, cls, storage, in_config=False)
+        if sorted(entry.weights) != sorted(layer.present_weights()):
+            raise ModelFileError(
+                f"{path}: the pin record of layer {entry.path!r} names the weights "
+                f"{sorted(entry.weights)}; the layer has {sorted(layer.present_weights())}."
+            )
+        state = {}
+        for weight, (mask, value) in entry.weights.items():
+            effective = ops.convert_to_numpy(layer.raw_variable(weight))
+            if mask.shape != effective.shape:
+                raise ModelFileError(
+                    f"{path}: the pin record of layer {entry.path!r} does not fit its "
+                    f"`{weight}` {effective.shape}."
+                )
+            pinned = np.broadcast_to(value.astype(effective.dtype), mask.shape)
+            if not np.array_equal(_pins.bits(np.where(mask, pinned, effective)), _pins.bits(effective)):
+                raise ModelFileError(
+                    f"{path}: layer {entry.path!r}: the stored `{weight}` disagrees with "
+                    "its pinned values in the pin record."
+                )
+            state[weight] = _pins.WeightPins(effective=effective, mask=mask, value=value)
+        try:
+            layer.set_pin_state(state, raw=False)
+        except KerasurgeryError as e:
+            raise ModelFileError(f"{path}: {e}") from None
 
 
 def _rebuild_h5_optimizer(model: keras.Model) -> None:
@@ -261,9 +322,9 @@ def _check_h5_weights(path: Path, model: keras.Model) -> None:
                     "refusing to cast it."
                 )
     for layer in _all_layers(model):
-        if not isinstance(layer, _layers.MaskedDense) or not layer.built:
+        if not _layers.is_pinned(layer) or not layer.built:
             continue
-        for which in ("kernel", "bias"):
+        for which in layer.present_weights():
             value = getattr(layer, f"{which}_pin_value", None)
             if value is not None and not np.all(np.isfinite(ops.convert_to_numpy(value))):
                 raise ModelFileError(
@@ -347,9 +408,12 @@ def save_model(
         raise ModelFileError(f"{path}: cannot write in {folder}: {e.strerror}.") from None
     os.close(fd)
     tmp = Path(tmp_name)
+    record = _record_of(model, path)
     try:
         with _quiet():  # Keras calls .h5 "legacy" on every save.
             model.save(tmp, overwrite=True)
+        if record:
+            _pin_record.append(tmp, record)
         _fsync(tmp)
         os.chmod(tmp, _mode_for(path))
         _move(tmp, path, overwrite)
@@ -360,6 +424,35 @@ def save_model(
         raise
     _fsync_folder(folder)
     return path
+
+
+def _record_of(model: keras.Model, path: Path) -> list[_pin_record.RecordEntry]:
+    """The pins that the file's config cannot carry (layers made by their parents)."""
+    from kerasurgery.surgery import walk_layers
+
+    entries = []
+    for layer_path, layer in walk_layers(model):
+        if not _layers.is_pinned(layer):
+            continue
+        if format_for_suffix(path) == H5:
+            # The legacy format stores variables, not what the layer reads:
+            # the raw weights at the pins are set to the pinned values, which
+            # changes nothing the layer computes.
+            for weight in layer.present_weights():
+                layer.raw_variable(weight).assign(layer.effective(weight))
+        if layer._in_config:
+            continue
+        if format_for_suffix(path) == H5:
+            raise ModelFileError(
+                f"{path}: layer {layer_path!r} sits inside a custom layer; the .h5 "
+                "format cannot store its pins. Save as .keras."
+            )
+        state = layer.pin_state()
+        entries.append(_pin_record.RecordEntry(
+            layer_path, type(layer).__name__,
+            {w: (s.mask, s.value) for w, s in state.items()},
+        ))
+    return entries
 
 
 def _exists(path: Path) -> ModelFileError:

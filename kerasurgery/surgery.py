@@ -243,7 +243,8 @@ class _Plan:
             self._storage, self._stored = {}, {}
             for w, mask in self.masks.items():
                 values = self.effective[w] if self.values[w] is None else self.values[w]
-                shared = _pins.shared_value(values, mask)
+                # A bias is small: its values are stored per entry, as in 0.1.0.
+                shared = None if w == "bias" else _pins.shared_value(values, mask)
                 self._storage[w] = SHARED if shared is not None else PER_ENTRY
                 self._stored[w] = shared if shared is not None else values
         return self._storage

@@ -540,7 +540,7 @@ def test_model_without_dense_layer(tmp_path, capsys):
     model.save(tmp_path / "nodense.keras")
     code, _, err = run(capsys, "freeze", tmp_path / "nodense.keras", "-o", tmp_path / "o.keras")
     assert code == 1
-    assert_one_error_line(err, "no Dense layer")
+    assert_one_error_line(err, "no layer of a supported kind")
     assert not (tmp_path / "o.keras").exists()
 
 
@@ -773,7 +773,7 @@ def test_strip_bakes_pins_into_plain_dense(base, tmp_path, capsys, target):
     if target == ".keras":
         code, out, err = run(capsys, "strip", frozen)
         stripped = tmp_path / "model.stripped.keras"
-        assert "2 MaskedDense layers turned into Dense" in out
+        assert "2 pinned layers turned into plain Keras layers" in out
     else:
         stripped = tmp_path / "deploy.h5"
         code, out, err = run(capsys, "strip", frozen, "-o", stripped, "--json")
@@ -794,7 +794,7 @@ def test_strip_bakes_pins_into_plain_dense(base, tmp_path, capsys, target):
 def test_strip_of_a_plain_model_writes_nothing(base, tmp_path, capsys):
     code, _, err = run(capsys, "strip", base["paths"][".keras"], "-o", tmp_path / "s.keras")
     assert code == 1
-    assert_one_error_line(err, "no MaskedDense layer")
+    assert_one_error_line(err, "no pinned layer")
     assert listing(tmp_path) == []
 
 

@@ -73,7 +73,7 @@ def test_entries_inputs_units():
         (lambda: rules.fraction(1.5, seed=0), "between 0 and 1"),
         (lambda: rules.fraction(float("nan"), seed=0), "finite"),
         (lambda: rules.connections([[0, 2]]), "only 0 and 1"),
-        (lambda: rules.entries([(1, 2, 3)]), r"\(row, column\)"),
+        (lambda: rules.entries([(1, 2, 3)])(np.zeros((2, 2)), None), "index of 2 numbers"),
     ],
 )
 def test_bad_rule_arguments(make, match):

@@ -199,9 +199,9 @@ def test_compiled_model_stays_compiled():
 @pytest.mark.parametrize(
     "pins, error, match",
     [
-        ({"nope": ks.rules.zeros()}, LayerSelectionError, r"No Dense layer matches 'nope'\. Dense layers: a, b"),
-        ({"bn": ks.rules.zeros()}, LayerSelectionError, r"Expected a `Dense` layer\. Received: layer='bn' \(BatchNormalization\)"),
-        ({"x*": ks.rules.zeros()}, LayerSelectionError, "No Dense layer matches"),
+        ({"nope": ks.rules.zeros()}, LayerSelectionError, r"No supported layer matches 'nope'\. Supported layers: a, b"),
+        ({"bn": ks.rules.zeros()}, LayerSelectionError, r"Expected a layer of a supported kind \(Dense, EinsumDense, .*\)\. Received: layer='bn' \(BatchNormalization\)"),
+        ({"x*": ks.rules.zeros()}, LayerSelectionError, "No supported layer matches"),
         ({3: ks.rules.zeros()}, LayerSelectionError, "layer name or glob"),
         ({}, PinError, "non-empty mapping"),
         ({"a": np.zeros((3, 3), bool)}, PinError, r"'a': the kernel mask has the wrong shape\. Expected: \(4, 6\)\. Received: \(3, 3\)"),
@@ -442,5 +442,5 @@ def test_equal_names_in_nested_models_are_told_apart_by_path():
     by_path = ks.freeze(model, {"inner/dense": ks.rules.zeros()})
     assert isinstance(by_path.get_layer("inner").get_layer("dense"), ks.MaskedDense)
     assert type(by_path.get_layer("dense")) is keras.layers.Dense
-    with pytest.raises(LayerSelectionError, match=r"Dense layers: inner/dense, dense"):
+    with pytest.raises(LayerSelectionError, match=r"Supported layers: inner/dense, dense"):
         ks.freeze(model, {"nope": ks.rules.zeros()})

@@ -102,6 +102,12 @@ class PinMixin:
                 )
         storage = dict(pin_storage or {})
         if pinned_kernel_values is not None:  # configs written by kerasurgery 0.1.0
+            if pinned_kernel_values not in (SHARED, PER_ENTRY):
+                raise ValueError(
+                    f"Expected `pinned_kernel_values` to be {SHARED!r} or "
+                    f"{PER_ENTRY!r}. Received: pinned_kernel_values="
+                    f"{pinned_kernel_values!r}"
+                )
             storage.setdefault(self.pinned_weights[0], pinned_kernel_values)
         for weight, kind in storage.items():
             if weight not in self.pinned_weights or kind not in (SHARED, PER_ENTRY):
@@ -116,6 +122,11 @@ class PinMixin:
     def build(self, input_shape: Any = None) -> None:
         super().build(input_shape)
         self._add_pin_variables(self._pin_storage)
+
+    @property
+    def pinned_kernel_values(self) -> str:
+        """How the main weight's pinned values are stored: `"shared"` or `"per_entry"`."""
+        return self._pin_storage.get(self.pinned_weights[0], SHARED)
 
     # -- the state ---------------------------------------------------------
 
@@ -233,6 +244,27 @@ class PinMixin:
         for variable, value in assignments:
             variable.assign(value)
 
+    def set_pinned_weights(
+        self,
+        kernel: np.ndarray,
+        kernel_mask: np.ndarray,
+        kernel_value: Any,
+        bias: np.ndarray | None = None,
+        bias_mask: np.ndarray | None = None,
+        bias_value: np.ndarray | None = None,
+    ) -> None:
+        """Assigns the main weight and the bias with their pins (the 0.1.0 form of `set_pin_state`).
+
+        Raises:
+            PinError: if a shape or dtype does not fit the layer.
+        """
+        state = {self.pinned_weights[0]: _pins.WeightPins(kernel, kernel_mask, kernel_value)}
+        if "bias" in self.present_weights():
+            if bias is None or bias_mask is None or bias_value is None:
+                raise PinError(f"Layer {self.name!r}: missing `bias`, `bias_mask` or `bias_value`.")
+            state["bias"] = _pins.WeightPins(bias, bias_mask, bias_value)
+        self.set_pin_state(state)
+
     # -- what users read and write -----------------------------------------
 
     def get_weights(self) -> list[np.ndarray]:
@@ -297,16 +329,16 @@ class PinMixin:
                 for w in present
             }
         elif keys == set(plain):
-            # A plain layout: the weights only, nothing pinned (a layer whose
-            # pins are kept in the file's pin record, or a plain layer's file).
-            state = {}
+            # The plain layout (a Keras layer's weights, or a layer whose pins
+            # the file keeps in its pin record): the weights are loaded and
+            # the current pins kept, so loading the original model's weights
+            # into a frozen model leaves every pin in place.
             for i, w in enumerate(present):
-                mask_var, value_var = self.pin_variables(w)
-                state[w] = _pins.WeightPins(
-                    effective=store[str(i)][...],
-                    mask=np.zeros(tuple(mask_var.shape), bool),
-                    value=np.zeros(tuple(value_var.shape), value_var.dtype),
-                )
+                raw = self.raw_variable(w)
+                raw.assign(_pins.checked_stored_weight(
+                    store[str(i)][...], tuple(raw.shape), raw.dtype, f"Layer {self.name!r}: `{w}`"
+                ))
+            return
         else:
             raise PinError(
                 f"Layer {self.name!r}: the saved variables do not match a "
@@ -380,8 +412,10 @@ def pin_in_place(layer: keras.layers.Layer, cls: type, storage: dict[str, str], 
     The layer keeps its identity, variables and place in its parent; it gains
     the mask and value variables (all False / zero) of each weight.
     """
-    if getattr(layer, "lora_enabled", False) or getattr(layer, "quantization_mode", None):
-        raise PinError(f"Layer {layer.name!r}: cannot pin a LoRA-enabled or quantized layer.")
+    if getattr(layer, "quantization_mode", None):
+        raise PinError(f"Layer {layer.name!r}: cannot pin a quantized layer; pin the float model.")
+    if getattr(layer, "lora_enabled", False):
+        _merge_lora(layer)
     for weight, raw_attr in cls._raw_attrs.items():
         if raw_attr != f"_{weight}" and weight in layer.__dict__:
             layer.__dict__[raw_attr] = layer.__dict__.pop(weight)
@@ -391,6 +425,25 @@ def pin_in_place(layer: keras.layers.Layer, cls: type, storage: dict[str, str], 
     layer.__dict__["quantize"] = cls.quantize.__get__(layer)
     object.__setattr__(layer, "_in_config", in_config)
     layer._add_pin_variables(storage)
+
+
+def _merge_lora(layer: keras.layers.Layer) -> None:
+    """Folds a LoRA layer's adapters into its kernel, as a plain layer of the same config."""
+    merged = ops.convert_to_numpy(layer.kernel)  # Keras' property composes the adapters
+    unlocked = layer._tracker.locked
+    layer._tracker.unlock()
+    try:
+        for name in ("lora_kernel_a", "lora_kernel_b"):
+            layer._untrack_variable(getattr(layer, name))
+            layer.__dict__.pop(name, None)
+        layer._kernel.trainable = layer.trainable
+        layer._kernel.assign(merged)
+        object.__setattr__(layer, "lora_enabled", False)
+        object.__setattr__(layer, "lora_rank", None)
+        object.__setattr__(layer, "lora_alpha", None)
+    finally:
+        if unlocked:
+            layer._tracker.lock()
 
 
 def unpin_in_place(layer: PinMixin) -> None:
@@ -413,8 +466,8 @@ def unpin_in_place(layer: PinMixin) -> None:
         layer.__dict__.pop("quantize", None)
         layer.__class__ = cls
         for weight, raw_attr in raw_attrs.items():
-            if raw_attr != f"_{weight}" and raw_attr in layer.__dict__:
-                layer.__dict__[weight] = layer.__dict__.pop(raw_attr)
+            if raw_attr != f"_{weight}":
+                layer.__dict__[weight] = layer.__dict__.pop(raw_attr, None)
         for attr in ("_pin_storage", "_in_config"):
             layer.__dict__.pop(attr, None)
     finally:
