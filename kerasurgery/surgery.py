@@ -135,9 +135,7 @@ def _copy_state(old: keras.layers.Layer, new: keras.layers.Layer) -> None:
     # named differently in the copy.
     olds = [old] + [layer for _, layer in walk_layers(old)]
     news = [new] + [layer for _, layer in walk_layers(new)]
-    if [type(layer).__name__ for layer in olds if not layers_lib.is_pinned(layer)] != [
-        type(layer).__name__ for layer in news if not layers_lib.is_pinned(layer)
-    ] or len(olds) != len(news):
+    if [_kind(layer) for layer in olds] != [_kind(layer) for layer in news]:
         raise KerasurgeryError(
             f"Cannot copy layer {old.name!r}: its copy made from its config holds other layers."
         )
@@ -147,6 +145,11 @@ def _copy_state(old: keras.layers.Layer, new: keras.layers.Layer) -> None:
                 target, type(source), dict(source._pin_storage), in_config=source._in_config
             )
     new.set_weights(_raw_weights(old))
+
+
+def _kind(layer: keras.layers.Layer) -> str:
+    cls = type(layer).keras_class if layers_lib.is_pinned(layer) else type(layer)
+    return cls.__name__
 
 
 def _raw_weights(layer: keras.layers.Layer) -> list[np.ndarray]:
