@@ -249,7 +249,9 @@ class _Plan:
                 # A bias is small: its values are stored per entry, as in 0.1.0.
                 shared = None if w == "bias" else _pins.shared_value(values, mask)
                 self._storage[w] = SHARED if shared is not None else PER_ENTRY
-                self._stored[w] = shared if shared is not None else values
+                # Per entry, only pinned entries are meaningful; the rest hold
+                # zeros, so a non-finite free entry is not taken for a pin.
+                self._stored[w] = shared if shared is not None else np.where(mask, values, 0).astype(values.dtype)
         return self._storage
 
     def assign(self, layer: Any) -> None:

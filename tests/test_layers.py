@@ -8,7 +8,8 @@ import pytest
 from keras import ops
 
 import kerasurgery as ks
-from kerasurgery.errors import PinError
+from kerasurgery import layers as layers_lib
+from kerasurgery.errors import KerasurgeryError, PinError
 from tests.helpers import bits, gradients, train
 
 OPTIMIZERS = {
@@ -271,3 +272,93 @@ def test_set_pinned_weights_rejects_bad_arrays(field, value, match):
         masked.set_pinned_weights(**{**good, field: value})
     assert np.array_equal(ops.convert_to_numpy(masked.kernel), before), "nothing assigned"
 
+
+
+# --- Outside training, pins never break silently (the side paths) -------------
+
+
+def _frozen_dense():
+    inputs = keras.Input((4,), name="x")
+    outputs = keras.layers.Dense(3, name="d")(inputs)
+    model = keras.Model(inputs, outputs)
+    frozen = ks.freeze(model, {"d": ks.Pin(kernel=np.eye(4, 3, dtype=bool), kernel_value=0.5)})
+    return model, frozen, frozen.get_layer("d")
+
+
+def test_set_weights_refuses_a_float_mask_and_a_nan_value():
+    _, _, layer = _frozen_dense()
+    weights = layer.get_weights()
+    names = [v.name for v in layer.weights]
+    bad_mask = list(weights)
+    bad_mask[names.index("kernel_pin_mask")] = np.ones((4, 3), "float32")
+    with pytest.raises(PinError, match="kernel_pin_mask` must be boolean"):
+        layer.set_weights(bad_mask)
+    bad_value = list(weights)
+    bad_value[names.index("kernel_pin_value")] = np.float32("nan")
+    with pytest.raises(PinError, match="non-finite pinned value"):
+        layer.set_weights(bad_value)
+    assert np.all(ops.convert_to_numpy(layer.kernel)[np.eye(4, 3, dtype=bool)] == 0.5)
+
+
+def test_get_weights_and_h5_hold_the_effective_kernel_after_weight_decay(tmp_path):
+    _, frozen, layer = _frozen_dense()
+    frozen.compile(optimizer=keras.optimizers.AdamW(0.1, weight_decay=5.0), loss="mse")
+    x = np.random.default_rng(0).normal(size=(32, 4)).astype("float32")
+    frozen.fit(x, np.ones((32, 3), "float32"), epochs=2, verbose=0)
+    mask = np.eye(4, 3, dtype=bool)
+    raw = ops.convert_to_numpy(layer.raw_variable("kernel"))
+    assert not np.all(raw[mask] == 0.5)  # the raw variable drifted under the pins
+    kernel = layer.get_weights()[0]
+    assert np.all(kernel[mask] == np.float32(0.5))
+    assert np.array_equal(kernel, ops.convert_to_numpy(layer.kernel))
+    ks.save_model(frozen, tmp_path / "m.h5")
+    import h5py
+
+    with h5py.File(tmp_path / "m.h5") as f:
+        stored = f["model_weights/d/d/kernel"][()]
+    assert np.all(stored[mask] == np.float32(0.5))
+
+
+def test_a_nan_assigned_directly_is_refused_at_save_and_nothing_is_written(tmp_path):
+    _, frozen, layer = _frozen_dense()
+    layer.kernel_pin_value.assign(np.float32("nan"))
+    with pytest.raises(KerasurgeryError, match="non-finite pinned value"):
+        ks.save_model(frozen, tmp_path / "m.keras")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_quantize_is_refused_pointing_at_strip():
+    _, frozen, _ = _frozen_dense()
+    with pytest.raises(KerasurgeryError, match="strip"):
+        frozen.quantize("int8")
+    deep = keras.layers.Dense(2)
+    deep.build((None, 3))
+    layers_lib.pin_in_place(deep, ks.MaskedDense, {}, in_config=False)
+    with pytest.raises(KerasurgeryError, match="strip"):
+        deep.quantize("int8")
+
+
+def test_loading_the_original_weights_into_the_frozen_model_says_what_to_do(tmp_path):
+    model, frozen, layer = _frozen_dense()
+    model.save_weights(tmp_path / "orig.weights.h5")
+    with pytest.raises(ValueError, match="Load that file into the original model, then freeze it again"):
+        frozen.load_weights(tmp_path / "orig.weights.h5")
+    # A frozen model's own weights file round-trips with its pins.
+    frozen.save_weights(tmp_path / "frozen.weights.h5")
+    again = ks.freeze(model, {"d": ks.Pin(kernel=np.eye(4, 3, dtype=bool), kernel_value=0.5)})
+    again.load_weights(tmp_path / "frozen.weights.h5")
+    assert np.array_equal(again.get_layer("d").pins().kernel, np.eye(4, 3, dtype=bool))
+    assert np.array_equal(ops.convert_to_numpy(again.get_layer("d").kernel), ops.convert_to_numpy(layer.kernel))
+
+
+def test_a_non_finite_free_entry_is_not_called_a_pinned_value():
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dense(3, name="d")(inputs))
+    kernel = np.arange(12, dtype="float32").reshape(4, 3)
+    kernel[3, 2] = np.inf
+    model.get_layer("d").kernel.assign(kernel)
+    mask = np.zeros((4, 3), bool)
+    mask[0] = True
+    frozen = ks.freeze(model, {"d": ks.Pin(kernel=mask)})  # per-entry values 0, 1, 2
+    assert frozen.get_layer("d").pinned_kernel_values == "per_entry"
+    assert np.array_equal(frozen.get_layer("d").pins().kernel, mask)

@@ -9,6 +9,7 @@ import sys
 import textwrap
 import warnings
 import zipfile
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -328,3 +329,40 @@ def test_any_spelling_of_the_suffix_saves_and_loads(tmp_path, mlp, data, name):
         warnings.simplefilter("ignore")
         loaded = ks.load_model(path)
     assert np.array_equal(ops.convert_to_numpy(loaded(data[0])), ops.convert_to_numpy(mlp(data[0])))
+
+
+V010 = Path(__file__).resolve().parent.parent / "fixtures" / "kerasurgery-0.1.0"
+
+
+@pytest.mark.parametrize("name", ["frozen_mlp.keras", "frozen_mlp.h5", "nested_frozen.keras"])
+def test_files_written_by_0_1_0_load_with_their_pins_in_a_new_process(name):
+    """Both loaders, after a bare `import kerasurgery`, in a fresh interpreter."""
+    script = textwrap.dedent(f"""
+        import numpy as np, keras, kerasurgery as ks
+        from kerasurgery.surgery import walk_layers
+        path = {str(V010 / name)!r}
+        counts = []
+        for load in (ks.load_model, keras.saving.load_model):
+            model = load(path)
+            pinned = {{p: l.pin_state() for p, l in walk_layers(model) if hasattr(l, "pin_state")}}
+            counts.append({{p: {{w: int(s.mask.sum()) for w, s in ws.items()}} for p, ws in pinned.items()}})
+            for ws in pinned.values():
+                for s in ws.values():
+                    value = np.broadcast_to(s.value, s.mask.shape)
+                    assert np.array_equal(s.effective[s.mask].view("u4"), value[s.mask].view("u4"))
+        assert counts[0] == counts[1]
+        print(counts[0])
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    counts = eval(done.stdout.strip().splitlines()[-1])
+    if name.startswith("frozen_mlp"):
+        assert counts == {
+            "dense_1": {"kernel": 64, "bias": 0},
+            "dense_2": {"kernel": 128, "bias": 0},
+            "dense_3": {"kernel": 16, "bias": 1},
+        }
+    else:
+        assert counts["block/block_dense"] == {"kernel": 16, "bias": 0}
+        assert counts["shared"] == {"kernel": 16, "bias": 0}
+        assert counts["tower/tower_dense"] == {"kernel": 2, "bias": 2}

@@ -339,6 +339,14 @@ class PinMixin:
                     store[str(i)][...], tuple(raw.shape), raw.dtype, f"Layer {self.name!r}: `{w}`"
                 ))
             return
+        elif not keys:
+            # Keras keys a weights file by layer class (`layers/dense`), so a
+            # file saved from the unfrozen model has nothing under this one.
+            raise PinError(
+                f"Layer {self.name!r}: the weights file has no weights for this pinned "
+                f"layer (a file saved from the unfrozen model keys it by its Keras "
+                "class). Load that file into the original model, then freeze it again."
+            )
         else:
             raise PinError(
                 f"Layer {self.name!r}: the saved variables do not match a "
