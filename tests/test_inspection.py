@@ -1132,7 +1132,7 @@ def bert(tmp_path_factory):
     keras_hub = pytest.importorskip("keras_hub")
     t = tmp_path_factory.mktemp("bert")
     keras.utils.set_random_seed(0)
-    backbone = keras_hub.models.BertBackbone(
+    backbone = keras_hub.models.BertBackbone(name="bert_backbone", 
         vocabulary_size=50, num_layers=1, num_heads=2, hidden_dim=8, intermediate_dim=16,
         max_sequence_length=8)
     model = keras_hub.models.BertTextClassifier(backbone, num_classes=2, preprocessor=None)
