@@ -20,6 +20,7 @@ from kerasurgery.pins import Pin
 
 __all__ = [
     "KerasurgeryError",
+    "callbacks",
     "MaskedDense",
     "Pin",
     "freeze",
@@ -37,6 +38,7 @@ _LAZY = {
     "load_model": "kerasurgery.saving",
     "save_model": "kerasurgery.saving",
     "rules": "kerasurgery.rules",
+    "callbacks": "kerasurgery.callbacks",
 }
 
 
@@ -44,7 +46,7 @@ def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'kerasurgery' has no attribute {name!r}")
-    if name == "rules":
+    if name in ("rules", "callbacks"):
         return importlib.import_module(module)
     return getattr(importlib.import_module(module), name)
 

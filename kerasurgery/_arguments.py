@@ -14,13 +14,13 @@ from kerasurgery import __version__
 
 _EXAMPLES = """\
 examples:
-  kerasurgery freeze pruned.keras                 # pin every exact zero of every Dense layer
+  kerasurgery freeze pruned.keras                 # pin every exact zero of every supported layer
   kerasurgery freeze model.h5 --layer 'dense_*' --below 1e-3 --value 0 -o pinned.h5
   kerasurgery freeze model.keras --spec pins.toml # several layers, different rules
   kerasurgery inspect pruned.frozen.keras         # layers and pinned counts, no TensorFlow
   kerasurgery inspect pruned.frozen.keras --layer dense_1 --show
   kerasurgery verify finetuned.keras --against pruned.frozen.keras
-  kerasurgery strip finetuned.keras               # plain Dense layers, loads without kerasurgery
+  kerasurgery strip finetuned.keras               # plain Keras layers, loads without kerasurgery
 
 exit codes: 0 success, 1 error (nothing written) or failed verification, 2 usage error,
   130 interrupted (Ctrl-C)
@@ -35,11 +35,15 @@ examples:
   kerasurgery freeze model.keras --connections wiring.npz  # 1 = trainable, 0 = pinned at 0
   kerasurgery freeze model.keras --fraction 0.5 --seed 7 -o half.keras --force
   kerasurgery freeze model.keras --spec pins.toml
+  kerasurgery freeze model.keras --smallest 0.8 --across-layers  # global magnitude pruning, 80%
+  kerasurgery freeze model.keras --layer 'conv*' --n-of-m 2:4     # 2:4 sparsity along input channels
+  kerasurgery freeze model.keras --smallest-units 0.25 --norm 2   # prune a quarter of the filters
 
 A spec file holds one [[layer]] table per layer name or glob:
   [[layer]]
   pattern = "hidden"
   below = 0.01          # the rule: below | mask | connections | index | inputs | units | fraction
+                        #   | smallest | n_of_m | smallest_units
   bias = true           # optional; `value = 0.5` pins to 0.5; no rule key = zeros
 """
 
@@ -50,7 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     formatter = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
         prog="kerasurgery",
-        description="Pin individual Dense weights of a saved Keras model to constants.",
+        description="Pin individual weights of a saved Keras model (Dense, EinsumDense,\n"
+        "convolutions, Embedding, at any depth) to constants, and prune by magnitude.",
         epilog=_EXAMPLES,
         formatter_class=formatter,
     )
@@ -74,15 +79,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     freeze = commands.add_parser(
         "freeze", parents=[common, writing], formatter_class=formatter,
-        help="pin Dense weights of a model file, write a new file",
-        description="Rewrite Dense layers into MaskedDense layers with the chosen entries pinned.\n"
-        "Default: every Dense layer, exact zeros, output IN.frozen.SUFFIX beside IN.",
+        help="pin or prune weights of a model file, write a new file",
+        description="Rewrite the selected layers (Dense, EinsumDense, convolutions, Embedding, at any\n"
+        "depth) into pinned layers (MaskedDense, MaskedConv2D, ...) with the chosen entries pinned.\n"
+        "Default: every supported layer, exact zeros, output IN.frozen.SUFFIX beside IN.",
         epilog=_FREEZE_EXAMPLES,
     )
     freeze.add_argument("input", metavar="IN", help="model file (.keras or .h5)")
     freeze.add_argument(
         "--layer", action="append", metavar="PATTERN", dest="layers",
-        help="layer name or glob, repeatable (default: every Dense layer)",
+        help="layer path, name or glob, repeatable (default: every supported layer)",
     )
     rule = freeze.add_argument_group("rule (one of)").add_mutually_exclusive_group()
     rule.add_argument("--zeros", action="store_true", help="entries that are exactly 0 (default)")
@@ -93,8 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
     rule.add_argument("--inputs", type=_int_list, metavar="LIST", help="whole kernel rows, e.g. 0,2,5-7")
     rule.add_argument("--units", type=_int_list, metavar="LIST", help="whole output units: kernel columns and their bias entries")
     rule.add_argument("--fraction", type=_float, metavar="F", help="a random fraction F of the entries (needs --seed)")
+    rule.add_argument("--smallest", type=_float, metavar="F", help="prune: the fraction F of entries of smallest |w| in each layer, pinned at 0")
+    rule.add_argument("--n-of-m", type=_n_of_m, metavar="N:M", help="prune: the N smallest |w| of every M consecutive inputs, pinned at 0 (2:4)")
+    rule.add_argument("--smallest-units", type=_float, metavar="F", help="prune: the fraction F of output units (filters) of smallest norm, pinned at 0")
     rule.add_argument("--spec", metavar="FILE.toml", help="several layers with different rules (see below)")
     freeze.add_argument("--seed", type=int, metavar="S", help="seed of --fraction")
+    freeze.add_argument("--across-layers", action="store_true", help="--smallest: one ranking over all selected layers (global pruning)")
+    freeze.add_argument("--norm", type=int, choices=(1, 2), help="--smallest-units: rank units by their L1 (default) or L2 norm")
     freeze.add_argument("--value", type=_float, metavar="V", help="pin to V instead of the current values")
     freeze.add_argument("--bias", action="store_true", help="apply the rule to the bias too")
     freeze.set_defaults(parser=freeze)
@@ -111,13 +122,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     inspect.add_argument("file", metavar="FILE", help="model file (.keras or .h5)")
     inspect.add_argument("--layer", metavar="NAME", help="only this layer: a path (MODEL/NAME inside nested models) or a name")
-    inspect.add_argument("--show", action="store_true", help="draw the pin pattern of --layer (or of every Dense layer)")
+    inspect.add_argument("--show", action="store_true", help="draw the pin pattern of --layer (or of every pinnable layer)")
     inspect.set_defaults(parser=inspect)
 
     strip = commands.add_parser(
         "strip", parents=[common, writing], formatter_class=formatter,
-        help="turn MaskedDense back into plain Dense (deployable)",
-        description="Replace every MaskedDense by a plain Dense holding the effective weights;\n"
+        help="turn pinned layers back into plain Keras layers (deployable)",
+        description="Replace every pinned layer (MaskedDense, MaskedConv2D, ...) by its plain Keras\n"
+        "class holding the effective weights;\n"
         "the result loads with plain Keras. Default output: IN.stripped.SUFFIX.",
         epilog="examples:\n  kerasurgery strip finetuned.keras\n"
         "  kerasurgery strip finetuned.keras -o deploy.h5 --force\n",
@@ -171,6 +183,13 @@ def _int_list(text: str) -> list[int]:
             f"expected integers like 0,2,5-7, got {text!r}"
         ) from None
     return result
+
+
+def _n_of_m(text: str) -> tuple[int, int]:
+    n, colon, m = text.partition(":")
+    if not (colon and n.isdigit() and m.isdigit() and len(text) <= 20):
+        raise argparse.ArgumentTypeError(f"expected N:M like 2:4, got {text!r}")
+    return int(n), int(m)
 
 
 def _index(text: str) -> tuple[int, ...]:

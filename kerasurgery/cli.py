@@ -88,7 +88,9 @@ def _pins_from_args(args: argparse.Namespace) -> dict[str, Any]:
     parser = args.parser
     if args.spec is not None:
         for flag, given in (("--layer", args.layers), ("--value", args.value is not None),
-                            ("--bias", args.bias), ("--seed", args.seed is not None)):
+                            ("--bias", args.bias), ("--seed", args.seed is not None),
+                            ("--across-layers", args.across_layers),
+                            ("--norm", args.norm is not None)):
             if given:
                 parser.error(f"{flag} cannot be combined with --spec: put it in the spec file")
         return spec.load_spec(args.spec)
@@ -103,6 +105,8 @@ def _pins_from_args(args: argparse.Namespace) -> dict[str, Any]:
         value=args.value,
         bias=True if args.bias else None,
         seed=args.seed,
+        across_layers=args.across_layers,
+        norm=args.norm,
     )
 
 

@@ -134,14 +134,28 @@ class Rule(Protocol):
     def __call__(self, kernel: np.ndarray, bias: np.ndarray | None) -> Pin: ...
 
 
+class AxisRule:
+    """A rule that is also told its weight's axes: `rule(kernel, bias, axes)`.
+
+    `freeze` passes the axes of the layer's class (`Axes`); called by a script
+    on bare arrays, a rule assumes Dense's (rows = inputs, last axis = units).
+    """
+
+
 @dataclasses.dataclass(frozen=True)
-class _Rule:
-    """A named rule: `select(weight)` gives the mask of one weight."""
+class _Rule(AxisRule):
+    """A named rule: `select(weight, which, axes)` gives the mask of one weight.
+
+    A rule with `across` looks at every layer it selects in one `freeze` call
+    at once (global magnitude pruning): `across(weights)` gives one mask per
+    weight, for the kernels of all layers together and then for their biases.
+    """
 
     name: str
     select: Any
     bias: bool | None = False  # None: the bias too, when the layer has one
     value: Value = None
+    across: Any = None
 
     def __call__(
         self, kernel: np.ndarray, bias: np.ndarray | None, axes: Axes | None = None

@@ -25,7 +25,9 @@ connections = "head_connections.npz"   # relative to the spec file's folder
 ```
 
 The rule is named by its argument key (`below`, `mask`, `connections`,
-`index`, `inputs`, `units`, `fraction` with `seed`) or by `rule = "..."`;
+`index`, `inputs`, `units`, `fraction` with `seed`, `smallest` with an optional
+`across_layers = true`, `n_of_m = "2:4"`, `smallest_units` with an optional
+`norm = 2`) or by `rule = "..."`;
 an entry with neither pins exact zeros. An `index` item of two numbers is a
 kernel entry, of one number a bias entry. An `.npy` file applies to every layer
 the pattern selects; an `.npz` file holds one array per layer name (a mask
@@ -44,22 +46,26 @@ from typing import Any
 
 import numpy as np
 
-from kerasurgery import pins
+from kerasurgery import pins, pruning
 from kerasurgery.errors import KerasurgeryError, UsageError, one_line
 from kerasurgery.pins import Pin
 
-RULES = ("zeros", "below", "mask", "connections", "index", "inputs", "units", "fraction")
+RULES = (
+    "zeros", "below", "mask", "connections", "index", "inputs", "units", "fraction",
+    "smallest", "n_of_m", "smallest_units",
+)
 # The rules whose argument names a file of arrays.
 FILE_RULES = ("mask", "connections")
 # Rules that can also target the bias when asked (`units` does by default).
-_BIAS_RULES = ("zeros", "below", "fraction", "units")
+_BIAS_RULES = ("zeros", "below", "fraction", "units", "smallest", "smallest_units")
 _BIAS_HINTS = {
     "index": "give a bias entry as an index of one number",
     "mask": "put bias masks in an .npz file under the key 'LAYER/bias'",
     "connections": "a connections matrix describes the kernel only",
     "inputs": "the bias has no input axis",
+    "n_of_m": "n:m groups run along the kernel's input axis",
 }
-_ENTRY_KEYS = ("pattern", "rule", "bias", "value", "seed", *RULES[1:])
+_ENTRY_KEYS = ("pattern", "rule", "bias", "value", "seed", "across_layers", "norm", *RULES[1:])
 # An .npz key "LAYER/bias" holds that layer's bias mask ("LAYER" or
 # "LAYER/kernel" its kernel mask); Keras 3 layer names cannot contain "/".
 _KERNEL, _BIAS = "kernel", "bias"
@@ -74,6 +80,8 @@ def pins_for(
     bias: bool | None = None,
     seed: int | None = None,
     folder: str | os.PathLike | None = None,
+    across_layers: bool = False,
+    norm: int | None = None,
 ) -> dict[str, Any]:
     """Builds the `freeze` pins for one rule applied to the layers `patterns` select.
 
@@ -91,6 +99,9 @@ def pins_for(
             layer to have one). `None` = the rule's default: only `units`
             pins bias entries, of the layers that have a bias.
         seed: The seed of `fraction` (required there).
+        across_layers: `smallest` only: one ranking over every selected
+            layer (global magnitude pruning).
+        norm: `smallest_units` only: 1 (default) or 2.
         folder: Where a relative file path is found (default: the working folder).
 
     Returns:
@@ -113,6 +124,10 @@ def pins_for(
         )
     if rule != "fraction" and seed is not None:
         raise UsageError(f"A seed applies to rule 'fraction' only, not {rule!r}.")
+    if across_layers and rule != "smallest":
+        raise UsageError(f"`across_layers` applies to rule 'smallest' only, not {rule!r}.")
+    if norm is not None and rule != "smallest_units":
+        raise UsageError(f"A norm applies to rule 'smallest_units' only, not {rule!r}.")
     if rule != "zeros" and argument is None:
         raise KerasurgeryError(f"Rule {rule!r} needs an argument.")
     if rule in FILE_RULES:
@@ -120,11 +135,25 @@ def pins_for(
         if folder is not None and not path.is_absolute():
             path = Path(folder) / path
         return _file_pins(rule, path, patterns, value)
-    built = _rule(rule, argument, value=value, bias=bias, seed=seed)
+    built = _rule(rule, argument, value=value, bias=bias, seed=seed,
+                  across_layers=across_layers, norm=norm)
+    # One rule object for every pattern: `across_layers` ranks all their layers together.
     return {pattern: built for pattern in patterns}
 
 
-def _rule(rule: str, argument: Any, *, value: Any, bias: bool | None, seed: Any) -> Any:
+def _rule(
+    rule: str, argument: Any, *, value: Any, bias: bool | None, seed: Any,
+    across_layers: bool = False, norm: int | None = None,
+) -> Any:
+    if rule == "smallest":
+        return pruning.smallest(argument, bias=bool(bias), value=value, across_layers=across_layers)
+    if rule == "n_of_m":
+        n, m = argument
+        return pruning.n_of_m(n, m, value=value)
+    if rule == "smallest_units":
+        if bias is False:
+            raise UsageError("Rule 'smallest_units' prunes whole units, bias entries included.")
+        return pruning.smallest_units(argument, 1 if norm is None else norm, value=value)
     if rule == "zeros":
         return pins.zeros(bias=bool(bias), value=value)
     if rule == "below":
@@ -324,6 +353,8 @@ def _entry_pins(entry: Mapping[str, Any], folder: Path) -> dict[str, Any]:
         bias=_optional(entry, "bias", _boolean),
         seed=_optional(entry, "seed", _integer),
         folder=folder,
+        across_layers=bool(_optional(entry, "across_layers", _boolean)),
+        norm=_optional(entry, "norm", _integer),
     )
 
 
@@ -335,14 +366,19 @@ _ARGUMENT_HELP = {
     "index": "[[row, column], ..., [unit], ...]",
     "inputs": "[row, ...]",
     "units": "[unit, ...]",
+    "smallest": "a fraction between 0 and 1",
+    "smallest_units": "a fraction between 0 and 1",
+    "n_of_m": '"2:4"',
 }
 
 
 def _argument(rule: str, raw: Any) -> Any:
     if rule == "zeros":
         return None
-    if rule in ("below", "fraction"):
+    if rule in ("below", "fraction", "smallest", "smallest_units"):
         return _number(raw, rule)
+    if rule == "n_of_m":
+        return n_of_m_argument(raw)
     if rule in FILE_RULES:
         if not isinstance(raw, str) or not raw:
             raise KerasurgeryError(f"`{rule}` must be a file path. Received: {raw!r}")
@@ -355,6 +391,17 @@ def _argument(rule: str, raw: Any) -> Any:
             for item in raw
         ]
     return _integers(raw, rule)
+
+
+def n_of_m_argument(raw: Any) -> tuple[int, int]:
+    """`"2:4"` (or `[2, 4]`) -> (2, 4)."""
+    if isinstance(raw, str):
+        n, colon, m = raw.partition(":")
+        if colon and n.strip().isdigit() and m.strip().isdigit() and len(raw) <= 20:
+            return int(n), int(m)
+    elif isinstance(raw, list) and len(raw) == 2:
+        return _integer(raw[0], "n_of_m"), _integer(raw[1], "n_of_m")
+    raise KerasurgeryError(f'`n_of_m` must look like "2:4" (N:M). Received: {raw!r}')
 
 
 def _optional(entry: Mapping[str, Any], key: str, check: Any) -> Any:

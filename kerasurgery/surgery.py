@@ -86,11 +86,19 @@ def freeze(model: keras.Model, pins: Mapping[str, PinSpec]) -> keras.Model:
     pinnable = pinnable_layers(model)
     plans: dict[int, _Plan] = {}
     paths: dict[int, str] = {}
+    selections = []
     for key, spec in pins.items():
-        for path, layer in _select(model, key, pinnable):
-            plan = plans.get(id(layer)) or _Plan.of(layer)
-            plans[id(layer)] = plan.add(_resolve(spec, layer, plan), path)
+        selected = _select(model, key, pinnable)
+        for path, layer in selected:
+            plans.setdefault(id(layer), _Plan.of(layer))
             paths[id(layer)] = path
+        selections.append((spec, selected))
+    across = _resolve_across(selections, plans)
+    for spec, selected in selections:
+        for path, layer in selected:
+            plan = plans[id(layer)]
+            updates = across[id(spec)][id(layer)] if id(spec) in across else _resolve(spec, layer, plan)
+            plan.add(updates, path)
     frozen = _rebuild(model, _copy_state)
     copies = dict(walk_layers(frozen))
     visible = _config_visible(frozen)
@@ -347,9 +355,10 @@ def _resolve(spec: PinSpec, layer: keras.layers.Layer, plan: _Plan) -> list[tupl
     # with the layer's bias; the bias part is taken once.
     updates: list[tuple[str, Any, Any]] = []
     bias = plan.effective.get("bias")
+    bias_pin: tuple[str, Any, Any] | None = None
     for weight in [w for w in plan.effective if w != "bias"]:
         try:
-            if isinstance(spec, _pins._Rule):
+            if isinstance(spec, _pins.AxisRule):
                 pin = spec(plan.effective[weight], bias, plan.axes(weight))
             else:
                 pin = spec(plan.effective[weight], bias)
@@ -361,9 +370,49 @@ def _resolve(spec: PinSpec, layer: keras.layers.Layer, plan: _Plan) -> list[tupl
                 f"for layer {layer.name!r}"
             )
         updates.append((weight, pin.kernel, pin.kernel_value))
-        if len(updates) == 1:
-            updates.append(("bias", pin.bias, pin.bias_value))
-    return updates
+        # The bias part of the first kernel that gives one (a separable
+        # convolution's units are its pointwise kernel's).
+        if bias_pin is None and pin.bias is not None:
+            bias_pin = ("bias", pin.bias, pin.bias_value)
+    return updates + ([bias_pin] if bias_pin else [])
+
+
+def _resolve_across(
+    selections: list[tuple[Any, list[tuple[str, keras.layers.Layer]]]], plans: dict[int, _Plan]
+) -> dict[int, dict[int, list[tuple[str, Any, Any]]]]:
+    """Updates of the rules that rank every layer they select together (`across`).
+
+    Returns `{id(rule): {id(layer): updates}}`. The same rule object under
+    several keys ranks the layers of all those keys together, each once.
+    """
+    layers_of: dict[int, dict[int, keras.layers.Layer]] = {}
+    rules: dict[int, Any] = {}
+    for spec, selected in selections:
+        if getattr(spec, "across", None) is None:
+            continue
+        rules[id(spec)] = spec
+        for _, layer in selected:
+            layers_of.setdefault(id(spec), {})[id(layer)] = layer
+    result: dict[int, dict[int, list[tuple[str, Any, Any]]]] = {}
+    for key, rule in rules.items():
+        chosen = [plans[i] for i in layers_of[key]]
+        updates: dict[int, list[tuple[str, Any, Any]]] = {id(p.layer): [] for p in chosen}
+        kernels = [(p, w) for p in chosen for w in p.effective if w != "bias"]
+        masks = rule.across([p.effective[w] for p, w in kernels])
+        for (p, w), mask in zip(kernels, masks):
+            updates[id(p.layer)].append((w, mask, rule.value))
+        if rule.bias:
+            with_bias = [p for p in chosen if "bias" in p.effective]
+            missing = [p.layer.name for p in chosen if "bias" not in p.effective]
+            if missing:
+                raise PinError(
+                    f"Rule {rule.name!r} targets the bias, but layer {missing[0]!r} has none."
+                )
+            masks = rule.across([p.effective["bias"] for p in with_bias])
+            for p, mask in zip(with_bias, masks):
+                updates[id(p.layer)].append(("bias", mask, rule.value))
+        result[key] = updates
+    return result
 
 
 def _select(

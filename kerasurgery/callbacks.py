@@ -1,0 +1,253 @@
+"""Keras callbacks: `GradualPruning`, magnitude pruning that grows during `fit`."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Sequence
+from typing import Any
+
+from kerasurgery import _compat  # noqa: F401  (refuses an unsupported Keras first)
+
+import keras
+import numpy as np
+from keras import ops
+
+from kerasurgery import layers as layers_lib
+from kerasurgery import pins as _pins
+from kerasurgery import pruning
+from kerasurgery.errors import LayerSelectionError, PinError
+
+__all__ = ["GradualPruning"]
+
+
+class GradualPruning(keras.callbacks.Callback):
+    """Prunes the smallest-magnitude free entries during `fit`, on a polynomial schedule.
+
+    The schedule is Zhu & Gupta's (2017), the one tfmot's `PolynomialDecay`
+    uses: at step `t` the sparsity is
+
+        s(t) = target + (initial - target) * (1 - (t - begin_step) / (end_step - begin_step)) ** power
+
+    At `begin_step`, every `frequency` steps after it, and at `end_step`, each
+    selected weight gets pins at 0.0 on its smallest free entries (by `|w|`;
+    ties: the lower flat index) until exactly `round(s(t) * size)` of its
+    entries are pinned at 0.0; already pinned entries stay pinned. Unlike
+    tfmot, pruned entries are pins: from the next step on they have an exactly
+    zero gradient and stay exactly 0.0 under weight decay, momentum and EMA,
+    with no re-zeroing. The pins take effect within the same `fit` call on
+    TensorFlow (graph and XLA), JAX and PyTorch.
+
+    Steps are the optimizer's: `model.optimizer.iterations` when `fit`
+    starts, plus the steps run since, so a second `fit` call (or a run
+    resumed by `BackupAndRestore`) continues the schedule. The current
+    sparsity (pinned zeros over all selected kernel entries) is added to the
+    logs as `"sparsity"`, per batch and per epoch.
+
+    The layers must be pinned already: `kerasurgery.freeze(model, {"*":
+    kerasurgery.Pin()})` makes every supported layer pin-capable with nothing
+    pinned. Kernels are pruned (both kernels of a separable convolution, an
+    Embedding's matrix), biases never.
+
+    Args:
+        target_sparsity: Final sparsity, in [0, 1].
+        begin_step: First pruning step (optimizer steps).
+        end_step: Last pruning step; the target is reached there.
+        frequency: Steps between pruning steps (>= 1).
+        initial_sparsity: Sparsity of the schedule at `begin_step`.
+        power: Exponent of the schedule (3 in Zhu & Gupta).
+        layers: A layer path, name or glob, or a list of them, as
+            `kerasurgery.freeze` takes; `"*"` = every pinned layer.
+        across_layers: One magnitude ranking over all selected layers (global
+            magnitude pruning): the total sparsity follows the schedule, and
+            layers end at different sparsities.
+
+    Example:
+
+    ```python
+    model = kerasurgery.freeze(model, {"*": kerasurgery.Pin()})
+    model.compile(optimizer=keras.optimizers.AdamW(1e-3, weight_decay=0.01), loss="mse")
+    model.fit(x, y, epochs=10, callbacks=[
+        kerasurgery.callbacks.GradualPruning(0.9, begin_step=0, end_step=1000, frequency=100)
+    ])
+    ```
+    """
+
+    def __init__(
+        self,
+        target_sparsity: float,
+        begin_step: int,
+        end_step: int,
+        frequency: int = 100,
+        initial_sparsity: float = 0.0,
+        power: int = 3,
+        layers: str | Sequence[str] = "*",
+        across_layers: bool = False,
+    ) -> None:
+        super().__init__()
+        self.target_sparsity = pruning.checked_fraction(target_sparsity, "target_sparsity")
+        self.initial_sparsity = pruning.checked_fraction(initial_sparsity, "initial_sparsity")
+        self.begin_step = _step(begin_step, "begin_step")
+        self.end_step = _step(end_step, "end_step")
+        self.frequency = _step(frequency, "frequency")
+        if self.end_step < self.begin_step:
+            raise PinError(
+                f"Expected end_step >= begin_step. Received: begin_step={begin_step}, "
+                f"end_step={end_step}"
+            )
+        if self.frequency < 1:
+            raise PinError(f"Expected frequency >= 1. Received: frequency={frequency}")
+        if isinstance(power, bool) or not isinstance(power, (int, float)) or not power > 0:
+            raise PinError(f"Expected a power > 0. Received: power={power!r}")
+        self.power = power
+        self.layers = [layers] if isinstance(layers, str) else list(layers)
+        if not self.layers or not all(isinstance(p, str) for p in self.layers):
+            raise LayerSelectionError(
+                f"Expected `layers` to be a layer path, name or glob, or a list of them. "
+                f"Received: {layers!r}"
+            )
+        self.across_layers = bool(across_layers)
+        self._selected: list[tuple[layers_lib.PinMixin, str]] = []
+        self._step = 0
+        self._batch_begin = 0
+        self._sparsity = 0.0
+
+    # -- Keras' hooks --------------------------------------------------------
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self._sync()
+        self._selected = [
+            (layer, weight) for layer in self._pinned_layers()
+            for weight in layer.present_weights() if weight != "bias"
+        ]
+        for layer, weight in self._selected:
+            _require_zero_pins(layer, weight)
+        iterations = getattr(self.model.optimizer, "iterations", None)
+        self._step = int(ops.convert_to_numpy(iterations)) if iterations is not None else 0
+        self._sparsity = self._measure()
+
+    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        self._batch_begin = batch
+        if self.begin_step <= self._step <= self.end_step and (
+            (self._step - self.begin_step) % self.frequency == 0 or self._step == self.end_step
+        ):
+            self.prune(self.sparsity_at(self._step))
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        # With steps_per_execution > 1 one call covers several steps.
+        self._step += batch - self._batch_begin + 1
+        if logs is not None:
+            logs["sparsity"] = self._sparsity
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if logs is not None:
+            logs["sparsity"] = self._sparsity
+
+    # -- the work ------------------------------------------------------------
+
+    def sparsity_at(self, step: int) -> float:
+        """The scheduled sparsity at optimizer step `step`."""
+        return pruning.polynomial_sparsity(
+            step, target_sparsity=self.target_sparsity, begin_step=self.begin_step,
+            end_step=self.end_step, initial_sparsity=self.initial_sparsity, power=self.power,
+        )
+
+    def prune(self, sparsity: float) -> None:
+        """Pins at 0.0 the smallest free entries until each selected weight
+        (or, `across_layers`, all together) has `round(sparsity * size)` pinned zeros."""
+        self._sync()
+        states = [layer.pin_state()[weight] for layer, weight in self._selected]
+        groups = [list(range(len(states)))] if self.across_layers else [[i] for i in range(len(states))]
+        for group in groups:
+            chosen = [states[i] for i in group]
+            size = sum(s.mask.size for s in chosen)
+            need = round(sparsity * size) - sum(_pruned(s) for s in chosen)
+            free = [~s.mask for s in chosen]
+            need = min(need, sum(int(np.count_nonzero(f)) for f in free))
+            if need <= 0:
+                continue
+            masks = pruning.smallest_entries([s.effective for s in chosen], need, free)
+            for i, new in zip(group, masks):
+                if new.any():
+                    self._pin_at_zero(*self._selected[i], states[i], new)
+        self._sparsity = self._measure()
+
+    def _pin_at_zero(self, layer: Any, weight: str, state: _pins.WeightPins, new: np.ndarray) -> None:
+        mask_var, value_var = layer.pin_variables(weight)
+        mask_var.assign(state.mask | new)
+        if len(value_var.shape):  # per-entry values; a shared value is 0.0 already
+            value_var.assign(np.where(new, np.zeros((), state.value.dtype), state.value))
+
+    def _measure(self) -> float:
+        total = pruned = 0
+        for layer, weight in self._selected:
+            state = layer.pin_state()[weight]
+            total += state.mask.size
+            pruned += _pruned(state)
+        return pruned / total if total else 0.0
+
+    def _sync(self) -> None:
+        # Under JAX, `fit` keeps the variables' values in its own state and
+        # writes them back only when asked: bring them back before reading or
+        # assigning, so the next step starts from what this callback assigned.
+        sync = getattr(self.model, "jax_state_sync", None)
+        if sync is not None:
+            sync()
+
+    def _pinned_layers(self) -> list[Any]:
+        from kerasurgery.surgery import variable_prefix, walk_layers
+
+        every = list(walk_layers(self.model))
+        pinned = [(p, layer) for p, layer in every if layers_lib.is_pinned(layer)]
+        chosen: dict[int, Any] = {}
+        for pattern in self.layers:
+            matched = [
+                layer for path, layer in pinned
+                if any(n is not None and fnmatch.fnmatchcase(n, pattern)
+                       for n in (path, layer.name, variable_prefix(layer)))
+            ]
+            if not matched:
+                unpinned = [p for p, layer in every if layers_lib.is_pinnable(layer)
+                            and fnmatch.fnmatchcase(p, pattern)]
+                hint = (
+                    f" Layer {unpinned[0]!r} is not pinned: freeze it first with "
+                    f"kerasurgery.freeze(model, {{{pattern!r}: kerasurgery.Pin()}})."
+                    if unpinned else ""
+                )
+                listing = ", ".join(p for p, _ in pinned[:12]) or "none"
+                raise LayerSelectionError(
+                    f"GradualPruning: no pinned layer matches {pattern!r}. Pinned "
+                    f"layers: {listing}.{hint}"
+                )
+            for layer in matched:
+                chosen[id(layer)] = layer
+        return list(chosen.values())
+
+
+def _pruned(state: _pins.WeightPins) -> int:
+    """Entries pinned at exactly 0.0 (either sign)."""
+    return int(np.count_nonzero(state.mask & (state.effective == 0)))
+
+
+def _require_zero_pins(layer: Any, weight: str) -> None:
+    """New pins are at 0.0: per-entry values, or one shared value of +0.0."""
+    mask_var, value_var = layer.pin_variables(weight)
+    if len(value_var.shape):
+        return
+    value = ops.convert_to_numpy(value_var)
+    if _pins.bits(value) == _pins.bits(np.zeros((), value.dtype)):
+        return
+    if not ops.convert_to_numpy(mask_var).any():
+        value_var.assign(np.zeros((), value.dtype))  # nothing pinned: the value is free
+        return
+    raise PinError(
+        f"GradualPruning: layer {layer.name!r} pins its {weight} entries to one shared "
+        f"value, {value.item()!r}, and new pins are at 0.0. Freeze that layer with "
+        "per-entry values (pin its current entries with `value=None` while they differ) "
+        "or leave it out of `layers`."
+    )
+
+
+def _step(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+        raise PinError(f"Expected {what} to be an integer >= 0. Received: {value!r}")
+    return int(value)

@@ -1,0 +1,281 @@
+"""Magnitude pruning as pins: which entries to prune, in numpy only.
+
+The selections here are shared by the one-shot rules (`kerasurgery.rules.smallest`,
+`n_of_m`, `smallest_units`), the command line, spec files and the
+`GradualPruning` callback (`kerasurgery.callbacks`), so that every way in
+prunes the same entries. Pruned entries are pins at 0.0: they keep an exactly
+zero gradient and stay exactly zero under weight decay, momentum and EMA.
+
+Every selection is exact and reproducible: it picks exactly the number of
+entries it is asked for, by smallest magnitude, NaN counting as the largest;
+among equal magnitudes the lower flat index (C order) is picked first, and
+across layers the earlier layer.
+
+This module needs numpy only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+
+from kerasurgery.errors import PinError
+from kerasurgery.pins import AxisRule, Axes, Pin, Rule, Value, _dense_axes, _Rule, units
+
+
+def smallest_entries(
+    weights: Sequence[np.ndarray],
+    count: int,
+    eligible: Sequence[np.ndarray | None] | None = None,
+) -> list[np.ndarray]:
+    """Masks of the `count` entries of smallest magnitude over all `weights` together.
+
+    Args:
+        weights: Arrays of any shapes (one layer's weight, or every layer's for
+            global pruning).
+        count: How many entries to select in all; at most the number of
+            eligible entries.
+        eligible: Per array, a boolean mask of the entries that may be
+            selected (`None`: all), e.g. the entries not pinned yet.
+
+    Returns:
+        One boolean mask per array, with exactly `count` True entries in all.
+        Ties in magnitude go to the earlier array, then the lower flat index.
+    """
+    eligible = list(eligible) if eligible is not None else [None] * len(weights)
+    keys = [_key(w, e) for w, e in zip(weights, eligible)]
+    flat = np.concatenate([k.ravel() for k in keys]) if keys else np.zeros(0, np.float32)
+    available = int(np.count_nonzero(~np.isnan(flat)))
+    if not 0 <= count <= available:
+        raise PinError(
+            f"Cannot select {count} entries: {available} of {flat.size} are eligible."
+        )
+    chosen = np.zeros(flat.size, dtype=bool)
+    if count:
+        # The count-th smallest key; everything below it is selected, and the
+        # first entries equal to it (in flat order) fill the count exactly.
+        threshold = np.partition(flat, count - 1)[count - 1]
+        np.less(flat, threshold, out=chosen)
+        ties = np.flatnonzero(flat == threshold)[: count - int(np.count_nonzero(chosen))]
+        chosen[ties] = True
+    masks, start = [], 0
+    for w in weights:
+        masks.append(chosen[start:start + w.size].reshape(w.shape))
+        start += w.size
+    return masks
+
+
+def _key(weight: np.ndarray, eligible: np.ndarray | None) -> np.ndarray:
+    """|w| as a float that sorts exactly; NaN weights as +inf, ineligible entries as NaN."""
+    weight = np.asarray(weight)
+    # float32 (float64 for float64 weights) holds every float16/bfloat16
+    # magnitude exactly, and numpy sorts it natively.
+    key = np.abs(weight.astype(np.float64 if weight.dtype == np.float64 else np.float32))
+    key[np.isnan(key)] = np.inf
+    if eligible is not None:
+        key[~np.asarray(eligible, dtype=bool)] = np.nan
+    return key
+
+
+def n_of_m_mask(weight: np.ndarray, n: int, m: int, inputs: tuple[int, ...]) -> np.ndarray:
+    """Pins the `n` smallest of every `m` consecutive entries along the input axes.
+
+    The input axes (flattened in C order when there are several) are cut into
+    groups of `m`; in each group, for each position along the other axes, the
+    `n` entries of smallest magnitude are selected (ties: the lower index).
+
+    Raises:
+        PinError: the input axes hold no multiple of `m` entries, or the
+            weight has no input axis.
+    """
+    weight = np.asarray(weight)
+    if not inputs:
+        raise PinError("This weight has no input axis to group along.")
+    axes = tuple(a % weight.ndim for a in inputs)
+    length = int(np.prod([weight.shape[a] for a in axes]))
+    if length % m:
+        raise PinError(
+            f"The input axis of shape {tuple(weight.shape)} holds {length} entries, "
+            f"not a multiple of m={m}; n:m pruning needs whole groups."
+        )
+    rest = [a for a in range(weight.ndim) if a not in axes]
+    # Inputs last, flattened, then cut into groups of m.
+    moved = np.moveaxis(_key(weight, None), axes, range(len(rest), weight.ndim))
+    grouped = moved.reshape(-1, length // m, m)
+    order = np.argsort(grouped, axis=-1, kind="stable")[..., :n]
+    chosen = np.zeros(grouped.shape, dtype=bool)
+    np.put_along_axis(chosen, order, True, axis=-1)
+    chosen = chosen.reshape(moved.shape)
+    return np.ascontiguousarray(np.moveaxis(chosen, range(len(rest), weight.ndim), axes))
+
+
+def unit_norms(weight: np.ndarray, units: tuple[int, ...], norm: int) -> np.ndarray:
+    """The L1 or L2 norm of every output unit (`units` axes flattened in C order)."""
+    weight = np.asarray(weight)
+    axes = tuple(a % weight.ndim for a in units)
+    rest = tuple(a for a in range(weight.ndim) if a not in axes)
+    magnitude = np.abs(weight.astype(np.float64))
+    moved = np.moveaxis(magnitude, axes, range(len(rest), weight.ndim))
+    per_unit = moved.reshape(int(np.prod([weight.shape[a] for a in rest], dtype=int)), -1)
+    if norm == 1:
+        return per_unit.sum(axis=0)
+    return np.sqrt(np.square(per_unit).sum(axis=0))
+
+
+def polynomial_sparsity(
+    step: int,
+    *,
+    target_sparsity: float,
+    begin_step: int,
+    end_step: int,
+    initial_sparsity: float = 0.0,
+    power: int = 3,
+) -> float:
+    """The sparsity of Zhu & Gupta (2017) at `step`, as tfmot's `PolynomialDecay`.
+
+        s(t) = s_f + (s_i - s_f) * (1 - (t - t_0) / (t_1 - t_0)) ** power
+
+    clamped to `initial_sparsity` before `begin_step` and `target_sparsity`
+    from `end_step` on.
+    """
+    if step >= end_step and step >= begin_step:
+        return target_sparsity
+    if step <= begin_step:
+        return initial_sparsity
+    progress = (step - begin_step) / (end_step - begin_step)
+    return target_sparsity + (initial_sparsity - target_sparsity) * (1.0 - progress) ** power
+
+
+def checked_fraction(value: object, what: str = "fraction") -> float:
+    """A number in [0, 1], or a clear error."""
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise PinError(f"Expected a number for {what}. Received: {value!r}") from None
+    if not 0.0 <= number <= 1.0:  # NaN fails too
+        raise PinError(f"Expected {what} between 0 and 1. Received: {value!r}")
+    return number
+
+
+# -- the rules ---------------------------------------------------------------
+
+
+def smallest(
+    fraction: float, *, bias: bool = False, value: Value = None, across_layers: bool = False
+) -> Rule:
+    """Prunes exactly `round(fraction * size)` entries of smallest `|w|` in each layer.
+
+    Like `torch.nn.utils.prune.l1_unstructured` (per layer) and
+    `global_unstructured` (`across_layers=True`), but the pruned entries are
+    pins: they stay exactly 0.0 through any training.
+
+    Args:
+        fraction: Between 0 and 1: the fraction of each weight's entries to
+            prune (of all selected layers' entries together with
+            `across_layers`).
+        bias: Prune the bias too, by the same fraction of its own entries.
+        value: What pruned entries are pinned to; `None` (default) = 0.0.
+        across_layers: One magnitude threshold over every layer the rule
+            selects in one `freeze` call (global magnitude pruning): exactly
+            `round(fraction * total)` entries in all, and no pinned `|w|`
+            above a free one. The kernels of a layer count; biases (with
+            `bias=True`) are ranked among biases.
+
+    Returns:
+        A rule for `kerasurgery.freeze`.
+
+    Example:
+
+    ```python
+    pruned = kerasurgery.freeze(model, {"*": kerasurgery.rules.smallest(0.8, across_layers=True)})
+    ```
+    """
+    fraction = checked_fraction(fraction)
+
+    def select(w: np.ndarray, *_: object) -> np.ndarray:
+        return smallest_entries([w], round(fraction * w.size))[0]
+
+    def across(weights: list[np.ndarray]) -> list[np.ndarray]:
+        return smallest_entries(weights, round(fraction * sum(w.size for w in weights)))
+
+    return _Rule(
+        f"smallest {fraction}" + (" across layers" if across_layers else ""),
+        select, bias, 0.0 if value is None else value,
+        across=across if across_layers else None,
+    )
+
+
+def n_of_m(n: int, m: int, *, value: Value = None) -> Rule:
+    """Prunes the `n` smallest `|w|` of every `m` consecutive entries along the input axis.
+
+    `n_of_m(2, 4)` gives the 2:4 pattern that sparse tensor cores run. The
+    input axis is a Dense kernel's rows, a convolution's input channels,
+    EinsumDense's contracted axes (flattened), an Embedding's rows; weights
+    without one (a separable convolution's pointwise kernel) are left free.
+
+    Args:
+        n: Entries pruned per group, `0 <= n <= m`.
+        m: Group size; the input axis must hold a multiple of `m` entries.
+        value: What pruned entries are pinned to; `None` (default) = 0.0.
+
+    Raises:
+        PinError: `n`/`m` out of range, or (when freezing) an input axis that
+            is not a multiple of `m`.
+    """
+    n, m = _count(n, "n"), _count(m, "m")
+    if m < 1 or n > m:
+        raise PinError(f"Expected 0 <= n <= m and m >= 1. Received: n={n}, m={m}")
+
+    def select(w: np.ndarray, _which: str, axes: Axes) -> np.ndarray:
+        if not axes.inputs:
+            return np.zeros(w.shape, dtype=bool)
+        return n_of_m_mask(w, n, m, axes.inputs)
+
+    return _Rule(f"{n}:{m}", select, False, 0.0 if value is None else value)
+
+
+def smallest_units(fraction: float, norm: int = 1, *, value: Value = None) -> Rule:
+    """Prunes whole output units (Dense columns, convolution filters) of smallest norm.
+
+    Like `torch.nn.utils.prune.ln_structured` over the output axis: exactly
+    `round(fraction * units)` units of each layer, those whose kernel entries
+    have the smallest L1 (`norm=1`) or L2 (`norm=2`) norm (ties: the lower
+    unit index), are pinned whole, with their bias entries.
+
+    Args:
+        fraction: Between 0 and 1: the fraction of each layer's units to prune.
+        norm: 1 or 2.
+        value: What pruned entries are pinned to; `None` (default) = 0.0.
+    """
+    fraction = checked_fraction(fraction)
+    if norm not in (1, 2) or isinstance(norm, bool):
+        raise PinError(f"Expected norm 1 or 2. Received: {norm!r}")
+
+    return _UnitsByNorm(fraction, norm, 0.0 if value is None else value)
+
+
+@dataclasses.dataclass(frozen=True)
+class _UnitsByNorm(AxisRule):
+    fraction: float
+    norm: int
+    value: Value
+
+    def __call__(self, kernel: np.ndarray, bias: np.ndarray | None, axes: Axes | None = None) -> Pin:
+        axes = axes or _dense_axes(kernel)
+        if not axes.units:  # e.g. a separable convolution's depthwise kernel
+            return Pin(kernel=np.zeros(kernel.shape, dtype=bool))
+        norms = unit_norms(kernel, axes.units, self.norm)
+        chosen = smallest_entries([norms], round(self.fraction * norms.size))[0]
+        whole = units(
+            np.flatnonzero(chosen).tolist(), value=self.value,
+            bias=bias is not None and axes.bias_follows_units,
+        )
+        return whole(kernel, bias, axes)
+
+
+def _count(x: object, what: str) -> int:
+    if isinstance(x, bool) or not isinstance(x, (int, np.integer)):
+        raise PinError(f"Expected an integer {what}. Received: {x!r}")
+    return int(x)

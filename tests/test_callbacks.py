@@ -1,0 +1,220 @@
+"""`GradualPruning`: the schedule is followed exactly within one `fit`, and pruned entries stay 0.
+
+Rerun under JAX and PyTorch by test_backends.py.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+import kerasurgery as ks
+from kerasurgery import pruning
+from kerasurgery.errors import KerasurgeryError
+from tests.helpers import bits
+
+L = keras.layers
+# 32 samples, batch 8: 4 steps per epoch.
+STEPS_PER_EPOCH = 4
+
+
+def _cnn(seed: int = 0) -> keras.Model:
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((6, 6, 2), name="x")
+    h = L.Conv2D(8, 3, activation="relu", name="conv")(inputs)
+    h = L.Flatten()(h)
+    h = L.Dense(12, activation="relu", name="hidden")(h)
+    outputs = L.Dense(3, name="out")(h)
+    return keras.Model(inputs, outputs, name="cnn")
+
+
+def _data():
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(32, 6, 6, 2)).astype("float32"), rng.normal(size=(32, 3)).astype("float32")
+
+
+def _sync(model):
+    sync = getattr(model, "jax_state_sync", None)
+    if sync is not None:
+        sync()
+
+
+def _kernels(model) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Layer name -> (mask, effective kernel) of every pinned layer."""
+    _sync(model)
+    return {
+        layer.name: (state.mask, state.effective)
+        for layer in model.layers if ks.layers.is_pinned(layer)
+        for state in [layer.pin_state()["kernel"]]
+    }
+
+
+class _Recorder(keras.callbacks.Callback):
+    """After every step: the pinned-zero count and the pinned entries' bits of each kernel."""
+
+    def __init__(self):
+        super().__init__()
+        self.steps: list[dict[str, tuple[int, np.ndarray]]] = []
+        self.logs: list[float] = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        kernels = _kernels(self.model)
+        self.steps.append({
+            name: (int(np.count_nonzero(mask & (effective == 0))), mask.copy(), bits(effective))
+            for name, (mask, effective) in kernels.items()
+        })
+        self.logs.append(float(logs["sparsity"]))
+
+
+def _fit(model, callbacks, *, epochs, jit_compile="auto", optimizer=None):
+    x, y = _data()
+    model.compile(
+        optimizer=optimizer or keras.optimizers.AdamW(1e-2, weight_decay=0.5),
+        loss="mse", jit_compile=jit_compile,
+    )
+    return model.fit(x, y, batch_size=8, epochs=epochs, verbose=0, shuffle=False, callbacks=callbacks)
+
+
+def _expected_counts(callback, sizes, steps):
+    """Per step t (0-based), the pruned count per layer the schedule asks for after step t ran."""
+    expected, current = [], {name: 0 for name in sizes}
+    for t in range(steps):
+        if callback.begin_step <= t <= callback.end_step and (
+            (t - callback.begin_step) % callback.frequency == 0 or t == callback.end_step
+        ):
+            s = callback.sparsity_at(t)
+            current = {name: max(current[name], round(s * size)) for name, size in sizes.items()}
+        expected.append(dict(current))
+    return expected
+
+
+# torch has no XLA: its eager run is the one.
+COMPILE = [False] if keras.backend.backend() == "torch" else [False, True]
+
+
+@pytest.mark.parametrize("jit_compile", COMPILE, ids=["graph", "xla"][: len(COMPILE)])
+def test_sparsity_follows_the_schedule_within_one_fit(jit_compile):
+    frozen = ks.freeze(_cnn(), {"*": ks.Pin()})
+    sizes = {name: mask.size for name, (mask, _) in _kernels(frozen).items()}
+    pruner = ks.callbacks.GradualPruning(0.8, begin_step=2, end_step=13, frequency=3)
+    recorder = _Recorder()
+    history = _fit(frozen, [pruner, recorder], epochs=5, jit_compile=jit_compile)
+    steps = 5 * STEPS_PER_EPOCH
+    assert len(recorder.steps) == steps
+    expected = _expected_counts(pruner, sizes, steps)
+    for t, (seen, want) in enumerate(zip(recorder.steps, expected)):
+        assert {name: count for name, (count, _, _) in seen.items()} == want, f"step {t}"
+    # Final sparsity exact, counts monotone, the logs carry it.
+    assert {n: c for n, (c, _, _) in recorder.steps[-1].items()} == {
+        n: round(0.8 * size) for n, size in sizes.items()
+    }
+    total = sum(round(0.8 * size) for size in sizes.values()) / sum(sizes.values())
+    assert recorder.logs[-1] == pytest.approx(total)
+    assert history.history["sparsity"][-1] == pytest.approx(total)
+    assert recorder.logs == sorted(recorder.logs)
+
+
+def test_pruned_entries_stay_exactly_zero_while_training_goes_on():
+    frozen = ks.freeze(_cnn(), {"*": ks.Pin()})
+    pruner = ks.callbacks.GradualPruning(0.5, begin_step=0, end_step=4, frequency=2)
+    recorder = _Recorder()
+    _fit(frozen, [pruner, recorder], epochs=3, optimizer=keras.optimizers.SGD(0.05, momentum=0.9, nesterov=True, weight_decay=0.1))
+    # From the step it is pinned on, every pruned entry is exactly +0.0 after every step.
+    for t, seen in enumerate(recorder.steps):
+        for name, (_, mask, b) in seen.items():
+            assert np.all(b[mask] == 0), f"{name} at step {t}"
+            if t:
+                before = recorder.steps[t - 1][name][1]
+                assert np.all(mask[before]), "a pin was dropped"
+    masks = {n: m for n, (m, _) in _kernels(frozen).items()}
+    # Free entries trained.
+    moved = {n: e for n, (_, e) in _kernels(frozen).items()}
+    # More training with AdamW weight decay and no callback: nothing moves at the pins.
+    _fit(frozen, [], epochs=3, optimizer=keras.optimizers.AdamW(1e-2, weight_decay=1.0))
+    for name, (mask, effective) in _kernels(frozen).items():
+        np.testing.assert_array_equal(mask, masks[name])
+        assert np.all(bits(effective)[mask] == 0)
+        assert not np.array_equal(effective[~mask], moved[name][~mask])
+
+
+def test_across_layers_follows_the_schedule_in_total():
+    frozen = ks.freeze(_cnn(), {"*": ks.Pin()})
+    pruner = ks.callbacks.GradualPruning(0.6, begin_step=1, end_step=5, frequency=2, across_layers=True)
+    recorder = _Recorder()
+    _fit(frozen, [pruner, recorder], epochs=2)
+    total = sum(mask.size for mask, _ in _kernels(frozen).values())
+    for t, seen in enumerate(recorder.steps):
+        done = [s for s in (1, 3, 5) if s <= t]
+        want = round(pruner.sparsity_at(done[-1]) * total) if done else 0
+        assert sum(count for count, _, _ in seen.values()) == want, f"step {t}"
+    per_layer = [count / recorder.steps[-1][n][1].size for n, (count, _, _) in recorder.steps[-1].items()]
+    assert len(set(per_layer)) > 1  # one global ranking, not one sparsity per layer
+
+
+def test_a_second_fit_continues_the_schedule():
+    frozen = ks.freeze(_cnn(), {"hidden": ks.Pin(), "out": ks.Pin()})
+    pruner = ks.callbacks.GradualPruning(0.75, begin_step=0, end_step=7, frequency=1, layers=["hidden", "out"])
+    _fit(frozen, [pruner], epochs=1)  # steps 0-3
+    first = {n: int(np.count_nonzero(m)) for n, (m, _) in _kernels(frozen).items()}
+    assert first == {n: round(pruner.sparsity_at(3) * m.size) for n, (m, _) in _kernels(frozen).items()}
+    frozen.fit(*_data(), batch_size=8, epochs=1, verbose=0, callbacks=[pruner])  # steps 4-7
+    assert {n: int(np.count_nonzero(m)) for n, (m, _) in _kernels(frozen).items()} == {
+        n: round(0.75 * m.size) for n, (m, _) in _kernels(frozen).items()
+    }
+    assert "conv" not in _kernels(frozen)
+
+
+def test_pruned_model_saves_and_strips_with_its_pins(tmp_path):
+    frozen = ks.freeze(_cnn(), {"*": ks.Pin()})
+    _fit(frozen, [ks.callbacks.GradualPruning(0.7, begin_step=0, end_step=3, frequency=1)], epochs=1)
+    before = _kernels(frozen)
+    path = tmp_path / "pruned.keras"
+    ks.save_model(frozen, path)
+    loaded = ks.load_model(path)
+    for name, (mask, effective) in _kernels(loaded).items():
+        np.testing.assert_array_equal(mask, before[name][0])
+        np.testing.assert_array_equal(bits(effective), bits(before[name][1]))
+    stripped = ks.strip(loaded)
+    for name, (mask, effective) in before.items():
+        kernel = ops.convert_to_numpy(stripped.get_layer(name).kernel)
+        np.testing.assert_array_equal(bits(kernel), bits(effective))
+        assert np.count_nonzero(kernel == 0) >= np.count_nonzero(mask)
+
+
+def test_a_layer_that_is_not_pinned_gets_a_clear_error():
+    frozen = ks.freeze(_cnn(), {"out": ks.Pin()})
+    with pytest.raises(KerasurgeryError, match=r"'hidden' is not pinned: freeze it first"):
+        _fit(frozen, [ks.callbacks.GradualPruning(0.5, 0, 3, layers="hidden")], epochs=1)
+
+
+def test_a_shared_nonzero_pin_value_is_refused():
+    model = _cnn()
+    frozen = ks.freeze(model, {"out": ks.rules.units([0], value=0.5, bias=False)})
+    with pytest.raises(KerasurgeryError, match=r"shared value, 0\.5"):
+        _fit(frozen, [ks.callbacks.GradualPruning(0.5, 0, 3, layers="out")], epochs=1)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"target_sparsity": 1.5}, "between 0 and 1"),
+        ({"target_sparsity": float("nan")}, "between 0 and 1"),
+        ({"begin_step": 5, "end_step": 2}, "end_step >= begin_step"),
+        ({"frequency": 0}, "frequency >= 1"),
+        ({"begin_step": -1}, "integer >= 0"),
+        ({"power": 0}, "power > 0"),
+        ({"layers": []}, "layer path, name or glob"),
+    ],
+)
+def test_bad_arguments_are_refused(kwargs, match):
+    arguments = {"target_sparsity": 0.5, "begin_step": 0, "end_step": 10, **kwargs}
+    with pytest.raises(KerasurgeryError, match=match):
+        ks.callbacks.GradualPruning(**arguments)
+
+
+def test_schedule_is_zhu_and_gupta():
+    s = lambda t: pruning.polynomial_sparsity(t, target_sparsity=0.9, begin_step=10, end_step=110, initial_sparsity=0.1)  # noqa: E731
+    assert s(0) == 0.1 and s(10) == 0.1 and s(110) == 0.9 and s(500) == 0.9
+    assert s(60) == pytest.approx(0.9 + (0.1 - 0.9) * 0.5 ** 3)

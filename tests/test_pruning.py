@@ -1,0 +1,270 @@
+"""Magnitude pruning rules: exact counts, ties, global ordering, n:m groups, whole units."""
+
+from __future__ import annotations
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+import kerasurgery as ks
+from kerasurgery import pruning
+from kerasurgery.cli import main
+from kerasurgery.errors import KerasurgeryError, PinError
+from tests.helpers import bits
+
+L = keras.layers
+
+
+def _model(seed: int = 0) -> keras.Model:
+    """Conv2D (3x3x4 -> 8), Dense 32 -> 12, Dense 12 -> 4 with ties planted in `hidden`."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((4, 4, 4), name="x")
+    h = L.Conv2D(8, 3, name="conv")(inputs)
+    h = L.Dense(12, name="hidden")(L.Flatten()(h))
+    outputs = L.Dense(4, name="out")(h)
+    model = keras.Model(inputs, outputs, name="net")
+    kernel, bias = model.get_layer("hidden").get_weights()
+    kernel[:4, :] = 0.125  # 48 equal magnitudes, some negative
+    kernel[0, :6] = -0.125
+    model.get_layer("hidden").set_weights([kernel, bias])
+    return model
+
+
+def _state(model, name, weight="kernel"):
+    return model.get_layer(name).pin_state()[weight]
+
+
+# -- smallest ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fraction", [0.0, 0.1, 0.37, 0.5, 0.9, 1.0])
+def test_smallest_pins_exactly_round_fraction_size_of_each_layer(fraction):
+    model = _model()
+    frozen = ks.freeze(model, {"*": ks.rules.smallest(fraction)})
+    for name in ("conv", "hidden", "out"):
+        before = model.get_layer(name).get_weights()[0]
+        state = _state(frozen, name)
+        assert np.count_nonzero(state.mask) == round(fraction * before.size)
+        # The smallest ones: no pinned |w| above a free one.
+        if 0 < state.mask.sum() < state.mask.size:
+            assert np.abs(before[state.mask]).max() <= np.abs(before[~state.mask]).min()
+        # Pinned at exactly +0.0; the rest unchanged bit for bit.
+        assert np.all(bits(state.effective)[state.mask] == 0)
+        np.testing.assert_array_equal(bits(state.effective)[~state.mask], bits(before)[~state.mask])
+        assert not _state(frozen, name, "bias").mask.any()
+
+
+def test_smallest_breaks_ties_by_lower_flat_index():
+    weight = np.array([[0.5, -0.25, 0.25], [0.25, 0.1, -0.25]], np.float32)
+    mask = ks.rules.smallest(0.5)(weight, None).kernel
+    # 0.1 first, then the first two of the four 0.25s in C order.
+    np.testing.assert_array_equal(mask, [[False, True, True], [False, True, False]])
+    # The planted ties of `hidden`: 48 entries of |w| = 0.125 in rows 0-3.
+    model = _model()
+    before = model.get_layer("hidden").get_weights()[0]
+    below = int(np.count_nonzero(np.abs(before) < 0.125))
+    count = below + 10
+    mask = ks.rules.smallest(count / before.size)(before, None).kernel
+    tied = np.flatnonzero(np.abs(before) == 0.125)
+    np.testing.assert_array_equal(np.flatnonzero(mask.ravel() & (np.abs(before.ravel()) == 0.125)), tied[:10])
+
+
+def test_smallest_counts_nan_as_largest():
+    weight = np.array([np.nan, 3.0, -1.0, 2.0], np.float32)
+    np.testing.assert_array_equal(ks.rules.smallest(0.75)(weight, None).kernel, [False, True, True, True])
+
+
+def test_smallest_with_bias_and_value():
+    model = _model()
+    frozen = ks.freeze(model, {"out": ks.rules.smallest(0.5, bias=True, value=0.25)})
+    state, bias = _state(frozen, "out"), _state(frozen, "out", "bias")
+    assert state.mask.sum() == 24 and bias.mask.sum() == 2
+    assert np.all(state.effective[state.mask] == np.float32(0.25))
+
+
+@pytest.mark.parametrize("fraction", [0.2, 0.5, 0.83])
+def test_smallest_across_layers_uses_one_threshold(fraction):
+    model = _model()
+    frozen = ks.freeze(model, {"*": ks.rules.smallest(fraction, across_layers=True)})
+    before = {n: model.get_layer(n).get_weights()[0] for n in ("conv", "hidden", "out")}
+    masks = {n: _state(frozen, n).mask for n in before}
+    total = sum(w.size for w in before.values())
+    assert sum(int(m.sum()) for m in masks.values()) == round(fraction * total)
+    pinned = np.concatenate([np.abs(before[n])[masks[n]] for n in before])
+    free = np.concatenate([np.abs(before[n])[~masks[n]] for n in before])
+    assert pinned.max() <= free.min()
+    # Layers end at different sparsities: one global ranking.
+    assert len({round(float(m.mean()), 6) for m in masks.values()}) > 1
+
+
+def test_smallest_across_layers_ties_go_to_the_earlier_layer():
+    a, b = np.full((2, 2), 0.5, np.float32), np.full((3,), 0.5, np.float32)
+    rule = ks.rules.smallest(5 / 7, across_layers=True)
+    masks = rule.across([a, b])
+    assert masks[0].all() and masks[1].tolist() == [True, False, False]
+
+
+def test_smallest_across_layers_spans_every_key_of_one_rule():
+    model = _model()
+    rule = ks.rules.smallest(0.5, across_layers=True)
+    frozen = ks.freeze(model, {"hidden": rule, "out": rule})
+    assert not ks.layers.is_pinned(frozen.get_layer("conv"))
+    total = 32 * 12 + 12 * 4
+    assert _state(frozen, "hidden").mask.sum() + _state(frozen, "out").mask.sum() == round(0.5 * total)
+
+
+# -- n:m -------------------------------------------------------------------------
+
+
+def test_n_of_m_pins_n_smallest_in_every_group_along_the_inputs():
+    model = _model()
+    frozen = ks.freeze(model, {"*": ks.rules.n_of_m(2, 4)})
+    dense = model.get_layer("hidden").get_weights()[0]  # (32, 12): groups of 4 rows per column
+    mask = _state(frozen, "hidden").mask
+    groups = mask.reshape(8, 4, 12)
+    assert np.all(groups.sum(axis=1) == 2)
+    w = np.abs(dense).reshape(8, 4, 12)
+    g = groups
+    assert np.all(np.where(g, w, -np.inf).max(axis=1) <= np.where(g, np.inf, w).min(axis=1))
+    # Ties inside a group: the lower index. Rows 0-3 hold four equal |w| in every column.
+    assert np.all(groups[0, :2, :]) and not np.any(groups[0, 2:, :])
+    conv = _state(frozen, "conv").mask  # (3, 3, 4, 8): groups along the 4 input channels
+    assert np.all(conv.sum(axis=2) == 2)
+    assert np.all(bits(_state(frozen, "conv").effective)[conv] == 0)
+
+
+def test_n_of_m_refuses_an_input_axis_that_is_not_a_multiple():
+    model = _model()
+    with pytest.raises(PinError, match=r"'out'.*not a multiple of m=5"):
+        ks.freeze(model, {"out": ks.rules.n_of_m(2, 5)})
+    with pytest.raises(PinError, match="0 <= n <= m"):
+        ks.rules.n_of_m(5, 4)
+
+
+def test_n_of_m_on_einsum_dense_groups_its_contracted_axis():
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((3, 8))
+    outputs = L.EinsumDense("abc,cd->abd", output_shape=(3, 6), bias_axes="d", name="ein")(inputs)
+    frozen = ks.freeze(keras.Model(inputs, outputs), {"ein": ks.rules.n_of_m(1, 4)})
+    mask = _state(frozen, "ein").mask  # (8, 6)
+    assert np.all(mask.reshape(2, 4, 6).sum(axis=1) == 1)
+
+
+# -- whole units -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("norm", [1, 2])
+def test_smallest_units_pins_whole_filters_by_norm(norm):
+    model = _model()
+    frozen = ks.freeze(model, {"conv": ks.rules.smallest_units(0.25, norm=norm)})
+    kernel = model.get_layer("conv").get_weights()[0]  # (3, 3, 4, 8)
+    norms = np.abs(kernel).reshape(-1, 8).sum(0) if norm == 1 else np.sqrt(np.square(kernel).reshape(-1, 8).sum(0))
+    chosen = np.sort(np.argsort(norms, kind="stable")[:2])
+    state, bias = _state(frozen, "conv"), _state(frozen, "conv", "bias")
+    np.testing.assert_array_equal(np.flatnonzero(state.mask.reshape(-1, 8).all(0)), chosen)
+    assert state.mask.sum() == 2 * 36
+    np.testing.assert_array_equal(np.flatnonzero(bias.mask), chosen)
+    assert np.all(bits(state.effective)[state.mask] == 0) and np.all(bits(bias.effective)[bias.mask] == 0)
+
+
+def test_smallest_units_l1_and_l2_can_disagree():
+    kernel = np.array([[1.2, 0.7], [0.0, 0.7]], np.float32)  # L1: 1.2 vs 1.4; L2: 1.2 vs 0.99
+    assert ks.rules.smallest_units(0.5, norm=1)(kernel, None).kernel[:, 0].all()
+    assert ks.rules.smallest_units(0.5, norm=2)(kernel, None).kernel[:, 1].all()
+
+
+# -- values of the rules ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: ks.rules.smallest(1.5), "between 0 and 1"),
+        (lambda: ks.rules.smallest("x"), "Expected a number"),
+        (lambda: ks.rules.smallest_units(0.5, norm=3), "norm 1 or 2"),
+        (lambda: ks.rules.n_of_m(2.0, 4), "integer n"),
+        (lambda: ks.rules.n_of_m(1, 0), "m >= 1"),
+    ],
+)
+def test_bad_rule_arguments(make, match):
+    with pytest.raises(KerasurgeryError, match=match):
+        make()
+
+
+def test_selection_is_exact_for_large_counts():
+    rng = np.random.default_rng(0)
+    weights = [rng.normal(size=(300, 200)).astype("float32"), rng.normal(size=(500,)).astype("float16")]
+    masks = pruning.smallest_entries(weights, 31_234)
+    assert sum(int(m.sum()) for m in masks) == 31_234
+
+
+# -- command line and spec files ------------------------------------------------------
+
+
+@pytest.fixture
+def saved(tmp_path):
+    path = tmp_path / "net.keras"
+    _model().save(path)
+    return path
+
+
+def _pinned(capsys, path) -> dict[str, int]:
+    capsys.readouterr()
+    assert main(["inspect", str(path), "--json"]) == 0
+    return {layer["name"]: layer["pinned_kernel"] for layer in json.loads(capsys.readouterr().out)["layers"]
+            if layer["pinned_kernel"]}
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        (["--smallest", "0.5"], {"conv": 144, "hidden": 192, "out": 24}),
+        (["--smallest", "0.5", "--across-layers"], None),
+        (["--n-of-m", "2:4", "--layer", "conv", "--layer", "hidden"], {"conv": 144, "hidden": 192}),
+        (["--smallest-units", "0.25", "--norm", "2", "--layer", "out"], {"out": 12}),
+    ],
+)
+def test_cli_forms(saved, tmp_path, capsys, flags, expected):
+    out = tmp_path / "out.keras"
+    assert main(["freeze", str(saved), "-o", str(out), *flags]) == 0
+    counts = _pinned(capsys, out)
+    if expected is None:
+        assert sum(counts.values()) == round(0.5 * (288 + 384 + 48))
+    else:
+        assert counts == expected
+
+
+def test_spec_forms(saved, tmp_path, capsys):
+    spec = tmp_path / "prune.toml"
+    spec.write_text(
+        '[[layer]]\npattern = "conv"\nn_of_m = "2:4"\n\n'
+        '[[layer]]\npattern = "hidden"\nsmallest = 0.75\nacross_layers = true\n\n'
+        '[[layer]]\npattern = "out"\nsmallest_units = 0.5\nnorm = 1\n'
+    )
+    out = tmp_path / "out.keras"
+    assert main(["freeze", str(saved), "-o", str(out), "--spec", str(spec)]) == 0
+    assert _pinned(capsys, out) == {"conv": 144, "hidden": 288, "out": 24}
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--n-of-m", "2-4"], "expected N:M"),
+        (["--smallest", "0.5", "--norm", "2"], "norm applies to rule 'smallest_units' only"),
+        (["--units", "0", "--across-layers"], "across_layers` applies to rule 'smallest' only"),
+        (["--n-of-m", "2:4", "--bias"], "n:m groups run along"),
+    ],
+)
+def test_cli_usage_errors(saved, tmp_path, capsys, flags, message):
+    assert main(["freeze", str(saved), "-o", str(tmp_path / "o.keras"), *flags]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o.keras").exists()
+
+
+def test_spec_bad_n_of_m(saved, tmp_path, capsys):
+    spec = tmp_path / "bad.toml"
+    spec.write_text('[[layer]]\npattern = "conv"\nn_of_m = "two:four"\n')
+    assert main(["freeze", str(saved), "-o", str(tmp_path / "o.keras"), "--spec", str(spec)]) == 1
+    assert 'must look like "2:4"' in capsys.readouterr().err
