@@ -77,12 +77,16 @@ def detect_format(path: str | os.PathLike) -> str:
         raise ModelFileError(f"{path}: cannot read: {e.strerror}.") from None
     if not head:
         raise ModelFileError(f"{path}: is empty.")
-    if any(head[o : o + len(_HDF5_SIGNATURE)] == _HDF5_SIGNATURE for o in _HDF5_OFFSETS):
-        return H5
+    # Zip first: a `.keras` archive stores `model.weights.h5` uncompressed, so
+    # an HDF5 signature sits wherever that member starts, 512 or 4096 bytes
+    # in as often as anywhere else. An HDF5 file starts with its signature or
+    # with a user block, which no model writer fills with a zip header.
     if head.startswith(_ZIP_SIGNATURES):
         if not zipfile.is_zipfile(path):
             raise ModelFileError(f"{path}: is a damaged or truncated zip archive.")
         return KERAS
+    if any(head[o : o + len(_HDF5_SIGNATURE)] == _HDF5_SIGNATURE for o in _HDF5_OFFSETS):
+        return H5
     raise ModelFileError(
         f"{path}: is neither a `.keras` archive nor an HDF5 file."
     )
