@@ -1,4 +1,4 @@
-"""kerasurgery: pin individual Dense weights of a Keras 3 model to constants.
+"""kerasurgery: pin individual weights of a Keras 3 model to constants, and prune.
 
     import kerasurgery as ks
     frozen = ks.freeze(model, {"dense_1": ks.rules.zeros()})
@@ -24,6 +24,7 @@ __all__ = [
     "MaskedDense",
     "Pin",
     "freeze",
+    "layers",
     "load_model",
     "rules",
     "save_model",
@@ -39,6 +40,7 @@ _LAZY = {
     "save_model": "kerasurgery.saving",
     "rules": "kerasurgery.rules",
     "callbacks": "kerasurgery.callbacks",
+    "layers": "kerasurgery.layers",
 }
 
 
@@ -46,7 +48,7 @@ def __getattr__(name: str) -> Any:
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'kerasurgery' has no attribute {name!r}")
-    if name in ("rules", "callbacks"):
+    if name in ("rules", "callbacks", "layers"):
         return importlib.import_module(module)
     return getattr(importlib.import_module(module), name)
 

@@ -78,25 +78,35 @@ class Ui:
                 import keras  # noqa: F401,F811
             yield
 
-    def layer_table(self, layers: list[dict[str, Any]], title: str | None) -> None:
+    def layer_table(
+        self, layers: list[dict[str, Any]], title: str | None, totals: dict[str, Any] | None = None
+    ) -> None:
+        """One row per layer: class, kernel shape, pinned counts, pinned share and sparsity.
+
+        Sparsity is the share of exact zeros (pinned or not) in the weights but
+        the bias; `totals` adds a last row for the whole model.
+        """
         from rich.table import Table
 
-        table = Table(title=title, title_justify="left")
-        for column, justify in (("layer", "left"), ("class", "left"), ("kernel", "right"),
-                                ("pinned kernel", "right"), ("pinned bias", "right"), ("pinned %", "right")):
+        table = Table(title=title, title_justify="left", show_footer=totals is not None)
+        columns = (("layer", "left"), ("class", "left"), ("kernel", "right"), ("pinned kernel", "right"),
+                   ("pinned bias", "right"), ("pinned %", "right"), ("zeros %", "right"))
+        footer = _total_row(totals) if totals is not None else [""] * len(columns)
+        for (column, justify), foot in zip(columns, footer):
             # Names and paths are folded onto more lines, never cut short.
-            table.add_column(column, justify=justify, overflow="fold" if justify == "left" else "ellipsis")
+            table.add_column(column, footer=foot, justify=justify, no_wrap=column == "class",
+                             overflow="fold" if justify == "left" else "ellipsis")
         for layer in layers:
             shape = layer["kernel_shape"]
             # `size` counts every weight but the bias (a separable convolution has two).
             size = layer.get("size") or (math.prod(shape) if shape else 0)
-            share = f"{100 * layer['pinned_kernel'] / size:.1f}" if size else ""
             table.add_row(
                 layer["path"], layer["class_name"],
                 "×".join(map(str, shape)) if shape else "",
                 f"{layer['pinned_kernel']:,}" if shape else "",
                 f"{layer['pinned_bias']:,}" if shape else "",
-                share,
+                _percent(layer["pinned_kernel"], size),
+                _percent(layer.get("zeros"), size),
             )
         self._console().print(table)
 
@@ -260,3 +270,16 @@ def _native_stderr_silenced() -> Iterator[None]:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
+
+
+def _percent(part: int | None, whole: int) -> str:
+    return f"{100 * part / whole:.1f}" if whole and part is not None else ""
+
+
+def _total_row(totals: dict[str, Any]) -> list[str]:
+    size = totals["size"]
+    return [
+        "total", f"{totals['layers']} layers", f"{size:,}", f"{totals['pinned_kernel']:,}",
+        f"{totals['pinned_bias']:,}", _percent(totals["pinned_kernel"], size),
+        _percent(totals["zeros"], size),
+    ]

@@ -168,22 +168,25 @@ class GradualPruning(keras.callbacks.Callback):
             masks = pruning.smallest_entries([s.effective for s in chosen], need, free)
             for i, new in zip(group, masks):
                 if new.any():
-                    self._pin_at_zero(*self._selected[i], states[i], new)
-        self._sparsity = self._measure()
+                    states[i] = self._pin_at_zero(*self._selected[i], states[i], new)
+        self._sparsity = _sparsity(states)
 
-    def _pin_at_zero(self, layer: Any, weight: str, state: _pins.WeightPins, new: np.ndarray) -> None:
+    def _pin_at_zero(
+        self, layer: Any, weight: str, state: _pins.WeightPins, new: np.ndarray
+    ) -> _pins.WeightPins:
+        """Pins the `new` entries at 0.0; returns the weight's state after."""
         mask_var, value_var = layer.pin_variables(weight)
-        mask_var.assign(state.mask | new)
+        mask = state.mask | new
+        mask_var.assign(mask)
+        value = state.value
         if len(value_var.shape):  # per-entry values; a shared value is 0.0 already
-            value_var.assign(np.where(new, np.zeros((), state.value.dtype), state.value))
+            value = np.where(new, np.zeros((), value.dtype), value)
+            value_var.assign(value)
+        zero = np.zeros((), state.effective.dtype)
+        return _pins.WeightPins(np.where(new, zero, state.effective), mask, value)
 
     def _measure(self) -> float:
-        total = pruned = 0
-        for layer, weight in self._selected:
-            state = layer.pin_state()[weight]
-            total += state.mask.size
-            pruned += _pruned(state)
-        return pruned / total if total else 0.0
+        return _sparsity([layer.pin_state()[weight] for layer, weight in self._selected])
 
     def _sync(self) -> None:
         # Under JAX, `fit` keeps the variables' values in its own state and
@@ -221,6 +224,11 @@ class GradualPruning(keras.callbacks.Callback):
             for layer in matched:
                 chosen[id(layer)] = layer
         return list(chosen.values())
+
+
+def _sparsity(states: list[_pins.WeightPins]) -> float:
+    total = sum(state.mask.size for state in states)
+    return sum(_pruned(state) for state in states) / total if total else 0.0
 
 
 def _pruned(state: _pins.WeightPins) -> int:

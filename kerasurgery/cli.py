@@ -301,12 +301,12 @@ def _save(model: Any, output: Path, args: argparse.Namespace, ui: Ui) -> None:
 
 
 def _inspect(args: argparse.Namespace, ui: Ui) -> int:
-    from kerasurgery.inspection import inspect_file, read_dense_weights
+    from kerasurgery.inspection import inspect_file, read_weights
 
     if args.show and args.json:
         args.parser.error("--show draws for people; use --json without --show")
     info = inspect_file(args.file)
-    document = info.to_json()
+    document = info.to_json(totals=True)
     layers = document["layers"]
     if args.layer is not None:
         # A path picks one layer; a name, every layer of that name (nested models may repeat it).
@@ -314,19 +314,21 @@ def _inspect(args: argparse.Namespace, ui: Ui) -> int:
         if not layers:
             names = ", ".join(layer["path"] for layer in document["layers"]) or "none"
             raise KerasurgeryError(f"{args.file}: no layer named {args.layer!r}. Layers: {names}")
-        document = {**document, "layers": layers}
+        document = {k: v for k, v in document.items() if k != "totals"}
+        document["layers"] = layers
     if ui.json_output:
         ui.print_json(document)
         return OK
     ui.say(f"{document['file']}: {document['format']} file written by Keras {document['keras_version'] or 'unknown'}")
-    ui.layer_table(layers, title=None)
+    ui.layer_table(layers, title=None, totals=document.get("totals"))
     if args.show:
-        weights = read_dense_weights(args.file)
+        weights = read_weights(args.file, [layer["path"] for layer in layers])
         shown = [layer["path"] for layer in layers if layer["path"] in weights]
         if args.layer is not None and not shown:
             raise KerasurgeryError(
-                f"{args.file}: layer {args.layer!r} is a {layers[0]['class_name']}; "
-                "--show draws Dense and MaskedDense layers."
+                f"{args.file}: layer {args.layer!r} is a {layers[0]['class_name']} and has "
+                "no weights to draw; --show draws layers with weights (Dense, "
+                "convolutions, EinsumDense, Embedding and their pinned classes)."
             )
         for path in shown:
             ui.pattern(weights[path])

@@ -706,7 +706,7 @@ def test_inspect_table_and_json(base, tmp_path, capsys):
     out = tmp_path / "f.h5"
     run_json(capsys, "freeze", base["paths"][".h5"], "-o", out, "--below", "0.3", "--bias")
     report = run_json(capsys, "inspect", out)
-    assert set(report) == {"file", "format", "keras_version", "layers"}
+    assert set(report) == {"file", "format", "keras_version", "layers", "totals"}
     assert report["format"] == "h5" and report["keras_version"] == keras.__version__
     layers = {l["name"]: l for l in report["layers"]}
     for name, (kernel, bias) in base["weights"].items():
@@ -714,9 +714,19 @@ def test_inspect_table_and_json(base, tmp_path, capsys):
         assert layers[name]["pinned_kernel"] == int((np.abs(kernel) < 0.3).sum())
         assert layers[name]["pinned_bias"] == int((np.abs(bias) < 0.3).sum())
         assert layers[name]["pinned"] == layers[name]["pinned_kernel"] + layers[name]["pinned_bias"]
+        assert layers[name]["zeros"] == int((kernel == 0).sum()) and layers[name]["size"] == kernel.size
+    kernels = [kernel for kernel, _ in base["weights"].values()]
+    assert report["totals"] == {
+        "layers": len(report["layers"]), "size": sum(k.size for k in kernels),
+        "zeros": sum(int((k == 0).sum()) for k in kernels),
+        "pinned_kernel": sum(int((np.abs(k) < 0.3).sum()) for k in kernels),
+        "pinned_bias": sum(int((np.abs(b) < 0.3).sum()) for _, b in base["weights"].values()),
+        "pinned": sum(l["pinned"] for l in report["layers"]),
+    }
     code, text, _ = run(capsys, "inspect", out)
     assert code == 0
     assert "h5 file written by Keras" in text and "hidden" in text and "MaskedDense" in text
+    assert "zeros %" in text and "total" in text
     only = run_json(capsys, "inspect", out, "--layer", "out")
     assert [l["name"] for l in only["layers"]] == ["out"]
     code, _, err = run(capsys, "inspect", out, "--layer", "nope")
