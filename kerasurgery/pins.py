@@ -49,6 +49,9 @@ class Axes:
     inputs: tuple[int, ...]
     units: tuple[int, ...]
     bias_follows_units: bool = True
+    # False for a table looked up by row (Embedding): its inputs are rows, not
+    # a contracted axis, so n:m sparsity does not apply.
+    contracted: bool = True
 
 
 def bits(array: np.ndarray) -> np.ndarray:

@@ -212,8 +212,9 @@ def n_of_m(n: int, m: int, *, value: Value = None) -> Rule:
 
     `n_of_m(2, 4)` gives the 2:4 pattern that sparse tensor cores run. The
     input axis is a Dense kernel's rows, a convolution's input channels,
-    EinsumDense's contracted axes (flattened), an Embedding's rows; weights
-    without one (a separable convolution's pointwise kernel) are left free.
+    EinsumDense's contracted axes (flattened); weights without one (a
+    separable convolution's pointwise kernel, an Embedding, whose rows are
+    looked up, not multiplied) are left free.
 
     Args:
         n: Entries pruned per group, `0 <= n <= m`.
@@ -229,7 +230,7 @@ def n_of_m(n: int, m: int, *, value: Value = None) -> Rule:
         raise PinError(f"Expected 0 <= n <= m and m >= 1. Received: n={n}, m={m}")
 
     def select(w: np.ndarray, _which: str, axes: Axes) -> np.ndarray:
-        if not axes.inputs:
+        if not axes.inputs or not axes.contracted:
             return np.zeros(w.shape, dtype=bool)
         return n_of_m_mask(w, n, m, axes.inputs)
 

@@ -233,3 +233,24 @@ def test_unsupported_kind_named_explicitly_is_refused_with_the_supported_list():
     model, _, _ = _bert()
     with pytest.raises(LayerSelectionError, match=r"ReversibleEmbedding.*Supported layers: .*"):
         ks.freeze(model, {"token_embedding": ks.rules.zeros()})
+
+
+def test_bert_pruning_reaches_every_transformer_layer():
+    model, x, y = _bert()
+    block = [p.replace("bert_backbone", model.backbone.name, 1) for p in BERT_BLOCK_LAYERS]
+    # One shot, 2:4 along every kernel's input (contracted) axis.
+    two_four = _pinned(ks.freeze(model, {"*": ks.rules.n_of_m(2, 4)}))
+    for path in block:
+        mask = two_four[path].pin_state()["kernel"].mask
+        assert mask.sum() * 2 == mask.size, path
+    # Gradually during fit: steps 0 and 1 prune, the target is reached at step 1.
+    frozen = ks.freeze(model, {"*": ks.Pin()})
+    frozen.compile(optimizer=keras.optimizers.AdamW(1e-2, weight_decay=0.5),
+                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    pruner = ks.callbacks.GradualPruning(0.75, begin_step=0, end_step=1, frequency=1)
+    history = frozen.fit(x, y, epochs=2, batch_size=4, verbose=0, callbacks=[pruner])
+    pinned = _pinned(frozen)
+    for path in block:
+        state = pinned[path].pin_state()["kernel"]
+        assert np.count_nonzero(state.mask & (state.effective == 0)) == round(0.75 * state.mask.size), path
+    assert history.history["sparsity"][-1] == pytest.approx(0.75, abs=1e-3)

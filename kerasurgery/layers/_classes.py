@@ -106,7 +106,7 @@ class MaskedEmbedding(_FixedAxes, PinMixin, keras.layers.Embedding):
     """
 
     pinned_weights = ("embeddings",)
-    axes = Axes(inputs=(0,), units=(1,))
+    axes = Axes(inputs=(0,), units=(1,), contracted=False)
 
 
 @_registered
