@@ -1,4 +1,5 @@
-"""Keras callbacks: `GradualPruning`, magnitude pruning that grows during `fit`."""
+"""Keras callbacks: `GradualPruning` (magnitude pruning that grows during `fit`)
+and `ModelCheckpoint` (checkpoints that keep the pins of layers at any depth)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from kerasurgery import pins as _pins
 from kerasurgery import pruning
 from kerasurgery.errors import LayerSelectionError, PinError
 
-__all__ = ["GradualPruning"]
+__all__ = ["GradualPruning", "ModelCheckpoint"]
 
 
 class GradualPruning(keras.callbacks.Callback):
@@ -229,6 +230,64 @@ class GradualPruning(keras.callbacks.Callback):
 def _sparsity(states: list[_pins.WeightPins]) -> float:
     total = sum(state.mask.size for state in states)
     return sum(_pruned(state) for state in states) / total if total else 0.0
+
+
+class ModelCheckpoint(keras.callbacks.Callback):
+    """Saves the model with `kerasurgery.save_model` at the end of every epoch.
+
+    Keras' own `ModelCheckpoint` (`model.save`) keeps the pins of the layers a
+    saved config names (top level, nested models, wrappers), but the layers a
+    custom layer creates in `build()` (a KerasHub `TransformerEncoder`'s Dense
+    and EinsumDense layers) come back as plain layers. This callback writes
+    the file's pin record too, so `kerasurgery.load_model` restores every pin.
+    Each save is atomic: an interrupted run never leaves half a checkpoint.
+
+    Args:
+        filepath: A `.keras` path; it may hold `{epoch}` (1-based) and the
+            names of logged metrics, formatted as Keras' `ModelCheckpoint`
+            does (`"ckpt-{epoch:02d}-{loss:.3f}.keras"`).
+        overwrite: Replace an existing file at the formatted path.
+
+    Example:
+
+    ```python
+    model.fit(x, y, epochs=10, callbacks=[
+        kerasurgery.callbacks.ModelCheckpoint("ckpt-{epoch}.keras"),
+    ])
+    model = kerasurgery.load_model("ckpt-10.keras")   # every pin, at any depth
+    ```
+    """
+
+    def __init__(self, filepath: str, overwrite: bool = True) -> None:
+        super().__init__()
+        filepath = str(filepath)
+        if not filepath.endswith(".keras"):
+            raise PinError(
+                "Expected a `.keras` checkpoint path (only that format carries pins at "
+                f"any depth). Received: filepath={filepath!r}"
+            )
+        self.filepath = filepath
+        self.overwrite = overwrite
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        from kerasurgery.saving import save_model
+
+        values = {k: _scalar(v) for k, v in (logs or {}).items()}
+        try:
+            path = self.filepath.format(epoch=epoch + 1, **values)
+        except (KeyError, IndexError, ValueError) as e:
+            raise PinError(
+                f"Cannot format the checkpoint path {self.filepath!r} with epoch and "
+                f"logs {sorted(values)}: {e!r}"
+            ) from None
+        save_model(self.model, path, overwrite=self.overwrite)
+
+
+def _scalar(value: Any) -> Any:
+    try:
+        return float(ops.convert_to_numpy(value))
+    except (TypeError, ValueError):
+        return value
 
 
 def _pruned(state: _pins.WeightPins) -> int:

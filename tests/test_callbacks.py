@@ -218,3 +218,44 @@ def test_schedule_is_zhu_and_gupta():
     s = lambda t: pruning.polynomial_sparsity(t, target_sparsity=0.9, begin_step=10, end_step=110, initial_sparsity=0.1)  # noqa: E731
     assert s(0) == 0.1 and s(10) == 0.1 and s(110) == 0.9 and s(500) == 0.9
     assert s(60) == pytest.approx(0.9 + (0.1 - 0.9) * 0.5 ** 3)
+
+
+@keras.saving.register_keras_serializable(package="kerasurgery_tests")
+class _Block(keras.layers.Layer):
+    """A custom layer that creates its Dense in `build()`: its pins live in the pin record."""
+
+    def __init__(self, units, **kwargs):
+        super().__init__(**kwargs)
+        self.units = units
+
+    def build(self, input_shape):
+        self.proj = L.Dense(self.units, name="proj")
+        self.proj.build(input_shape)
+
+    def call(self, x):
+        return ops.tanh(self.proj(x))
+
+    def get_config(self):
+        return {**super().get_config(), "units": self.units}
+
+
+def test_model_checkpoint_keeps_the_pins_of_layers_inside_custom_layers(tmp_path):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((6,), name="x")
+    outputs = L.Dense(2, name="head")(_Block(5, name="block")(inputs))
+    frozen = ks.freeze(keras.Model(inputs, outputs), {"*": ks.rules.smallest(0.5)})
+    x, y = np.random.default_rng(0).normal(size=(16, 6)).astype("float32"), np.zeros((16, 2), "float32")
+    frozen.compile(optimizer=keras.optimizers.AdamW(1e-2, weight_decay=0.5), loss="mse")
+    pattern = str(tmp_path / "ckpt-{epoch:02d}-{loss:.3f}.keras")
+    history = frozen.fit(x, y, epochs=2, verbose=0, callbacks=[ks.callbacks.ModelCheckpoint(pattern)])
+    last = tmp_path / f"ckpt-02-{history.history['loss'][-1]:.3f}.keras"
+    assert sorted(p.name[:8] for p in tmp_path.iterdir()) == ["ckpt-01-", "ckpt-02-"]
+    loaded = ks.load_model(last)
+    proj = loaded.get_layer("block").proj
+    assert ks.layers.is_pinned(proj)
+    state, expected = proj.pin_state()["kernel"], frozen.get_layer("block").proj.pin_state()["kernel"]
+    np.testing.assert_array_equal(state.mask, expected.mask)
+    assert state.mask.sum() == 15
+    np.testing.assert_array_equal(bits(state.effective), bits(expected.effective))
+    with pytest.raises(KerasurgeryError, match=r"\.keras"):
+        ks.callbacks.ModelCheckpoint(str(tmp_path / "c.h5"))
