@@ -10,7 +10,6 @@ shares no variable with the result.
 
 from __future__ import annotations
 
-import fnmatch
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Union
@@ -23,9 +22,8 @@ from keras import ops
 
 from kerasurgery._subclassed import copy_layer, is_subclassed, rebuild_subclassed
 from kerasurgery import layers as layers_lib
-from kerasurgery import pins as _pins
-from kerasurgery.errors import KerasurgeryError, LayerSelectionError, PinError
-from kerasurgery.layers import PER_ENTRY, SHARED
+from kerasurgery import _plan
+from kerasurgery.errors import KerasurgeryError, PinError
 from kerasurgery.pins import Axes, Pin, Rule
 
 PinSpec = Union[Pin, np.ndarray, Rule]
@@ -78,39 +76,29 @@ def freeze(model: keras.Model, pins: Mapping[str, PinSpec]) -> keras.Model:
     ```
     """
     _require_rewritable(model, "freeze")
-    if not isinstance(pins, Mapping) or not pins:
-        raise PinError(
-            "Expected `pins` to be a non-empty mapping from layer names or "
-            f"patterns to pins. Received: {pins!r}"
-        )
+    _plan.check_pins_argument(pins)
     pinnable = pinnable_layers(model)
-    plans: dict[int, _Plan] = {}
-    paths: dict[int, str] = {}
-    selections = []
-    for key, spec in pins.items():
-        selected = _select(model, key, pinnable)
-        for path, layer in selected:
-            plans.setdefault(id(layer), _Plan.of(layer))
-            paths[id(layer)] = path
-        selections.append((spec, selected))
-    across = _resolve_across(selections, plans)
-    for spec, selected in selections:
-        for path, layer in selected:
-            plan = plans[id(layer)]
-            updates = across[id(spec)][id(layer)] if id(spec) in across else _resolve(spec, layer, plan)
-            plan.add(updates, path)
+    plans = _plan.plan_all(
+        pins,
+        lambda key: _select(model, key, pinnable),
+        lambda path: _plan_of(pinnable[path]),
+        lambda path: _axes_of(pinnable[path]),
+        lambda path: pinnable[path].name,
+    )
     frozen = _rebuild(model, _copy_state)
     copies = dict(walk_layers(frozen))
     visible = _config_visible(frozen)
-    for key, plan in plans.items():
-        layer = copies[paths[key]]
+    for path, plan in plans.items():
+        layer = copies[path]
         if layers_lib.is_pinned(layer):
             layers_lib.unpin_in_place(layer)  # to store its pins as the plan says
         layers_lib.pin_in_place(
             layer, layers_lib.pinned_class_for(layer), plan.storage(),
             in_config=id(layer) in visible,
         )
-        plan.assign(layer)
+        # The raw weights start equal to the effective ones, so the file and
+        # the variables agree until training moves raw entries under the pins.
+        layer.set_pin_state(plan.state())
     return frozen
 
 
@@ -191,278 +179,38 @@ def _config_visible(model: keras.Model) -> set[int]:
     return visible
 
 
-class _Plan:
-    """The pins one layer will have, per weight, as numpy arrays.
-
-    `values[w]` is `None` while every pinned entry keeps its current value (the
-    common case), so no weight-sized array of values is built for it.
-    """
-
-    def __init__(self, layer: keras.layers.Layer, effective: dict[str, np.ndarray],
-                 masks: dict[str, np.ndarray]) -> None:
-        self.layer = layer
-        self.effective = effective
-        self.masks = masks
-        self.values: dict[str, np.ndarray | None] = {w: None for w in effective}
-        self._storage: dict[str, str] | None = None
-        self._stored: dict[str, np.ndarray] = {}
-
-    @classmethod
-    def of(cls, layer: keras.layers.Layer) -> _Plan:
-        if getattr(layer, "quantization_mode", None):
-            raise PinError(
-                f"Layer {layer.name!r} is quantized ({layer.quantization_mode}); "
-                "pins need float weights. Freeze the float model instead."
-            )
-        pinned = layers_lib.pinned_class_for(layer)
-        if layers_lib.is_pinned(layer):
-            state = layer.pin_state()
-            effective = {w: s.effective for w, s in state.items()}
-            masks = {w: s.mask for w, s in state.items()}
-        else:
-            # A LoRA layer's property gives its merged weight.
-            effective = {
-                w: ops.convert_to_numpy(getattr(layer, w))
-                for w in pinned.pinned_weights if getattr(layer, w, None) is not None
-            }
-            masks = {w: np.zeros(a.shape, bool) for w, a in effective.items()}
-        return cls(layer, effective, masks)
-
-    @property
-    def main(self) -> str:
-        return next(iter(self.effective))
-
-    def axes(self, weight: str) -> Axes:
-        return layers_lib.pinned_class_for(self.layer).pin_axes(self.layer, weight)
-
-    def add(self, updates: list[tuple[str, Any, Any]], name: str) -> _Plan:
-        self._storage = None
-        for weight, mask, value in updates:
-            if mask is None and value is None:
-                continue
-            if weight not in self.effective:
-                raise PinError(f"Layer {name!r} has no {weight}, but a {weight} pin was given.")
-            self.masks[weight], self.values[weight] = _merge(
-                self.masks[weight], self.values[weight], mask, value,
-                self.effective[weight], name, weight,
-            )
-        return self
-
-    def storage(self) -> dict[str, str]:
-        """Per weight: `SHARED` when every pinned entry has the same bits, else `PER_ENTRY`."""
-        if self._storage is None:
-            self._storage, self._stored = {}, {}
-            for w, mask in self.masks.items():
-                values = self.effective[w] if self.values[w] is None else self.values[w]
-                # A bias is small: its values are stored per entry, as in 0.1.0.
-                shared = None if w == "bias" else _pins.shared_value(values, mask)
-                self._storage[w] = SHARED if shared is not None else PER_ENTRY
-                # Per entry, only pinned entries are meaningful; the rest hold
-                # zeros, so a non-finite free entry is not taken for a pin.
-                self._stored[w] = shared if shared is not None else np.where(mask, values, 0).astype(values.dtype)
-        return self._storage
-
-    def assign(self, layer: Any) -> None:
-        self.storage()
-        # The raw weights start equal to the effective ones, so the file and
-        # the variables agree until training moves raw entries under the pins.
-        layer.set_pin_state({
-            w: _pins.WeightPins(
-                effective=_effective(self.effective[w], self.masks[w], self.values[w]),
-                mask=self.masks[w],
-                value=self._stored[w],
-            )
-            for w in self.masks
-        })
-
-
-def _effective(weight: np.ndarray, mask: np.ndarray, values: np.ndarray | None) -> np.ndarray:
-    return weight if values is None else np.where(mask, values, weight)
-
-
-def _merge(
-    mask: np.ndarray,
-    values: np.ndarray | None,
-    new_mask: Any,
-    new_value: Any,
-    weight: np.ndarray,
-    name: str,
-    which: str,
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Adds one pin to a weight's mask and values (`None` values = current)."""
-    if new_mask is None:
-        if new_value is not None:
-            raise PinError(
-                f"Layer {name!r}: a {which} value was given without a {which} mask."
-            )
-        return mask, values
-    new_mask = _checked_mask(new_mask, weight.shape, name, which)
-    if new_value is None:
-        if values is not None:
-            values = np.where(new_mask, weight, values)
-        return mask | new_mask, values
-    new_values = _checked_value(new_value, weight, name, which)
-    return mask | new_mask, np.where(new_mask, new_values, weight if values is None else values)
-
-
-def _checked_mask(mask: Any, shape: tuple, name: str, which: str) -> np.ndarray:
-    array = np.asarray(mask)
-    if array.shape != tuple(shape):
+def _plan_of(layer: keras.layers.Layer) -> _plan.PinPlan:
+    """A layer's current effective weights and pins, as the start of its plan."""
+    if getattr(layer, "quantization_mode", None):
         raise PinError(
-            f"Layer {name!r}: the {which} mask has the wrong shape. "
-            f"Expected: {tuple(shape)}. Received: {array.shape}"
+            f"Layer {layer.name!r} is quantized ({layer.quantization_mode}); "
+            "pins need float weights. Freeze the float model instead."
         )
-    if array.dtype != np.bool_:
-        if not (np.issubdtype(array.dtype, np.number) and np.isin(array, (0, 1)).all()):
-            raise PinError(
-                f"Layer {name!r}: the {which} mask must be boolean (True = pinned) "
-                f"or hold only 0 and 1. Received dtype: {array.dtype}"
-            )
-        array = array.astype(bool)
-    return array
-
-
-def _checked_value(value: Any, weight: np.ndarray, name: str, which: str) -> np.ndarray:
-    try:
-        array = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise PinError(
-            f"Layer {name!r}: the {which} value must be a number or an array. "
-            f"Received: {value!r}"
-        ) from None
-    if array.shape not in ((), weight.shape):
-        raise PinError(
-            f"Layer {name!r}: the {which} value has the wrong shape. Expected: a "
-            f"scalar or {weight.shape}. Received: {array.shape}"
+    if layers_lib.is_pinned(layer):
+        state = layer.pin_state()
+        return _plan.PinPlan(
+            {w: s.effective for w, s in state.items()}, {w: s.mask for w, s in state.items()}
         )
-    if not np.all(np.isfinite(array)):
-        raise PinError(f"Layer {name!r}: the {which} value must be finite.")
-    return np.broadcast_to(array.astype(weight.dtype), weight.shape)
+    # A LoRA layer's property gives its merged weight.
+    pinned = layers_lib.pinned_class_for(layer)
+    return _plan.PinPlan({
+        w: ops.convert_to_numpy(getattr(layer, w))
+        for w in pinned.pinned_weights if getattr(layer, w, None) is not None
+    })
 
 
-def _resolve(spec: PinSpec, layer: keras.layers.Layer, plan: _Plan) -> list[tuple[str, Any, Any]]:
-    """(weight, mask, value) updates for one layer: a Pin's `kernel` is its main weight."""
-    if isinstance(spec, (np.ndarray, list, tuple)):
-        spec = Pin(kernel=spec)
-    if isinstance(spec, Pin):
-        return [(plan.main, spec.kernel, spec.kernel_value), ("bias", spec.bias, spec.bias_value)]
-    if not callable(spec):
-        raise PinError(
-            "Expected a Pin, a boolean array or a rule for layer "
-            f"{layer.name!r}. Received: {type(spec).__name__}"
-        )
-    # A rule sees each main weight (both kernels of a separable convolution)
-    # with the layer's bias; the bias part is taken once.
-    updates: list[tuple[str, Any, Any]] = []
-    bias = plan.effective.get("bias")
-    bias_pin: tuple[str, Any, Any] | None = None
-    for weight in [w for w in plan.effective if w != "bias"]:
-        try:
-            if isinstance(spec, _pins.AxisRule):
-                pin = spec(plan.effective[weight], bias, plan.axes(weight))
-            else:
-                pin = spec(plan.effective[weight], bias)
-        except PinError as e:
-            raise PinError(f"Layer {layer.name!r}: {e}") from None
-        if not isinstance(pin, Pin):
-            raise PinError(
-                f"A rule must return a Pin. Received: {type(pin).__name__} "
-                f"for layer {layer.name!r}"
-            )
-        updates.append((weight, pin.kernel, pin.kernel_value))
-        # The bias part of the first kernel that gives one (a separable
-        # convolution's units are its pointwise kernel's).
-        if bias_pin is None and pin.bias is not None:
-            bias_pin = ("bias", pin.bias, pin.bias_value)
-    return updates + ([bias_pin] if bias_pin else [])
+def _axes_of(layer: keras.layers.Layer) -> Callable[[str], Axes]:
+    cls = layers_lib.pinned_class_for(layer)
+    return lambda weight: cls.pin_axes(layer, weight)
 
 
-def _resolve_across(
-    selections: list[tuple[Any, list[tuple[str, keras.layers.Layer]]]], plans: dict[int, _Plan]
-) -> dict[int, dict[int, list[tuple[str, Any, Any]]]]:
-    """Updates of the rules that rank every layer they select together (`across`).
-
-    Returns `{id(rule): {id(layer): updates}}`. The same rule object under
-    several keys ranks the layers of all those keys together, each once.
-    """
-    layers_of: dict[int, dict[int, keras.layers.Layer]] = {}
-    rules: dict[int, Any] = {}
-    for spec, selected in selections:
-        if getattr(spec, "across", None) is None:
-            continue
-        rules[id(spec)] = spec
-        for _, layer in selected:
-            layers_of.setdefault(id(spec), {})[id(layer)] = layer
-    result: dict[int, dict[int, list[tuple[str, Any, Any]]]] = {}
-    for key, rule in rules.items():
-        chosen = [plans[i] for i in layers_of[key]]
-        updates: dict[int, list[tuple[str, Any, Any]]] = {id(p.layer): [] for p in chosen}
-        kernels = [(p, w) for p in chosen for w in p.effective if w != "bias"]
-        masks = rule.across([p.effective[w] for p, w in kernels])
-        for (p, w), mask in zip(kernels, masks):
-            updates[id(p.layer)].append((w, mask, rule.value))
-        if rule.bias:
-            with_bias = [p for p in chosen if "bias" in p.effective]
-            missing = [p.layer.name for p in chosen if "bias" not in p.effective]
-            if missing:
-                raise PinError(
-                    f"Rule {rule.name!r} targets the bias, but layer {missing[0]!r} has none."
-                )
-            masks = rule.across([p.effective["bias"] for p in with_bias])
-            for p, mask in zip(with_bias, masks):
-                updates[id(p.layer)].append(("bias", mask, rule.value))
-        result[key] = updates
-    return result
-
-
-def _select(
-    model: keras.Model, key: str, pinnable: dict[str, keras.layers.Layer]
-) -> list[tuple[str, keras.layers.Layer]]:
-    """The (path, layer) pairs of the supported layers that `key` selects.
-
-    A path (`dense`, `inner/dense`: names are unique only within one model)
-    or a variable path without the variable name selects that one layer;
-    otherwise a name selects every supported layer of that name, and a glob
-    every supported layer whose path, variable path or name it matches.
-    """
-    if not isinstance(key, str):
-        raise LayerSelectionError(
-            f"Expected a layer name or glob pattern. Received: {key!r}"
-        )
-    available = _listing(model, pinnable)
-    if key in pinnable:
-        return [(key, pinnable[key])]
+def _select(model: keras.Model, key: Any, pinnable: dict[str, keras.layers.Layer]) -> list[str]:
+    """The paths of the supported layers that `key` selects (`_plan.select`)."""
+    supported = layers_lib.supported_class_names()
     aliases = {path: (layer.name, variable_prefix(layer)) for path, layer in pinnable.items()}
-    named = [(p, pinnable[p]) for p, names in aliases.items() if key in names]
-    if named:
-        return named
-    other = next(
-        (layer for path, layer in walk_layers(model) if key in (path, layer.name)), None
-    )
-    if other is not None:
-        raise LayerSelectionError(
-            f"Expected a layer of a supported kind "
-            f"({', '.join(layers_lib.supported_class_names())}). Received: "
-            f"layer={key!r} ({type(other).__name__}). Supported layers: {available}"
-        )
-    matched = [
-        (path, pinnable[path]) for path, names in aliases.items()
-        if any(n is not None and fnmatch.fnmatchcase(n, key) for n in (path, *names))
-    ]
-    if not matched:
-        raise LayerSelectionError(
-            f"No supported layer matches {key!r}. Supported layers: {available}"
-        )
-    return matched
-
-
-def _listing(model: keras.Model, pinnable: dict[str, keras.layers.Layer], limit: int = 12) -> str:
-    if not pinnable:
-        return (f"none (model {model.name!r} has no layer of a supported kind: "
-                f"{', '.join(layers_lib.supported_class_names())})")
-    paths = list(pinnable)
-    more = f" and {len(paths) - limit} more" if len(paths) > limit else ""
-    return ", ".join(paths[:limit]) + more
+    others = {path: (layer.name, type(layer).__name__) for path, layer in walk_layers(model)}
+    listing = _plan.listing(model.name, list(pinnable), supported)
+    return _plan.select(key, aliases, others, supported, listing)
 
 
 def variable_prefix(layer: keras.layers.Layer) -> str | None:

@@ -1,0 +1,349 @@
+"""What `freeze` decides for each layer, in numpy only: selection, pins, storage.
+
+`kerasurgery.freeze` (on a Keras model) and the offline rewrite of a `.keras`
+file (`_offline`, no TensorFlow) both call this module, so the two cannot
+disagree on which layers a key selects, how several pins merge, which masks
+and values are accepted, how pinned values are stored and what the effective
+weights are. Nothing here imports Keras.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from kerasurgery import pins as _pins
+from kerasurgery.errors import LayerSelectionError, PinError
+from kerasurgery.pins import Axes, Pin
+
+# (weight, mask, value): one pin of one weight; `None` mask = nothing.
+Update = tuple[str, Any, Any]
+
+
+class PinPlan:
+    """The pins one layer will have, per weight, as numpy arrays.
+
+    `effective[w]` is the weight the layer computes with now (rules see it);
+    `masks[w]` is True at pinned entries; `values[w]` is `None` while every
+    pinned entry keeps its current value (the common case), so no
+    weight-sized array of values is built for it.
+    """
+
+    def __init__(self, effective: dict[str, np.ndarray], masks: dict[str, np.ndarray] | None = None) -> None:
+        self.effective = effective
+        self.masks = masks if masks is not None else {
+            w: np.zeros(a.shape, bool) for w, a in effective.items()
+        }
+        self.values: dict[str, np.ndarray | None] = {w: None for w in effective}
+        self._storage: dict[str, str] | None = None
+        self._stored: dict[str, np.ndarray] = {}
+
+    @property
+    def main(self) -> str:
+        return next(iter(self.effective))
+
+    @property
+    def kernels(self) -> list[str]:
+        """The weights a rule sees as a kernel: all but the bias."""
+        return [w for w in self.effective if w != "bias"]
+
+    def add(self, updates: Sequence[Update], name: str) -> PinPlan:
+        """Adds pins; a later pin's values win on entries already pinned."""
+        self._storage = None
+        for weight, mask, value in updates:
+            if mask is None and value is None:
+                continue
+            if weight not in self.effective:
+                raise PinError(f"Layer {name!r} has no {weight}, but a {weight} pin was given.")
+            self.masks[weight], self.values[weight] = merge(
+                self.masks[weight], self.values[weight], mask, value,
+                self.effective[weight], name, weight,
+            )
+        return self
+
+    def storage(self) -> dict[str, str]:
+        """Per weight: `SHARED` when every pinned entry has the same bits, else `PER_ENTRY`."""
+        if self._storage is None:
+            self._storage, self._stored = {}, {}
+            for w, mask in self.masks.items():
+                values = self.effective[w] if self.values[w] is None else self.values[w]
+                # A bias is small: its values are stored per entry, as in 0.1.0.
+                shared = None if w == "bias" else _pins.shared_value(values, mask)
+                self._storage[w] = _pins.SHARED if shared is not None else _pins.PER_ENTRY
+                # Per entry, only pinned entries are meaningful; the rest hold
+                # zeros, so a non-finite free entry is not taken for a pin.
+                self._stored[w] = shared if shared is not None else np.where(mask, values, 0).astype(values.dtype)
+        return self._storage
+
+    def state(self) -> dict[str, _pins.WeightPins]:
+        """Every weight's effective array (pinned entries at their values), mask and stored value."""
+        self.storage()
+        return {
+            w: _pins.WeightPins(
+                effective=effective(self.effective[w], self.masks[w], self.values[w]),
+                mask=self.masks[w],
+                value=self._stored[w],
+            )
+            for w in self.masks
+        }
+
+
+def effective(weight: np.ndarray, mask: np.ndarray, values: np.ndarray | None) -> np.ndarray:
+    """`weight` with the pinned entries at `values` (`None`: they keep their current values)."""
+    return weight if values is None else np.where(mask, values, weight)
+
+
+def merge(
+    mask: np.ndarray,
+    values: np.ndarray | None,
+    new_mask: Any,
+    new_value: Any,
+    weight: np.ndarray,
+    name: str,
+    which: str,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Adds one pin to a weight's mask and values (`None` values = current)."""
+    if new_mask is None:
+        if new_value is not None:
+            raise PinError(
+                f"Layer {name!r}: a {which} value was given without a {which} mask."
+            )
+        return mask, values
+    new_mask = checked_mask(new_mask, weight.shape, name, which)
+    if new_value is None:
+        if values is not None:
+            values = np.where(new_mask, weight, values)
+        return mask | new_mask, values
+    new_values = checked_value(new_value, weight, name, which)
+    return mask | new_mask, np.where(new_mask, new_values, weight if values is None else values)
+
+
+def checked_mask(mask: Any, shape: tuple, name: str, which: str) -> np.ndarray:
+    """A user's mask: of the weight's shape, boolean or only 0 and 1."""
+    array = np.asarray(mask)
+    if array.shape != tuple(shape):
+        raise PinError(
+            f"Layer {name!r}: the {which} mask has the wrong shape. "
+            f"Expected: {tuple(shape)}. Received: {array.shape}"
+        )
+    if array.dtype != np.bool_:
+        if not (np.issubdtype(array.dtype, np.number) and np.isin(array, (0, 1)).all()):
+            raise PinError(
+                f"Layer {name!r}: the {which} mask must be boolean (True = pinned) "
+                f"or hold only 0 and 1. Received dtype: {array.dtype}"
+            )
+        array = array.astype(bool)
+    return array
+
+
+def checked_value(value: Any, weight: np.ndarray, name: str, which: str) -> np.ndarray:
+    """A user's pinned value: finite, a scalar or of the weight's shape, in its dtype."""
+    try:
+        array = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise PinError(
+            f"Layer {name!r}: the {which} value must be a number or an array. "
+            f"Received: {value!r}"
+        ) from None
+    if array.shape not in ((), weight.shape):
+        raise PinError(
+            f"Layer {name!r}: the {which} value has the wrong shape. Expected: a "
+            f"scalar or {weight.shape}. Received: {array.shape}"
+        )
+    if not np.all(np.isfinite(array)):
+        raise PinError(f"Layer {name!r}: the {which} value must be finite.")
+    return np.broadcast_to(array.astype(weight.dtype), weight.shape)
+
+
+def resolve(spec: Any, plan: PinPlan, axes: Callable[[str], Axes], name: str) -> list[Update]:
+    """(weight, mask, value) updates of one layer for a `Pin`, a mask or a rule.
+
+    A `Pin`'s `kernel` is the layer's main weight. A rule sees each kernel
+    (both of a separable convolution) with the layer's bias, as numpy arrays
+    of the layer's current effective weights; the bias part is taken once.
+    `axes(weight)` gives a weight's input and unit axes; `name` names the
+    layer in messages.
+    """
+    if isinstance(spec, (np.ndarray, list, tuple)):
+        spec = Pin(kernel=spec)
+    if isinstance(spec, Pin):
+        return [(plan.main, spec.kernel, spec.kernel_value), ("bias", spec.bias, spec.bias_value)]
+    if not callable(spec):
+        raise PinError(
+            "Expected a Pin, a boolean array or a rule for layer "
+            f"{name!r}. Received: {type(spec).__name__}"
+        )
+    updates: list[Update] = []
+    bias = plan.effective.get("bias")
+    bias_pin: Update | None = None
+    for weight in plan.kernels:
+        try:
+            if isinstance(spec, _pins.AxisRule):
+                pin = spec(plan.effective[weight], bias, axes(weight))
+            else:
+                pin = spec(plan.effective[weight], bias)
+        except PinError as e:
+            raise PinError(f"Layer {name!r}: {e}") from None
+        if not isinstance(pin, Pin):
+            raise PinError(
+                f"A rule must return a Pin. Received: {type(pin).__name__} "
+                f"for layer {name!r}"
+            )
+        updates.append((weight, pin.kernel, pin.kernel_value))
+        # The bias part of the first kernel that gives one (a separable
+        # convolution's units are its pointwise kernel's).
+        if bias_pin is None and pin.bias is not None:
+            bias_pin = ("bias", pin.bias, pin.bias_value)
+    return updates + ([bias_pin] if bias_pin else [])
+
+
+def resolve_across(rule: Any, plans: Sequence[tuple[PinPlan, str]]) -> list[list[Update]]:
+    """The updates of a rule that ranks every layer it selects together (`rule.across`).
+
+    Args:
+        rule: A rule with `across`, `bias` and `value` (`rules.smallest(..., across_layers=True)`).
+        plans: `(plan, layer name)` of each selected layer, each once, in model order.
+
+    Returns:
+        One list of updates per plan, in the same order.
+    """
+    updates: list[list[Update]] = [[] for _ in plans]
+    kernels = [(i, w) for i, (p, _) in enumerate(plans) for w in p.kernels]
+    masks = rule.across([plans[i][0].effective[w] for i, w in kernels])
+    for (i, w), mask in zip(kernels, masks):
+        updates[i].append((w, mask, rule.value))
+    if rule.bias:
+        missing = [name for p, name in plans if "bias" not in p.effective]
+        if missing:
+            raise PinError(
+                f"Rule {rule.name!r} targets the bias, but layer {missing[0]!r} has none."
+            )
+        masks = rule.across([p.effective["bias"] for p, _ in plans])
+        for i, mask in enumerate(masks):
+            updates[i].append(("bias", mask, rule.value))
+    return updates
+
+
+def check_pins_argument(pins: Any) -> None:
+    if not isinstance(pins, Mapping) or not pins:
+        raise PinError(
+            "Expected `pins` to be a non-empty mapping from layer names or "
+            f"patterns to pins. Received: {pins!r}"
+        )
+
+
+def select(
+    key: Any,
+    pinnable: Mapping[str, tuple[str, str | None]],
+    others: Mapping[str, tuple[str, str]],
+    supported: Sequence[str],
+    listing: str,
+) -> list[str]:
+    """The paths of the supported layers that `key` selects.
+
+    A path (`dense`, `inner/dense`: names are unique only within one model)
+    or a variable path without the variable name selects that one layer;
+    otherwise a name selects every supported layer of that name, and a glob
+    every supported layer whose path, variable path or name it matches.
+
+    Args:
+        key: The layer path, name or glob.
+        pinnable: path -> (name, variable prefix or `None`) of the supported layers, in order.
+        others: path -> (name, class name) of every layer, in order (for the message
+            about a layer of an unsupported kind).
+        supported: The supported Keras class names, for messages.
+        listing: The supported layers as messages list them.
+    """
+    if not isinstance(key, str):
+        raise LayerSelectionError(
+            f"Expected a layer name or glob pattern. Received: {key!r}"
+        )
+    if key in pinnable:
+        return [key]
+    named = [p for p, names in pinnable.items() if key in names]
+    if named:
+        return named
+    other = next(
+        (cls for path, (name, cls) in others.items() if key in (path, name)), None
+    )
+    if other is not None:
+        raise LayerSelectionError(
+            f"Expected a layer of a supported kind "
+            f"({', '.join(supported)}). Received: "
+            f"layer={key!r} ({other}). Supported layers: {listing}"
+        )
+    matched = [
+        path for path, names in pinnable.items()
+        if any(n is not None and fnmatch.fnmatchcase(n, key) for n in (path, *names))
+    ]
+    if not matched:
+        raise LayerSelectionError(
+            f"No supported layer matches {key!r}. Supported layers: {listing}"
+        )
+    return matched
+
+
+def listing(model_name: str, paths: Sequence[str], supported: Sequence[str], limit: int = 12) -> str:
+    """The supported layers of a model, as selection errors list them."""
+    if not paths:
+        return (f"none (model {model_name!r} has no layer of a supported kind: "
+                f"{', '.join(supported)})")
+    more = f" and {len(paths) - limit} more" if len(paths) > limit else ""
+    return ", ".join(list(paths)[:limit]) + more
+
+
+def plan_all(
+    pins: Mapping[str, Any],
+    select_key: Callable[[Any], list[str]],
+    plan_of: Callable[[str], PinPlan],
+    axes_of: Callable[[str], Callable[[str], Axes]],
+    name_of: Callable[[str], str],
+) -> dict[str, PinPlan]:
+    """Plans every layer that `pins` selects, in the order `freeze` documents.
+
+    Keys are applied in order (a later key's values win on shared entries);
+    a rule with `across` ranks all the layers of all the keys it is given
+    under together, each once.
+
+    Args:
+        pins: The `freeze` mapping.
+        select_key: key -> the paths it selects (`select`).
+        plan_of: path -> the layer's plan (its current effective weights and masks).
+        axes_of: path -> the layer's `axes(weight)`.
+        name_of: path -> the layer's name, for messages.
+
+    Returns:
+        path -> plan, in the order the layers were first selected.
+    """
+    check_pins_argument(pins)
+    plans: dict[str, PinPlan] = {}
+    selections = []
+    for key, spec in pins.items():
+        selected = select_key(key)
+        for path in selected:
+            if path not in plans:
+                plans[path] = plan_of(path)
+        selections.append((spec, selected))
+    across: dict[int, dict[str, list[Update]]] = {}
+    order: dict[int, list[str]] = {}
+    for spec, selected in selections:
+        if getattr(spec, "across", None) is not None:
+            chosen = order.setdefault(id(spec), [])
+            chosen += [p for p in selected if p not in chosen]
+    for spec, selected in selections:
+        if id(spec) in order and id(spec) not in across:
+            paths = order[id(spec)]
+            results = resolve_across(spec, [(plans[p], name_of(p)) for p in paths])
+            across[id(spec)] = dict(zip(paths, results))
+    for spec, selected in selections:
+        for path in selected:
+            plan = plans[path]
+            if id(spec) in across:
+                updates = across[id(spec)][path]
+            else:
+                updates = resolve(spec, plan, axes_of(path), name_of(path))
+            plan.add(updates, path)
+    return plans
