@@ -40,7 +40,9 @@ class GradualPruning(keras.callbacks.Callback):
 
     Steps are the optimizer's: `model.optimizer.iterations` when `fit`
     starts, plus the steps run since, so a second `fit` call (or a run
-    resumed by `BackupAndRestore`) continues the schedule. The current
+    resumed by `BackupAndRestore`) continues the schedule. With
+    `steps_per_execution > 1`, a pruning step that falls inside an execution
+    is applied when the next execution starts. The current
     sparsity (pinned zeros over all selected kernel entries) is added to the
     logs as `"sparsity"`, per batch and per epoch.
 
@@ -110,6 +112,7 @@ class GradualPruning(keras.callbacks.Callback):
         self._selected: list[tuple[layers_lib.PinMixin, str]] = []
         self._step = 0
         self._batch_begin = 0
+        self._pruned_at: int | None = None
         self._sparsity = 0.0
 
     # -- Keras' hooks --------------------------------------------------------
@@ -128,10 +131,12 @@ class GradualPruning(keras.callbacks.Callback):
 
     def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
         self._batch_begin = batch
-        if self.begin_step <= self._step <= self.end_step and (
-            (self._step - self.begin_step) % self.frequency == 0 or self._step == self.end_step
-        ):
-            self.prune(self.sparsity_at(self._step))
+        due = self.pruning_step(self._step)
+        # Once per pruning step; with steps_per_execution > 1 a batch call can
+        # start past one, and it is caught up at the next call.
+        if due is not None and due != self._pruned_at:
+            self.prune(self.sparsity_at(due))
+            self._pruned_at = due
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         # With steps_per_execution > 1 one call covers several steps.
@@ -144,6 +149,18 @@ class GradualPruning(keras.callbacks.Callback):
             logs["sparsity"] = self._sparsity
 
     # -- the work ------------------------------------------------------------
+
+    def pruning_step(self, step: int) -> int | None:
+        """The last pruning step at or before `step` (`None` before `begin_step`).
+
+        Pruning steps are `begin_step`, every `frequency` steps after it, and
+        `end_step`.
+        """
+        if step < self.begin_step:
+            return None
+        if step >= self.end_step:
+            return self.end_step
+        return self.begin_step + (step - self.begin_step) // self.frequency * self.frequency
 
     def sparsity_at(self, step: int) -> float:
         """The scheduled sparsity at optimizer step `step`."""

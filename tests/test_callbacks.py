@@ -84,6 +84,7 @@ def _expected_counts(callback, sizes, steps):
         if callback.begin_step <= t <= callback.end_step and (
             (t - callback.begin_step) % callback.frequency == 0 or t == callback.end_step
         ):
+            assert callback.pruning_step(t) == t
             s = callback.sparsity_at(t)
             current = {name: max(current[name], round(s * size)) for name, size in sizes.items()}
         expected.append(dict(current))
@@ -259,3 +260,26 @@ def test_model_checkpoint_keeps_the_pins_of_layers_inside_custom_layers(tmp_path
     np.testing.assert_array_equal(bits(state.effective), bits(expected.effective))
     with pytest.raises(KerasurgeryError, match=r"\.keras"):
         ks.callbacks.ModelCheckpoint(str(tmp_path / "c.h5"))
+
+
+# Keras refuses steps_per_execution > 1 on torch: the test exists on the other backends.
+if keras.backend.backend() != "torch":
+
+    def test_steps_per_execution_catches_up_with_pruning_steps_it_starts_past():
+        frozen = ks.freeze(_cnn(), {"*": ks.Pin()})
+        x, y = _data()
+        frozen.compile(optimizer="adam", loss="mse", steps_per_execution=3)
+        pruner = ks.callbacks.GradualPruning(0.5, begin_step=1, end_step=7, frequency=2)
+        recorder = _Recorder()
+        frozen.fit(x, y, batch_size=4, epochs=1, verbose=0, shuffle=False, callbacks=[pruner, recorder])
+        # 8 steps in calls starting at steps 0, 3, 6: pruning steps 1 and 3 are
+        # reached at 3, 5 at 6; 7 (the end) is never started past within this fit.
+        sizes = {n: m.size for n, (m, _) in _kernels(frozen).items()}
+        seen = [{n: c for n, (c, _, _) in step.items()} for step in recorder.steps]
+        assert seen[0] == {n: 0 for n in sizes}
+        assert seen[1] == {n: round(pruner.sparsity_at(3) * size) for n, size in sizes.items()}
+        assert seen[2] == {n: round(pruner.sparsity_at(5) * size) for n, size in sizes.items()}
+        frozen.fit(x[:4], y[:4], batch_size=4, epochs=1, verbose=0, callbacks=[pruner])  # step 8: the end is due
+        assert {n: int(np.count_nonzero(m)) for n, (m, _) in _kernels(frozen).items()} == {
+            n: round(0.5 * size) for n, size in sizes.items()
+        }
