@@ -164,25 +164,35 @@ def _float(text: str) -> float:
     return value
 
 
-def _int_list(text: str) -> list[int]:
-    """'0,2,5-7' -> [0, 2, 5, 6, 7]; negative numbers count from the end."""
-    result: list[int] = []
+def _int_list(text: str) -> list[int | range]:
+    """'0,2,5-7' -> [0, 2, range(5, 8)]; negative numbers count from the end.
+
+    Ranges stay ranges: the rule checks them against the layer's size before
+    expanding them, so `0-100000000` costs nothing until then.
+    """
+    result: list[int | range] = []
     try:
         for part in text.split(","):
             part = part.strip()
+            if len(part) > 40:
+                raise ValueError
             first, dash, last = part[1:].partition("-")
             if dash:
                 start, stop = int(part[0] + first), int(last)
                 if stop < start:
                     raise ValueError
-                result.extend(range(start, stop + 1))
+                result.append(range(start, stop + 1))
             else:
                 result.append(int(part))
     except (ValueError, IndexError):
         raise argparse.ArgumentTypeError(
-            f"expected integers like 0,2,5-7, got {text!r}"
+            f"expected integers like 0,2,5-7, got {_shown(text)!r}"
         ) from None
     return result
+
+
+def _shown(text: str) -> str:
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _n_of_m(text: str) -> tuple[int, int]:

@@ -13,9 +13,13 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
+import json
 import os
+import signal
 import sys
 import tempfile
+import threading
 import traceback
 import warnings
 from collections.abc import Sequence
@@ -26,44 +30,139 @@ from kerasurgery import _arguments
 from kerasurgery._render import Ui
 from kerasurgery.errors import KerasurgeryError, ModelFileError, UsageError, one_line
 
-OK, FAILED, USAGE, INTERRUPTED = 0, 1, 2, 130
+OK, FAILED, USAGE, INTERRUPTED = 0, 1, 2, 130  # 128 + SIGINT; SIGTERM 143, SIGHUP 129
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Runs the command line and returns its exit code (0, 1, 2, or 130 on Ctrl-C)."""
+    """Runs the command line and returns its exit code.
+
+    0 success, 1 a clear error, 2 a usage error, 128 + the signal number when
+    interrupted: 130 (SIGINT, Ctrl-C), 143 (SIGTERM), 129 (SIGHUP). A signal
+    during a save removes the temporary file and leaves any earlier output
+    intact. Called without `argv` (as the installed program), a signal that
+    arrives after the command finished still exits 128 + its number.
+    """
+    top_level = argv is None
+    argv = list(sys.argv[1:] if argv is None else argv)
+    previous = _signals_interrupt()
     try:
-        args = _arguments.build_parser().parse_args(argv)
+        code = _main(argv)
+    except KeyboardInterrupt as e:  # one that came while an error was being reported
+        code = _interrupted_code(e)
+    finally:
+        _restore_signals(previous, exit_late=top_level)
+    return code
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP, raised where the program is, so that it cleans up as for Ctrl-C."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise Terminated(signum)
+
+
+def _signals_interrupt() -> dict[int, Any] | None:
+    """Makes SIGTERM and SIGHUP raise `Terminated` (SIGINT raises KeyboardInterrupt)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None  # only the main thread may handle signals
+    previous = {}
+    for signum in (signal.SIGINT, *_SIGNALS):
+        previous[signum] = signal.getsignal(signum)
+        signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT
+                      else _raise_terminated)
+    return previous
+
+
+def _restore_signals(previous: dict[int, Any] | None, *, exit_late: bool) -> None:
+    if previous is None:
+        return
+    for signum, handler in previous.items():
+        signal.signal(signum, _exit_late if exit_late else handler)
+
+
+def _exit_late(signum: int, frame: Any) -> None:
+    # The command is done and its output complete: a signal now ends the
+    # process at once with the code it stands for, not with a traceback.
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(128 + signum)
+
+
+def _interrupted_code(error: KeyboardInterrupt) -> int:
+    return 128 + (error.signum if isinstance(error, Terminated) else signal.SIGINT)
+
+
+def _main(argv: list[str]) -> int:
+    wants_json = "--json" in argv
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            args = _arguments.build_parser().parse_args(argv)
     except SystemExit as e:  # --help, --version, and argparse's usage errors
-        return _code(e)
+        sys.stderr.write(captured.getvalue())
+        code = _code(e)
+        if wants_json and code != OK:
+            _print_json_error(_argparse_message(captured.getvalue()), code)
+        return code
+    sys.stderr.write(captured.getvalue())
     debug = bool(getattr(args, "debug", False))
     ui = Ui(json_output=getattr(args, "json", False), debug=debug)
+
+    def fail(message: str, code: int) -> int:
+        if ui.json_output:
+            _print_json_error(message, code)
+        return code
+
     try:
         return _COMMANDS[args.command](args, ui)
     except SystemExit as e:  # a usage error found after parsing
-        return _code(e)
+        return fail("usage error", _code(e))
     except UsageError as e:  # arguments the library found contradictory: as argparse words it
         args.parser.print_usage(sys.stderr)
         print(f"{args.parser.prog}: error: {e}", file=sys.stderr)
-        return USAGE
+        return fail(str(e), USAGE)
     except KerasurgeryError as e:
         if debug:
             traceback.print_exc()
         ui.error(str(e))
-        return FAILED
-    except KeyboardInterrupt:
-        ui.error("interrupted.")
-        return INTERRUPTED
+        return fail(str(e), FAILED)
+    except KeyboardInterrupt as e:
+        name = "terminated" if isinstance(e, Terminated) else "interrupted"
+        if isinstance(e, Terminated):
+            name += f" ({signal.Signals(e.signum).name})"
+        ui.error(f"{name}.")
+        return fail(f"{name}.", _interrupted_code(e))
     except BrokenPipeError:  # e.g. `kerasurgery inspect --json big.keras | head`
         _silence_stdout()
         return FAILED
     except Exception as e:
         if debug:
             traceback.print_exc()
-        ui.error(
-            f"unexpected {type(e).__name__}: {one_line(e)} "
-            "(rerun with --debug to see the traceback, and please report it)"
-        )
-        return FAILED
+        message = (f"unexpected {type(e).__name__}: {one_line(e)} "
+                   "(rerun with --debug to see the traceback, and please report it)")
+        ui.error(message)
+        return fail(message, FAILED)
+
+
+def _print_json_error(message: str, code: int) -> None:
+    """`{"error", "exit_code"}` on stdout, beside the line on stderr, for scripts."""
+    with contextlib.suppress(OSError, ValueError):
+        print(json.dumps({"error": " ".join(message.split()), "exit_code": code}, indent=2))
+        sys.stdout.flush()
+
+
+def _argparse_message(text: str) -> str:
+    lines = [line for line in text.splitlines() if ": error: " in line]
+    return lines[-1].split(": error: ", 1)[1] if lines else "usage error"
 
 
 def _silence_stdout() -> None:
@@ -85,15 +184,19 @@ def _pins_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The `freeze` pins the flags describe; flag combinations that make no sense are usage errors."""
     from kerasurgery import spec
 
-    parser = args.parser
+    from kerasurgery.formats import stored_data_bytes
+
+    # No mask or connections array can need more bytes than this: a weight
+    # takes at least 2 bytes an entry, a float64 matrix 8.
+    limit = 8 * stored_data_bytes(args.input) + (64 << 20)
     if args.spec is not None:
         for flag, given in (("--layer", args.layers), ("--value", args.value is not None),
                             ("--bias", args.bias), ("--seed", args.seed is not None),
                             ("--across-layers", args.across_layers),
                             ("--norm", args.norm is not None)):
             if given:
-                parser.error(f"{flag} cannot be combined with --spec: put it in the spec file")
-        return spec.load_spec(args.spec)
+                raise UsageError(f"{flag} cannot be combined with --spec: put it in the spec file")
+        return spec.load_spec(args.spec, max_array_bytes=limit)
     rule, argument = "zeros", None
     for name in spec.RULES[1:]:
         if getattr(args, name) is not None:
@@ -107,6 +210,7 @@ def _pins_from_args(args: argparse.Namespace) -> dict[str, Any]:
         seed=args.seed,
         across_layers=args.across_layers,
         norm=args.norm,
+        max_array_bytes=limit,
     )
 
 
@@ -116,12 +220,16 @@ def _source_and_output(args: argparse.Namespace, tag: str) -> tuple[Path, Path]:
     Refuses an input that is not a model file and an output that saving would
     refuse, so that a mistake costs no loading and no freezing.
     """
-    from kerasurgery.formats import detect_format
+    from kerasurgery.formats import detect_format, open_model_file
 
     source = Path(args.input)
     fmt = detect_format(source)
     output = _output_path(source, args.output, tag, fmt)
     _check_output(source, output, args.force)
+    # The container and size checks, before TensorFlow costs seconds and
+    # hundreds of MB; loading repeats them with the checksums.
+    with open_model_file(source, fmt, check_crc=False):
+        pass
     return source, output
 
 
@@ -130,6 +238,9 @@ def _output_path(source: Path, given: str | None, tag: str, fmt: str) -> Path:
     from kerasurgery.formats import KERAS
 
     if given is not None:
+        if given.endswith(("/", os.sep)):
+            # Path() drops a trailing slash: "x.keras/" would silently write "x.keras".
+            raise ModelFileError(f"{given}: names a folder (it ends in '/'), not a model file.")
         return Path(given)
     suffix = source.suffix if source.suffix.lower() in (".keras", ".h5", ".hdf5") else None
     if suffix is None:  # e.g. a model saved as "model.bin": name the output by its format
@@ -150,7 +261,7 @@ def _check_output(source: Path, output: Path, force: bool) -> None:
     if output.is_dir():
         raise ModelFileError(f"{output}: is a folder, not a model file.")
     format_for_suffix(output)
-    if output.exists() and not force:
+    if os.path.lexists(output) and not force:  # a dangling symlink too
         raise ModelFileError(f"{output}: already exists; pass --force to replace it.")
     folder = output.resolve().parent
     if not folder.is_dir():
@@ -173,6 +284,56 @@ def _check_output(source: Path, output: Path, force: bool) -> None:
 def _freeze(args: argparse.Namespace, ui: Ui) -> int:
     pins = _pins_from_args(args)
     source, output = _source_and_output(args, "frozen")
+    written = _offline(args, ui, "freeze", source, output, pins)
+    if written is not None:
+        layers, compiled = written.rows, written.compiled
+    else:
+        layers, compiled = _freeze_with_keras(args, ui, source, output, pins)
+    document = _written(args, "freeze", source, output, compiled, ui, layers=layers)
+    if ui.json_output:
+        ui.print_json(document)
+        return OK
+    kernel = sum(layer["pinned_kernel"] for layer in layers)
+    bias = sum(layer["pinned_bias"] for layer in layers)
+    ui.layer_table(layers, title=str(output))
+    ui.say(
+        f"froze {source} -> {output}: {kernel:,} kernel and {bias:,} bias entries pinned; "
+        + ("training config kept." if compiled else "no training config.")
+    )
+    return OK
+
+
+def _offline(
+    args: argparse.Namespace, ui: Ui, verb: str, source: Path, output: Path, pins: Any = None
+) -> Any:
+    """Runs freeze/strip on a `.keras` file without TensorFlow where it can (`_offline`).
+
+    Returns what it wrote, or `None` when the file needs Keras; `--debug` says which path ran.
+    """
+    from kerasurgery import _offline as offline
+
+    reason = offline.offline_reason(source, output, unsafe=args.unsafe)
+    if reason is None:
+        try:
+            with ui.status(f"Writing {output}"):
+                if verb == "freeze":
+                    written = offline.freeze_file(source, output, pins, overwrite=args.force)
+                else:
+                    written = offline.strip_file(source, output, overwrite=args.force)
+        except offline.NotOffline as e:
+            reason = str(e)
+        else:
+            if ui.debug:
+                print(f"kerasurgery: {verb}: offline path (numpy, h5py; no TensorFlow)", file=sys.stderr)
+            return written
+    if ui.debug:
+        print(f"kerasurgery: {verb}: Keras path ({reason})", file=sys.stderr)
+    return None
+
+
+def _freeze_with_keras(
+    args: argparse.Namespace, ui: Ui, source: Path, output: Path, pins: Any
+) -> tuple[list[dict[str, Any]], bool]:
     with ui.tensorflow():
         from kerasurgery import surgery
 
@@ -188,22 +349,32 @@ def _freeze(args: argparse.Namespace, ui: Ui) -> int:
             frozen = surgery.freeze(model, pins)
         _save(frozen, output, args, ui)
         layers = _dense_rows(frozen)
-    document = _written(args, "freeze", source, output, compiled, ui, layers=layers)
+    return layers, compiled
+
+
+def _strip(args: argparse.Namespace, ui: Ui) -> int:
+    source, output = _source_and_output(args, "stripped")
+    written = _offline(args, ui, "strip", source, output)
+    if written is not None:
+        layers, compiled = written.rows, written.compiled
+    else:
+        layers, compiled = _strip_with_keras(args, ui, source, output)
+    document = _written(args, "strip", source, output, compiled, ui, stripped=layers)
     if ui.json_output:
         ui.print_json(document)
         return OK
-    kernel = sum(layer["pinned_kernel"] for layer in layers)
-    bias = sum(layer["pinned_bias"] for layer in layers)
-    ui.layer_table(layers, title=str(output))
+    ui.layer_table(layers, title=f"{output}: now plain Keras layers, with these pins baked in")
     ui.say(
-        f"froze {source} -> {output}: {kernel:,} kernel and {bias:,} bias entries pinned; "
+        f"stripped {source} -> {output}: {len(layers)} pinned "
+        f"layer{'s' if len(layers) != 1 else ''} turned into plain Keras layers; "
         + ("training config kept." if compiled else "no training config.")
     )
     return OK
 
 
-def _strip(args: argparse.Namespace, ui: Ui) -> int:
-    source, output = _source_and_output(args, "stripped")
+def _strip_with_keras(
+    args: argparse.Namespace, ui: Ui, source: Path, output: Path
+) -> tuple[list[dict[str, Any]], bool]:
     with ui.tensorflow():
         from kerasurgery import surgery
 
@@ -216,17 +387,7 @@ def _strip(args: argparse.Namespace, ui: Ui) -> int:
         with ui.status("Turning pinned layers back into Keras layers"):
             stripped = surgery.strip(model)
         _save(stripped, output, args, ui)
-    document = _written(args, "strip", source, output, compiled, ui, stripped=layers)
-    if ui.json_output:
-        ui.print_json(document)
-        return OK
-    ui.layer_table(layers, title=f"{output}: now plain Keras layers, with these pins baked in")
-    ui.say(
-        f"stripped {source} -> {output}: {len(layers)} pinned "
-        f"layer{'s' if len(layers) != 1 else ''} turned into plain Keras layers; "
-        + ("training config kept." if compiled else "no training config.")
-    )
-    return OK
+    return layers, compiled
 
 
 def _written(
@@ -304,7 +465,7 @@ def _inspect(args: argparse.Namespace, ui: Ui) -> int:
     from kerasurgery.inspection import inspect_file, read_weights
 
     if args.show and args.json:
-        args.parser.error("--show draws for people; use --json without --show")
+        raise UsageError("--show draws for people; use --json without --show")
     info = inspect_file(args.file)
     document = info.to_json(totals=True)
     layers = document["layers"]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import zipfile
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from kerasurgery._zipwindow import open_member
-from kerasurgery.errors import ModelFileError, one_line
+from kerasurgery.errors import KerasurgeryError, ModelFileError, one_line
 
 KERAS = "keras"  # a zip archive: config.json, metadata.json, model.weights.h5
 H5 = "h5"  # an HDF5 file written by Keras 3's or Keras 2's model.save
@@ -92,14 +93,43 @@ def detect_format(path: str | os.PathLike) -> str:
     )
 
 
+def stored_data_bytes(path: str | os.PathLike) -> int:
+    """The bytes of data a model file holds once inflated: the declared sizes
+    of a zip's members (each capped at what DEFLATE can expand its stored
+    bytes to), else the file's size; 0 for a file that cannot be read."""
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                return sum(min(info.file_size, _MAX_EXPANSION * info.compress_size)
+                           for info in archive.infolist())
+        return os.path.getsize(path)
+    except (OSError, ValueError, zipfile.BadZipFile):
+        return 0
+
+
 # Members of a `.keras` archive (keras/src/saving/saving_lib.py).
 _CONFIG = "config.json"
 _METADATA = "metadata.json"
 _WEIGHTS = "model.weights.h5"
 # DEFLATE cannot expand data by more than about 1032:1.
 _MAX_EXPANSION = 1032
-# A model config larger than this is not a model config.
-_MAX_JSON_BYTES = 256 << 20
+# Caps checked before a member is read or parsed. The largest configs of real
+# models are about 1 MB (Keras' NASNetLarge, 1041 layers: 1.0 MB, 20 000 JSON
+# objects and lists, nested 7 deep; a KerasHub BERT or GPT-2 backbone: under
+# 1 KB), so 16 MB leaves room for models 16 times larger while parsing the
+# worst JSON of that size stays within a few hundred MB of memory.
+MAX_CONFIG_BYTES = 16 << 20
+MAX_JSON_CONTAINERS = 1 << 20  # objects and lists
+MAX_JSON_DEPTH = 256  # below Python's recursion limit, far above any model
+# metadata.json holds the Keras version and a date; Keras itself never reads it.
+_MAX_METADATA_BYTES = 1 << 20
+# A `.keras` archive holds three or four members, plus assets (vocabularies).
+_MAX_MEMBERS = 10_000
+# Weight entries a config may declare beyond 4x those the file stores (e.g.
+# the packed kernels of int4 layers) before it is refused: what Keras then
+# allocates stays within 64 MB (float32) plus a small multiple of the file.
+_FREE_ENTRIES = 1 << 24
+_DECLARED_SLACK = 4
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,6 +212,7 @@ def read_model_config(path: str | os.PathLike, fmt: str) -> dict[str, Any]:
 def _open_keras(path: Path, stack: contextlib.ExitStack, check_crc: bool) -> ModelFile:
     try:
         archive = stack.enter_context(zipfile.ZipFile(path))
+        _check_members(path, archive)
         if check_crc:
             damaged = archive.testzip()
             if damaged is not None:
@@ -196,21 +227,21 @@ def _open_keras(path: Path, stack: contextlib.ExitStack, check_crc: bool) -> Mod
             )
         config = _parse_config(path, _read_small(path, archive, _CONFIG), _CONFIG)
         version = None
-        if _METADATA in names:
-            with contextlib.suppress(ValueError, RecursionError):  # Keras ignores it too.
-                metadata = json.loads(_read_small(path, archive, _METADATA))
+        # Keras never reads metadata.json: one too large or malformed only
+        # leaves the version unknown.
+        if _METADATA in names and archive.getinfo(_METADATA).file_size <= _MAX_METADATA_BYTES:
+            with contextlib.suppress(KerasurgeryError):
+                metadata = parse_json(archive.read(_METADATA), _METADATA)
                 if isinstance(metadata, dict):
                     version = h5_text(metadata.get("keras_version"))
         weights = None
+        stored = 0
         if _WEIGHTS in names:
             info = archive.getinfo(_WEIGHTS)
-            if info.file_size > _MAX_EXPANSION * max(info.compress_size, 1):
-                raise ModelFileError(
-                    f"{path}: {_WEIGHTS} claims {info.file_size} bytes but "
-                    f"only {info.compress_size} are stored."
-                )
             member = stack.enter_context(contextlib.closing(open_member(archive, info, path)))
             weights = _open_hdf5(path, member, info.file_size, f"{_WEIGHTS} ", stack)
+            stored = _check_hdf5(path, weights, info.file_size, f"{_WEIGHTS} ")
+        check_declared_weights(path, config, stored)
     except ModelFileError:
         raise
     except Exception as e:  # zipfile and zlib raise many kinds on damage.
@@ -254,8 +285,14 @@ def _open_h5(path: Path, stack: contextlib.ExitStack) -> ModelFile:
         raw = raw.item()
     if not isinstance(raw, (str, bytes)):
         raise ModelFileError(f"{path}: has a `model_config` attribute that is not text.")
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ModelFileError(
+            f"{path}: its model_config is {len(raw):,} bytes, more than the "
+            f"{MAX_CONFIG_BYTES >> 20} MB a model config may take."
+        )
     config = _parse_config(path, raw, "model_config")
-    _check_hdf5(path, h5, path.stat().st_size, "")
+    stored = _check_hdf5(path, h5, path.stat().st_size, "")
+    check_declared_weights(path, config, stored)
     return ModelFile(path, H5, config, version, h5)
 
 
@@ -267,14 +304,86 @@ def _open_hdf5(path: Path, source: Any, size: int, what: str, stack: contextlib.
         h5 = stack.enter_context(h5py.File(source, "r"))
     except Exception as e:
         raise ModelFileError(f"{path}: {what}is a damaged HDF5 file ({one_line(e)}).") from None
-    _check_hdf5(path, h5, size, what)
     return h5
 
 
+def _check_members(path: Path, archive: zipfile.ZipFile) -> None:
+    """Refuses, before anything is read, members that claim more than DEFLATE
+    can expand their stored bytes to, and archives of implausibly many members."""
+    infos = archive.infolist()
+    if len(infos) > _MAX_MEMBERS:
+        raise ModelFileError(
+            f"{path}: is a zip archive of {len(infos):,} members; a Keras model has a few."
+        )
+    for info in infos:
+        if info.file_size > _MAX_EXPANSION * max(info.compress_size, 1):
+            raise ModelFileError(
+                f"{path}: {info.filename} claims {info.file_size:,} bytes but only "
+                f"{info.compress_size:,} are stored (more than compression can expand "
+                "to): the archive is damaged or hostile."
+            )
+
+
 def _read_small(path: Path, archive: zipfile.ZipFile, name: str) -> bytes:
-    if archive.getinfo(name).file_size > _MAX_JSON_BYTES:
-        raise ModelFileError(f"{path}: {name} is implausibly large.")
+    """A config member, refused by its declared size before it is read:
+    `zipfile` never inflates more than the declared size."""
+    size = archive.getinfo(name).file_size
+    if size > MAX_CONFIG_BYTES:
+        raise ModelFileError(
+            f"{path}: {name} is {size:,} bytes uncompressed, more than the "
+            f"{MAX_CONFIG_BYTES >> 20} MB a model config may take."
+        )
     return archive.read(name)
+
+
+def parse_json(raw: bytes | str, where: str) -> Any:
+    """Parses JSON from a model file within the caps on its size and shape.
+
+    Counting brackets bounds the objects the parser may create before it
+    creates any (brackets inside strings count too: the bound only grows).
+
+    Raises:
+        KerasurgeryError: `raw` is larger than `MAX_CONFIG_BYTES`, holds more
+            than `MAX_JSON_CONTAINERS` objects and lists, nests them deeper
+            than `MAX_JSON_DEPTH`, or is not JSON.
+    """
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise KerasurgeryError(f"{where} is {len(raw):,} bytes, more than a model config may take.")
+    opening = (b"[", b"{") if isinstance(raw, bytes) else ("[", "{")
+    containers = raw.count(opening[0]) + raw.count(opening[1])
+    if containers > MAX_JSON_CONTAINERS:
+        raise KerasurgeryError(
+            f"{where} holds {containers:,} JSON objects and lists, more than the "
+            f"{MAX_JSON_CONTAINERS:,} a model config may hold."
+        )
+    try:
+        value = json.loads(raw)
+    except RecursionError:
+        value = None
+        depth = MAX_JSON_DEPTH + 1
+    except ValueError as e:
+        raise KerasurgeryError(f"{where} is not valid JSON ({one_line(e)}).") from None
+    else:
+        depth = _depth(value)
+    if depth > MAX_JSON_DEPTH:
+        raise KerasurgeryError(
+            f"{where} nests JSON more than {MAX_JSON_DEPTH} levels deep; no model config does."
+        )
+    return value
+
+
+def _depth(value: Any) -> int:
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            node = node.values()
+        elif not isinstance(node, list):
+            continue
+        deepest = max(deepest, depth)
+        if depth <= MAX_JSON_DEPTH:
+            stack.extend((child, depth + 1) for child in node)
+    return deepest
 
 
 def code_layers(config: Any) -> list[tuple[str, str]]:
@@ -398,34 +507,69 @@ def h5_text(value: Any) -> str | None:
 
 def _parse_config(path: Path, raw: bytes | str, where: str) -> dict[str, Any]:
     try:
-        config = json.loads(raw)
-    except (ValueError, RecursionError) as e:
-        raise ModelFileError(f"{path}: {where} is not valid JSON ({one_line(e)}).") from None
+        config = parse_json(raw, where)
+    except KerasurgeryError as e:
+        raise ModelFileError(f"{path}: {e}") from None
     if not isinstance(config, dict) or not isinstance(config.get("class_name"), str):
         raise ModelFileError(f"{path}: {where} does not describe a Keras model.")
     return config
 
 
-def _check_hdf5(path: Path, h5: Any, size: int, what: str) -> None:
-    """Checks that every dataset of an open HDF5 file fits in its `size` bytes."""
+def _check_hdf5(path: Path, h5: Any, size: int, what: str) -> int:
+    """Checks that every dataset of an open HDF5 file is stored in its `size` bytes.
+
+    Refused: data outside the file (external storage, virtual datasets,
+    external links), data beyond the end of the file, and data that was never
+    written (it would read as the fill value, from no bytes at all) or that
+    claims more than its stored bytes can expand to.
+
+    Returns:
+        The entries of all datasets (each now backed by stored bytes).
+    """
     import h5py
 
+    total = 0
+
+    def outside(name: str) -> ModelFileError:
+        return ModelFileError(
+            f"{path}: {what}dataset {name!r} keeps its data outside the file (an external "
+            "or virtual dataset, or an external link), which a model file never does; refused."
+        )
+
     def visit(name: str, item: Any) -> None:
+        nonlocal total
         if not isinstance(item, h5py.Dataset):
             return
-        stored = item.size * item.dtype.itemsize
+        plist = item.id.get_create_plist()
+        if item.is_virtual or plist.get_external_count() > 0:
+            raise outside(name)
+        if item.dtype.kind == "O" or h5py.check_vlen_dtype(item.dtype) is not None:
+            return  # variable-length: stored in the file's heap, read as it is
+        declared = math.prod(item.shape or ()) * item.dtype.itemsize
+        storage = item.id.get_storage_size()
         offset = item.id.get_offset()
-        if item.compression is None and offset is not None:
-            fits = offset + stored <= size
-        else:  # chunked: unwritten chunks read as fill values, from no bytes at all
-            fits = stored <= _MAX_EXPANSION * size
-        if not fits:
+        if offset is not None and offset + storage > size:
             raise ModelFileError(
-                f"{path}: {what}dataset {name!r} claims {stored} bytes, more than "
+                f"{path}: {what}dataset {name!r} claims {declared} bytes, more than "
                 "the file holds: the file is truncated or damaged."
             )
+        capacity = storage * (_MAX_EXPANSION if plist.get_nfilters() else 1)
+        if declared > capacity:
+            raise ModelFileError(
+                f"{path}: {what}dataset {name!r} claims {declared} bytes, more than "
+                f"the file holds ({storage} stored for it): it was never written, or "
+                "the file is truncated or damaged."
+            )
+        total += math.prod(item.shape or ())
+
+    def link(name: str, info: Any) -> ModelFileError | None:
+        # Returned, not raised: h5py turns an error raised in this callback into another.
+        return outside(name) if isinstance(info, h5py.ExternalLink) else None
 
     try:
+        refused = h5.visititems_links(link)
+        if refused is not None:
+            raise refused
         h5.visititems(visit)
     except ModelFileError:
         raise
@@ -433,3 +577,158 @@ def _check_hdf5(path: Path, h5: Any, size: int, what: str) -> None:
         raise ModelFileError(
             f"{path}: {what}is a damaged HDF5 file ({one_line(e)})."
         ) from None
+    return total
+
+
+def check_declared_weights(path: Path, config: Any, stored: int) -> None:
+    """Refuses a config that declares far more weight entries than the file stores.
+
+    Keras builds and initializes every layer a config declares before it
+    reads a single stored weight: a 680-byte file declaring a 25000 x 25000
+    `Dense` would make it allocate 2.5 GB. The declared entries are a lower
+    bound, counted for the kinds whose sizes the config states (Dense, the
+    convolutions, Embedding).
+
+    Raises:
+        ModelFileError: the declared entries exceed `_DECLARED_SLACK` times
+            `stored` plus `_FREE_ENTRIES`.
+    """
+    declared = declared_weight_entries(config)
+    if declared > _DECLARED_SLACK * stored + _FREE_ENTRIES:
+        raise ModelFileError(
+            f"{path}: the model config declares weights of {declared:,} entries, but the "
+            f"file stores {stored:,}: refused before building the model (its layers "
+            "would take memory the file does not hold)."
+        )
+
+
+def declared_weight_entries(config: Any) -> int:
+    """A lower bound of the weight entries Keras creates when it builds `config`."""
+    total, budget = 0, MAX_JSON_CONTAINERS
+    stack = [config]
+    while stack and budget > 0:
+        budget -= 1
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+            continue
+        if not isinstance(node, dict):
+            continue
+        layers = _listed_layers(node)
+        if layers is not None:
+            total += _entries_of_model(layers, sequential=node.get("class_name") == "Sequential")
+        stack.extend(node.values())
+    return total
+
+
+def _listed_layers(node: dict) -> list | None:
+    inner = node.get("config")
+    if isinstance(inner, dict) and isinstance(inner.get("layers"), list):
+        return inner["layers"]
+    if node.get("class_name") == "Sequential" and isinstance(inner, list):
+        return inner  # Keras < 2.2.3
+    return None
+
+
+def _entries_of_model(layers: list, *, sequential: bool) -> int:
+    """Entries of the known kinds among a model's layers; input sizes come from
+    each layer's `build_config`, the shape of the tensor it is called on, or
+    the layer that feeds it (in Sequential order, or by a Functional graph)."""
+    out_dims: dict[str, int] = {}
+    previous: int | None = None
+    total = 0
+    for layer in layers:
+        if not isinstance(layer, dict) or not isinstance(layer.get("config"), dict):
+            previous = None
+            continue
+        config = layer["config"]
+        kind = _kind(layer.get("class_name"))
+        fed = [previous if sequential else None, *_fed_by(layer, out_dims)]
+        entries, out = _layer_entries(kind, config, layer.get("build_config"), fed)
+        total += entries
+        name = config.get("name", layer.get("name"))
+        if isinstance(name, str) and out is not None:
+            out_dims[name] = out
+        previous = out
+    return total
+
+
+def _kind(class_name: Any) -> str:
+    if not isinstance(class_name, str):
+        return ""
+    name = class_name.rpartition(">")[2]
+    return name.removeprefix("Masked") if name.startswith("Masked") else name
+
+
+def _fed_by(layer: dict, out_dims: dict[str, int]) -> list[int | None]:
+    """Input sizes named by a layer's inbound nodes (Keras 3 tensor shapes,
+    or the layers they come from, Keras 2 and 3)."""
+    found: list[int | None] = []
+    stack: list[Any] = [layer.get("inbound_nodes")]
+    budget = 1000
+    while stack and budget > 0:
+        budget -= 1
+        node = stack.pop()
+        if isinstance(node, dict):
+            if node.get("class_name") == "__keras_tensor__" and isinstance(node.get("config"), dict):
+                tensor = node["config"]
+                found.append(_last(tensor.get("shape")))
+                history = tensor.get("keras_history")
+                if isinstance(history, list) and history and isinstance(history[0], str):
+                    found.append(out_dims.get(history[0]))
+            else:
+                stack.extend(node.values())
+        elif isinstance(node, list):
+            if node and isinstance(node[0], str):  # Keras 2: [layer name, node, tensor, kwargs]
+                found.append(out_dims.get(node[0]))
+            else:
+                stack.extend(node)
+    return found
+
+
+def _last(shape: Any, axis: int = -1) -> int | None:
+    if isinstance(shape, list) and len(shape) >= 2:
+        value = shape[axis]
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return value
+    return None
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def _layer_entries(kind: str, config: dict, build: Any, fed: list[int | None]) -> tuple[int, int | None]:
+    """(weight entries, size of the last output axis) of one layer config; 0 and
+    `None` where unknown."""
+    first = config.get("data_format") == "channels_first"
+    axis = 1 if first else -1
+    shape = build.get("input_shape") if isinstance(build, dict) else None
+    known = [d for d in (_last(shape, axis), *(f for f in fed if not first)) if d]
+    size_in = max(known, default=1)
+    if kind == "InputLayer":
+        shape = config.get("batch_shape", config.get("batch_input_shape"))
+        return 0, _last(shape)
+    if kind == "Dense":
+        units = _count(config.get("units"))
+        bias = units if config.get("use_bias", True) is not False else 0
+        return size_in * units + bias, units or None
+    if kind == "Embedding":
+        return _count(config.get("input_dim")) * _count(config.get("output_dim")), (
+            _count(config.get("output_dim")) or None)
+    if kind.startswith(("Conv", "DepthwiseConv", "SeparableConv")):
+        size = config.get("kernel_size")
+        window = math.prod(_count(n) for n in size) if isinstance(size, list) else 1
+        filters = _count(config.get("filters"))
+        multiplier = _count(config.get("depth_multiplier")) or 1
+        use_bias = config.get("use_bias", True) is not False
+        if kind.startswith("Depthwise"):
+            out = size_in * multiplier
+            return window * out + use_bias * out, None if first else out
+        if kind.startswith("Separable"):
+            entries = window * size_in * multiplier + size_in * multiplier * filters
+            return entries + use_bias * filters, None if first else filters or None
+        groups = _count(config.get("groups")) or 1
+        entries = window * size_in * filters // groups + use_bias * filters
+        return entries, None if first else filters or None
+    return 0, None

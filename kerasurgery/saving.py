@@ -394,7 +394,7 @@ def save_model(
     format_for_suffix(path)
     if path.is_dir():
         raise ModelFileError(f"{path}: is a folder, not a model file.")
-    if path.exists() and not overwrite:
+    if os.path.lexists(path) and not overwrite:  # a dangling symlink too
         raise _exists(path)
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
@@ -471,7 +471,7 @@ def _move(tmp: Path, path: Path, overwrite: bool) -> None:
     except FileExistsError:
         raise _exists(path) from None
     except OSError:  # No hard links on this filesystem (FAT, some network mounts).
-        if path.exists():
+        if os.path.lexists(path):
             raise _exists(path) from None
         os.replace(tmp, path)
     else:

@@ -36,7 +36,9 @@ file also `LAYER/bias` arrays), and the pattern picks among its names.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
+import math
 import os
 import tomllib
 import zipfile
@@ -82,6 +84,7 @@ def pins_for(
     folder: str | os.PathLike | None = None,
     across_layers: bool = False,
     norm: int | None = None,
+    max_array_bytes: int | None = None,
 ) -> dict[str, Any]:
     """Builds the `freeze` pins for one rule applied to the layers `patterns` select.
 
@@ -103,6 +106,8 @@ def pins_for(
             layer (global magnitude pruning).
         norm: `smallest_units` only: 1 (default) or 2.
         folder: Where a relative file path is found (default: the working folder).
+        max_array_bytes: The most bytes one array of a `mask`/`connections`
+            file may declare; larger ones are refused before they are read.
 
     Returns:
         A mapping from layer name or pattern to a rule or `Pin`.
@@ -124,6 +129,8 @@ def pins_for(
         )
     if rule != "fraction" and seed is not None:
         raise UsageError(f"A seed applies to rule 'fraction' only, not {rule!r}.")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise UsageError(f"A seed must be a non-negative integer. Received: {_short(seed)}")
     if across_layers and rule != "smallest":
         raise UsageError(f"`across_layers` applies to rule 'smallest' only, not {rule!r}.")
     if norm is not None and rule != "smallest_units":
@@ -134,7 +141,7 @@ def pins_for(
         path = Path(argument)
         if folder is not None and not path.is_absolute():
             path = Path(folder) / path
-        return _file_pins(rule, path, patterns, value)
+        return _file_pins(rule, path, patterns, value, max_array_bytes)
     built = _rule(rule, argument, value=value, bias=bias, seed=seed,
                   across_layers=across_layers, norm=norm)
     # One rule object for every pattern: `across_layers` ranks all their layers together.
@@ -161,10 +168,10 @@ def _rule(
     if rule == "fraction":
         return pins.fraction(argument, seed=seed, bias=bool(bias), value=value)
     if rule == "inputs":
-        return pins.inputs(argument, value=value)
+        return _ranged(pins.inputs, argument, "input", value=value)
     if rule == "units":
         # None: the bias entries too where the layer has a bias (pins.units' default).
-        return pins.units(argument, value=value, bias=bias)
+        return _ranged(pins.units, argument, "unit", value=value, bias=bias)
     # index: two numbers name a kernel entry, one number a bias entry.
     kernel = [tuple(index) for index in argument if len(index) == 2]
     bias_index = [index[0] for index in argument if len(index) == 1]
@@ -177,29 +184,79 @@ def _rule(
     return pins.entries(kernel, bias=bias_index, value=value)
 
 
+def _ranged(make: Any, indices: Sequence[int | range], what: str, **kwargs: Any) -> Any:
+    """`make(indices, **kwargs)` (`pins.inputs` or `pins.units`), where `indices`
+    may hold ranges (`--inputs 0-100000000`): these are checked against the
+    layer's axis before they are expanded, so a range costs no more memory
+    than the layer has entries."""
+    if not any(isinstance(i, range) for i in indices):
+        return make(indices, **kwargs)
+    base = make([], **kwargs)
+
+    def select(w: np.ndarray, which: str, axes: Any) -> np.ndarray:
+        along = axes.inputs if what == "input" else axes.units
+        if which == _BIAS:
+            along = tuple(range(w.ndim))
+        n = math.prod(w.shape[a % w.ndim] for a in along) if along and w.ndim else 0
+        for part in indices:
+            first, last = (part.start, part.stop - 1) if isinstance(part, range) else (part, part)
+            if part == range(0) or not (-n <= first < n and -n <= last < n):
+                shown = f"{first}-{last}" if isinstance(part, range) else str(part)
+                raise pins.PinError(
+                    f"The {what} range {shown} is out of range for shape {tuple(w.shape)} "
+                    f"({n} {what}s)."
+                )
+        expanded = [i for part in indices for i in (part if isinstance(part, range) else (part,))]
+        return make(expanded, **kwargs).select(w, which, axes)
+
+    # The rule stays the one `make` builds (its name, bias and value); only
+    # its selection waits for the weight.
+    return dataclasses.replace(base, select=select)
+
+
+def _short(number: Any) -> str:
+    """A number as text, long integers shortened (Python refuses `str` past 4300 digits)."""
+    if isinstance(number, int) and not isinstance(number, bool) and abs(number) >= 10 ** 20:
+        digits = int(number.bit_length() * math.log10(2)) + 1
+        return f"an integer of about {digits} digits{' (negative)' if number < 0 else ''}"
+    return repr(number)
+
+
 def _file_pins(
-    rule: str, path: Path, patterns: Sequence[str], value: float | None
+    rule: str, path: Path, patterns: Sequence[str], value: float | None,
+    max_bytes: int | None = None,
 ) -> dict[str, Any]:
-    arrays = load_arrays(path)
-    if isinstance(arrays, np.ndarray):
-        built = _array_pin(rule, arrays, None, value, path)
+    names = array_names(path)
+    if names is None:
+        built = _array_pin(rule, load_arrays(path, max_bytes=max_bytes), None, value, path)
         return {pattern: built for pattern in patterns}
-    kernels: dict[str, np.ndarray] = {}
-    biases: dict[str, np.ndarray] = {}
-    for key, array in arrays.items():
+    layers_of: dict[str, tuple[str, str]] = {}
+    for key in names:
         layer, _, which = key.partition("/")
         if which not in ("", _KERNEL, _BIAS) or not layer:
             raise KerasurgeryError(
                 f"{path}: unexpected array key {key!r}; expected a layer name, "
                 "'LAYER/kernel' or 'LAYER/bias'."
             )
-        (biases if which == _BIAS else kernels)[layer] = array
-    if biases and rule == "connections":
+        layers_of[key] = (layer, which)
+    if rule == "connections" and any(which == _BIAS for _, which in layers_of.values()):
+        found = sorted(layer for layer, which in layers_of.values() if which == _BIAS)
         raise KerasurgeryError(
             f"{path}: a connections matrix describes the kernel only; found bias "
-            f"arrays for {', '.join(sorted(biases))}."
+            f"arrays for {', '.join(found)}."
         )
-    names = list(dict.fromkeys([*kernels, *biases]))
+    # Only the arrays of the layers the patterns pick are read; the others
+    # are never loaded, however large they claim to be.
+    picked = {layer for layer, _ in layers_of.values()
+              if any(fnmatch.fnmatchcase(layer, pattern) for pattern in patterns)}
+    arrays = load_arrays(path, keys=[k for k, (layer, _) in layers_of.items() if layer in picked],
+                         max_bytes=max_bytes)
+    kernels: dict[str, np.ndarray] = {}
+    biases: dict[str, np.ndarray] = {}
+    for key, array in arrays.items():
+        layer, which = layers_of[key]
+        (biases if which == _BIAS else kernels)[layer] = array
+    names = list(dict.fromkeys(layer for layer, _ in layers_of.values()))
     selected: dict[str, Any] = {}
     for pattern in patterns:
         matched = [name for name in names if fnmatch.fnmatchcase(name, pattern)]
@@ -231,34 +288,128 @@ def _array_pin(
     )
 
 
-def load_arrays(path: str | os.PathLike) -> np.ndarray | dict[str, np.ndarray]:
-    """Reads an `.npy` array or an `.npz` archive of named arrays, without pickles.
+def array_names(path: str | os.PathLike) -> list[str] | None:
+    """The array names of an `.npz` file, read from its directory; `None` for an `.npy` file.
 
     Raises:
-        KerasurgeryError: the file is missing, unreadable, or not numpy data.
+        KerasurgeryError: the file is missing or unreadable.
     """
+    path = _array_file(path)
+    if not zipfile.is_zipfile(path):
+        return None
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return [_key(name) for name in archive.namelist()]
+    except (OSError, zipfile.BadZipFile, ValueError) as e:
+        raise _unreadable(path, e) from None
+
+
+def load_arrays(
+    path: str | os.PathLike, *, keys: Sequence[str] | None = None, max_bytes: int | None = None
+) -> np.ndarray | dict[str, np.ndarray]:
+    """Reads an `.npy` array or an `.npz` archive of named arrays, without pickles.
+
+    Each array's header is checked before the array is read: its declared
+    size must be stored in the file (an `.npz` member: within what its
+    compressed bytes can expand to) and within `max_bytes`.
+
+    Args:
+        path: The `.npy` or `.npz` file.
+        keys: For an `.npz` file, the arrays to read (default: all).
+        max_bytes: The most bytes one array may declare.
+
+    Raises:
+        KerasurgeryError: the file is missing, unreadable, not numpy data, or
+            declares an array it does not hold or larger than `max_bytes`.
+    """
+    path = _array_file(path)
+    try:
+        if not zipfile.is_zipfile(path):
+            with open(path, "rb") as f:
+                _check_header(path, f, os.fstat(f.fileno()).st_size, max_bytes, "")
+            return np.load(path, allow_pickle=False)
+        with zipfile.ZipFile(path) as archive:
+            members = {_key(name): name for name in archive.namelist()}
+            wanted = list(members) if keys is None else list(keys)
+            for key in wanted:
+                info = archive.getinfo(members[key])
+                if info.file_size > _MAX_EXPANSION * max(info.compress_size, 1):
+                    raise KerasurgeryError(
+                        f"{path}: array {key!r} claims {info.file_size:,} bytes but only "
+                        f"{info.compress_size:,} are stored."
+                    )
+                with archive.open(info) as f:
+                    _check_header(path, f, info.file_size, max_bytes, f"array {key!r} ")
+        with np.load(path, allow_pickle=False) as loaded:
+            return {key: loaded[key] for key in wanted}
+    except KerasurgeryError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
+        raise _unreadable(path, e) from None
+
+
+# DEFLATE cannot expand data by more than about 1032:1.
+_MAX_EXPANSION = 1032
+
+
+def _array_file(path: str | os.PathLike) -> Path:
     path = Path(path)
     if not path.is_file():
         raise KerasurgeryError(f"{path}: no such file." if not path.exists() else f"{path}: is not a file.")
-    try:
-        loaded = np.load(path, allow_pickle=False)
-        if isinstance(loaded, np.ndarray):
-            return loaded
-        with loaded:
-            return {key: loaded[key] for key in loaded.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
+    return path
+
+
+def _key(member: str) -> str:
+    return member[:-4] if member.endswith(".npy") else member
+
+
+def _unreadable(path: Path, error: Exception) -> KerasurgeryError:
+    return KerasurgeryError(
+        f"{path}: cannot read it as an .npy or .npz array file ({one_line(error)})."
+    )
+
+
+def _check_header(path: Path, f: Any, size: int, max_bytes: int | None, what: str) -> None:
+    """Reads an `.npy` header from `f` and refuses an array the `size` bytes
+    cannot hold, or larger than `max_bytes`, before numpy allocates it."""
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+    elif version in ((2, 0), (3, 0)):
+        shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+    else:
+        raise ValueError(f"unsupported .npy version {version}")
+    if dtype.hasobject:
         raise KerasurgeryError(
-            f"{path}: cannot read it as an .npy or .npz array file ({one_line(e)})."
-        ) from None
+            f"{path}: {what}holds Python objects (a pickle), which are never loaded."
+        )
+    declared = math.prod(shape) * dtype.itemsize
+    header = f.tell()
+    if declared > size - header:
+        raise KerasurgeryError(
+            f"{path}: {what}declares shape {_shape(shape)} ({declared:,} bytes), but the "
+            f"file holds {max(size - header, 0):,}: it is truncated or hostile."
+        )
+    if max_bytes is not None and declared > max_bytes:
+        raise KerasurgeryError(
+            f"{path}: {what}declares shape {_shape(shape)} ({declared:,} bytes), more than "
+            f"any weight of the model could use ({max_bytes:,} bytes)."
+        )
 
 
-def load_spec(path: str | os.PathLike) -> dict[str, Any]:
+def _shape(shape: tuple) -> str:
+    text = str(tuple(shape))
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def load_spec(path: str | os.PathLike, *, max_array_bytes: int | None = None) -> dict[str, Any]:
     """Reads a TOML spec (one `[[layer]]` table per layer or pattern) into `freeze` pins.
 
     Relative array file paths resolve against the spec file's folder.
 
     Args:
         path: The `.toml` file.
+        max_array_bytes: As for `pins_for`.
 
     Returns:
         A mapping from layer name or pattern to a rule or `Pin`, for
@@ -287,7 +438,11 @@ def load_spec(path: str | os.PathLike) -> dict[str, Any]:
     except OSError as e:
         raise KerasurgeryError(f"{path}: cannot read: {e.strerror}.") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise KerasurgeryError(f"{path}: is not valid TOML ({e}).") from None
+        raise KerasurgeryError(f"{path}: is not valid TOML ({one_line(e)}).") from None
+    except RecursionError:
+        raise KerasurgeryError(f"{path}: nests arrays or tables too deeply to read.") from None
+    except ValueError as e:  # e.g. an integer of more than 4300 digits
+        raise KerasurgeryError(f"{path}: is not valid TOML ({one_line(e)}).") from None
     unknown = [key for key in document if key != "layer"]
     if unknown:
         raise KerasurgeryError(
@@ -308,7 +463,7 @@ def load_spec(path: str | os.PathLike) -> dict[str, Any]:
         if isinstance(entry.get("pattern"), str):
             where += f" ({entry['pattern']!r})"
         try:
-            built = _entry_pins(entry, path.parent)
+            built = _entry_pins(entry, path.parent, max_array_bytes)
         except KerasurgeryError as e:
             # A contradiction inside the file is bad input, not a usage error.
             raise KerasurgeryError(f"{where}: {e}") from None
@@ -323,7 +478,9 @@ def load_spec(path: str | os.PathLike) -> dict[str, Any]:
     return result
 
 
-def _entry_pins(entry: Mapping[str, Any], folder: Path) -> dict[str, Any]:
+def _entry_pins(
+    entry: Mapping[str, Any], folder: Path, max_array_bytes: int | None = None
+) -> dict[str, Any]:
     unknown = [key for key in entry if key not in _ENTRY_KEYS]
     if unknown:
         raise KerasurgeryError(
@@ -355,6 +512,7 @@ def _entry_pins(entry: Mapping[str, Any], folder: Path) -> dict[str, Any]:
         folder=folder,
         across_layers=bool(_optional(entry, "across_layers", _boolean)),
         norm=_optional(entry, "norm", _integer),
+        max_array_bytes=max_array_bytes,
     )
 
 

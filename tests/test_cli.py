@@ -931,9 +931,15 @@ def test_verify_refuses_a_frozen_file_with_nothing_pinned(base, capsys):
     for argv in ([], ["--json"]):
         code, out, err = run(capsys, "verify", base["paths"][".keras"], "--against",
                              base["paths"][".h5"], *argv)
-        assert code == 1 and out == ""
+        assert code == 1
         assert_one_error_line(err, str(base["paths"][".h5"]),
                               "FROZEN has no pinned entries: is it the frozen file?")
+        if argv:  # --json: the same error as one JSON object on stdout
+            document = json.loads(out)
+            assert document["exit_code"] == 1
+            assert document["error"].endswith("FROZEN has no pinned entries: is it the frozen file?")
+        else:
+            assert out == ""
 
 
 def _same_names_in_two_models() -> keras.Model:

@@ -112,3 +112,278 @@ def test_keras_archive_whose_weights_start_at_an_hdf5_user_block_offset(
     reloaded = ks.load_model(path)
     assert {l.name for l in reloaded.layers if type(l).__name__ == "MaskedDense"} == {"hidden", "out"}
     assert path.read_bytes() == raw
+
+
+# --- Attack builders: small files that declare a lot -----------------------------
+
+
+def _dense_config(units: int, inputs: int, *, name: str = "big") -> dict:
+    """A Sequential config of one Dense layer, built (as Keras 3 saves it)."""
+    return {
+        "module": "keras", "class_name": "Sequential", "registered_name": None,
+        "config": {"name": "s", "trainable": True, "layers": [
+            {"module": "keras.layers", "class_name": "InputLayer", "registered_name": None,
+             "config": {"batch_shape": [None, inputs], "dtype": "float32", "sparse": False,
+                        "name": "x"}},
+            {"module": "keras.layers", "class_name": "Dense", "registered_name": None,
+             "config": {"name": name, "trainable": True, "dtype": "float32", "units": units,
+                        "activation": "linear", "use_bias": True},
+             "build_config": {"input_shape": [None, inputs]}},
+        ], "build_input_shape": [None, inputs]},
+        "build_config": {"input_shape": [None, inputs]},
+    }
+
+
+def _streamed(archive: zipfile.ZipFile, name: str, head: bytes, filler: bytes, size: int,
+              tail: bytes) -> None:
+    """Writes a deflated member of `size` bytes without holding it in memory."""
+    info = zipfile.ZipInfo(name, date_time=(2024, 1, 1, 0, 0, 0))
+    info.compress_type = zipfile.ZIP_DEFLATED
+    with archive.open(info, "w", force_zip64=True) as member:
+        member.write(head)
+        block = filler * max(1, (1 << 20) // len(filler))
+        written = len(head) + len(tail)
+        while written + len(block) <= size:
+            member.write(block)
+            written += len(block)
+        member.write(filler * ((size - written) // len(filler)))
+        member.write(tail)
+
+
+def build_json_bomb(path: Path, source: Path, member: str, size: int,
+                    filler: bytes = b"[],") -> Path:
+    """`source` with `member` (config.json or metadata.json) replaced by `size`
+    bytes of valid JSON, mostly `filler` (deflated about 1000:1)."""
+    members = _members(source)
+    original = json.loads(members.pop(member))
+    head = json.dumps(original)[:-1].encode() + b', "padding": ['
+    with zipfile.ZipFile(path, "w") as archive:
+        _streamed(archive, member, head, filler, size, b"[]]}")
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return path
+
+
+def build_declared_dense(path: Path, units: int = 25000, inputs: int = 25000) -> Path:
+    """A `.keras` of a few hundred bytes, no weights, declaring an `inputs x units` Dense."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("metadata.json", json.dumps({"keras_version": "3.15.1"}))
+        archive.writestr("config.json", json.dumps(_dense_config(units, inputs)))
+    return path
+
+
+def build_unwritten(path: Path, source: Path, shape=(1000, 250000), count: int = 3) -> Path:
+    """`source` (a frozen `.keras`) whose pin masks are replaced by chunked
+    datasets of `shape` that were never written: they read as the fill value."""
+    import h5py
+
+    members = _members(source)
+    buffer = io.BytesIO(members["model.weights.h5"])
+    with h5py.File(buffer, "a") as h5:
+        masks = []
+        h5.visititems(lambda name, item: masks.append(name)
+                      if name.endswith("kernel_pin_mask") else None)
+        for name in (masks * count)[:count]:
+            del h5[name]
+            h5.create_dataset(name, shape=shape, dtype=bool, chunks=tuple(min(1000, n) for n in shape))
+        names = (masks * count)[:count]
+        for extra in range(count - len(set(names))):
+            h5.create_dataset(f"extra_{extra}", shape=shape, dtype=bool, chunks=tuple(min(1000, n) for n in shape))
+    members["model.weights.h5"] = buffer.getvalue()
+    return _write_zip(path, members, compress=("config.json", "metadata.json"))
+
+
+def build_npz_with_unused_member(path: Path, used: dict[str, np.ndarray], unused_size: int) -> Path:
+    """An `.npz` with the `used` arrays and a deflated all-zero `unused.npy` of
+    `unused_size` bytes that no layer is named after."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **used)
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "|u1", "fortran_order": False,
+                                                  "shape": (unused_size,)})
+    with zipfile.ZipFile(buffer, "a") as archive:
+        _streamed(archive, "unused.npy", header.getvalue(), b"\0" * 4096,
+                  len(header.getvalue()) + unused_size, b"")
+    path.write_bytes(buffer.getvalue())
+    return path
+
+
+def build_npy_header(path: Path, shape=(10 ** 17,), dtype: str = "<f4") -> Path:
+    """An `.npy` of a few dozen bytes whose header declares `shape`."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": dtype, "fortran_order": False,
+                                                  "shape": shape})
+    path.write_bytes(header.getvalue() + b"\0" * 16)
+    return path
+
+
+# --- The attacks, through the command line ---------------------------------------
+
+# Run in one child without TensorFlow: every refusal below comes before it.
+_DRIVER = r"""
+import contextlib, io, json, sys, time
+from kerasurgery.cli import main
+
+def peak_mb():
+    # VmHWM: this process's peak resident memory since exec (ru_maxrss would
+    # count the parent's pages the fork shared).
+    with open("/proc/self/status") as status:
+        return next(int(l.split()[1]) for l in status if l.startswith("VmHWM:")) / 1024
+
+results = []
+for argv in json.loads(sys.argv[1]):
+    out, err = io.StringIO(), io.StringIO()
+    started = time.monotonic()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argv)
+    results.append({"argv": argv, "code": code, "out": out.getvalue(), "err": err.getvalue(),
+                    "seconds": time.monotonic() - started,
+                    "peak_mb": peak_mb(),
+                    "tensorflow": "tensorflow" in sys.modules})
+print(json.dumps(results))
+"""
+# The child's peak resident memory, interpreter, numpy, h5py and rich included.
+PEAK_MB = 256
+
+
+def _run_batch(argvs: list[list[str]], timeout: float = 60) -> list[dict]:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-c", _DRIVER, json.dumps(argvs)], env=env,
+                            capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout)
+
+
+def _assert_refused(result: dict, path: Path, pattern: str) -> None:
+    import re
+
+    assert result["code"] == 1, result
+    assert "Traceback" not in result["err"] and "unexpected" not in result["err"], result["err"]
+    lines = result["err"].splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {path}: "), result["err"]
+    assert re.search(pattern, lines[0]), lines[0]
+
+
+@pytest.fixture(scope="module")
+def attacks(tmp_path_factory, frozen_keras) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("attacks")
+    plain = ks.save_model(make_mlp(), d / "plain.keras")
+    frozen = _members(frozen_keras)
+    return {
+        "plain": plain,
+        "frozen": frozen_keras,
+        # 64 MB of nested empty lists deflated to about 64 KB.
+        "config bomb": build_json_bomb(d / "config_bomb.keras", plain, "config.json", 64 << 20),
+        # Under the byte cap, over the count of objects and lists.
+        "config lists": build_json_bomb(d / "config_lists.keras", plain, "config.json", 6 << 20),
+        "config depth": _write_zip(d / "config_depth.keras", {
+            **_members(plain), "config.json": b"[" * 100_000 + b"]" * 100_000},
+            compress=("config.json",)),
+        "metadata bomb": build_json_bomb(d / "metadata_bomb.keras", plain, "metadata.json", 64 << 20),
+        "declared dense": build_declared_dense(d / "declared.keras"),
+        "unwritten": build_unwritten(d / "unwritten.keras", frozen_keras, shape=(4, 3), count=2),
+        "unwritten big": build_unwritten(d / "unwritten_big.keras", frozen_keras),
+        "frozen members": frozen,  # type: ignore[dict-item]
+    }
+
+
+def test_small_files_that_declare_a_lot_are_refused_in_bounded_memory_and_time(attacks, tmp_path):
+    """Each refused before it is parsed, built or read: one line, exit 1, no
+    TensorFlow imported, nothing written, the input unchanged."""
+    out = tmp_path / "out.keras"
+    cases = [
+        ("config bomb", ["inspect", "--json"], r"config\.json is 67,108,864 bytes uncompressed, more than the 16 MB"),
+        ("config bomb", ["freeze", "-o", str(out)], r"config\.json is 67,108,864 bytes"),
+        ("config lists", ["inspect"], r"config\.json holds 2,\d{3},\d{3} JSON objects and lists, more than the 1,048,576"),
+        ("config lists", ["strip", "-o", str(out)], r"config\.json holds"),
+        ("config depth", ["inspect"], r"config\.json nests JSON more than 256 levels deep"),
+        ("config depth", ["freeze", "-o", str(out)], r"config\.json nests JSON more than 256 levels deep"),
+        ("declared dense", ["freeze", "-o", str(out)],
+         r"the model config declares weights of 625,025,000 entries, but the file stores 0: refused before building"),
+        ("declared dense", ["inspect"], r"declares weights of 625,025,000 entries"),
+        ("unwritten", ["inspect", "--show"], r"claims 12 bytes, more than the file holds \(0 stored for it\): it was never written"),
+        ("unwritten", ["verify", "--against", str(attacks["frozen"])], r"it was never written"),
+        ("unwritten", ["freeze", "-o", str(out)], r"it was never written"),
+        ("unwritten big", ["verify", "--against", str(attacks["frozen"])], r"claims 250000000 bytes.*never written"),
+        ("unwritten big", ["inspect", "--show"], r"claims 250000000 bytes.*never written"),
+    ]
+    before = {name: attacks[name].read_bytes() for name, _, _ in cases}
+    argvs = [[argv[0], str(attacks[name]), *argv[1:]] for name, argv, _ in cases]
+    argvs.append(["inspect", str(attacks["metadata bomb"]), "--json"])
+    results = _run_batch(argvs)
+    for (name, _, pattern), result in zip(cases, results):
+        _assert_refused(result, attacks[name], pattern)
+        assert result["seconds"] < 10, result
+        assert not result["tensorflow"], result["argv"]
+    # metadata.json is never read by Keras: a huge one leaves the version unknown.
+    metadata = results[-1]
+    assert metadata["code"] == 0, metadata["err"]
+    assert json.loads(metadata["out"])["keras_version"] is None
+    assert metadata["seconds"] < 10
+    assert max(r["peak_mb"] for r in results) < PEAK_MB, [(r["argv"][:2], r["peak_mb"]) for r in results]
+    assert not out.exists() and not list(tmp_path.iterdir())
+    assert {name: attacks[name].read_bytes() for name, _, _ in cases} == before
+
+
+def test_declared_weights_are_a_lower_bound_of_what_keras_builds():
+    import keras
+
+    mlp = make_mlp()
+    config = json.loads(json.dumps(keras.saving.serialize_keras_object(mlp)))
+    assert formats.declared_weight_entries(config) == mlp.count_params() == 4 * 3 + 3 + 3 * 2 + 2
+    conv = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(5, 3),
+                             keras.layers.DepthwiseConv2D(3, depth_multiplier=2),
+                             keras.layers.Flatten(), keras.layers.Dense(4)])
+    config = json.loads(json.dumps(keras.saving.serialize_keras_object(conv)))
+    assert formats.declared_weight_entries(config) == conv.count_params()
+    # Without build_config, the size still comes from the layer feeding it.
+    for layer in config["config"]["layers"]:
+        layer.pop("build_config", None)
+    config["config"].pop("build_input_shape", None)
+    assert 0 < formats.declared_weight_entries(config) <= conv.count_params()
+    huge = _dense_config(25000, 25000)
+    huge["config"]["layers"][1].pop("build_config")
+    huge["config"].pop("build_input_shape")
+    assert formats.declared_weight_entries(huge) == 25000 * 25000 + 25000
+
+
+def test_data_outside_the_file_is_refused_by_every_command_without_hanging(tmp_path):
+    """External storage naming a FIFO (reading it blocks forever), a virtual
+    dataset and an external link, in `.h5` (which Keras' legacy loader would
+    follow) and inside `.keras`: refused before anything reads them."""
+    import h5py
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    source = ks.save_model(make_mlp(), tmp_path / "plain.h5")
+
+    def external(h5: h5py.File) -> None:
+        at = "model_weights/out/out/kernel"
+        shape, dtype = h5[at].shape, h5[at].dtype
+        del h5[at]
+        h5.create_dataset(at, shape=shape, dtype=dtype,
+                          external=[(str(fifo), 0, int(np.prod(shape)) * dtype.itemsize)])
+
+    def link(h5: h5py.File) -> None:
+        del h5["model_weights/out/out/kernel"]
+        h5["model_weights/out/out/kernel"] = h5py.ExternalLink(str(fifo), "/data")
+
+    files = {}
+    for name, edit in (("external", external), ("link", link)):
+        path = tmp_path / f"{name}.h5"
+        path.write_bytes(source.read_bytes())
+        with h5py.File(path, "a") as h5:
+            edit(h5)
+        files[name] = path
+    out = tmp_path / "out" / "o.h5"
+    out.parent.mkdir()
+    argvs = []
+    for path in files.values():
+        argvs += [["inspect", str(path)], ["inspect", str(path), "--show"],
+                  ["verify", str(path), "--against", str(path)],
+                  ["freeze", str(path), "-o", str(out)], ["strip", str(path), "-o", str(out)]]
+    results = _run_batch(argvs, timeout=60)
+    for argv, result in zip(argvs, results):
+        _assert_refused(result, Path(argv[1]), r"keeps its data outside the file")
+        assert not result["tensorflow"]
+    assert not list(out.parent.iterdir())
