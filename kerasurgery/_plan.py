@@ -295,6 +295,55 @@ def listing(model_name: str, paths: Sequence[str], supported: Sequence[str], lim
     return ", ".join(list(paths)[:limit]) + more
 
 
+class Planner:
+    """The selections of one `freeze` call, and the updates each selected layer gets.
+
+    `freeze` plans every layer at once (`plan_all`); the offline rewrite of a
+    file plans one layer at a time (`updates`), so that only one layer's
+    weights are in memory at once. Keys are applied in order (a later key's
+    values win on shared entries); a rule with `across` ranks all the layers
+    of all the keys it is given under together, each once (`rank_across`).
+
+    Args:
+        pins: The `freeze` mapping.
+        select_key: key -> the paths it selects (`select`).
+    """
+
+    def __init__(self, pins: Mapping[str, Any], select_key: Callable[[Any], list[str]]) -> None:
+        check_pins_argument(pins)
+        self.selections = [(spec, select_key(key)) for key, spec in pins.items()]
+        # Every selected path once, in the order it was first selected.
+        self.paths = list(dict.fromkeys(p for _, selected in self.selections for p in selected))
+        self._across: dict[int, dict[str, list[Update]]] = {}
+
+    def rank_across(self, plan_of: Callable[[str], PinPlan], name_of: Callable[[str], str]) -> None:
+        """Resolves the rules with `across` over all the layers each selects."""
+        order: dict[int, list[str]] = {}
+        specs: dict[int, Any] = {}
+        for spec, selected in self.selections:
+            if getattr(spec, "across", None) is not None:
+                chosen = order.setdefault(id(spec), [])
+                chosen += [p for p in selected if p not in chosen]
+                specs[id(spec)] = spec
+        for key, paths in order.items():
+            results = resolve_across(specs[key], [(plan_of(p), name_of(p)) for p in paths])
+            self._across[key] = dict(zip(paths, results))
+
+    def updates(self, spec: Any, path: str, plan: PinPlan, axes: Callable[[str], Axes],
+                name: str) -> list[Update]:
+        """The updates that `spec` gives the layer at `path` (after `rank_across`)."""
+        if id(spec) in self._across:
+            return self._across[id(spec)][path]
+        return resolve(spec, plan, axes, name)
+
+    def apply(self, path: str, plan: PinPlan, axes: Callable[[str], Axes], name: str) -> PinPlan:
+        """Adds to `plan` the pins of every key that selects `path`, in key order."""
+        for spec, selected in self.selections:
+            if path in selected:
+                plan.add(self.updates(spec, path, plan, axes, name), path)
+        return plan
+
+
 def plan_all(
     pins: Mapping[str, Any],
     select_key: Callable[[Any], list[str]],
@@ -302,11 +351,7 @@ def plan_all(
     axes_of: Callable[[str], Callable[[str], Axes]],
     name_of: Callable[[str], str],
 ) -> dict[str, PinPlan]:
-    """Plans every layer that `pins` selects, in the order `freeze` documents.
-
-    Keys are applied in order (a later key's values win on shared entries);
-    a rule with `across` ranks all the layers of all the keys it is given
-    under together, each once.
+    """Plans every layer that `pins` selects (see `Planner`).
 
     Args:
         pins: The `freeze` mapping.
@@ -318,32 +363,11 @@ def plan_all(
     Returns:
         path -> plan, in the order the layers were first selected.
     """
-    check_pins_argument(pins)
-    plans: dict[str, PinPlan] = {}
-    selections = []
-    for key, spec in pins.items():
-        selected = select_key(key)
-        for path in selected:
-            if path not in plans:
-                plans[path] = plan_of(path)
-        selections.append((spec, selected))
-    across: dict[int, dict[str, list[Update]]] = {}
-    order: dict[int, list[str]] = {}
-    for spec, selected in selections:
-        if getattr(spec, "across", None) is not None:
-            chosen = order.setdefault(id(spec), [])
-            chosen += [p for p in selected if p not in chosen]
-    for spec, selected in selections:
-        if id(spec) in order and id(spec) not in across:
-            paths = order[id(spec)]
-            results = resolve_across(spec, [(plans[p], name_of(p)) for p in paths])
-            across[id(spec)] = dict(zip(paths, results))
-    for spec, selected in selections:
+    planner = Planner(pins, select_key)
+    plans = {path: plan_of(path) for path in planner.paths}
+    planner.rank_across(plans.__getitem__, name_of)
+    for spec, selected in planner.selections:
         for path in selected:
             plan = plans[path]
-            if id(spec) in across:
-                updates = across[id(spec)][path]
-            else:
-                updates = resolve(spec, plan, axes_of(path), name_of(path))
-            plan.add(updates, path)
+            plan.add(planner.updates(spec, path, plan, axes_of(path), name_of(path)), path)
     return plans

@@ -1,0 +1,791 @@
+"""`freeze` and `strip` of a Keras 3 `.keras` file without TensorFlow, Keras, JAX or torch.
+
+A `.keras` file is a zip of `config.json`, `metadata.json` and the HDF5
+`model.weights.h5`. Freezing it is a rewrite of the config (a pinned layer's
+class, module, registered name and `pin_storage`) and of the weights: each
+pinned layer's group is renamed as Keras' saver names it (`layers/dense_1`
+becomes `layers/masked_dense`, and the numbering of its siblings follows),
+its `0`, `1`, ... datasets become the named effective weights with their
+`*_pin_mask` / `*_pin_value` datasets, and every other dataset is copied
+as it is, one at a time. The optimizer's state is reset as a fresh optimizer
+of the same configuration holds it, since `kerasurgery.freeze` compiles the
+copy afresh. What the pins are (selection, rules, merging, storage) is
+`_plan`'s, the same code the Keras path runs, so both write the same model.
+
+Only files whose every part is understood here are rewritten: Sequential and
+Functional models (nested ones too) of built-in Keras layers, written by the
+installed Keras' minor version. Anything else (custom or subclassed layers,
+layers that hold other layers, a pin record, LoRA, quantization, an optimizer
+or loss this module does not know) raises `NotOffline`, and the caller takes
+the Keras path. This module never imports TensorFlow, Keras, JAX or torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import dataclasses
+import glob
+import importlib.metadata
+import json
+import os
+import re
+import socket
+import tempfile
+import zipfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from kerasurgery import _plan, formats
+from kerasurgery._layout import KINDS, _present, _snake_case, kind_of
+from kerasurgery.errors import KerasurgeryError, ModelFileError, PinError, one_line
+from kerasurgery.pins import PER_ENTRY, SHARED, Axes
+
+_CONFIG = "config.json"
+_METADATA = "metadata.json"
+_WEIGHTS = "model.weights.h5"
+_MEMBERS = (_METADATA, _CONFIG, _WEIGHTS)
+
+_PINNED_MODULE = "kerasurgery.layers._classes"
+_MODELS = ("Functional", "Sequential")
+_MODEL_MODULES = ("keras", "keras.models", "keras.src.models.functional", "keras.src.models.sequential")
+# Built-in layers that hold no other layer and whose weights nothing here
+# changes: their groups are copied as they are.
+_PLAIN = frozenset({
+    "InputLayer", "Activation", "Dropout", "SpatialDropout1D", "SpatialDropout2D",
+    "SpatialDropout3D", "GaussianNoise", "GaussianDropout", "AlphaDropout", "Flatten",
+    "Reshape", "Permute", "RepeatVector", "Cropping1D", "Cropping2D", "Cropping3D",
+    "ZeroPadding1D", "ZeroPadding2D", "ZeroPadding3D", "UpSampling1D", "UpSampling2D",
+    "UpSampling3D", "MaxPooling1D", "MaxPooling2D", "MaxPooling3D", "AveragePooling1D",
+    "AveragePooling2D", "AveragePooling3D", "GlobalMaxPooling1D", "GlobalMaxPooling2D",
+    "GlobalMaxPooling3D", "GlobalAveragePooling1D", "GlobalAveragePooling2D",
+    "GlobalAveragePooling3D", "BatchNormalization", "LayerNormalization",
+    "GroupNormalization", "UnitNormalization", "Add", "Subtract", "Multiply", "Average",
+    "Maximum", "Minimum", "Concatenate", "Dot", "ReLU", "LeakyReLU", "PReLU", "ELU",
+    "Softmax", "Identity", "Masking", "ActivityRegularization", "Rescaling",
+})
+_POLICIES = ("DTypePolicy", "FloatDTypePolicy")
+# Optimizers whose fresh state is known: iterations 0, the learning rate of
+# the config, every slot at its initializer's value.
+_OPTIMIZERS = frozenset({"Adam", "AdamW", "SGD", "RMSprop", "Adamax", "Nadam", "Adagrad", "Lion"})
+_LOSSES = frozenset({
+    "mse", "mae", "mape", "msle", "mean_squared_error", "mean_absolute_error",
+    "mean_absolute_percentage_error", "mean_squared_logarithmic_error",
+    "binary_crossentropy", "categorical_crossentropy", "sparse_categorical_crossentropy",
+    "hinge", "squared_hinge", "categorical_hinge", "huber", "log_cosh", "kl_divergence",
+    "poisson", "cosine_similarity", "accuracy", "acc", "binary_accuracy",
+    "categorical_accuracy", "sparse_categorical_accuracy", "top_k_categorical_accuracy",
+    "sparse_top_k_categorical_accuracy",
+})
+
+
+class NotOffline(Exception):
+    """The input needs Keras to be rewritten; `str(e)` says why. The caller takes the Keras path."""
+
+
+@dataclasses.dataclass
+class Written:
+    """What the offline path wrote: the rows `freeze`/`strip` report, and whether a training config was kept."""
+
+    rows: list[dict[str, Any]]
+    compiled: bool
+
+
+@dataclasses.dataclass
+class _Layer:
+    path: str
+    name: str
+    entry: dict  # the layer's entry in config.json (rewritten in place)
+    kind: str | None  # the pinnable Keras class, or None
+    source: str  # its group in the input's weights
+    target: str = ""  # its group in the output's weights
+    weights: tuple[str, ...] = ()  # present pinnable weights, in Keras' order
+    pinned: bool = False  # pinned in the input
+
+    @property
+    def class_name(self) -> str:
+        return self.entry["class_name"]
+
+
+def offline_reason(source: Path, output: Path, *, unsafe: bool) -> str | None:
+    """Why the command must take the Keras path, or `None` when the offline path may try."""
+    if unsafe:
+        return "--unsafe loads the file with Keras"
+    if formats.format_for_suffix(output) != formats.KERAS:
+        return "the output is .h5"
+    if formats.detect_format(source) != formats.KERAS:
+        return "the input is .h5"
+    return None
+
+
+def freeze_file(source: Path, output: Path, pins: Mapping[str, Any], *, overwrite: bool) -> Written:
+    """Freezes the `.keras` file `source` into `output` as `kerasurgery.freeze` + `save_model` would.
+
+    Raises:
+        NotOffline: the file holds something only Keras can rewrite.
+        KerasurgeryError: the same errors as the Keras path (no supported
+            layer, a key that selects nothing, a mask that does not fit).
+    """
+    with _Archive(source) as archive:
+        layers = archive.layers
+        pinnable = {layer.path: layer for layer in layers if layer.kind is not None}
+        if not pinnable:
+            raise KerasurgeryError(
+                f"{source}: the model has no layer of a supported kind to freeze "
+                f"({', '.join(_supported())})."
+            )
+        supported = _supported()
+        aliases = {path: (layer.name, layer.name) for path, layer in pinnable.items()}
+        others = {layer.path: (layer.name, layer.class_name) for layer in layers}
+        listing = _plan.listing(archive.model_name, list(pinnable), supported)
+        planner = _plan.Planner(
+            pins, lambda key: _plan.select(key, aliases, others, supported, listing)
+        )
+        planner.rank_across(lambda path: archive.plan_of(pinnable[path]),
+                            lambda path: pinnable[path].name)
+        for path in planner.paths:
+            _pinned_config(pinnable[path])
+        # The group keys follow the new classes; then every layer is written.
+        archive.assign_targets()
+        counts: dict[str, dict[str, int]] = {}
+
+        def write_pinned(layer: _Layer, group: h5py.Group) -> None:
+            plan = planner.apply(layer.path, archive.plan_of(layer), _axes(layer), layer.name)
+            state = plan.state()
+            layer.entry["config"]["pin_storage"] = dict(plan.storage())
+            _write_state(group, layer, state)
+            counts[layer.path] = {
+                "kernel": sum(int(np.count_nonzero(s.mask)) for w, s in state.items() if w != "bias"),
+                "bias": int(np.count_nonzero(state["bias"].mask)) if "bias" in state else 0,
+            }
+
+        with _atomic(output, overwrite) as target:
+            # In the order the layers were selected, as `freeze` plans them.
+            archive.write(target, {p: write_pinned for p in planner.paths}, planner.paths)
+        rows = [archive.row(layer, counts.get(layer.path)) for layer in layers if layer.kind is not None]
+        return Written(rows, archive.compiled)
+
+
+def strip_file(source: Path, output: Path, *, overwrite: bool) -> Written:
+    """Strips the `.keras` file `source` into `output` as `kerasurgery.strip` + `save_model` would.
+
+    Raises:
+        NotOffline: the file holds something only Keras can rewrite.
+        KerasurgeryError: the file has no pinned layer.
+    """
+    with _Archive(source) as archive:
+        pinned = [layer for layer in archive.layers if layer.pinned]
+        if not pinned:
+            raise KerasurgeryError(
+                f"{source}: the model has no pinned layer; there is nothing to strip."
+            )
+        rows = [archive.row(layer) for layer in pinned]
+        for layer in pinned:
+            _plain_config(layer)
+        archive.assign_targets()
+
+        def write_plain(layer: _Layer, group: h5py.Group) -> None:
+            vars_in = archive.vars(layer)
+            for i, weight in enumerate(layer.weights):
+                _copy_dataset(vars_in[weight], group, str(i))
+
+        with _atomic(output, overwrite) as target:
+            archive.write(target, {layer.path: write_plain for layer in pinned},
+                          [layer.path for layer in pinned])
+        return Written(rows, archive.compiled)
+
+
+# --- the input ---------------------------------------------------------------
+
+
+class _Archive:
+    """An open input file: its checked container, config, layers and weights."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._stack = contextlib.ExitStack()
+        self.new_slots: list[np.ndarray] = []
+
+    def __enter__(self) -> _Archive:
+        try:
+            self._open()
+        except (NotOffline, KerasurgeryError):
+            self._stack.close()
+            raise
+        except Exception as e:  # something this reader does not expect: Keras decides
+            self._stack.close()
+            raise NotOffline(f"the file is not laid out as expected ({one_line(e)})") from None
+        except BaseException:
+            self._stack.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stack.close()
+
+    def _open(self) -> None:
+        opened = self._stack.enter_context(formats.open_model_file(self.path, formats.KERAS))
+        extra = sorted(set(opened.members) - set(_MEMBERS))
+        if extra:
+            raise NotOffline(f"the archive holds {extra[0]!r}")
+        if opened.weights is None:
+            raise NotOffline("the archive has no model.weights.h5")
+        _check_version(opened.keras_version)
+        self.metadata = None
+        if _METADATA in opened.members:
+            with zipfile.ZipFile(self.path) as archive:
+                self.metadata = archive.read(_METADATA)
+        self.h5 = opened.weights
+        self.config = copy.deepcopy(opened.config)
+        _drop_policy_sharing(self.config)
+        self.model_name = str(self.config.get("config", {}).get("name", ""))
+        self.layers: list[_Layer] = []
+        self._models: list[tuple[str, list[_Layer]]] = []  # (group, layers in container order)
+        self._walk(self.config, "", "", 0)
+        self.compiled = self._check_training()
+
+    # The model tree, as Keras' saver lays it out.
+
+    def _walk(self, model: dict, group: str, prefix: str, depth: int) -> None:
+        class_name = model.get("class_name")
+        if class_name not in _MODELS or model.get("module") not in _MODEL_MODULES or model.get(
+            "registered_name") not in (None, class_name):
+            where = f"model {prefix[:-1]!r}" if prefix else "the model"
+            raise NotOffline(f"{where} is a {class_name} ({model.get('module')}), not a "
+                             "Sequential or Functional model")
+        if depth > 32:
+            raise NotOffline("models nest too deeply")
+        inner = model.get("config")
+        entries = inner.get("layers") if isinstance(inner, dict) else None
+        if not isinstance(entries, list):
+            raise NotOffline("the model config lists no layers")
+        container: list[_Layer] = []
+        names = set()
+        for entry in entries:
+            if not isinstance(entry, dict) or not isinstance(entry.get("config"), dict):
+                raise NotOffline("a layer config is malformed")
+            cls = entry.get("class_name")
+            name = entry["config"].get("name")
+            if not isinstance(name, str) or not isinstance(cls, str) or name in names:
+                raise NotOffline("a layer has no name or shares its name")
+            names.add(name)
+            if class_name == "Sequential" and cls == "InputLayer":
+                continue  # not one of `Sequential.layers`
+            path = prefix + name
+            kind = _kind(entry, path)
+            layer = _Layer(path, name, entry, kind, "", pinned=kind is not None and cls != kind)
+            container.append(layer)
+        self._models.append((group, container))
+        # Keras names a layer's group after its class, numbered per class.
+        counters: dict[str, int] = {}
+        for layer in container:
+            layer.source = _join(group, "layers", _unique(_snake_case(layer.class_name), counters))
+            node = self.h5.get(layer.source)
+            vars_group = node.get("vars") if isinstance(node, h5py.Group) else None
+            if not isinstance(vars_group, h5py.Group) or formats.h5_text(
+                vars_group.attrs.get("name")
+            ) != layer.name:
+                raise NotOffline(f"the weights of layer {layer.path!r} are not where Keras' saver puts them")
+            self.layers.append(layer)
+            if layer.class_name in _MODELS:
+                self._walk(layer.entry, layer.source, layer.path + "/", depth + 1)
+            elif layer.kind is not None:
+                self._check_pinnable(layer, node)
+
+    def _check_pinnable(self, layer: _Layer, group: h5py.Group) -> None:
+        config = layer.entry["config"]
+        if "build_config" not in layer.entry:
+            raise NotOffline(f"layer {layer.path!r} is not built")
+        for key in ("lora_rank", "quantization_config", "pinned_kernel_values"):
+            if config.get(key) is not None:
+                raise NotOffline(f"layer {layer.path!r} sets `{key}`")
+        dtype = config.get("dtype")
+        if isinstance(dtype, dict) and dtype.get("class_name") not in _POLICIES:
+            raise NotOffline(f"layer {layer.path!r} has the dtype policy {dtype.get('class_name')}")
+        if set(group) != {"vars"}:
+            raise NotOffline(f"layer {layer.path!r} holds more than its variables")
+        layer.weights = tuple(_present(layer.kind, layer.entry) or ())
+        stored = set(group["vars"])
+        if layer.pinned:
+            expected = {k for w in layer.weights for k in (w, f"{w}_pin_mask", f"{w}_pin_value")}
+            storage = config.get("pin_storage")
+            if not isinstance(storage, dict) or set(storage) != set(layer.weights) or any(
+                v not in (SHARED, PER_ENTRY) for v in storage.values()
+            ):
+                raise NotOffline(f"layer {layer.path!r} has an unexpected `pin_storage`")
+        else:
+            expected = {str(i) for i in range(len(layer.weights))}
+        if stored != expected:
+            raise NotOffline(f"layer {layer.path!r} stores {sorted(stored)}")
+        for key in stored:
+            dataset = group["vars"][key]
+            if not isinstance(dataset, h5py.Dataset) or "dtype" in dataset.attrs:
+                raise NotOffline(f"layer {layer.path!r} stores `{key}` in a form Keras reads itself")
+            if dataset.dtype.kind not in ("b" if key.endswith("_pin_mask") else "f"):
+                raise NotOffline(f"layer {layer.path!r} stores `{key}` as {dataset.dtype}")
+
+    def _check_training(self) -> bool:
+        """Whether a training config is kept; refuses what a fresh compile might change."""
+        compile_config = self.config.get("compile_config")
+        optimizer_group = self.h5.get("optimizer")
+        if not compile_config:
+            if optimizer_group is not None:
+                raise NotOffline("the weights hold an optimizer but the config no training config")
+            return False
+        if not isinstance(compile_config, dict):
+            raise NotOffline("the training config is malformed")
+        for key, value in compile_config.items():
+            if key != "optimizer" and not _known_objects(value):
+                raise NotOffline(f"the training config's `{key}` needs Keras to read")
+        optimizer = compile_config.get("optimizer")
+        if not isinstance(optimizer, dict) or optimizer.get("module") != "keras.optimizers" or (
+            optimizer.get("class_name") not in _OPTIMIZERS or optimizer.get("registered_name") is not None
+        ):
+            raise NotOffline("the optimizer is not one whose fresh state is known here")
+        config = optimizer.get("config") or {}
+        if config.get("gradient_accumulation_steps") or config.get("loss_scale_factor"):
+            raise NotOffline("the optimizer accumulates gradients or scales the loss")
+        self.optimizer = optimizer
+        if not isinstance(optimizer_group, h5py.Group) or not isinstance(optimizer_group.get("vars"), h5py.Group):
+            raise NotOffline("the optimizer has no stored state")
+        stored = optimizer_group["vars"]
+        keys = sorted(stored, key=lambda k: int(k) if k.isdigit() else -1)
+        if keys != [str(i) for i in range(len(keys))] or set(optimizer_group) != {"vars"}:
+            raise NotOffline("the optimizer's state is not laid out as expected")
+        base = 2 if _is_number(config.get("learning_rate")) else 1
+        slots = not (optimizer["class_name"] == "SGD" and not config.get("momentum"))
+        if slots and len(keys) <= base:
+            # Never built: Keras builds it, on the model's trainable variables, when saving.
+            self.new_slots = self._fresh_slots(optimizer, keys)
+        return True
+
+    def _fresh_slots(self, optimizer: dict, keys: list[str]) -> list[np.ndarray]:
+        """The slots Keras adds when it builds a never-built Adam, AdamW or SGD at save.
+
+        Only for a model of one level whose layers are pinnable kinds or hold
+        no weights, where the trainable variables are the layers' weights in
+        order (each layer's kernel(s), then its bias).
+        """
+        config = optimizer.get("config") or {}
+        name = optimizer["class_name"]
+        if name not in ("Adam", "AdamW", "SGD") or config.get("use_ema") or config.get("amsgrad") or (
+            len(keys) != 2 or len(self._models) != 1 or self.config["config"].get("trainable") is False
+        ):
+            raise NotOffline("the optimizer was never built (Keras builds it when saving)")
+        variables = []
+        for layer in self._models[0][1]:
+            vars_group = self.vars(layer)
+            if layer.kind is None:
+                if len(vars_group):
+                    raise NotOffline("the optimizer was never built (Keras builds it when saving)")
+                continue
+            if layer.entry["config"].get("trainable") is False:
+                continue
+            for i, weight in enumerate(layer.weights):
+                dataset = vars_group[weight if layer.pinned else str(i)]
+                variables.append(np.zeros(dataset.shape, dataset.dtype))
+        per_variable = 2 if name in ("Adam", "AdamW") else 1  # momentum (and velocity)
+        return [slot for v in variables for slot in [v] * per_variable]
+
+    # Reading weights.
+
+    def vars(self, layer: _Layer) -> h5py.Group:
+        return self.h5[layer.source]["vars"]
+
+    def plan_of(self, layer: _Layer) -> _plan.PinPlan:
+        stored = self.vars(layer)
+        if layer.pinned:
+            effective = {w: np.asarray(stored[w][()]) for w in layer.weights}
+            masks = {w: np.asarray(stored[f"{w}_pin_mask"][()]) for w in layer.weights}
+            for w in layer.weights:
+                if masks[w].shape != effective[w].shape:
+                    raise NotOffline(f"layer {layer.path!r}: `{w}_pin_mask` does not fit")
+            return _plan.PinPlan(effective, masks)
+        return _plan.PinPlan({w: np.asarray(stored[str(i)][()]) for i, w in enumerate(layer.weights)})
+
+    def row(self, layer: _Layer, counts: dict[str, int] | None = None) -> dict[str, Any]:
+        """The layer as `inspect --json` and `_dense_rows` list it (`counts`: its new pins)."""
+        stored = self.vars(layer)
+        if counts is None:
+            counts = {"kernel": 0, "bias": 0}
+            if layer.pinned:
+                for weight in layer.weights:
+                    n = _count_true(stored[f"{weight}_pin_mask"])
+                    counts["bias" if weight == "bias" else "kernel"] += n
+        main = stored[layer.weights[0] if layer.pinned else "0"]
+        return {
+            "name": layer.name,
+            "class_name": layer.class_name,
+            "kernel_shape": [int(n) for n in main.shape],
+            "pinned_kernel": counts["kernel"],
+            "pinned_bias": counts["bias"],
+            "pinned": counts["kernel"] + counts["bias"],
+            "path": layer.path,
+        }
+
+    # Writing.
+
+    def assign_targets(self) -> None:
+        """Each layer's group in the output: named after its (new) class, numbered per class."""
+        targets: dict[str, str] = {"": ""}
+        for group, container in self._models:
+            counters: dict[str, int] = {}
+            parent = targets[group]
+            for layer in container:
+                layer.target = _join(parent, "layers", _unique(_snake_case(layer.class_name), counters))
+                targets[layer.source] = layer.target
+
+    def write(self, target: Path, rewrite: dict[str, Any], order: list[str]) -> None:
+        """Writes the output archive: the metadata, the config and the weights.
+
+        Every group and dataset of the input's weights is copied, renamed
+        where a layer's class changed; `rewrite[path](layer, vars_group)`
+        writes the variables of the layers at `rewrite`'s paths, in `order`.
+        The config is written last: the writers complete it.
+        """
+        by_source = {layer.source: layer for layer in self.layers}
+        weights = target.with_name(target.name + ".weights")
+        try:
+            with h5py.File(weights, "w") as out:
+                pending: dict[str, tuple[_Layer, h5py.Group]] = {}
+                self._copy(self.h5, out, "", by_source, pending, set(rewrite))
+                for path in order:
+                    layer, group = pending[path]
+                    rewrite[path](layer, group)
+            with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_STORED) as z:
+                if self.metadata is not None:
+                    z.writestr(_METADATA, self.metadata)
+                z.writestr(_CONFIG, json.dumps(self.config))
+                z.write(weights, _WEIGHTS)
+        finally:
+            weights.unlink(missing_ok=True)
+
+    def _copy(self, source: h5py.Group, target: h5py.Group, path: str,
+              by_source: dict[str, _Layer], pending: dict, rewrite: set[str]) -> None:
+        _copy_attrs(source, target)
+        for key in source:
+            child = source.get(key, getlink=True)
+            if not isinstance(child, h5py.HardLink):
+                raise NotOffline(f"the weights hold a link at {_join(path, key)!r}")
+            child_path = _join(path, key)
+            node = source[key]
+            if isinstance(node, h5py.Dataset):
+                if path == "optimizer/vars":
+                    self._fresh_optimizer_variable(node, key, target)
+                else:
+                    _copy_dataset(node, target, key)
+                continue
+            layer = by_source.get(child_path)
+            if layer is not None:
+                name = layer.target.rpartition("/")[2]
+                group = target.create_group(name)
+                if layer.path in rewrite:
+                    _copy_attrs(node, group)
+                    vars_group = group.create_group("vars")
+                    _copy_attrs(node["vars"], vars_group)
+                    pending[layer.path] = (layer, vars_group)
+                else:
+                    self._copy(node, group, child_path, by_source, pending, rewrite)
+            else:
+                self._copy(node, target.create_group(key), child_path, by_source, pending, rewrite)
+        if path == "optimizer/vars":
+            for i, slot in enumerate(self.new_slots, start=len(source)):
+                target.create_dataset(str(i), data=slot)
+
+    def _fresh_optimizer_variable(self, dataset: h5py.Dataset, key: str, target: h5py.Group) -> None:
+        """A variable of the optimizer as `compile` builds it afresh (the Keras path recompiles)."""
+        config = self.optimizer.get("config") or {}
+        index = int(key)
+        count = len(dataset.parent)
+        learning_rate = config.get("learning_rate")
+        if index == 0:
+            value = np.zeros(dataset.shape, dataset.dtype)  # iterations
+        elif index == 1 and _is_number(learning_rate):
+            value = np.asarray(learning_rate, dtype=dataset.dtype)
+        elif self.optimizer["class_name"] == "Nadam" and index == count - 1 and dataset.shape == ():
+            value = np.ones((), dataset.dtype)  # u_product
+        elif self.optimizer["class_name"] == "Adagrad":
+            start = config.get("initial_accumulator_value", 0.1)
+            value = np.full(dataset.shape, start, dataset.dtype)
+        else:
+            value = np.zeros(dataset.shape, dataset.dtype)
+        if dataset.dtype.kind not in "fiu":
+            raise NotOffline("the optimizer stores a variable of an unexpected type")
+        target.create_dataset(key, data=value)
+
+
+# --- config rewrites -----------------------------------------------------------
+
+
+def _pinned_config(layer: _Layer) -> None:
+    name = "Masked" + layer.kind
+    entry = layer.entry
+    entry["module"] = _PINNED_MODULE
+    entry["class_name"] = name
+    entry["registered_name"] = f"kerasurgery>{name}"
+
+
+def _plain_config(layer: _Layer) -> None:
+    entry = layer.entry
+    entry["module"] = "keras.layers"
+    entry["class_name"] = layer.kind
+    entry["registered_name"] = None
+    entry["config"].pop("pin_storage", None)
+
+
+def _kind(entry: dict, path: str) -> str | None:
+    """The pinnable kind of a config entry; `None` for a model or a plain layer; else NotOffline."""
+    cls, module, registered = entry.get("class_name"), entry.get("module"), entry.get("registered_name")
+    if cls in _MODELS:
+        return None
+    if module == "keras.layers" and registered is None:
+        if cls in KINDS:
+            return cls
+        if cls in _PLAIN:
+            return None
+    elif module == _PINNED_MODULE and registered == f"kerasurgery>{cls}" and kind_of(str(cls)) not in (None, cls):
+        return kind_of(cls)
+    raise NotOffline(f"layer {path!r} is a {cls} ({module}), which needs Keras to rewrite")
+
+
+def _drop_policy_sharing(config: Any) -> None:
+    """Drops the `shared_object_id` of dtype policies (Keras' copy no longer shares them);
+    any other shared object (a layer in two models) needs Keras."""
+    stack = [config]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if "shared_object_id" in node:
+                if node.get("class_name") not in _POLICIES:
+                    raise NotOffline("the config shares an object between layers")
+                del node["shared_object_id"]
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+
+
+def _known_objects(value: Any) -> bool:
+    """A training config entry of built-in Keras objects and known names only."""
+    if value is None or isinstance(value, (bool, int, float)):
+        return True
+    if isinstance(value, str):
+        return value in _LOSSES
+    if isinstance(value, list):
+        return all(_known_objects(v) for v in value)
+    if isinstance(value, dict):
+        if "class_name" in value:
+            module = value.get("module")
+            return (
+                isinstance(module, str) and module.startswith("keras.")
+                and value.get("registered_name") is None
+                and all(_scalar_tree(v) for v in (value.get("config") or {}).values())
+            )
+        return all(isinstance(k, str) and _known_objects(v) for k, v in value.items())
+    return False
+
+
+def _scalar_tree(value: Any) -> bool:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    if isinstance(value, list):
+        return all(_scalar_tree(v) for v in value)
+    return False
+
+
+# --- helpers -------------------------------------------------------------------------
+
+
+def _check_version(version: str | None) -> None:
+    """The file must come from the installed Keras' minor version (its config is what Keras writes)."""
+    try:
+        installed = importlib.metadata.version("keras")
+    except importlib.metadata.PackageNotFoundError:
+        raise NotOffline("Keras is not installed") from None
+    if version is None or version.split(".")[:2] != installed.split(".")[:2]:
+        raise NotOffline(f"the file was written by Keras {version}, not {installed}")
+
+
+def _supported() -> list[str]:
+    # The order of `layers.supported_class_names()` (PINNED_CLASSES), without Keras.
+    return [
+        "Dense", "EinsumDense", "Embedding", "Conv1D", "Conv2D", "Conv3D",
+        "Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose",
+        "DepthwiseConv1D", "DepthwiseConv2D", "SeparableConv1D", "SeparableConv2D",
+    ]
+
+
+def _axes(layer: _Layer) -> Any:
+    """`axes(weight)` of a layer, as its pinned class's `pin_axes` gives them."""
+    kind = layer.kind
+    if kind == "EinsumDense":
+        config = layer.entry["config"]
+        operands, output = str(config.get("equation", "")).replace(" ", "").split("->")
+        source, kernel = operands.split(",")
+        units = tuple(i for i, c in enumerate(kernel) if c in output)
+        bias_axes = config.get("bias_axes") or ""
+        bias_labels = [c for c in output if c in bias_axes]
+        axes = Axes(
+            inputs=tuple(i for i, c in enumerate(kernel) if c in source and c not in output),
+            units=units,
+            bias_follows_units=bias_labels == [kernel[i] for i in units],
+        )
+        return lambda weight: axes
+    if kind.startswith("SeparableConv"):
+        return lambda weight: (Axes(inputs=(-2,), units=()) if weight == "depthwise_kernel"
+                               else Axes(inputs=(), units=(-1,)))
+    if kind in ("Dense", "Embedding"):
+        axes = Axes(inputs=(0,), units=(1,))
+    elif kind.startswith("Depthwise"):
+        axes = Axes(inputs=(-2,), units=(-2, -1))
+    elif kind.endswith("Transpose"):
+        axes = Axes(inputs=(-1,), units=(-2,))
+    else:
+        axes = Axes(inputs=(-2,), units=(-1,))
+    return lambda weight: axes
+
+
+def _write_state(group: h5py.Group, layer: _Layer, state: dict) -> None:
+    """A pinned layer's datasets, as its `save_own_variables` stores them."""
+    for weight in layer.weights:
+        pins = state[weight]
+        dtype = pins.effective.dtype
+        value = np.asarray(pins.value)
+        if not np.all(np.isfinite(value)):
+            raise PinError(
+                f"Layer {layer.name!r}: `{weight}_pin_value` holds a non-finite pinned value."
+            )
+        group.create_dataset(weight, data=np.ascontiguousarray(pins.effective))
+        group.create_dataset(f"{weight}_pin_mask", data=np.ascontiguousarray(pins.mask, dtype=bool))
+        group.create_dataset(f"{weight}_pin_value", data=value.astype(dtype, copy=False))
+
+
+def _count_true(dataset: h5py.Dataset) -> int:
+    """True entries of a mask, a block of rows at a time."""
+    if dataset.ndim == 0:
+        return int(bool(dataset[()]))
+    step = max(1, (1 << 24) // max(1, dataset.size // max(1, dataset.shape[0])))
+    return sum(int(np.count_nonzero(dataset[i:i + step])) for i in range(0, dataset.shape[0], step))
+
+
+def _copy_attrs(source: Any, target: Any) -> None:
+    for key, value in source.attrs.items():
+        target.attrs[key] = value
+
+
+def _copy_dataset(dataset: h5py.Dataset, group: h5py.Group, name: str) -> None:
+    """Copies a dataset's bytes and attributes, block by block (HDF5 copies it in place)."""
+    group.copy(dataset, name)
+
+
+def _unique(name: str, counters: dict[str, int]) -> str:
+    if name in counters:
+        counters[name] += 1
+        return f"{name}_{counters[name]}"
+    counters[name] = 0
+    return name
+
+
+def _join(*parts: str) -> str:
+    return "/".join(p for p in parts if p)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+# --- atomic write (as `saving.save_model`, which imports Keras) ----------------------
+
+
+@contextlib.contextmanager
+def _atomic(path: Path, overwrite: bool) -> Iterator[Path]:
+    """Yields a temporary path beside `path`; moves it over `path` when the block succeeds.
+
+    The same guarantees as `saving.save_model`: the file is flushed to disk
+    before `os.replace`, a replaced file keeps its permissions, and without
+    `overwrite` a file that appeared meanwhile is not replaced.
+    """
+    if path.exists() and not overwrite:
+        raise _exists(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    _remove_stale_temporaries(path)
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.{_owner_tag()}.", suffix=".tmp.keras", dir=folder)
+    except OSError as e:
+        raise ModelFileError(f"{path}: cannot write in {folder}: {e.strerror}.") from None
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, _mode_for(path))
+        _move(tmp, path, overwrite)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, (OSError, RuntimeError, ValueError)) and not isinstance(e, KerasurgeryError):
+            raise ModelFileError(f"{path}: saving failed: {one_line(e)}") from None
+        raise
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _exists(path: Path) -> ModelFileError:
+    return ModelFileError(f"{path}: already exists (pass overwrite=True to replace it).")
+
+
+def _move(tmp: Path, path: Path, overwrite: bool) -> None:
+    if overwrite:
+        os.replace(tmp, path)
+        return
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise _exists(path) from None
+    except OSError:
+        if path.exists():
+            raise _exists(path) from None
+        os.replace(tmp, path)
+    else:
+        tmp.unlink()
+
+
+def _owner_tag() -> str:
+    host = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname()) or "host"
+    return f"{host}-{os.getpid()}"
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    host = _owner_tag().rsplit("-", 1)[0]
+    prefix = f".{path.name}.{host}-"
+    for stale in path.parent.glob(f"{glob.escape(prefix)}*.tmp.keras*"):
+        pid = stale.name[len(prefix):].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _running(int(pid)):
+            with contextlib.suppress(OSError):
+                stale.unlink()
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def _mode_for(path: Path) -> int:
+    try:
+        return path.stat().st_mode & 0o7777
+    except FileNotFoundError:
+        mask = os.umask(0o022)
+        os.umask(mask)
+        return 0o666 & ~mask
