@@ -84,10 +84,13 @@ def summary(samples: Sequence[float]) -> dict[str, float]:
 
 
 def interleaved(
-    runs: dict[str, Callable[[], None]], rounds: int
+    runs: dict[str, Callable[[], None]], rounds: int,
+    prepare: dict[str, Callable[[], None]] | None = None,
 ) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
     """Calls each run once per round, `rounds` times; the order rotates by one
-    each round, so that no run always follows the same other run.
+    each round, so that no run always follows the same other run. A run's
+    `prepare` callable, if given, is called just before it, outside the timing
+    (e.g. to restore the state the run changes).
 
     Returns the wall seconds and the process CPU seconds (all threads) of each
     call. CPU time counts the work done, not the waiting, so it is less
@@ -98,6 +101,8 @@ def interleaved(
     names = list(runs)
     for r in range(rounds):
         for name in names[r % len(names):] + names[: r % len(names)]:
+            if prepare and name in prepare:
+                prepare[name]()
             start, start_cpu = time.perf_counter(), time.process_time()
             runs[name]()
             wall[name].append(time.perf_counter() - start)

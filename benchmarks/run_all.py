@@ -2,7 +2,7 @@
 
 Each benchmark runs in its own process (the JAX one with KERAS_BACKEND=jax) and
 hands its numbers back as JSON; this script only collects them and renders the
-tables. The full run takes about 10-15 minutes on a 2-core machine; `--quick`
+tables. The full run takes about 12-15 minutes on a 2-core machine; `--quick`
 shrinks sizes and repetitions to check that everything works (a few minutes;
 its numbers are not for the record).
 
@@ -28,6 +28,8 @@ import _common  # noqa: E402
 
 FULL = {
     "step": {"--steps": "4", "--rounds": "16"},
+    "step_models": {"--steps": "2", "--rounds": "10"},
+    "pruning": {"--rounds": "10", "--fit-steps": "300", "--fit-rounds": "4"},
     "freeze": {"--width": "4096", "--rounds": "3"},
     "startup": {"--rounds": "7", "--large-width": "4096"},
     "scaling": {"--freeze-widths": "2048,2896,4096", "--freeze-rounds": "3",
@@ -35,12 +37,15 @@ FULL = {
 }
 QUICK = {
     "step": {"--steps": "2", "--rounds": "4"},
+    "step_models": {"--steps": "1", "--rounds": "2"},
+    "pruning": {"--rounds": "2", "--fit-steps": "100", "--frequency": "50", "--fit-rounds": "1"},
     "freeze": {"--width": "2048", "--rounds": "1"},
     "startup": {"--rounds": "2", "--large-width": "0"},
     "scaling": {"--freeze-widths": "1024,1448,2048", "--freeze-rounds": "1",
                 "--step-widths": "256,512,1024", "--step-rounds": "3"},
 }
 STEP_CONFIGS = [("tensorflow", "graph"), ("tensorflow", "xla"), ("jax", "xla")]
+STEP_MODELS = ("cnn", "transformer")  # bench_step.py --model, besides the MLP
 TARGETS = {("tensorflow", "graph"): 1.03, ("tensorflow", "xla"): 1.05, ("jax", "xla"): 1.05}
 
 
@@ -90,6 +95,11 @@ def main(argv: list[str] | None = None) -> int:
         run("bench_step.py", {**plan["step"], "--backend": backend, "--mode": mode})
         for backend, mode in STEP_CONFIGS
     ]
+    results["step_models"] = [
+        run("bench_step.py", {**plan["step_models"], "--model": model, "--backend": backend, "--mode": mode})
+        for model in STEP_MODELS for backend, mode in STEP_CONFIGS
+    ]
+    results["pruning"] = run("bench_pruning.py", plan["pruning"])
     results["freeze"] = run("bench_freeze.py", {**plan["freeze"], "--profile": None}, work)
     results["startup"] = run("bench_startup.py", plan["startup"], work)
     results["scaling"] = run("bench_scaling.py", plan["scaling"], work)
@@ -167,6 +177,26 @@ def render(res: dict) -> str:
             lines.append(
                 f"| training step, {label}, {variant} pins, CPU time | {base_cpu:.1f} ms | "
                 f"{r['cpu_step_s'][variant]['median'] * 1e3:.1f} ms | {_r(cpu)} | <= {target} | {_yes(_within(cpu['median'], target))} |")
+    for r in res.get("step_models", []):
+        target = TARGETS[(r["backend"], r["mode"])]
+        label = f"{r['model']}, {r['backend']} {'jit' if r['backend'] == 'jax' else r['mode']}"
+        base_cpu = r["cpu_step_s"][r["baseline"]]["median"] * 1e3
+        for variant in ("shared", "per_entry"):
+            if variant in r["cpu_ratio"]:
+                cpu = r["cpu_ratio"][variant]
+                lines.append(
+                    f"| training step, {label}, {variant} pins, CPU time | {base_cpu:.1f} ms | "
+                    f"{r['cpu_step_s'][variant]['median'] * 1e3:.1f} ms | {_r(cpu)} | <= {target} | "
+                    f"{_yes(_within(cpu['median'], target))} |")
+    p = res.get("pruning")
+    if p and p.get("fit"):
+        fit = p["fit"]
+        for key, what in (("ratio", "wall"), ("cpu_ratio", "CPU time")):
+            t = "s" if key == "ratio" else "cpu_s"
+            lines.append(
+                f"| `fit` of {fit['steps']} steps with `GradualPruning` every {fit['frequency']} vs without, "
+                f"{what} | {fit[t]['fit']['median']:.2f} s | {fit[t]['fit + GradualPruning']['median']:.2f} s | "
+                f"{_r(fit[key])} | - | - |")
     rows = res["memory"]["rows"]
     lines.append(f"| extra state per kernel entry, shared pins | 0 B | {rows['shared']['extra_per_entry']:.4f} B | - | "
                  f"<= ~1 B | {_yes(rows['shared']['extra_per_entry'] <= 1.01)} |")
@@ -205,6 +235,8 @@ def render(res: dict) -> str:
                      "--width 4096 --batch 8192 --dtype bfloat16` (and `--dtype float32`).")
 
     lines += _step_tables(res)
+    lines += _step_model_tables(res)
+    lines += _pruning_tables(res)
     lines += _memory_table(res)
     lines += _freeze_tables(res)
     lines += _startup_table(res)
@@ -229,21 +261,97 @@ def _step_tables(res: dict) -> list[str]:
         "",
     ]
     for r in res["step"]:
-        label = f"{r['backend']} {'(jit)' if r['backend'] == 'jax' else r['mode']}"
-        out += [
-            f"**{label}** (load before/after: {r['machine'].get('load_before')} / {r['machine']['load']})",
-            "",
-            "| variant | wall ms median [min, max] | wall ratio | CPU ms median [min, max] | CPU ratio |",
-            "|---|---|---|---|---|",
-        ]
-        for v, s in r["step_s"].items():
-            c = r["cpu_step_s"][v]
-            wr = _r(r["ratio"][v]) if v in r["ratio"] else "1"
-            cr = _r(r["cpu_ratio"][v]) if v in r["cpu_ratio"] else "1"
-            out.append(f"| {v} | {s['median'] * 1e3:.1f} [{s['min'] * 1e3:.1f}, {s['max'] * 1e3:.1f}] | {wr} | "
-                       f"{c['median'] * 1e3:.1f} [{c['min'] * 1e3:.1f}, {c['max'] * 1e3:.1f}] | {cr} |")
-        out.append("")
+        out += _step_table(r)
     return out
+
+
+def _step_table(r: dict, prefix: str = "") -> list[str]:
+    label = f"{prefix}{r['backend']} {'(jit)' if r['backend'] == 'jax' else r['mode']}"
+    out = [
+        f"**{label}** (load before/after: {r['machine'].get('load_before')} / {r['machine']['load']})",
+        "",
+        "| variant | wall ms median [min, max] | wall ratio | CPU ms median [min, max] | CPU ratio |",
+        "|---|---|---|---|---|",
+    ]
+    for v, s in r["step_s"].items():
+        c = r["cpu_step_s"][v]
+        wr = _r(r["ratio"][v]) if v in r["ratio"] else "1"
+        cr = _r(r["cpu_ratio"][v]) if v in r["cpu_ratio"] else "1"
+        out.append(f"| {v} | {s['median'] * 1e3:.1f} [{s['min'] * 1e3:.1f}, {s['max'] * 1e3:.1f}] | {wr} | "
+                   f"{c['median'] * 1e3:.1f} [{c['min'] * 1e3:.1f}, {c['max'] * 1e3:.1f}] | {cr} |")
+    out.append("")
+    return out
+
+
+def _step_model_tables(res: dict) -> list[str]:
+    runs = res.get("step_models") or []
+    if not runs:
+        return []
+    out = [
+        "## (a2) Training step: CNN and transformer block",
+        "",
+        "Every supported layer frozen with `kerasurgery.freeze(model, {'*': rules.fraction(0.5, seed=1, "
+        "value=...)})`: half of each kernel pinned, to 0.0 (`shared`) or at its current values "
+        "(`per_entry`), against the same model unpinned (`plain`). Adam, MSE; `train_on_batch` steps, "
+        "interleaved rounds as in (a).",
+        "",
+    ]
+    seen = set()
+    for r in runs:
+        if r["model"] not in seen:
+            seen.add(r["model"])
+            out += [f"*{r['model']}*: {r['description']}, {r['params'] / 1e6:.2f}M parameters, batch {r['batch']}; "
+                    f"{r['rounds']} samples of {r['steps_per_sample']} steps per variant. Pinned layers: "
+                    f"{', '.join(r.get('pinned_layers', []))}.", ""]
+        out += _step_table(r, f"{r['model']}, ")
+    return out
+
+
+def _pruning_tables(res: dict) -> list[str]:
+    p = res.get("pruning")
+    if not p:
+        return []
+    step = p["step"]
+    out = [
+        "## (a3) Pruning: the cost of `GradualPruning`",
+        "",
+        f"{p['layers']} x {p['width']} MLP ({p['params'] / 1e6:.2f}M parameters), frozen with "
+        f"`{{'*': kerasurgery.Pin()}}` ({'/'.join(p['storage'])} pins), batch {p['batch']}, Adam, "
+        f"{p['backend']} {p['mode']}; {'one ranking across layers' if p['across_layers'] else 'per layer'}. "
+        f"One pruning step = `callback.prune(s)` from the state at s - {p['increment']:g} (restored before "
+        f"each call, untimed), {p['rounds']} rounds interleaved with samples of {p['steps_per_sample']} training "
+        f"steps of the same model (load before: {step['load_before']}).",
+        "",
+        "| call | wall ms median [min, max] | CPU ms median [min, max] | in training steps, wall | in training steps, CPU |",
+        "|---|---|---|---|---|",
+    ]
+    for name, s in step["s"].items():
+        c = step["cpu_s"][name]
+        w = _r(step["in_train_steps"][name]) if name != "train" else "1"
+        cr = _r(step["cpu_in_train_steps"][name]) if name != "train" else "1"
+        what = "one training step" if name == "train" else f"`prune({name.split()[1]})`"
+        out.append(f"| {what} | {s['median'] * 1e3:.1f} [{s['min'] * 1e3:.1f}, {s['max'] * 1e3:.1f}] | "
+                   f"{c['median'] * 1e3:.1f} [{c['min'] * 1e3:.1f}, {c['max'] * 1e3:.1f}] | {w} | {cr} |")
+    fit = p.get("fit")
+    if fit:
+        out += [
+            "",
+            f"Whole `fit` of {fit['steps']} steps ({fit['epochs']} epochs), `GradualPruning` every "
+            f"{fit['frequency']} steps ({fit['pruning_steps']} pruning steps, {fit['schedule']}) vs the same "
+            f"`fit` without it; each from no pins; {p['fit_rounds']} interleaved rounds (load before: "
+            f"{fit['load_before']}). Sparsity at the end: {fit['final_sparsity']:.4f}.",
+            "",
+            "| run | wall s median [min, max] | CPU s median [min, max] |",
+            "|---|---|---|",
+        ]
+        for name, s in fit["s"].items():
+            c = fit["cpu_s"][name]
+            out.append(f"| {name} | {s['median']:.2f} [{s['min']:.2f}, {s['max']:.2f}] | "
+                       f"{c['median']:.2f} [{c['min']:.2f}, {c['max']:.2f}] |")
+        out.append(f"| ratio | {_r(fit['ratio'])} | {_r(fit['cpu_ratio'])} |")
+        out.append(f"| extra per pruning step | {fit['extra_s_per_pruning_step'] * 1e3:.0f} ms | "
+                   f"{fit['extra_cpu_s_per_pruning_step'] * 1e3:.0f} ms |")
+    return out + [""]
 
 
 def _memory_table(res: dict) -> list[str]:
