@@ -42,6 +42,7 @@ import numpy as np
 
 from kerasurgery import _plan, formats
 from kerasurgery._layout import KINDS, _present, _snake_case, kind_of
+from kerasurgery._zipwrite import ZipWriter
 from kerasurgery.errors import KerasurgeryError, ModelFileError, PinError, one_line
 from kerasurgery.pins import PER_ENTRY, SHARED, Axes
 
@@ -448,21 +449,19 @@ class _Archive:
         The config is written last: the writers complete it.
         """
         by_source = {layer.source: layer for layer in self.layers}
-        weights = target.with_name(target.name + ".weights")
-        try:
-            with h5py.File(weights, "w") as out:
+        with open(target, "w+b") as f:
+            archive = ZipWriter(f)
+            if self.metadata is not None:
+                archive.add(_METADATA, self.metadata)
+            # HDF5 writes the weights in place: the model's bytes are written once.
+            with archive.member(_WEIGHTS) as member, h5py.File(member, "w") as out:
                 pending: dict[str, tuple[_Layer, h5py.Group]] = {}
                 self._copy(self.h5, out, "", by_source, pending, set(rewrite))
                 for path in order:
                     layer, group = pending[path]
                     rewrite[path](layer, group)
-            with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_STORED) as z:
-                if self.metadata is not None:
-                    z.writestr(_METADATA, self.metadata)
-                z.writestr(_CONFIG, json.dumps(self.config))
-                z.write(weights, _WEIGHTS)
-        finally:
-            weights.unlink(missing_ok=True)
+            archive.add(_CONFIG, json.dumps(self.config).encode())
+            archive.close()
 
     def _copy(self, source: h5py.Group, target: h5py.Group, path: str,
               by_source: dict[str, _Layer], pending: dict, rewrite: set[str]) -> None:

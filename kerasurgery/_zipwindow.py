@@ -77,10 +77,10 @@ class _Window(io.RawIOBase):
         if n == 0:
             return 0
         self._raw.seek(self._start + self._pos)
-        data = self._raw.read(n)
-        buffer[: len(data)] = data
-        self._pos += len(data)
-        return len(data)
+        # Straight into the caller's buffer: no copy of a weight-sized block.
+        got = self._raw.readinto(memoryview(buffer).cast("B")[:n]) or 0
+        self._pos += got
+        return got
 
     def close(self) -> None:
         self._raw.close()
