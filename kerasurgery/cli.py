@@ -51,7 +51,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = _interrupted_code(e)
     finally:
         _restore_signals(previous, exit_late=top_level)
+    if top_level and previous is not None:
+        # Python puts back the default SIGINT action while it shuts down, and
+        # TensorFlow's teardown takes a while: a Ctrl-C then would kill the
+        # process (-2) after a complete run. Everything is written and closed.
+        _exit_now(code)
     return code
+
+
+def _exit_now(code: int) -> None:
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(code)
 
 
 class Terminated(KeyboardInterrupt):
@@ -91,10 +103,7 @@ def _restore_signals(previous: dict[int, Any] | None, *, exit_late: bool) -> Non
 def _exit_late(signum: int, frame: Any) -> None:
     # The command is done and its output complete: a signal now ends the
     # process at once with the code it stands for, not with a traceback.
-    with contextlib.suppress(Exception):
-        sys.stdout.flush()
-        sys.stderr.flush()
-    os._exit(128 + signum)
+    _exit_now(128 + signum)
 
 
 def _interrupted_code(error: KeyboardInterrupt) -> int:

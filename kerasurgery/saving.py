@@ -7,11 +7,13 @@ import glob
 import logging
 import os
 import re
+import signal
 import socket
 import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from kerasurgery import _compat  # noqa: F401  (refuses an unsupported Keras first)
 
@@ -400,16 +402,23 @@ def save_model(
     if not folder.is_dir():
         raise ModelFileError(f"{path}: the folder {folder} does not exist.")
     _remove_stale_temporaries(path)
+    # Before the temporary exists: it takes a while for large layers, and a
+    # signal (Ctrl-C, SIGTERM) during it must leave nothing behind.
+    record = _record_of(model, path)
+    # A signal that came between the temporary's creation and the `try`
+    # below would leave it behind: signals wait until the `try` has begun.
+    held = _hold_signals()
     try:
         fd, tmp_name = tempfile.mkstemp(
             prefix=f".{path.name}.{_owner_tag()}.", suffix=_temp_suffix(path), dir=folder
         )
     except OSError as e:
+        _release_signals(held)
         raise ModelFileError(f"{path}: cannot write in {folder}: {e.strerror}.") from None
-    os.close(fd)
     tmp = Path(tmp_name)
-    record = _record_of(model, path)
     try:
+        _release_signals(held)  # one that waited is raised here, and cleaned up below
+        os.close(fd)
         with _quiet():  # Keras calls .h5 "legacy" on every save.
             model.save(tmp, overwrite=True)
         if record:
@@ -424,6 +433,22 @@ def save_model(
         raise
     _fsync_folder(folder)
     return path
+
+
+_HELD_SIGNALS = {getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP")
+                 if hasattr(signal, name)}
+
+
+def _hold_signals() -> Any:
+    """Blocks SIGINT, SIGTERM and SIGHUP for this thread; returns the old mask."""
+    if not hasattr(signal, "pthread_sigmask"):
+        return None
+    return signal.pthread_sigmask(signal.SIG_BLOCK, _HELD_SIGNALS)
+
+
+def _release_signals(held: Any) -> None:
+    if held is not None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 def _record_of(model: keras.Model, path: Path) -> list[_pin_record.RecordEntry]:

@@ -217,8 +217,9 @@ def _ranged(make: Any, indices: Sequence[int | range], what: str, **kwargs: Any)
 def _short(number: Any) -> str:
     """A number as text, long integers shortened (Python refuses `str` past 4300 digits)."""
     if isinstance(number, int) and not isinstance(number, bool) and abs(number) >= 10 ** 20:
-        digits = int(number.bit_length() * math.log10(2)) + 1
-        return f"an integer of about {digits} digits{' (negative)' if number < 0 else ''}"
+        digits = int((abs(number).bit_length() - 1) * math.log10(2)) + 1
+        digits += abs(number) >= 10 ** digits
+        return f"an integer of {digits} digits{' (negative)' if number < 0 else ''}"
     return repr(number)
 
 

@@ -674,14 +674,14 @@ def test_unexpected_errors_are_one_line_unless_debug(base, tmp_path, capsys, mon
     def boom(model, pins):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(surgery, "freeze", boom)
-    code, _, err = run(capsys, "freeze", base["paths"][".keras"], "-o", tmp_path / "o.keras")
+    monkeypatch.setattr(surgery, "freeze", boom)  # .h5: the Keras path, where it runs
+    code, _, err = run(capsys, "freeze", base["paths"][".h5"], "-o", tmp_path / "o.h5")
     assert code == 1
     assert_one_error_line(err, "RuntimeError: boom", "--debug")
-    code, _, err = run(capsys, "freeze", base["paths"][".keras"], "-o", tmp_path / "o.keras", "--debug")
+    code, _, err = run(capsys, "freeze", base["paths"][".h5"], "-o", tmp_path / "o.h5", "--debug")
     assert code == 1
     assert "Traceback" in err and "boom" in err
-    code, _, err = run(capsys, "--debug", "freeze", base["paths"][".keras"], "-o", tmp_path / "o.keras")
+    code, _, err = run(capsys, "--debug", "freeze", base["paths"][".h5"], "-o", tmp_path / "o.h5")
     assert code == 1 and "Traceback" in err
     assert listing(tmp_path) == []
 
@@ -693,7 +693,7 @@ def test_ctrl_c_exits_130_with_one_line_and_writes_nothing(base, tmp_path, capsy
         raise KeyboardInterrupt
 
     monkeypatch.setattr(surgery, "freeze", interrupted)
-    code, out, err = run(capsys, "freeze", base["paths"][".keras"], "-o", tmp_path / "o.keras")
+    code, out, err = run(capsys, "freeze", base["paths"][".h5"], "-o", tmp_path / "o.h5")
     assert code == 130 and out == ""
     assert err == "error: interrupted.\n"
     assert listing(tmp_path) == []

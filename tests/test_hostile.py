@@ -387,3 +387,194 @@ def test_data_outside_the_file_is_refused_by_every_command_without_hanging(tmp_p
         _assert_refused(result, Path(argv[1]), r"keeps its data outside the file")
         assert not result["tensorflow"]
     assert not list(out.parent.iterdir())
+
+
+# --- Array files: headers before allocation, unused members never loaded ------------
+
+
+def test_npz_arrays_of_unselected_layers_are_never_loaded(tmp_path):
+    import tracemalloc
+
+    from kerasurgery import spec
+
+    mask = np.zeros((4, 3), bool)
+    mask[0, 0] = True
+    path = build_npz_with_unused_member(tmp_path / "mask.npz", {"hidden": mask}, 512 << 20)
+    assert path.stat().st_size < 1 << 20
+    tracemalloc.start()
+    try:
+        pins = spec.pins_for("mask", str(path), patterns=["hidden"], max_array_bytes=1 << 20)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20, peak  # the 512 MB member was not read
+    assert np.array_equal(pins["hidden"].kernel, mask)
+    # Selected, the same member is refused by its header, before it is read.
+    with pytest.raises(ks.KerasurgeryError, match=r"array 'unused' declares shape \(536870912,\) "
+                       r"\(536,870,912 bytes\), more than any weight of the model could use"):
+        spec.pins_for("mask", str(path), patterns=["*"], max_array_bytes=1 << 20)
+
+
+def test_npy_headers_are_checked_before_allocating(tmp_path, frozen_keras, capsys):
+    huge = build_npy_header(tmp_path / "huge.npy")
+    buffer = io.BytesIO()
+    np.savez(buffer, hidden=np.zeros((4, 3), bool))
+    with zipfile.ZipFile(buffer, "a") as archive:
+        archive.writestr("out.npy", huge.read_bytes())
+    npz = tmp_path / "huge.npz"
+    npz.write_bytes(buffer.getvalue())
+    out = tmp_path / "o.keras"
+    for path, where in ((huge, ""), (npz, "array 'out' ")):
+        code, stdout, err = _run_main(["freeze", str(frozen_keras), "--mask", str(path),
+                                       "-o", str(out), "--json"], capsys)
+        assert code == 1
+        message = (f"{path}: {where}declares shape (100000000000000000,) "
+                   "(400,000,000,000,000,000 bytes), but the file holds 16: it is truncated or hostile.")
+        assert err == f"error: {message}\n"
+        assert json.loads(stdout) == {"error": message, "exit_code": 1}
+    assert not out.exists()
+
+
+# --- Error paths: messages about the input, never "unexpected" ---------------------
+
+
+def test_spec_and_argument_errors_are_about_the_input(tmp_path, frozen_keras, capsys):
+    import tracemalloc
+    import time
+
+    deep = tmp_path / "deep.toml"
+    deep.write_text("[[layer]]\npattern = 'hidden'\nunits = " + "[" * 100_000 + "]" * 100_000 + "\n")
+    digits = tmp_path / "digits.toml"
+    digits.write_text("[[layer]]\npattern = 'hidden'\nunits = [" + "9" * 5000 + "]\n")
+    seed = tmp_path / "seed.toml"
+    seed.write_text("[[layer]]\npattern = 'hidden'\nfraction = 0.5\nseed = -" + "9" * 4000 + "\n")
+    out = tmp_path / "o.keras"
+    cases = [
+        (["--spec", str(deep)], 1, f"{deep}: nests arrays or tables too deeply to read."),
+        (["--spec", str(digits)], 1, f"{digits}: is not valid TOML (Exceeds the limit (4300 digits)"),
+        (["--spec", str(seed)], 1, f"{seed}: [[layer]] entry 1 ('hidden'): A seed must be a "
+                                   "non-negative integer. Received: an integer of 4000 digits (negative)"),
+        (["--layer", "hidden", "--fraction", "0.5", "--seed", "-" + "9" * 30], 2,
+         "A seed must be a non-negative integer. Received: an integer of 30 digits (negative)"),
+        (["--layer", "hidden", "--inputs", "0-100000000"], 1, "The input range 0-100000000 is out of range for shape (4, 3) (4 inputs)."),
+        (["--layer", "hidden", "--units", "1,2-4"], 1, "The unit range 2-4 is out of range for shape (4, 3) (3 units)."),
+    ]
+    for argv, code, message in cases:
+        tracemalloc.start()
+        started = time.monotonic()
+        try:
+            got, stdout, err = _run_main(["freeze", str(frozen_keras), *argv,
+                                          "-o", str(out), "--json"], capsys)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert got == code, err
+        assert message in err and "unexpected" not in err and "Traceback" not in err, err
+        assert json.loads(stdout)["exit_code"] == code
+        assert peak < 64 << 20 and time.monotonic() - started < 20, (argv[0], peak)
+    assert not out.exists()
+    # A range inside the layer still pins what it names.
+    assert _run_main(["freeze", str(frozen_keras), "--layer", "hidden", "--inputs", "1-2",
+                      "-o", str(out), "--json"], capsys)[0] == 0
+    pinned = ks.load_model(out).get_layer("hidden").pins().kernel
+    assert pinned[1:3].all() and pinned[[0, 3]].sum() == 2  # rows 1-2, and the zeros pinned before
+
+
+# --- Output checks before loading ------------------------------------------------------
+
+
+def test_output_checks_come_before_loading_with_the_command_lines_words(tmp_path, capsys):
+    dangling = tmp_path / "dangling.keras"
+    dangling.symlink_to(tmp_path / "nowhere.keras")
+    declared = build_declared_dense(tmp_path / "declared.keras")  # loading it would fail otherwise
+    code, out, err = _run_main(["freeze", str(declared), "-o", str(dangling)], capsys)
+    assert (code, err) == (1, f"error: {dangling}: already exists; pass --force to replace it.\n")
+    code, out, err = _run_main(["strip", str(declared), "-o", f"{tmp_path}/x.keras/"], capsys)
+    assert (code, err) == (1, f"error: {tmp_path}/x.keras/: names a folder (it ends in '/'), "
+                              "not a model file.\n")
+    assert not (tmp_path / "x.keras").exists() and dangling.is_symlink()
+    with pytest.raises(ks.KerasurgeryError, match="already exists"):
+        ks.save_model(make_mlp(), dangling)
+    assert dangling.is_symlink() and not dangling.exists()
+
+
+def test_json_errors_for_usage_and_file_errors(tmp_path, capsys):
+    code, out, err = _run_main(["inspect", str(tmp_path / "missing.keras"), "--json"], capsys)
+    assert code == 1 and json.loads(out) == {"error": f"{tmp_path}/missing.keras: no such file.",
+                                             "exit_code": 1}
+    code, out, err = _run_main(["freeze", "x.keras", "--below", "nan", "--json"], capsys)
+    assert code == 2 and "expected a finite number" in err
+    assert json.loads(out) == {"error": "argument --below: expected a finite number, got 'nan'",
+                               "exit_code": 2}
+    code, out, err = _run_main(["inspect", "x.keras", "--show", "--json"], capsys)
+    assert code == 2 and json.loads(out)["exit_code"] == 2
+
+
+# --- Signals: SIGTERM and SIGHUP clean up like Ctrl-C ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def slow_to_save(tmp_path_factory) -> Path:
+    """A model whose frozen copy takes a moment to write (about 50 MB)."""
+    import keras
+
+    model = keras.Sequential([keras.Input((2048,)), keras.layers.Dense(4096, name="a"),
+                              keras.layers.Dense(1024, name="b")])
+    folder = tmp_path_factory.mktemp("slow")
+    ks.save_model(model, folder / "slow.h5")  # .h5 takes the Keras path, .keras the offline one
+    return ks.save_model(model, folder / "slow.keras")
+
+
+def _signal_freeze(source: Path, folder: Path, signum: int, moment: str,
+                   suffix: str = ".keras") -> tuple[int, str]:
+    """Runs `kerasurgery freeze` over an earlier output and sends `signum` when a
+    temporary file appears (`moment="save"`) or when the output was replaced
+    (`"written"`). Returns the exit code and stderr."""
+    import signal
+    import time
+
+    out = folder / f"out{suffix}"
+    out.write_bytes(b"earlier output")
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)}
+    child = subprocess.Popen([sys.executable, "-m", "kerasurgery", "freeze", str(source), "-o", str(out),
+                              "--force", "--json"], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and child.poll() is None:
+        if moment == "save" and list(folder.glob(f".out{suffix}.*.tmp{suffix}")):
+            break
+        if moment == "written" and out.read_bytes()[:2] in (b"PK", b"\x89H"):
+            break
+        time.sleep(0.001)
+    else:
+        child.kill()
+        pytest.fail(f"the moment {moment!r} never came")
+    child.send_signal(signum)
+    _, err = child.communicate(timeout=60)
+    return child.returncode, err
+
+
+@pytest.mark.parametrize("name, code, suffix", [
+    ("SIGTERM", 143, ".keras"), ("SIGHUP", 129, ".keras"), ("SIGTERM", 143, ".h5")])
+def test_a_signal_during_a_save_removes_the_temporary_and_keeps_the_earlier_output(
+        tmp_path, slow_to_save, name, code, suffix):
+    import signal
+
+    source = slow_to_save.with_suffix(suffix)
+    returncode, err = _signal_freeze(source, tmp_path, getattr(signal, name), "save", suffix)
+    assert returncode == code, err
+    assert err == f"error: terminated ({name}).\n"
+    assert (tmp_path / f"out{suffix}").read_bytes() == b"earlier output"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"out{suffix}"]
+
+
+def test_ctrl_c_after_the_output_is_written_never_ends_in_a_traceback(tmp_path, slow_to_save):
+    import signal
+
+    returncode, err = _signal_freeze(slow_to_save, tmp_path, signal.SIGINT, "written")
+    # Either the command had finished (0) or the signal ended it (130): never
+    # killed by the signal (-2), never a traceback.
+    assert returncode in (0, 130), (returncode, err)
+    assert "Traceback" not in err
+    assert ks.load_model(tmp_path / "out.keras").get_layer("a").pins() is not None
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.keras"]
