@@ -552,7 +552,11 @@ def _signal_freeze(source: Path, folder: Path, signum: int, moment: str,
     else:
         child.kill()
         pytest.fail(f"the moment {moment!r} never came")
+    # Stop the child at once, so a fast save cannot finish between seeing the
+    # moment and the signal's arrival; the signal is delivered on SIGCONT.
+    child.send_signal(signal.SIGSTOP)
     child.send_signal(signum)
+    child.send_signal(signal.SIGCONT)
     _, err = child.communicate(timeout=60)
     return child.returncode, err
 
