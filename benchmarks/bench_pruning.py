@@ -20,7 +20,8 @@ pruning every `--frequency` steps (from the fit's first step, initial
 sparsity `--initial-sparsity`, reaching `--target` at its last pruning step)
 vs the same `fit` of the same model without the callback; every round starts
 from no pins (restored outside the timing); interleaved, `--fit-rounds`
-rounds.
+rounds. `--split` adds a third `fit` with a callback whose schedule starts
+after it (its per-batch hooks and `on_train_begin` only, no pruning step).
 
     python benchmarks/bench_pruning.py                     # TensorFlow, graph mode
     python benchmarks/bench_pruning.py --backend jax       # JAX (a process of its own)
@@ -67,6 +68,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--initial-sparsity", type=float, default=0.0, help="(2): the schedule's start")
     parser.add_argument("--target", type=float, default=0.9, help="(2): the schedule's target sparsity")
     parser.add_argument("--fit-rounds", type=int, default=4, help="(2): interleaved rounds")
+    parser.add_argument("--split", action="store_true",
+                        help="(2): also a fit with a GradualPruning that never prunes (its per-batch hooks and "
+                             "set-up only), to split the overhead")
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     return parser
 
@@ -176,9 +180,11 @@ def main(argv: list[str] | None = None) -> dict:
         epochs = args.fit_steps // args.epoch_steps
         last = {}
 
-        def fit_run(with_callback):
+        def fit_run(with_callback, idle=False):
             def run():
                 callbacks = []
+                if idle:  # the hooks and on_train_begin only: the schedule starts after this fit
+                    callbacks.append(pruner(target_sparsity=args.target, begin_step=2**40, end_step=2**40))
                 if with_callback:
                     begin = int(ops_numpy(frozen.optimizer.iterations))
                     end = begin + (args.fit_steps - 1) // args.frequency * args.frequency
@@ -197,6 +203,8 @@ def main(argv: list[str] | None = None) -> dict:
                    callbacks=[pruner(target_sparsity=0.1, begin_step=0, end_step=0)])
         restore(no_pins)
         runs = {"fit": fit_run(False), "fit + GradualPruning": fit_run(True)}
+        if args.split:
+            runs["fit + idle GradualPruning"] = fit_run(False, idle=True)
         fit_load = _common.load()
 
         def check():
@@ -227,6 +235,10 @@ def main(argv: list[str] | None = None) -> dict:
             "cpu_ratio": _common.paired_ratio(fcpu["fit + GradualPruning"], fcpu["fit"]),
             "extra_s_per_pruning_step": extra / pruning_steps,
             "extra_cpu_s_per_pruning_step": extra_cpu / pruning_steps,
+            "idle_ratio": (_common.paired_ratio(fwall["fit + idle GradualPruning"], fwall["fit"])
+                           if args.split else None),
+            "idle_cpu_ratio": (_common.paired_ratio(fcpu["fit + idle GradualPruning"], fcpu["fit"])
+                               if args.split else None),
             "final_sparsity": final, "final_mask_fraction": measured,
         }
         assert abs(callback_sparsity - args.target) < 1e-3 and abs(measured - args.target) < 1e-3, \
@@ -291,10 +303,10 @@ def _print(result: dict) -> None:
         print(f"(2) fit of {fit['steps']} steps ({fit['epochs']} epochs), GradualPruning every {fit['frequency']} "
               f"steps ({fit['pruning_steps']} pruning steps, {fit['schedule']}) vs without; "
               f"{result['fit_rounds']} interleaved rounds (load before: {fit['load_before']})")
-        print(f"  {'':<22} {'wall s':>7} {'min':>7} {'max':>7} {'CPU s':>7} {'min':>7} {'max':>7}")
+        print(f"  {'':<26} {'wall s':>7} {'min':>7} {'max':>7} {'CPU s':>7} {'min':>7} {'max':>7}")
         for name, s in fit["s"].items():
             c = fit["cpu_s"][name]
-            print(f"  {name:<22} {s['median']:7.2f} {s['min']:7.2f} {s['max']:7.2f} "
+            print(f"  {name:<26} {s['median']:7.2f} {s['min']:7.2f} {s['max']:7.2f} "
                   f"{c['median']:7.2f} {c['min']:7.2f} {c['max']:7.2f}")
         r, rc = fit["ratio"], fit["cpu_ratio"]
         print(f"  ratio with / without: wall {r['median']:.3f} [{r['min']:.3f}, {r['max']:.3f}], "
@@ -302,6 +314,10 @@ def _print(result: dict) -> None:
               f"wall {_common.fmt_ms(fit['extra_s_per_pruning_step'])} ms, "
               f"CPU {_common.fmt_ms(fit['extra_cpu_s_per_pruning_step'])} ms; "
               f"sparsity at the end {fit['final_sparsity']:.4f}")
+        if fit.get("idle_ratio"):
+            r, rc = fit["idle_ratio"], fit["idle_cpu_ratio"]
+            print(f"  idle callback (hooks and set-up, no pruning step) / without: wall {r['median']:.3f} "
+                  f"[{r['min']:.3f}, {r['max']:.3f}], CPU {rc['median']:.3f} [{rc['min']:.3f}, {rc['max']:.3f}]")
 
 
 if __name__ == "__main__":
