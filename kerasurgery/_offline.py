@@ -25,15 +25,10 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import glob
 import importlib.metadata
 import json
-import os
-import re
-import socket
-import tempfile
 import zipfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -42,8 +37,9 @@ import numpy as np
 
 from kerasurgery import _plan, formats
 from kerasurgery._layout import KINDS, _present, _snake_case, kind_of
+from kerasurgery._atomic import atomic_path
 from kerasurgery._zipwrite import ZipWriter
-from kerasurgery.errors import KerasurgeryError, ModelFileError, PinError, one_line
+from kerasurgery.errors import KerasurgeryError, PinError, one_line
 from kerasurgery.pins import PER_ENTRY, SHARED, Axes
 
 _CONFIG = "config.json"
@@ -164,7 +160,7 @@ def freeze_file(source: Path, output: Path, pins: Mapping[str, Any], *, overwrit
                 "bias": int(np.count_nonzero(state["bias"].mask)) if "bias" in state else 0,
             }
 
-        with _atomic(output, overwrite) as target:
+        with atomic_path(output, overwrite) as target:
             # In the order the layers were selected, as `freeze` plans them.
             archive.write(target, {p: write_pinned for p in planner.paths}, planner.paths)
         rows = [archive.row(layer, counts.get(layer.path)) for layer in layers if layer.kind is not None]
@@ -194,7 +190,7 @@ def strip_file(source: Path, output: Path, *, overwrite: bool) -> Written:
             for i, weight in enumerate(layer.weights):
                 _copy_dataset(vars_in[weight], group, str(i))
 
-        with _atomic(output, overwrite) as target:
+        with atomic_path(output, overwrite) as target:
             archive.write(target, {layer.path: write_plain for layer in pinned},
                           [layer.path for layer in pinned])
         return Written(rows, archive.compiled)
@@ -694,97 +690,3 @@ def _join(*parts: str) -> str:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-# --- atomic write (as `saving.save_model`, which imports Keras) ----------------------
-
-
-@contextlib.contextmanager
-def _atomic(path: Path, overwrite: bool) -> Iterator[Path]:
-    """Yields a temporary path beside `path`; moves it over `path` when the block succeeds.
-
-    The same guarantees as `saving.save_model`: the file is flushed to disk
-    before `os.replace`, a replaced file keeps its permissions, and without
-    `overwrite` a file that appeared meanwhile is not replaced.
-    """
-    if path.exists() and not overwrite:
-        raise _exists(path)
-    folder = path.parent if str(path.parent) else Path(".")
-    _remove_stale_temporaries(path)
-    try:
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.{_owner_tag()}.", suffix=".tmp.keras", dir=folder)
-    except OSError as e:
-        raise ModelFileError(f"{path}: cannot write in {folder}: {e.strerror}.") from None
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.chmod(tmp, _mode_for(path))
-        _move(tmp, path, overwrite)
-    except BaseException as e:
-        tmp.unlink(missing_ok=True)
-        if isinstance(e, (OSError, RuntimeError, ValueError)) and not isinstance(e, KerasurgeryError):
-            raise ModelFileError(f"{path}: saving failed: {one_line(e)}") from None
-        raise
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def _exists(path: Path) -> ModelFileError:
-    return ModelFileError(f"{path}: already exists (pass overwrite=True to replace it).")
-
-
-def _move(tmp: Path, path: Path, overwrite: bool) -> None:
-    if overwrite:
-        os.replace(tmp, path)
-        return
-    try:
-        os.link(tmp, path)
-    except FileExistsError:
-        raise _exists(path) from None
-    except OSError:
-        if path.exists():
-            raise _exists(path) from None
-        os.replace(tmp, path)
-    else:
-        tmp.unlink()
-
-
-def _owner_tag() -> str:
-    host = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname()) or "host"
-    return f"{host}-{os.getpid()}"
-
-
-def _remove_stale_temporaries(path: Path) -> None:
-    host = _owner_tag().rsplit("-", 1)[0]
-    prefix = f".{path.name}.{host}-"
-    for stale in path.parent.glob(f"{glob.escape(prefix)}*.tmp.keras*"):
-        pid = stale.name[len(prefix):].split(".", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not _running(int(pid)):
-            with contextlib.suppress(OSError):
-                stale.unlink()
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
-
-
-def _mode_for(path: Path) -> int:
-    try:
-        return path.stat().st_mode & 0o7777
-    except FileNotFoundError:
-        mask = os.umask(0o022)
-        os.umask(mask)
-        return 0o666 & ~mask

@@ -222,11 +222,16 @@ def _pins_of(argv: list[str]) -> dict:
     return cli._pins_from_args(args)
 
 
-def _cli(argv: list[str], capsys) -> str:
-    """Runs the command line with --debug; returns the path line it printed."""
-    code = cli.main(["--debug", *argv])
-    err = capsys.readouterr().err
+def _cli(argv: list[str], capsys, document: dict | None = None) -> str:
+    """Runs the command line with --debug and --json; returns the path line it printed.
+
+    `document`, if given, receives the JSON document the command printed.
+    """
+    code = cli.main(["--debug", *argv[:1], "--json", *argv[1:]])
+    out, err = capsys.readouterr()
     assert code == 0, err
+    if document is not None:
+        document.update(json.loads(out))
     lines = [line for line in err.splitlines() if line.startswith("kerasurgery: ")]
     assert len(lines) == 1, err
     return lines[0]
@@ -279,13 +284,18 @@ def test_freeze_writes_what_the_library_writes(corpus, loaded, capsys, tmp_path)
     for number, (name, flags) in enumerate(FREEZE_CASES):
         flags = [flag.format(folder=folder) for flag in flags]
         offline = tmp_path / f"{number}.offline.keras"
-        line = _cli(["freeze", str(files[name]), "-o", str(offline), *flags], capsys)
+        document: dict = {}
+        line = _cli(["freeze", str(files[name]), "-o", str(offline), *flags], capsys, document)
         assert OFFLINE in line, (name, flags, line)
         if name not in loaded:
             loaded[name] = ks.load_model(files[name])
         library = tmp_path / f"{number}.library.keras"
-        ks.save_model(ks.freeze(loaded[name], _pins_of(["freeze", "x.keras", *flags])), library)
+        frozen = ks.freeze(loaded[name], _pins_of(["freeze", "x.keras", *flags]))
+        ks.save_model(frozen, library)
         assert_same_file(offline, library)
+        # The command reports what the Keras path reports.
+        assert document["layers"] == cli._dense_rows(frozen)
+        assert document["training_config"] == (name != "kinds")
         # Pins and effective weights as `inspect` reads them, to say it in numbers too.
         a, b = read_weights(offline), read_weights(library)
         assert a.keys() == b.keys()
@@ -408,3 +418,25 @@ def test_files_that_need_keras_take_the_keras_path(corpus, capsys, tmp_path):
         line = _cli(argv, capsys)
         assert KERAS_PATH in line and reason in line, line
     assert ks.load_model(tmp_path / "d.keras").get_layer("mha")._query_dense.pins().kernel is not None
+
+
+@pytest.mark.parametrize("optimizer", [
+    lambda: keras.optimizers.RMSprop(0.01, momentum=0.5, centered=True),
+    lambda: keras.optimizers.Adamax(),
+    lambda: keras.optimizers.Nadam(),
+    lambda: keras.optimizers.Adagrad(initial_accumulator_value=0.25),
+    lambda: keras.optimizers.Lion(),
+    lambda: keras.optimizers.Adam(amsgrad=True, use_ema=True),
+], ids=["rmsprop", "adamax", "nadam", "adagrad", "lion", "adam-ema"])
+def test_the_optimizer_state_is_reset_as_the_library_resets_it(optimizer, capsys, tmp_path):
+    keras.utils.set_random_seed(5)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="dense")])
+    model.compile(optimizer=optimizer(), loss="mse")
+    model.fit(np.ones((8, 4)), np.ones((8, 3)), verbose=0)
+    model.save(tmp_path / "in.keras")
+    line = _cli(["freeze", str(tmp_path / "in.keras"), "-o", str(tmp_path / "offline.keras"),
+                 "--fraction", "0.5", "--seed", "0"], capsys)
+    assert OFFLINE in line
+    frozen = ks.freeze(ks.load_model(tmp_path / "in.keras"), {"*": ks.rules.fraction(0.5, seed=0)})
+    ks.save_model(frozen, tmp_path / "library.keras")
+    assert_same_file(tmp_path / "offline.keras", tmp_path / "library.keras")
