@@ -186,9 +186,8 @@ def strip_file(source: Path, output: Path, *, overwrite: bool) -> Written:
         archive.assign_targets()
 
         def write_plain(layer: _Layer, group: h5py.Group) -> None:
-            vars_in = archive.vars(layer)
             for i, weight in enumerate(layer.weights):
-                _copy_dataset(vars_in[weight], group, str(i))
+                group.create_dataset(str(i), data=archive.effective(layer, weight)[0])
 
         with atomic_path(output, overwrite) as target:
             archive.write(target, {layer.path: write_plain for layer in pinned},
@@ -318,6 +317,15 @@ class _Archive:
             expected = {str(i) for i in range(len(layer.weights))}
         if stored != expected:
             raise NotOffline(f"layer {layer.path!r} stores {sorted(stored)}")
+        if layer.pinned:
+            vars_group = group["vars"]
+            for w in layer.weights:
+                shape = vars_group[w].shape
+                value = vars_group[f"{w}_pin_value"].shape
+                if vars_group[f"{w}_pin_mask"].shape != shape or value != (
+                    () if config["pin_storage"][w] == SHARED else shape
+                ):
+                    raise NotOffline(f"layer {layer.path!r}: the pins of `{w}` do not fit it")
         for key in stored:
             dataset = group["vars"][key]
             if not isinstance(dataset, h5py.Dataset) or "dtype" in dataset.attrs:
@@ -396,13 +404,20 @@ class _Archive:
     def plan_of(self, layer: _Layer) -> _plan.PinPlan:
         stored = self.vars(layer)
         if layer.pinned:
-            effective = {w: np.asarray(stored[w][()]) for w in layer.weights}
-            masks = {w: np.asarray(stored[f"{w}_pin_mask"][()]) for w in layer.weights}
-            for w in layer.weights:
-                if masks[w].shape != effective[w].shape:
-                    raise NotOffline(f"layer {layer.path!r}: `{w}_pin_mask` does not fit")
-            return _plan.PinPlan(effective, masks)
+            pinned = {w: self.effective(layer, w) for w in layer.weights}
+            return _plan.PinPlan({w: e for w, (e, _) in pinned.items()},
+                                 {w: m for w, (_, m) in pinned.items()})
         return _plan.PinPlan({w: np.asarray(stored[str(i)][()]) for i, w in enumerate(layer.weights)})
+
+    def effective(self, layer: _Layer, weight: str) -> tuple[np.ndarray, np.ndarray]:
+        """A pinned layer's effective weight and mask, as Keras loads them: `where(mask, value, stored)`."""
+        stored = self.vars(layer)
+        array = np.asarray(stored[weight][()])
+        mask = np.asarray(stored[f"{weight}_pin_mask"][()])
+        value = np.asarray(stored[f"{weight}_pin_value"][()])
+        if not np.all(np.isfinite(value)):
+            raise NotOffline(f"layer {layer.path!r}: `{weight}_pin_value` holds a non-finite value")
+        return np.where(mask, value.astype(array.dtype), array), mask
 
     def row(self, layer: _Layer, counts: dict[str, int] | None = None) -> dict[str, Any]:
         """The layer as `inspect --json` and `_dense_rows` list it (`counts`: its new pins)."""

@@ -13,13 +13,17 @@ need them, so the archive may exceed 4 GiB.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
+import functools
 import io
 import struct
 import time
 import zlib
 from collections.abc import Iterator
 from typing import Any, BinaryIO
+
+import numpy as np
 
 _LOCAL = struct.Struct("<4s5H3L2H")
 _CENTRAL = struct.Struct("<4s6H3L5H2L")
@@ -30,6 +34,7 @@ _LIMIT = 0xFFFFFFFF
 _UNIX = 3
 _MODE = 0o600 << 16  # as `zipfile.writestr` sets it
 _CHUNK = 16 << 20
+_LARGE = 1 << 20  # a write of this many bytes or more is hashed as it is written
 
 
 class ZipWriter:
@@ -64,15 +69,7 @@ class ZipWriter:
         window = _Window(self._f, start)
         yield window
         size = window.size
-        crc = 0
-        self._f.seek(start)
-        remaining = size
-        while remaining:
-            block = self._f.read(min(_CHUNK, remaining))
-            if not block:
-                raise OSError("the archive member was cut short while it was written")
-            crc = zlib.crc32(block, crc)
-            remaining -= len(block)
+        crc = window.crc()
         self._f.seek(offset + 14)
         self._f.write(struct.pack("<L", crc))
         self._f.seek(offset + _LOCAL.size + len(encoded) + 4)
@@ -108,10 +105,18 @@ class ZipWriter:
 
 
 class _Window(io.RawIOBase):
-    """The bytes from `start` to the end of a file open for writing, as a file of its own."""
+    """The bytes from `start` to the end of a file open for writing, as a file of its own.
+
+    It keeps the CRC-32 of each large write (HDF5 writes a dataset's data in
+    one call, once), so that `crc()` reads back only the rest: metadata, and
+    any large write that a later write overlapped. An all-zero write (a
+    fresh optimizer's slots) is not even hashed: the CRC of zeros is computed.
+    """
 
     def __init__(self, f: BinaryIO, start: int) -> None:
         self._f, self._start, self._pos, self.size = f, start, 0, 0
+        self._large: dict[int, tuple[int, int | None]] = {}  # offset -> (length, crc; None: zeros)
+        self._small: list[tuple[int, int]] = []  # (offset, length) of the other writes
 
     def readable(self) -> bool:
         return True
@@ -143,12 +148,51 @@ class _Window(io.RawIOBase):
     def write(self, data: Any) -> int:
         self._f.seek(self._start + self._pos)
         n = self._f.write(data)
+        if n >= _LARGE:
+            view = memoryview(data).cast("B")[:n]
+            words = np.frombuffer(view[: n - n % 8], np.uint64)
+            zeros = not words.any() and not any(view[n - n % 8:])
+            self._large[self._pos] = (n, None if zeros else zlib.crc32(view))
+        else:
+            self._small.append((self._pos, n))
         self._pos += n
         self.size = max(self.size, self._pos)
         return n
 
+    def crc(self) -> int:
+        """The CRC-32 of the window's bytes (`zlib.crc32` of all of them)."""
+        self._f.flush()
+        # Large writes that a later write overlapped are read back like the rest.
+        starts = sorted(self._large)
+        for offset, length in self._small:
+            i = bisect.bisect_right(starts, offset + length - 1) - 1
+            while i >= 0 and starts[i] + self._large[starts[i]][0] > offset:
+                self._large.pop(starts[i], None)
+                i -= 1
+        crc, position = 0, 0
+        for offset in sorted(self._large):
+            length, known = self._large[offset]
+            if offset < position or offset + length > self.size:
+                continue  # overlaps another large write: read back with the rest
+            crc = self._read_crc(crc, position, offset)
+            crc = _combine(crc, _zeros_crc(length) if known is None else known, length)
+            position = offset + length
+        return self._read_crc(crc, position, self.size)
+
+    def _read_crc(self, crc: int, start: int, end: int) -> int:
+        self._f.seek(self._start + start)
+        remaining = end - start
+        while remaining > 0:
+            block = self._f.read(min(_CHUNK, remaining))
+            if not block:
+                raise OSError("the archive member was cut short while it was written")
+            crc = zlib.crc32(block, crc)
+            remaining -= len(block)
+        return crc
+
     def truncate(self, size: int | None = None) -> int:
         size = self._pos if size is None else size
+        self._small.append((min(size, self.size), abs(size - self.size) + 1))
         if size < self.size:
             self._f.flush()
             self._f.truncate(self._start + size)
@@ -160,3 +204,54 @@ class _Window(io.RawIOBase):
 
     def flush(self) -> None:
         self._f.flush()
+
+
+# CRC-32 arithmetic (zlib's crc32_combine): appending n zero bytes to a
+# message is a linear map of its CRC register, the 2**k-byte maps are
+# squared from the one-bit map once, and n is applied by its binary digits.
+
+
+def _times(matrix: list[int], vector: int) -> int:
+    total, i = 0, 0
+    while vector:
+        if vector & 1:
+            total ^= matrix[i]
+        vector >>= 1
+        i += 1
+    return total
+
+
+@functools.lru_cache(maxsize=1)
+def _zero_byte_powers() -> list[list[int]]:
+    """`powers[k]`: the map of the CRC register for 2**k zero bytes."""
+    bit = [0xEDB88320] + [1 << n for n in range(31)]  # one zero bit
+    matrix = bit
+    for _ in range(3):  # 8 bits: one byte
+        matrix = [_times(matrix, row) for row in matrix]
+    powers = [matrix]
+    for _ in range(63):
+        matrix = [_times(matrix, row) for row in matrix]
+        powers.append(matrix)
+    return powers
+
+
+def _shift(crc: int, length: int) -> int:
+    """The register after `length` more zero bytes."""
+    powers = _zero_byte_powers()
+    k = 0
+    while length:
+        if length & 1:
+            crc = _times(powers[k], crc)
+        length >>= 1
+        k += 1
+    return crc
+
+
+def _combine(crc1: int, crc2: int, length2: int) -> int:
+    """`zlib.crc32(a + b)` from `crc32(a)`, `crc32(b)` and `len(b)`."""
+    return _shift(crc1, length2) ^ crc2
+
+
+def _zeros_crc(length: int) -> int:
+    """`zlib.crc32(bytes(length))`."""
+    return _shift(0xFFFFFFFF, length) ^ 0xFFFFFFFF
