@@ -30,7 +30,8 @@ _CENTRAL = struct.Struct("<4s6H3L5H2L")
 _END = struct.Struct("<4s4H2LH")
 _END64 = struct.Struct("<4sQ2H2L4Q")
 _LOCATOR64 = struct.Struct("<4sLQL")
-_LIMIT = 0xFFFFFFFF
+_LIMIT = 0xFFFFFFFF  # sizes and offsets from here on need ZIP64 records
+_MARK = 0xFFFFFFFF  # "see the ZIP64 record"
 _UNIX = 3
 _MODE = 0o600 << 16  # as `zipfile.writestr` sets it
 _CHUNK = 16 << 20
@@ -64,7 +65,7 @@ class ZipWriter:
         offset = self._f.tell()
         extra = struct.pack("<2H2Q", 1, 16, 0, 0)
         self._f.write(_LOCAL.pack(b"PK\x03\x04", 45, 0, 0, self._time, self._date, 0,
-                                  _LIMIT, _LIMIT, len(encoded), len(extra)) + encoded + extra)
+                                  _MARK, _MARK, len(encoded), len(extra)) + encoded + extra)
         start = self._f.tell()
         window = _Window(self._f, start)
         yield window
@@ -88,11 +89,11 @@ class ZipWriter:
                 fields.append(offset)
             extra = struct.pack(f"<2H{len(fields)}Q", 1, 8 * len(fields), *fields) if fields else b""
             version = 45 if fields else 20
-            stored_size = _LIMIT if size >= _LIMIT else size
+            stored_size = _MARK if size >= _LIMIT else size
             self._f.write(_CENTRAL.pack(
                 b"PK\x01\x02", version | (_UNIX << 8), version, 0, 0, self._time, self._date, crc,
                 stored_size, stored_size, len(name), len(extra), 0, 0, 0, _MODE,
-                min(offset, _LIMIT),
+                _MARK if offset >= _LIMIT else offset,
             ) + name + extra)
         end = self._f.tell()
         count, directory = len(self._members), end - start
@@ -100,8 +101,9 @@ class ZipWriter:
             self._f.write(_END64.pack(b"PK\x06\x06", _END64.size - 12, 45, 45, 0, 0,
                                       count, count, directory, start))
             self._f.write(_LOCATOR64.pack(b"PK\x06\x07", 0, end, 1))
+        zip64 = start >= _LIMIT or directory >= _LIMIT
         self._f.write(_END.pack(b"PK\x05\x06", 0, 0, min(count, 0xFFFF), min(count, 0xFFFF),
-                                min(directory, _LIMIT), min(start, _LIMIT), 0))
+                                _MARK if zip64 else directory, _MARK if zip64 else start, 0))
 
 
 class _Window(io.RawIOBase):
