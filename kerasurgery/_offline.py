@@ -466,6 +466,7 @@ class _Archive:
                 archive.add(_METADATA, self.metadata)
             # HDF5 writes the weights in place: the model's bytes are written once.
             with archive.member(_WEIGHTS) as member, h5py.File(member, "w") as out:
+                self._member = member
                 pending: dict[str, tuple[_Layer, h5py.Group]] = {}
                 self._copy(self.h5, out, "", by_source, pending, set(rewrite))
                 for path in order:
@@ -504,7 +505,7 @@ class _Archive:
                 self._copy(node, target.create_group(key), child_path, by_source, pending, rewrite)
         if path == "optimizer/vars":
             for i, slot in enumerate(self.new_slots, start=len(source)):
-                target.create_dataset(str(i), data=slot)
+                _zeros(target, str(i), slot.shape, slot.dtype, self._member)
 
     def _fresh_optimizer_variable(self, dataset: h5py.Dataset, key: str, target: h5py.Group) -> None:
         """A variable of the optimizer as `compile` builds it afresh (the Keras path recompiles)."""
@@ -522,10 +523,13 @@ class _Archive:
             start = config.get("initial_accumulator_value", 0.1)
             value = np.full(dataset.shape, start, dataset.dtype)
         else:
-            value = np.zeros(dataset.shape, dataset.dtype)
+            value = None  # zeros
         if dataset.dtype.kind not in "fiu":
             raise NotOffline("the optimizer stores a variable of an unexpected type")
-        target.create_dataset(key, data=value)
+        if value is None:
+            _zeros(target, key, dataset.shape, dataset.dtype, self._member)
+        else:
+            target.create_dataset(key, data=value)
 
 
 # --- config rewrites -----------------------------------------------------------
@@ -679,6 +683,24 @@ def _count_true(dataset: h5py.Dataset) -> int:
         return int(bool(dataset[()]))
     step = max(1, (1 << 24) // max(1, dataset.size // max(1, dataset.shape[0])))
     return sum(int(np.count_nonzero(dataset[i:i + step])) for i in range(0, dataset.shape[0], step))
+
+
+def _zeros(group: h5py.Group, name: str, shape: tuple, dtype: Any, member: Any) -> None:
+    """A dataset of zeros (a fresh optimizer slot) whose bytes are not written.
+
+    Its space is allocated at once and never filled: a hole in the new file,
+    which reads as zeros (and is hashed as zeros), unless the space was
+    written before, when the zeros are written.
+    """
+    space = h5py.h5s.create_simple(shape) if shape else h5py.h5s.create(h5py.h5s.SCALAR)
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_alloc_time(h5py.h5d.ALLOC_TIME_EARLY)
+    dcpl.set_fill_time(h5py.h5d.FILL_TIME_NEVER)
+    dataset = h5py.h5d.create(group.id, name.encode(), h5py.h5t.py_create(np.dtype(dtype)), space, dcpl=dcpl)
+    offset, size = dataset.get_offset(), dataset.get_storage_size()
+    if offset is None or not member.unwritten(offset, size):
+        zeros = np.zeros(shape, dtype)
+        dataset.write(h5py.h5s.ALL, h5py.h5s.ALL, zeros)
 
 
 def _copy_attrs(source: Any, target: Any) -> None:

@@ -161,6 +161,21 @@ class _Window(io.RawIOBase):
         self.size = max(self.size, self._pos)
         return n
 
+    def unwritten(self, offset: int, length: int) -> bool:
+        """Whether no byte of `[offset, offset + length)` was written; if so, it is taken as zeros.
+
+        A region never written reads as zeros (a hole in the new file), and
+        its CRC-32 is computed rather than read, unless a later write lands in it.
+        """
+        end = offset + length
+        written = [(o, n) for o, (n, _) in self._large.items()] + self._small
+        if any(o < end and offset < o + n for o, n in written):
+            return False
+        if length >= _LARGE:
+            self._large[offset] = (length, None)
+        self.size = max(self.size, end)
+        return True
+
     def crc(self) -> int:
         """The CRC-32 of the window's bytes (`zlib.crc32` of all of them)."""
         self._f.flush()

@@ -69,3 +69,17 @@ def test_archive_reads_back_with_zipfile_and_h5py(tmp_path, monkeypatch, limit):
         with h5py.File(io.BytesIO(z.read("model.weights.h5")), "r") as h5:
             assert np.array_equal(h5["w"][()], weights) and not h5["z"][()].any()
     assert os.path.getsize(path) > weights.nbytes
+
+
+def test_unwritten_regions_read_and_hash_as_zeros(tmp_path):
+    with open(tmp_path / "f", "w+b") as f:
+        window = _zipwrite._Window(f, 0)
+        window.write(b"x" * 10)
+        assert not window.unwritten(5, 2 << 20)  # overlaps the write: zeros must be written
+        assert window.unwritten(10, 2 << 20)  # left as a hole
+        window.seek(10 + (2 << 20))
+        window.write(b"y" * 5)
+        expected = b"x" * 10 + bytes(2 << 20) + b"y" * 5
+        assert window.crc() == zlib.crc32(expected)
+        f.seek(0)
+        assert f.read() == expected
