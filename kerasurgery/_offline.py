@@ -38,8 +38,8 @@ import numpy as np
 from kerasurgery import _plan, formats
 from kerasurgery._layout import KINDS, _present, _snake_case, kind_of
 from kerasurgery._atomic import atomic_path
-from kerasurgery._zipwrite import ZipWriter
-from kerasurgery.errors import KerasurgeryError, PinError, one_line
+from kerasurgery._zipwrite import CheckedMember, ZipWriter, member_start
+from kerasurgery.errors import KerasurgeryError, ModelFileError, PinError, one_line
 from kerasurgery.pins import PER_ENTRY, SHARED, Axes
 
 _CONFIG = "config.json"
@@ -205,6 +205,7 @@ class _Archive:
         self.path = path
         self._stack = contextlib.ExitStack()
         self.new_slots: list[np.ndarray] = []
+        self.member: CheckedMember | None = None
 
     def __enter__(self) -> _Archive:
         try:
@@ -224,7 +225,14 @@ class _Archive:
         self._stack.close()
 
     def _open(self) -> None:
-        opened = self._stack.enter_context(formats.open_model_file(self.path, formats.KERAS))
+        with zipfile.ZipFile(self.path) as archive:
+            info = archive.getinfo(_WEIGHTS) if _WEIGHTS in archive.namelist() else None
+        start = None
+        if info is not None and info.compress_type == zipfile.ZIP_STORED and not info.flag_bits & 1:
+            start = member_start(self.path, info.header_offset)
+        # The weights' CRC is checked from the reads that copy them (`verify`),
+        # not by a pass of its own; the other members' when they are read.
+        opened = self._opened(check_crc=start is None)
         extra = sorted(set(opened.members) - set(_MEMBERS))
         if extra:
             raise NotOffline(f"the archive holds {extra[0]!r}")
@@ -236,6 +244,11 @@ class _Archive:
             with zipfile.ZipFile(self.path) as archive:
                 self.metadata = archive.read(_METADATA)
         self.h5 = opened.weights
+        if start is not None:
+            self.member = self._stack.enter_context(
+                contextlib.closing(CheckedMember(self.path, start, info.file_size, info.CRC))
+            )
+            self.h5 = self._stack.enter_context(h5py.File(self.member, "r"))
         self.config = copy.deepcopy(opened.config)
         _drop_policy_sharing(self.config)
         self.model_name = str(self.config.get("config", {}).get("name", ""))
@@ -243,6 +256,24 @@ class _Archive:
         self._models: list[tuple[str, list[_Layer]]] = []  # (group, layers in container order)
         self._walk(self.config, "", "", 0)
         self.compiled = self._check_training()
+
+    def _opened(self, *, check_crc: bool) -> formats.ModelFile:
+        """The checked container; a file the checks refuse gets the error the CRC check gives first."""
+        try:
+            return self._stack.enter_context(formats.open_model_file(self.path, formats.KERAS, check_crc=check_crc))
+        except KerasurgeryError:
+            if not check_crc:
+                with formats.open_model_file(self.path, formats.KERAS, check_crc=True):
+                    pass
+            raise
+
+    def verify(self) -> None:
+        """Refuses the input, as the Keras path does before loading it, if its weights' CRC-32 is wrong."""
+        if self.member is not None and not self.member.verify():
+            raise ModelFileError(
+                f"{self.path}: is a damaged archive: the checksum of {_WEIGHTS!r} "
+                "does not match its contents."
+            )
 
     # The model tree, as Keras' saver lays it out.
 
@@ -459,6 +490,14 @@ class _Archive:
         writes the variables of the layers at `rewrite`'s paths, in `order`.
         The config is written last: the writers complete it.
         """
+        try:
+            self._write(target, rewrite, order)
+        except Exception:
+            self.verify()  # a damaged input is the error to report
+            raise
+        self.verify()
+
+    def _write(self, target: Path, rewrite: dict[str, Any], order: list[str]) -> None:
         by_source = {layer.source: layer for layer in self.layers}
         with open(target, "w+b") as f:
             archive = ZipWriter(f)

@@ -223,6 +223,85 @@ class _Window(io.RawIOBase):
         self._f.flush()
 
 
+class CheckedMember(io.RawIOBase):
+    """A stored (uncompressed) archive member read in place, its CRC-32 checked from the reads.
+
+    Checking a member's CRC first (`ZipFile.testzip`) reads the whole
+    member once more before HDF5 reads it; here each large read is hashed as
+    it is read and `verify()` reads back only what HDF5 did not read in
+    large blocks.
+    """
+
+    def __init__(self, path: Any, start: int, size: int, expected: int) -> None:
+        self._f = open(path, "rb")  # noqa: SIM115  (closed with the member)
+        self._start, self.size, self._pos, self._expected = start, size, 0, expected
+        self._read: dict[int, tuple[int, int]] = {}  # offset -> (length, crc)
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, buffer: Any) -> int:
+        n = max(0, min(len(buffer), self.size - self._pos))
+        if n == 0:
+            return 0
+        self._f.seek(self._start + self._pos)
+        view = memoryview(buffer).cast("B")[:n]
+        got = self._f.readinto(view) or 0
+        if got >= _LARGE and self._pos not in self._read:
+            self._read[self._pos] = (got, zlib.crc32(view[:got]))
+        self._pos += got
+        return got
+
+    def verify(self) -> bool:
+        """Whether the member's bytes have the CRC-32 the archive records for them."""
+        crc, position = 0, 0
+        for offset in sorted(self._read):
+            length, known = self._read[offset]
+            if offset < position:
+                continue  # overlaps a block already counted: read back with the rest
+            crc = self._crc_of(crc, position, offset)
+            crc = _combine(crc, known, length)
+            position = offset + length
+        return self._crc_of(crc, position, self.size) == self._expected
+
+    def _crc_of(self, crc: int, start: int, end: int) -> int:
+        self._f.seek(self._start + start)
+        remaining = end - start
+        while remaining > 0:
+            block = self._f.read(min(_CHUNK, remaining))
+            if not block:
+                return -1  # cut short: cannot match
+            crc = zlib.crc32(block, crc)
+            remaining -= len(block)
+        return crc
+
+    def close(self) -> None:
+        self._f.close()
+        super().close()
+
+
+def member_start(path: Any, header_offset: int) -> int | None:
+    """Where a member's data starts, from its local header; `None` if the header is not one."""
+    with open(path, "rb") as f:
+        f.seek(header_offset)
+        header = f.read(_LOCAL.size)
+    if len(header) != _LOCAL.size or header[:4] != b"PK\x03\x04":
+        return None
+    fields = _LOCAL.unpack(header)
+    return header_offset + _LOCAL.size + fields[9] + fields[10]
+
+
 # CRC-32 arithmetic (zlib's crc32_combine): appending n zero bytes to a
 # message is a linear map of its CRC register, the 2**k-byte maps are
 # squared from the one-bit map once, and n is applied by its binary digits.

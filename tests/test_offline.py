@@ -335,6 +335,20 @@ def test_offline_errors_are_the_library_errors(corpus, capsys, tmp_path):
     assert "not a multiple of m=3" in " ".join(capsys.readouterr().err.split())
     assert cli.main(["strip", str(files["mlp"]), "-o", str(out)]) == 1
     assert "nothing to strip" in capsys.readouterr().err
+    # A flipped byte in the weights: the checksum error the Keras path gives before loading.
+    with zipfile.ZipFile(files["kinds"]) as archive:
+        info = archive.getinfo("model.weights.h5")
+    data = bytearray(files["kinds"].read_bytes())
+    start = info.header_offset + 30 + int.from_bytes(data[info.header_offset + 26:info.header_offset + 28], "little") \
+        + int.from_bytes(data[info.header_offset + 28:info.header_offset + 30], "little")
+    for where in (start + info.file_size // 2, start + info.file_size - 100):
+        damaged = tmp_path.parent / f"damaged-{where}.keras"
+        flipped = bytearray(data)
+        flipped[where] ^= 0x40
+        damaged.write_bytes(bytes(flipped))
+        assert cli.main(["freeze", str(damaged), "-o", str(out)]) == 1
+        err = " ".join(capsys.readouterr().err.split())
+        assert "is a damaged archive: the checksum of 'model.weights.h5' does not match its contents." in err, err
     assert not out.exists()
     assert list(tmp_path.iterdir()) == []  # no temporary file left
 
