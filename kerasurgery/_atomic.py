@@ -1,13 +1,16 @@
-"""Writing a file atomically without Keras: a temporary file beside the target, fsync, `os.replace`.
+"""Writing a file atomically: a temporary file beside the target, fsync, `os.replace`.
 
-The same guarantees as `saving.save_model` (which needs Keras to write the
-model itself), for writers that produce the file's bytes on their own (the
-offline `freeze` / `strip`): a failed or interrupted write leaves any earlier
-file at the target as it was, a reader never sees half a file, a replaced
-file keeps its permissions, and without `overwrite` a file that appears at
-the target meanwhile is not replaced. Temporary files are named as
-`save_model` names them (`.<name>.<host>-<pid>.<random>.tmp.keras`), so
-either removes the other's leftovers of a killed process.
+One implementation for every writer: `saving.save_model` (Keras writes the
+model into the temporary) and the offline `freeze` / `strip` (which write the
+bytes themselves). A failed or interrupted write leaves any earlier file at
+the target as it was, a reader never sees half a file, a replaced file keeps
+its permissions, and without `overwrite` a file that appears at the target
+meanwhile is not replaced. SIGINT, SIGTERM and SIGHUP are held from the
+temporary's creation until its cleanup is armed, so a signal at any moment
+leaves nothing behind. Temporary files are named
+`.<name>.<host>-<pid>.<random>.tmp<suffix>`, so a later write to the same
+target removes the leftovers of a killed process. Needs the standard library
+only.
 """
 
 from __future__ import annotations
@@ -16,81 +19,122 @@ import contextlib
 import glob
 import os
 import re
+import secrets
+import signal
 import socket
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from kerasurgery.errors import KerasurgeryError, ModelFileError, one_line
 
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+_HELD_SIGNALS = {getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP")
+                 if hasattr(signal, name)}
 
 
 @contextlib.contextmanager
-def atomic_path(path: Path, overwrite: bool) -> Iterator[Path]:
+def atomic_path(
+    path: Path,
+    overwrite: bool,
+    suffix: str = ".tmp.keras",
+    wrapped: tuple[type[BaseException], ...] = (OSError, RuntimeError, ValueError),
+) -> Iterator[Path]:
     """Yields a temporary path beside `path`; moves it over `path` when the block succeeds.
 
-    The same guarantees as `saving.save_model`: the file is flushed to disk
-    before `os.replace`, a replaced file keeps its permissions, and without
-    `overwrite` a file that appeared meanwhile is not replaced.
+    Args:
+        path: The target.
+        overwrite: Replace an existing target.
+        suffix: The temporary's suffix (Keras picks a format by it).
+        wrapped: Errors of the block reported as a failed save
+            (`ModelFileError`); others (and `KerasurgeryError`s) pass as they are.
+
+    Raises:
+        ModelFileError: the target exists without `overwrite`, the folder is
+            missing or unwritable, or writing failed (with the cause).
     """
-    if path.exists() and not overwrite:
-        raise _exists(path)
+    path = Path(path)
+    if os.path.lexists(path) and not overwrite:
+        raise exists_error(path)
     folder = path.parent if str(path.parent) else Path(".")
-    _remove_stale_temporaries(path)
+    if not folder.is_dir():
+        raise ModelFileError(f"{path}: the folder {folder} does not exist.")
+    _remove_stale_temporaries(path, suffix)
+    tmp = folder / f".{path.name}.{_owner_tag()}.{secrets.token_hex(6)}{suffix}"
+    # Blocking signals holds them for this thread only: another thread
+    # (TensorFlow's) can take one, and Python then raises it here at once. So
+    # the temporary is created inside the `try` that removes it, under a name
+    # known before it exists: no moment leaves it behind.
+    held = _hold_signals()
+    ours = True
     try:
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.{_owner_tag()}.", suffix=".tmp.keras", dir=folder)
-    except OSError as e:
-        raise ModelFileError(f"{path}: cannot write in {folder}: {e.strerror}.") from None
-    os.close(fd)
-    tmp = Path(name)
-    try:
+        try:
+            fd = os.open(tmp, _CREATE, 0o600)
+        except OSError as e:
+            ours = False  # nothing was created, or the name was taken
+            raise ModelFileError(f"{path}: cannot write in {folder}: {e.strerror}.") from None
+        finally:
+            _release_signals(held)  # one that waited is raised here, and cleaned up below
+        os.close(fd)
         yield tmp
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        _fsync(tmp)
         os.chmod(tmp, _mode_for(path))
         _move(tmp, path, overwrite)
     except BaseException as e:
-        tmp.unlink(missing_ok=True)
-        if isinstance(e, (OSError, RuntimeError, ValueError)) and not isinstance(e, KerasurgeryError):
+        if ours:
+            tmp.unlink(missing_ok=True)
+        if isinstance(e, wrapped) and not isinstance(e, KerasurgeryError):
             raise ModelFileError(f"{path}: saving failed: {one_line(e)}") from None
         raise
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    _fsync_folder(folder)
 
 
-def _exists(path: Path) -> ModelFileError:
+def exists_error(path: Path) -> ModelFileError:
     return ModelFileError(f"{path}: already exists (pass overwrite=True to replace it).")
 
 
+def _hold_signals() -> Any:
+    """Blocks SIGINT, SIGTERM and SIGHUP for this thread; returns the old mask."""
+    if not hasattr(signal, "pthread_sigmask"):
+        return None
+    return signal.pthread_sigmask(signal.SIG_BLOCK, _HELD_SIGNALS)
+
+
+def _release_signals(held: Any) -> None:
+    if held is not None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
 def _move(tmp: Path, path: Path, overwrite: bool) -> None:
+    """Puts `tmp` at `path` in one step; without `overwrite`, only if `path` is free."""
     if overwrite:
         os.replace(tmp, path)
         return
     try:
+        # A hard link fails if `path` exists, which `os.replace` cannot do:
+        # a file created since the check above is not overwritten.
         os.link(tmp, path)
     except FileExistsError:
-        raise _exists(path) from None
-    except OSError:
-        if path.exists():
-            raise _exists(path) from None
+        raise exists_error(path) from None
+    except OSError:  # No hard links on this filesystem (FAT, some network mounts).
+        if os.path.lexists(path):
+            raise exists_error(path) from None
         os.replace(tmp, path)
     else:
         tmp.unlink()
 
 
 def _owner_tag() -> str:
+    """`<host>-<pid>`: tells later saves whose temporary file this is."""
     host = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname()) or "host"
     return f"{host}-{os.getpid()}"
 
 
-def _remove_stale_temporaries(path: Path) -> None:
+def _remove_stale_temporaries(path: Path, suffix: str) -> None:
+    """Removes temporary files of earlier writes to `path` killed on this host."""
     host = _owner_tag().rsplit("-", 1)[0]
     prefix = f".{path.name}.{host}-"
-    for stale in path.parent.glob(f"{glob.escape(prefix)}*.tmp.keras*"):
+    for stale in path.parent.glob(f"{glob.escape(prefix)}*{suffix}"):
         pid = stale.name[len(prefix):].split(".", 1)[0]
         if pid.isdigit() and int(pid) != os.getpid() and not _running(int(pid)):
             with contextlib.suppress(OSError):
@@ -102,15 +146,42 @@ def _running(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except OSError:
+    except OSError:  # It exists, but belongs to another user.
         return True
     return True
 
 
 def _mode_for(path: Path) -> int:
+    """Permissions for the new file: those of the file it replaces, else umask's."""
     try:
         return path.stat().st_mode & 0o7777
     except FileNotFoundError:
-        mask = os.umask(0o022)
-        os.umask(mask)
-        return 0o666 & ~mask
+        return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    # Read, not set: os.umask would change it for every thread for a moment.
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_folder(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)

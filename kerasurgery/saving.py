@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import glob
 import logging
 import os
 import re
-import signal
-import socket
 import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from kerasurgery import _compat  # noqa: F401  (refuses an unsupported Keras first)
 
@@ -21,7 +17,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from kerasurgery import _pin_record
+from kerasurgery import _atomic, _pin_record
 from kerasurgery import layers as _layers  # also registers the pinned layers with Keras
 from kerasurgery import pins as _pins
 from kerasurgery.errors import KerasurgeryError, ModelFileError, one_line
@@ -397,58 +393,20 @@ def save_model(
     if path.is_dir():
         raise ModelFileError(f"{path}: is a folder, not a model file.")
     if os.path.lexists(path) and not overwrite:  # a dangling symlink too
-        raise _exists(path)
+        raise _atomic.exists_error(path)
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise ModelFileError(f"{path}: the folder {folder} does not exist.")
-    _remove_stale_temporaries(path)
     # Before the temporary exists: it takes a while for large layers, and a
     # signal (Ctrl-C, SIGTERM) during it must leave nothing behind.
     record = _record_of(model, path)
-    # A signal that came between the temporary's creation and the `try`
-    # below would leave it behind: signals wait until the `try` has begun.
-    held = _hold_signals()
-    try:
-        fd, tmp_name = tempfile.mkstemp(
-            prefix=f".{path.name}.{_owner_tag()}.", suffix=_temp_suffix(path), dir=folder
-        )
-    except OSError as e:
-        _release_signals(held)
-        raise ModelFileError(f"{path}: cannot write in {folder}: {e.strerror}.") from None
-    tmp = Path(tmp_name)
-    try:
-        _release_signals(held)  # one that waited is raised here, and cleaned up below
-        os.close(fd)
+    # Keras raises all kinds of errors while saving: each is a failed save.
+    with _atomic.atomic_path(path, overwrite, _temp_suffix(path), wrapped=(Exception,)) as tmp:
         with _quiet():  # Keras calls .h5 "legacy" on every save.
             model.save(tmp, overwrite=True)
         if record:
             _pin_record.append(tmp, record)
-        _fsync(tmp)
-        os.chmod(tmp, _mode_for(path))
-        _move(tmp, path, overwrite)
-    except BaseException as e:
-        tmp.unlink(missing_ok=True)
-        if isinstance(e, Exception) and not isinstance(e, KerasurgeryError):
-            raise ModelFileError(f"{path}: saving failed: {one_line(e)}") from None
-        raise
-    _fsync_folder(folder)
     return path
-
-
-_HELD_SIGNALS = {getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP")
-                 if hasattr(signal, name)}
-
-
-def _hold_signals() -> Any:
-    """Blocks SIGINT, SIGTERM and SIGHUP for this thread; returns the old mask."""
-    if not hasattr(signal, "pthread_sigmask"):
-        return None
-    return signal.pthread_sigmask(signal.SIG_BLOCK, _HELD_SIGNALS)
-
-
-def _release_signals(held: Any) -> None:
-    if held is not None:
-        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 def _record_of(model: keras.Model, path: Path) -> list[_pin_record.RecordEntry]:
@@ -480,92 +438,11 @@ def _record_of(model: keras.Model, path: Path) -> list[_pin_record.RecordEntry]:
     return entries
 
 
-def _exists(path: Path) -> ModelFileError:
-    return ModelFileError(f"{path}: already exists (pass overwrite=True to replace it).")
 
 
-def _move(tmp: Path, path: Path, overwrite: bool) -> None:
-    """Puts `tmp` at `path` in one step; without `overwrite`, only if `path` is free."""
-    if overwrite:
-        os.replace(tmp, path)
-        return
-    try:
-        # A hard link fails if `path` exists, which `os.replace` cannot do:
-        # a file created since the check above is not overwritten.
-        os.link(tmp, path)
-    except FileExistsError:
-        raise _exists(path) from None
-    except OSError:  # No hard links on this filesystem (FAT, some network mounts).
-        if os.path.lexists(path):
-            raise _exists(path) from None
-        os.replace(tmp, path)
-    else:
-        tmp.unlink()
 
 
 def _temp_suffix(path: Path) -> str:
     """`.tmp.keras` or `.tmp.h5`: Keras accepts only these lower-case suffixes,
     while the target may be spelled `MODEL.KERAS` or `model.hdf5`."""
     return ".tmp.keras" if format_for_suffix(path) == KERAS else ".tmp.h5"
-
-
-def _owner_tag() -> str:
-    """`<host>-<pid>`: tells later saves whose temporary file this is."""
-    host = re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname()) or "host"
-    return f"{host}-{os.getpid()}"
-
-
-def _remove_stale_temporaries(path: Path) -> None:
-    """Removes temporary files of earlier saves to `path` killed on this host."""
-    host = _owner_tag().rsplit("-", 1)[0]
-    prefix = f".{path.name}.{host}-"
-    for stale in path.parent.glob(f"{glob.escape(prefix)}*{_temp_suffix(path)}"):
-        pid = stale.name[len(prefix):].split(".", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not _running(int(pid)):
-            with contextlib.suppress(OSError):
-                stale.unlink()
-
-
-def _running(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # It exists, but belongs to another user.
-        return True
-    return True
-
-
-def _mode_for(path: Path) -> int:
-    """Permissions for the new file: those of the file it replaces, else umask's."""
-    try:
-        return path.stat().st_mode & 0o7777
-    except FileNotFoundError:
-        return 0o666 & ~_umask()
-
-
-def _umask() -> int:
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except OSError:
-        pass
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _fsync(path: Path) -> None:
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
-
-
-def _fsync_folder(folder: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
