@@ -52,11 +52,15 @@ def open_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) -> 
     return _Window(raw, start, info.file_size)
 
 
-class _Window(io.RawIOBase):
-    """Bytes `[start, start + size)` of an open file, as a read-only file."""
+class FileRegion(io.RawIOBase):
+    """Bytes `[start, start + size)` of an open file, as a seekable file.
 
-    def __init__(self, raw: io.BufferedReader, start: int, size: int) -> None:
-        self._raw, self._start, self._size, self._pos = raw, start, size, 0
+    The one window the readers (a zip member read in place) and the offline
+    writer (a member written in place, or checked while it is copied) share.
+    """
+
+    def __init__(self, f: Any, start: int, size: int) -> None:
+        self._f, self._start, self.size, self._pos = f, start, size, 0
 
     def readable(self) -> bool:
         return True
@@ -68,20 +72,24 @@ class _Window(io.RawIOBase):
         return self._pos
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
         self._pos = max(0, base + offset)
         return self._pos
 
     def readinto(self, buffer: Any) -> int:
-        n = max(0, min(len(buffer), self._size - self._pos))
+        n = max(0, min(len(buffer), self.size - self._pos))
         if n == 0:
             return 0
-        self._raw.seek(self._start + self._pos)
+        self._f.seek(self._start + self._pos)
         # Straight into the caller's buffer: no copy of a weight-sized block.
-        got = self._raw.readinto(memoryview(buffer).cast("B")[:n]) or 0
+        got = self._f.readinto(memoryview(buffer).cast("B")[:n]) or 0
         self._pos += got
         return got
 
+
+class _Window(FileRegion):
+    """A zip member stored in place, read-only; closing it closes the file."""
+
     def close(self) -> None:
-        self._raw.close()
+        self._f.close()
         super().close()

@@ -25,6 +25,8 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from kerasurgery._zipwindow import FileRegion
+
 _LOCAL = struct.Struct("<4s5H3L2H")
 _CENTRAL = struct.Struct("<4s6H3L5H2L")
 _END = struct.Struct("<4s4H2LH")
@@ -106,7 +108,7 @@ class ZipWriter:
                                 _MARK if zip64 else directory, _MARK if zip64 else start, 0))
 
 
-class _Window(io.RawIOBase):
+class _Window(FileRegion):
     """The bytes from `start` to the end of a file open for writing, as a file of its own.
 
     It keeps the CRC-32 of each large write (HDF5 writes a dataset's data in
@@ -116,36 +118,12 @@ class _Window(io.RawIOBase):
     """
 
     def __init__(self, f: BinaryIO, start: int) -> None:
-        self._f, self._start, self._pos, self.size = f, start, 0, 0
+        super().__init__(f, start, 0)
         self._large: dict[int, tuple[int, int | None]] = {}  # offset -> (length, crc; None: zeros)
         self._small: list[tuple[int, int]] = []  # (offset, length) of the other writes
 
-    def readable(self) -> bool:
-        return True
-
     def writable(self) -> bool:
         return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
-
-    def readinto(self, buffer: Any) -> int:
-        n = max(0, min(len(buffer), self.size - self._pos))
-        if n == 0:
-            return 0
-        self._f.seek(self._start + self._pos)
-        data = self._f.read(n)
-        buffer[: len(data)] = data
-        self._pos += len(data)
-        return len(data)
 
     def write(self, data: Any) -> int:
         self._f.seek(self._start + self._pos)
@@ -223,7 +201,7 @@ class _Window(io.RawIOBase):
         self._f.flush()
 
 
-class CheckedMember(io.RawIOBase):
+class CheckedMember(FileRegion):
     """A stored (uncompressed) archive member read in place, its CRC-32 checked from the reads.
 
     Checking a member's CRC first (`ZipFile.testzip`) reads the whole
@@ -233,34 +211,15 @@ class CheckedMember(io.RawIOBase):
     """
 
     def __init__(self, path: Any, start: int, size: int, expected: int) -> None:
-        self._f = open(path, "rb")  # noqa: SIM115  (closed with the member)
-        self._start, self.size, self._pos, self._expected = start, size, 0, expected
+        super().__init__(open(path, "rb"), start, size)  # noqa: SIM115  (closed with the member)
+        self._expected = expected
         self._read: dict[int, tuple[int, int]] = {}  # offset -> (length, crc)
 
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
-
     def readinto(self, buffer: Any) -> int:
-        n = max(0, min(len(buffer), self.size - self._pos))
-        if n == 0:
-            return 0
-        self._f.seek(self._start + self._pos)
-        view = memoryview(buffer).cast("B")[:n]
-        got = self._f.readinto(view) or 0
-        if got >= _LARGE and self._pos not in self._read:
-            self._read[self._pos] = (got, zlib.crc32(view[:got]))
-        self._pos += got
+        position = self._pos
+        got = super().readinto(buffer)
+        if got >= _LARGE and position not in self._read:
+            self._read[position] = (got, zlib.crc32(memoryview(buffer).cast("B")[:got]))
         return got
 
     def verify(self) -> bool:
