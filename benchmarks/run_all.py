@@ -31,6 +31,7 @@ FULL = {
     "step_models": {"--steps": "2", "--rounds": "10"},
     "pruning": {"--rounds": "10", "--fit-steps": "300", "--fit-rounds": "4"},
     "freeze": {"--width": "4096", "--rounds": "3"},
+    "clone": {"--widths": "1024,4096", "--rounds": "5"},
     "startup": {"--rounds": "7", "--large-width": "4096"},
     "scaling": {"--freeze-widths": "2048,2896,4096", "--freeze-rounds": "3",
                 "--step-widths": "512,1024,2048", "--step-rounds": "10"},
@@ -40,6 +41,7 @@ QUICK = {
     "step_models": {"--steps": "1", "--rounds": "2"},
     "pruning": {"--rounds": "2", "--fit-steps": "100", "--frequency": "50", "--fit-rounds": "1"},
     "freeze": {"--width": "2048", "--rounds": "1"},
+    "clone": {"--widths": "512", "--rounds": "1"},
     "startup": {"--rounds": "2", "--large-width": "0"},
     "scaling": {"--freeze-widths": "1024,1448,2048", "--freeze-rounds": "1",
                 "--step-widths": "256,512,1024", "--step-rounds": "3"},
@@ -101,6 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     results["pruning"] = run("bench_pruning.py", plan["pruning"])
     results["freeze"] = run("bench_freeze.py", {**plan["freeze"], "--profile": None}, work)
+    results["clone"] = run("bench_clone.py", plan["clone"])
     results["startup"] = run("bench_startup.py", plan["startup"], work)
     results["scaling"] = run("bench_scaling.py", plan["scaling"], work)
     results["elapsed_s"] = time.perf_counter() - started
@@ -208,6 +211,18 @@ def render(res: dict) -> str:
         f"| `freeze` {f['params'] / 1e6:.1f}M-parameter .keras, whole process ({ours}) vs load + save | "
         f"{f['s']['baseline']['median']:.2f} s | {f['s'][ours]['median']:.2f} s | {_r(f['ratio'][ours])} | <= 1.2 | "
         f"{_yes(f['ratio'][ours]['median'] <= 1.2)} |")
+    for c in (res.get("clone") or {}).get("sizes", []):
+        base = c["summary"]["baseline"]
+        for variant in ("zeros", "fraction"):
+            if variant in c["ratio"]:
+                r, ours = c["ratio"][variant], c["summary"][variant]
+                lines.append(
+                    f"| library `freeze` ({variant}) of a {c['params'] / 1e6:.1f}M-parameter model in memory vs "
+                    f"`clone_model` + `set_weights`, first call: time | {base['cold_s']['median']:.3f} s | "
+                    f"{ours['cold_s']['median']:.3f} s | {_r(r['cold_s'])} | - | - |")
+                lines.append(
+                    f"| the same, peak memory increase | {base['peak_increase_bytes']['median'] / 1e6:.0f} MB | "
+                    f"{ours['peak_increase_bytes']['median'] / 1e6:.0f} MB | {_r(r['peak_increase_bytes'])} | - | - |")
     s = res["startup"]
     if "skipped" in s:
         lines.append(f"| `inspect`, `--help` vs `import tensorflow` | - | - | - | <= 0.1 | skipped: {s['skipped']} |")
@@ -239,6 +254,7 @@ def render(res: dict) -> str:
     lines += _pruning_tables(res)
     lines += _memory_table(res)
     lines += _freeze_tables(res)
+    lines += _clone_tables(res)
     lines += _startup_table(res)
     lines += _scaling_tables(res)
     return "\n".join(line for line in lines if line is not None) + "\n"
@@ -401,6 +417,43 @@ def _freeze_tables(res: dict) -> list[str]:
             out += [f"| `{row['function']}` | {row['cumulative_s']:.2f} | {row['self_s']:.2f} |"
                     for row in p["kerasurgery"]]
     return out + [""]
+
+
+def _clone_tables(res: dict) -> list[str]:
+    c = res.get("clone")
+    if not c:
+        return []
+    out = [
+        "## (c2) Library `freeze` in a script vs `clone_model`",
+        "",
+        "The pruned MLP of (c) built in memory (half of each kernel exactly 0, uncompiled) in a fresh process "
+        "per run; baseline = `keras.models.clone_model(model)` + `set_weights(model.get_weights())` (a copy "
+        "with the same weights); zeros = `ks.freeze(model, {'*': ks.rules.zeros()})` (shared pins at 0.0); "
+        "fraction = `ks.freeze(model, {'*': ks.rules.fraction(0.5, seed=0)})` (per-entry pins at the current "
+        "values). Cold = the first call in the process, warm = a second one. Peak increase = the process's "
+        "high-water mark after the cold call (reset with `/proc/self/clear_refs` just before it) minus its "
+        "resident size before: it includes the new model's weights. Ratios: median over rounds of "
+        "ours / baseline.",
+        "",
+    ]
+    for m in c["sizes"]:
+        out += [
+            f"*{m['params'] / 1e6:.2f}M parameters*, {m['rounds']} interleaved rounds "
+            f"(load before/after: {m['load_before']} / {m['load_after']}):",
+            "",
+            "| run | cold s median [min, max] | ratio | warm s median [min, max] | ratio | "
+            "peak increase MB median [min, max] | ratio |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for name, s in m["summary"].items():
+            r = m["ratio"].get(name)
+            cells = [f"{s[k]['median'] / scale:{f}} [{s[k]['min'] / scale:{f}}, {s[k]['max'] / scale:{f}}] | "
+                     f"{_r(r[k]) if r else '1'}"
+                     for k, scale, f in (("cold_s", 1, ".3f"), ("warm_s", 1, ".3f"),
+                                         ("peak_increase_bytes", 1e6, ".0f"))]
+            out.append(f"| {name} | " + " | ".join(cells) + " |")
+        out.append("")
+    return out
 
 
 def _startup_table(res: dict) -> list[str]:
