@@ -22,7 +22,7 @@ import re
 import secrets
 import signal
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,13 +54,9 @@ def atomic_path(
             missing or unwritable, or writing failed (with the cause).
     """
     path = Path(path)
-    if os.path.lexists(path) and not overwrite:
-        raise exists_error(path)
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise ModelFileError(f"{path}: the folder {folder} does not exist.")
+    folder = check_target(path, overwrite, probe=False)
     _remove_stale_temporaries(path, suffix)
-    tmp = folder / f".{path.name}.{_owner_tag()}.{secrets.token_hex(6)}{suffix}"
+    tmp = _temporary_name(path, folder, suffix)
     # Blocking signals holds them for this thread only: another thread
     # (TensorFlow's) can take one, and Python then raises it here at once. So
     # the temporary is created inside the `try` that removes it, under a name
@@ -89,8 +85,62 @@ def atomic_path(
     _fsync_folder(folder)
 
 
+def check_target(
+    path: Path,
+    overwrite: bool,
+    *,
+    probe: bool = True,
+    exists: Callable[[Path], ModelFileError] | None = None,
+) -> Path:
+    """Refuses what `atomic_path` would refuse, before any work is done.
+
+    The one place for the checks on a target: the command line makes them
+    before loading anything, `atomic_path` again when it writes.
+
+    Args:
+        path: The target.
+        overwrite: Replace an existing target.
+        probe: Also create (and remove) a temporary beside `path`, as the
+            write will: permission bits alone miss /proc, read-only mounts and
+            some network file systems (and let root write anywhere).
+        exists: The error for an existing target (the command line names
+            `--force`); `exists_error` by default.
+
+    Returns:
+        The folder the temporary goes into.
+
+    Raises:
+        ModelFileError: the target is a folder, exists without `overwrite`,
+            or its folder is missing or unwritable.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ModelFileError(f"{path}: is a folder, not a model file.")
+    if os.path.lexists(path) and not overwrite:  # a dangling symlink too
+        raise (exists or exists_error)(path)
+    # The temporary goes beside the name given, not beside a symlink's target:
+    # `os.replace` replaces the link.
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise ModelFileError(f"{path}: the folder {folder} does not exist.")
+    if probe:
+        if not os.access(folder, os.W_OK):
+            raise ModelFileError(f"{path}: cannot write in {folder}: permission denied.")
+        tmp = _temporary_name(path, folder, ".probe")
+        try:
+            os.close(os.open(tmp, _CREATE, 0o600))
+        except OSError as e:
+            raise ModelFileError(f"{path}: cannot write in {folder}: {e.strerror}.") from None
+        tmp.unlink()
+    return folder
+
+
 def exists_error(path: Path) -> ModelFileError:
     return ModelFileError(f"{path}: already exists (pass overwrite=True to replace it).")
+
+
+def _temporary_name(path: Path, folder: Path, suffix: str) -> Path:
+    return folder / f".{path.name}.{_owner_tag()}.{secrets.token_hex(6)}{suffix}"
 
 
 def _hold_signals() -> Any:

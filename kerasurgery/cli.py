@@ -18,7 +18,6 @@ import json
 import os
 import signal
 import sys
-import tempfile
 import threading
 import traceback
 import warnings
@@ -26,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from kerasurgery import _arguments
+from kerasurgery import _arguments, _atomic
 from kerasurgery._render import Ui
 from kerasurgery.errors import KerasurgeryError, ModelFileError, UsageError, one_line
 
@@ -259,7 +258,11 @@ def _output_path(source: Path, given: str | None, tag: str, fmt: str) -> Path:
 
 
 def _check_output(source: Path, output: Path, force: bool) -> None:
-    """Refuses before any work what saving would refuse after it."""
+    """Refuses before any work what saving would refuse after it.
+
+    The target checks are the atomic writer's own (`_atomic.check_target`),
+    in the command line's words.
+    """
     from kerasurgery.formats import format_for_suffix
 
     same = source.resolve() == output.resolve()
@@ -267,24 +270,11 @@ def _check_output(source: Path, output: Path, force: bool) -> None:
         same = same or (output.exists() and os.path.samefile(source, output))
     if same:
         raise ModelFileError(f"{output}: is the input file; write the result elsewhere (-o OUT).")
-    if output.is_dir():
+    if output.is_dir():  # before the suffix check: "." has no suffix
         raise ModelFileError(f"{output}: is a folder, not a model file.")
     format_for_suffix(output)
-    if os.path.lexists(output) and not force:  # a dangling symlink too
-        raise ModelFileError(f"{output}: already exists; pass --force to replace it.")
-    folder = output.resolve().parent
-    if not folder.is_dir():
-        raise ModelFileError(f"{output}: the folder {output.parent} does not exist.")
-    if not os.access(folder, os.W_OK):
-        raise ModelFileError(f"{output}: cannot write in {folder}: permission denied.")
-    # os.access lets root write anywhere, yet /proc, read-only mounts and some
-    # network file systems still refuse: create (and remove) a file to be sure.
-    try:
-        fd, probe = tempfile.mkstemp(prefix=f".{output.name}.probe-", dir=folder)
-    except OSError as e:
-        raise ModelFileError(f"{output}: cannot write in {folder}: {e.strerror}.") from None
-    os.close(fd)
-    os.unlink(probe)
+    _atomic.check_target(output, force, exists=lambda path: ModelFileError(
+        f"{path}: already exists; pass --force to replace it."))
 
 
 # --- Commands ----------------------------------------------------------------
