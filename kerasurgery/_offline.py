@@ -35,7 +35,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from kerasurgery import _plan, formats
+from kerasurgery import _plan, _shapes, formats
 from kerasurgery._layout import KINDS, _present, _snake_case, kind_of
 from kerasurgery._atomic import atomic_path
 from kerasurgery._zipwrite import CheckedMember, ZipWriter, member_start
@@ -52,19 +52,7 @@ _MODELS = ("Functional", "Sequential")
 _MODEL_MODULES = ("keras", "keras.models", "keras.src.models.functional", "keras.src.models.sequential")
 # Built-in layers that hold no other layer and whose weights nothing here
 # changes: their groups are copied as they are.
-_PLAIN = frozenset({
-    "InputLayer", "Activation", "Dropout", "SpatialDropout1D", "SpatialDropout2D",
-    "SpatialDropout3D", "GaussianNoise", "GaussianDropout", "AlphaDropout", "Flatten",
-    "Reshape", "Permute", "RepeatVector", "Cropping1D", "Cropping2D", "Cropping3D",
-    "ZeroPadding1D", "ZeroPadding2D", "ZeroPadding3D", "UpSampling1D", "UpSampling2D",
-    "UpSampling3D", "MaxPooling1D", "MaxPooling2D", "MaxPooling3D", "AveragePooling1D",
-    "AveragePooling2D", "AveragePooling3D", "GlobalMaxPooling1D", "GlobalMaxPooling2D",
-    "GlobalMaxPooling3D", "GlobalAveragePooling1D", "GlobalAveragePooling2D",
-    "GlobalAveragePooling3D", "BatchNormalization", "LayerNormalization",
-    "GroupNormalization", "UnitNormalization", "Add", "Subtract", "Multiply", "Average",
-    "Maximum", "Minimum", "Concatenate", "Dot", "ReLU", "LeakyReLU", "PReLU", "ELU",
-    "Softmax", "Identity", "Masking", "ActivityRegularization", "Rescaling",
-})
+_PLAIN = _shapes.WEIGHTLESS | {"BatchNormalization", "LayerNormalization", "GroupNormalization", "PReLU"}
 _POLICIES = ("DTypePolicy", "FloatDTypePolicy")
 # Optimizers whose fresh state is known: iterations 0, the learning rate of
 # the config, every slot at its initializer's value.
@@ -320,8 +308,10 @@ class _Archive:
             self.layers.append(layer)
             if layer.class_name in _MODELS:
                 self._walk(layer.entry, layer.source, layer.path + "/", depth + 1)
-            elif layer.kind is not None:
+                continue
+            if layer.kind is not None:
                 self._check_pinnable(layer, node)
+            _check_sizes(layer, vars_group)
 
     def _check_pinnable(self, layer: _Layer, group: h5py.Group) -> None:
         config = layer.entry["config"]
@@ -603,6 +593,23 @@ def _kind(entry: dict, path: str) -> str | None:
     elif module == _PINNED_MODULE and registered == f"kerasurgery>{cls}" and kind_of(str(cls)) not in (None, cls):
         return kind_of(cls)
     raise NotOffline(f"layer {path!r} is a {cls} ({module}), which needs Keras to rewrite")
+
+
+def _check_sizes(layer: _Layer, vars_group: h5py.Group) -> None:
+    """The layer's stored weights must have the shapes its config builds (a
+    config that declares more than the file holds is Keras' to refuse, after
+    it checks the model it would build)."""
+    build = layer.entry.get("build_config")
+    input_shape = build.get("input_shape") if isinstance(build, dict) else None
+    kind = layer.kind or layer.class_name
+    expected = _shapes.weight_shapes(kind, layer.entry["config"], input_shape)
+    names = list(layer.weights) if layer.pinned else [str(i) for i in range(len(vars_group))]
+    if expected is None and not names and kind in _PLAIN:
+        return  # never built: Keras builds it on its first call, from its input
+    stored = [vars_group[n].shape if isinstance(vars_group.get(n), h5py.Dataset) else None for n in names]
+    if expected is None or stored != expected:
+        raise NotOffline(f"layer {layer.path!r} stores weights of shapes {stored}, its config "
+                         f"builds {expected}")
 
 
 def _drop_policy_sharing(config: Any) -> None:

@@ -15,11 +15,13 @@ import dataclasses
 import json
 import math
 import os
+import re
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from kerasurgery import _shapes
 from kerasurgery._zipwindow import open_member
 from kerasurgery.errors import KerasurgeryError, ModelFileError, one_line
 
@@ -145,6 +147,8 @@ class ModelFile:
             `.keras` archive's `model.weights.h5` (`None` if it has none), or
             the `.h5` file itself.
         members: The names in a `.keras` archive; empty for `.h5`.
+        stored_entries: The entries of all weight datasets, each checked to
+            be backed by bytes stored in the file.
     """
 
     path: Path
@@ -153,6 +157,7 @@ class ModelFile:
     keras_version: str | None
     weights: Any
     members: frozenset[str] = frozenset()
+    stored_entries: int = 0
 
 
 @contextlib.contextmanager
@@ -248,7 +253,7 @@ def _open_keras(path: Path, stack: contextlib.ExitStack, check_crc: bool) -> Mod
         raise ModelFileError(
             f"{path}: is a damaged or truncated zip archive ({one_line(e)})."
         ) from None
-    return ModelFile(path, KERAS, config, version, weights, names)
+    return ModelFile(path, KERAS, config, version, weights, names, stored)
 
 
 def _open_h5(path: Path, stack: contextlib.ExitStack) -> ModelFile:
@@ -293,7 +298,7 @@ def _open_h5(path: Path, stack: contextlib.ExitStack) -> ModelFile:
     config = _parse_config(path, raw, "model_config")
     stored = _check_hdf5(path, h5, path.stat().st_size, "")
     check_declared_weights(path, config, stored)
-    return ModelFile(path, H5, config, version, h5)
+    return ModelFile(path, H5, config, version, h5, stored_entries=stored)
 
 
 def _open_hdf5(path: Path, source: Any, size: int, what: str, stack: contextlib.ExitStack) -> Any:
@@ -580,20 +585,22 @@ def _check_hdf5(path: Path, h5: Any, size: int, what: str) -> int:
     return total
 
 
-def check_declared_weights(path: Path, config: Any, stored: int) -> None:
+def check_declared_weights(path: Path, config: Any, stored: int, declared: int | None = None) -> None:
     """Refuses a config that declares far more weight entries than the file stores.
 
     Keras builds and initializes every layer a config declares before it
     reads a single stored weight: a 680-byte file declaring a 25000 x 25000
     `Dense` would make it allocate 2.5 GB. The declared entries are a lower
     bound, counted for the kinds whose sizes the config states (Dense, the
-    convolutions, Embedding).
+    convolutions, Embedding), unless `declared` gives the exact count (from
+    `kerasurgery._budget`, which builds the model without allocating it).
 
     Raises:
         ModelFileError: the declared entries exceed `_DECLARED_SLACK` times
             `stored` plus `_FREE_ENTRIES`.
     """
-    declared = declared_weight_entries(config)
+    if declared is None:
+        declared = declared_weight_entries(config)
     if declared > _DECLARED_SLACK * stored + _FREE_ENTRIES:
         raise ModelFileError(
             f"{path}: the model config declares weights of {declared:,} entries, but the "
@@ -619,6 +626,71 @@ def declared_weight_entries(config: Any) -> int:
             total += _entries_of_model(layers, sequential=node.get("class_name") == "Sequential")
         stack.extend(node.values())
     return total
+
+
+_MODELS = ("Sequential", "Functional")
+_MODEL_MODULES = ("keras", "keras.models", "keras.src.models.functional", "keras.src.models.sequential")
+_PINNED_MODULE = "kerasurgery.layers._classes"
+
+
+def exact_weight_entries(config: Any) -> int | None:
+    """The weight entries Keras creates when it builds `config`, where the
+    config alone states every one: Sequential and Functional models (nested
+    ones too) of built-in layers, plain or pinned, that `_shapes` sizes, each
+    with the input shape it was built on. `None` for any other config (the
+    Keras path then counts by building, `_budget`)."""
+    total, stack = 0, [(config, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH or not isinstance(node, dict) or (
+            node.get("class_name") not in _MODELS or node.get("module") not in _MODEL_MODULES
+            or node.get("registered_name") not in (None, node.get("class_name"))
+        ):
+            return None
+        inner = node.get("config")
+        layers = inner.get("layers") if isinstance(inner, dict) else None
+        if not isinstance(layers, list):
+            return None
+        for layer in layers:
+            if isinstance(layer, dict) and layer.get("class_name") in _MODELS:
+                stack.append((layer, depth + 1))
+                continue
+            entries = _exact_layer_entries(layer)
+            if entries is None:
+                return None
+            total += entries
+    return total
+
+
+def _exact_layer_entries(layer: Any) -> int | None:
+    if not isinstance(layer, dict) or not isinstance(layer.get("config"), dict):
+        return None
+    cls, config = layer.get("class_name"), layer["config"]
+    module, registered = layer.get("module"), layer.get("registered_name")
+    storage = None
+    if module == "keras.layers" and registered is None:
+        kind = cls
+    elif module == _PINNED_MODULE and isinstance(cls, str) and registered == f"kerasurgery>{cls}":
+        kind, storage = cls.removeprefix("Masked"), config.get("pin_storage")
+        if not isinstance(storage, dict):
+            return None
+    else:
+        return None
+    if kind in _shapes.WEIGHTLESS:
+        return 0
+    build = layer.get("build_config")
+    shapes = _shapes.weight_shapes(kind, config, build.get("input_shape") if isinstance(build, dict) else None)
+    if shapes is None:
+        return None
+    entries = _shapes.entries(shapes)
+    if storage is not None:  # each pinned weight adds its mask, and one value or one per entry
+        names = (("depthwise_kernel", "pointwise_kernel") if kind.startswith("Separable")
+                 else ("embeddings",) if kind == "Embedding" else ("kernel",)) + ("bias",)
+        for name, shape in zip(names, shapes):
+            if name in storage:
+                size = math.prod(shape)
+                entries += size + (1 if storage[name] == "shared" else size)
+    return entries
 
 
 def _listed_layers(node: dict) -> list | None:
@@ -694,41 +766,30 @@ def _last(shape: Any, axis: int = -1) -> int | None:
     return None
 
 
-def _count(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
-
-
 def _layer_entries(kind: str, config: dict, build: Any, fed: list[int | None]) -> tuple[int, int | None]:
     """(weight entries, size of the last output axis) of one layer config; 0 and
-    `None` where unknown."""
-    first = config.get("data_format") == "channels_first"
-    axis = 1 if first else -1
-    shape = build.get("input_shape") if isinstance(build, dict) else None
-    known = [d for d in (_last(shape, axis), *(f for f in fed if not first)) if d]
-    size_in = max(known, default=1)
+    `None` where unknown. Sizes come from `_shapes`, on the input shape the
+    layer was built on or, without one, on the largest input size known."""
     if kind == "InputLayer":
         shape = config.get("batch_shape", config.get("batch_input_shape"))
         return 0, _last(shape)
-    if kind == "Dense":
-        units = _count(config.get("units"))
-        bias = units if config.get("use_bias", True) is not False else 0
-        return size_in * units + bias, units or None
-    if kind == "Embedding":
-        return _count(config.get("input_dim")) * _count(config.get("output_dim")), (
-            _count(config.get("output_dim")) or None)
-    if kind.startswith(("Conv", "DepthwiseConv", "SeparableConv")):
-        size = config.get("kernel_size")
-        window = math.prod(_count(n) for n in size) if isinstance(size, list) else 1
-        filters = _count(config.get("filters"))
-        multiplier = _count(config.get("depth_multiplier")) or 1
-        use_bias = config.get("use_bias", True) is not False
-        if kind.startswith("Depthwise"):
-            out = size_in * multiplier
-            return window * out + use_bias * out, None if first else out
-        if kind.startswith("Separable"):
-            entries = window * size_in * multiplier + size_in * multiplier * filters
-            return entries + use_bias * filters, None if first else filters or None
-        groups = _count(config.get("groups")) or 1
-        entries = window * size_in * filters // groups + use_bias * filters
-        return entries, None if first else filters or None
-    return 0, None
+    first = config.get("data_format") == "channels_first"
+    shape = build.get("input_shape") if isinstance(build, dict) else None
+    shapes = _shapes.weight_shapes(kind, config, shape)
+    if shapes is None and not first:
+        known = [d for d in (_last(shape), *fed) if d]
+        rank = re.search(r"(\d)D", kind)
+        guessed = [None, *[1] * (int(rank.group(1)) if rank else 0), max(known, default=1)]
+        shapes = _shapes.weight_shapes(kind, config, guessed)
+    if not shapes:
+        return 0, None
+    kernel = shapes[1 if kind.startswith("Separable") else 0]
+    if kind.startswith("Depthwise"):
+        out = kernel[-2] * kernel[-1]
+    elif kind.endswith("Transpose"):
+        out = kernel[-2]
+    elif kind in ("Dense", "Embedding") or kind.startswith(("Conv", "Separable")):
+        out = kernel[-1]
+    else:
+        out = None
+    return _shapes.entries(shapes), None if first else out

@@ -17,7 +17,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from kerasurgery import _atomic, _pin_record
+from kerasurgery import _atomic, _budget, _pin_record
 from kerasurgery import layers as _layers  # also registers the pinned layers with Keras
 from kerasurgery import pins as _pins
 from kerasurgery.errors import KerasurgeryError, ModelFileError, one_line
@@ -27,7 +27,7 @@ from kerasurgery.formats import (
     code_layers,
     detect_format,
     format_for_suffix,
-    read_model_config,
+    open_model_file,
     stored_weight_dtypes,
 )
 
@@ -61,9 +61,11 @@ def load_model(
     """
     path = Path(path)
     fmt = detect_format(path)
-    config = read_model_config(path, fmt)
+    with open_model_file(path, fmt, check_crc=True) as opened:
+        config, stored = opened.config, opened.stored_entries
     if safe_mode:
         _refuse_code(path, config)
+    _budget.check_buildable(path, config, fmt, stored, safe_mode=safe_mode)
     with _named_for_keras(path, fmt) as readable:
         try:
             model = _load(readable, safe_mode=safe_mode, compile=compile)

@@ -595,3 +595,156 @@ def test_ctrl_c_after_the_output_is_written_never_ends_in_a_traceback(tmp_path, 
     assert "Traceback" not in err
     assert ks.load_model(tmp_path / "out.keras").get_layer("a").pins() is not None
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.keras"]
+
+
+# --- Configs whose sizes only a build shows ---------------------------------------
+
+
+def _inflated(source: Path, path: Path, *replacements: tuple[str, str]) -> Path:
+    """`source` whose config has each `old` text replaced by `new` (the weights
+    stay the small ones it stores)."""
+    members = _members(source)
+    text = members["config.json"].decode()
+    for old, new in replacements:
+        assert old in text, old
+        text = text.replace(old, new)
+    members["config.json"] = text.encode()
+    return _write_zip(path, members, compress=("config.json", "metadata.json"))
+
+
+@pytest.fixture(scope="module")
+def built_sizes(tmp_path_factory) -> dict[str, tuple[Path, int]]:
+    """Small real models, and copies whose configs declare billions of entries
+    that the formats module cannot size (it knows Dense, convolutions,
+    EinsumDense, Embedding and normalizations, not these)."""
+    import h5py
+    import keras
+    import keras_hub
+
+    d = tmp_path_factory.mktemp("built")
+    L = keras.layers
+    lstm = ks.save_model(keras.Sequential([keras.Input((5, 16)), L.LSTM(8, name="l")]), d / "lstm.keras")
+    x = keras.Input((4, 16))
+    mha = ks.save_model(keras.Model(x, L.MultiHeadAttention(2, 8, name="mha")(x, x)), d / "mha.keras")
+    small_bert = keras_hub.models.BertBackbone(
+        vocabulary_size=100, num_layers=1, num_heads=2, hidden_dim=8, intermediate_dim=16,
+        max_sequence_length=16)
+    bert = ks.save_model(small_bert, d / "bert.keras")
+    einsum = ks.save_model(keras.Sequential([keras.Input((16,)), L.EinsumDense(
+        "ab,bc->ac", 8, bias_axes="c", name="e")]), d / "einsum.keras")
+    h5 = ks.save_model(keras.Sequential([keras.Input((5, 16)), L.GRU(8, name="g")]), d / "gru.h5")
+    huge_h5 = d / "gru_huge.h5"
+    huge_h5.write_bytes(h5.read_bytes())
+    with h5py.File(huge_h5, "a") as f:
+        config = f.attrs["model_config"]
+        config = config.decode() if isinstance(config, bytes) else config
+        f.attrs["model_config"] = config.replace('"units": 8', '"units": 30000')
+    return {
+        "lstm": (_inflated(lstm, d / "lstm_huge.keras", ('"units": 8', '"units": 20000'), ("16]", "20000]")),
+                 4 * (20000 * 20000 * 2 + 20000)),
+        "mha": (_inflated(mha, d / "mha_huge.keras", ('"key_dim": 8', '"key_dim": 10000000')),
+                # query and key grow; value and output keep their saved `value_dim` 8.
+                2 * (16 * 2 * 10 ** 7 + 2 * 10 ** 7) + (16 * 2 * 8 + 2 * 8) + (2 * 8 * 16 + 16)),
+        "bert": (_inflated(bert, d / "bert_huge.keras", ('"vocabulary_size": 100', '"vocabulary_size": 10000000000')),
+                 small_bert.count_params() + (10 ** 10 - 100) * 8),
+        "gru h5": (huge_h5, 3 * (16 * 30000 + 30000 * 30000 + 2 * 30000)),
+        "einsum": (_inflated(einsum, d / "einsum_huge.keras", ('"output_shape": [8]', '"output_shape": [60000]'),
+                             ("16]", "60000]")), 60000 * 60000 + 60000),
+        "small": (bert, None),
+    }
+
+
+def test_configs_sized_only_by_building_are_refused_before_keras_allocates(built_sizes, tmp_path):
+    """LSTM, attention, a KerasHub backbone, an `.h5` GRU and an EinsumDense
+    declaring billions of entries over a few KB of weights: refused with the
+    count Keras would have built, exit 1, and the memory of the whole run stays
+    within 256 MB of what freezing the small real model took. (The EinsumDense
+    is sized from its config, before TensorFlow; the others by building the
+    model without allocating it.)"""
+    out = tmp_path / "out.keras"
+    names = ["small", "lstm", "mha", "bert", "gru h5", "einsum"]
+    argvs = [["freeze", str(built_sizes[name][0]), "-o", str(out), "--force"] for name in names]
+    before = {name: built_sizes[name][0].read_bytes() for name in names}
+    results = _run_batch(argvs, timeout=300)
+    assert results[0]["code"] == 0, results[0]["err"]
+    assert results[0]["tensorflow"]
+    for name, result in zip(names[1:], results[1:]):
+        path, declared = built_sizes[name]
+        _assert_refused(result, path, rf"the model config declares weights of {declared:,} entries, "
+                        r"but the file stores [\d,]+: refused before building")
+    growth = results[-1]["peak_mb"] - results[0]["peak_mb"]
+    assert growth < PEAK_MB, [(r["argv"][1], r["peak_mb"]) for r in results]
+    assert {name: built_sizes[name][0].read_bytes() for name in names} == before
+
+
+def test_the_counting_build_is_exact_and_leaves_nothing_for_keras_to_initialize(built_sizes):
+    import keras
+    import keras_hub
+    from keras.src.backend.common import global_state
+
+    from kerasurgery import _budget
+
+    models = [
+        keras.applications.MobileNetV3Small(weights=None, input_shape=(64, 64, 3)),
+        keras_hub.models.BertBackbone(vocabulary_size=50, num_layers=2, num_heads=2, hidden_dim=8,
+                                      intermediate_dim=16, max_sequence_length=8),
+    ]
+    for model in models:
+        config = json.loads(json.dumps(keras.saving.serialize_keras_object(model)))
+        assert _budget.built_weight_entries(config, formats.KERAS, safe_mode=True) == sum(
+            int(np.prod(v.shape)) for v in model.weights)
+    config = json.loads(_members(built_sizes["bert"][0])["config.json"])
+    assert _budget.built_weight_entries(config, formats.KERAS, safe_mode=True) == built_sizes["bert"][1]
+    # The variables it made are not waiting for a later scope to initialize them.
+    assert not global_state.get_global_attribute("uninitialized_variables", [])
+    with keras.StatelessScope():
+        pass
+    import h5py
+
+    path, declared = built_sizes["gru h5"]
+    with h5py.File(path) as f:
+        config = json.loads(f.attrs["model_config"])
+    assert _budget.built_weight_entries(config, formats.H5, safe_mode=True) == declared
+    # What cannot be built here is left to the real load, which says why.
+    assert _budget.built_weight_entries({"class_name": "Nope", "config": {}}, formats.KERAS,
+                                        safe_mode=True) is None
+    with pytest.raises(ks.KerasurgeryError, match="declares weights of"):
+        ks.load_model(built_sizes["lstm"][0])
+
+
+def test_the_counting_build_leaves_the_config_as_it_was(built_sizes):
+    import copy
+
+    from kerasurgery import _budget
+
+    config = json.loads(_members(built_sizes["small"][0])["config.json"])
+    before = copy.deepcopy(config)
+    first = _budget.built_weight_entries(config, formats.KERAS, safe_mode=True)
+    assert config == before
+    assert _budget.built_weight_entries(config, formats.KERAS, safe_mode=True) == first > 0
+
+
+def test_configs_that_state_every_size_are_counted_exactly_without_building(built_sizes):
+    import keras
+
+    L = keras.layers
+    x = keras.Input((12, 12, 3))
+    y = L.Conv2D(4, 3, name="conv2d")(x)
+    y = L.BatchNormalization()(y)
+    y = L.SeparableConv2D(6, 3, depth_multiplier=2, name="separable_conv2d")(y)
+    y = L.GlobalAveragePooling2D()(y)
+    inner = keras.Sequential([keras.Input((6,)), L.Dense(5, name="dense"), L.LayerNormalization(),
+                              L.PReLU()], name="inner")
+    y = L.Dense(3)(inner(y))
+    model = keras.Model(x, y)
+    frozen = ks.freeze(model, {"conv2d": ks.rules.zeros(), "inner/dense": ks.rules.units([0], value=0.5),
+                               "separable_conv2d": ks.rules.zeros()})
+    models = [model, frozen, keras.applications.MobileNetV2(weights=None, input_shape=(32, 32, 3),
+                                                            alpha=0.35)]
+    for m in models:
+        config = json.loads(json.dumps(keras.saving.serialize_keras_object(m)))
+        assert formats.exact_weight_entries(config) == sum(int(np.prod(v.shape)) for v in m.weights), m.name
+    # What the config does not size is left to the counting build.
+    for name in ("lstm", "mha", "bert"):
+        config = json.loads(_members(built_sizes[name][0])["config.json"])
+        assert formats.exact_weight_entries(config) is None, name

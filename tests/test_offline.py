@@ -52,7 +52,7 @@ def _mlp() -> keras.Model:
         keras.Input((8,)),
         keras.layers.Dense(8, activation="relu", name="dense"),
         keras.layers.Dense(8, name="dense_1"),
-        keras.layers.Dropout(0.1),
+        keras.layers.Dropout(0.1, name="dropout"),
         keras.layers.Dense(4, name="out"),
     ], name="mlp")
     _sparsify(model, 1)
