@@ -368,6 +368,7 @@ FUZZ_FILES = ["frozen_mlp.keras", "frozen_mlp.h5", "nested_frozen.keras", "neste
 TRUNCATIONS = 24  # per file
 FLIPS = 36  # per file
 MEMBER_EDITS = 30  # per .keras file: config.json or model.weights.h5 edited, checksums valid
+INFLATIONS = 12  # per file: one integer of the config made large, checksums valid
 
 # What a refusal says, reduced to a kind for the summary; first match wins.
 ERROR_KINDS = [
@@ -389,6 +390,7 @@ ERROR_KINDS = [
     ("safe mode", "safe mode"),
     ("neither zip nor HDF5", "is neither a `.keras` archive nor an HDF5 file"),
     ("config: connects an undefined layer", "that it does not define"),
+    ("config: declares more than stored", "declares weights of"),
     ("other Keras error", "cannot load the model: "),
 ]
 
@@ -439,6 +441,36 @@ def _variants(source: Path, rng: np.random.Generator):
                 for other, content in members.items():
                     archive.writestr(other, bytes(member) if other == name else content)
             yield label, buffer.getvalue()
+    yield from _inflated(source, data, rng)
+
+
+def _inflated(source: Path, data: bytes, rng: np.random.Generator):
+    """(label, bytes): `source` with one integer of its model config (a size,
+    a shape, a count) replaced by a large one, its checksums valid: a file
+    that declares more than it stores."""
+    if source.suffix == ".keras":
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            members = {name: archive.read(name) for name in archive.namelist()}
+        text = members["config.json"].decode()
+    else:
+        with h5py.File(io.BytesIO(data), "r") as h5:
+            raw = h5.attrs["model_config"]
+        text = raw.decode() if isinstance(raw, bytes) else str(raw)
+    numbers = [m for m in re.finditer(r"(?<=[\[ :,])\d+(?=[,\]}])", text) if m.group() not in ("0", "1")]
+    for i in range(INFLATIONS):
+        found = numbers[int(rng.integers(0, len(numbers)))]
+        large = str(int(found.group()) * (10 ** 3, 10 ** 5, 10 ** 8)[i % 3])
+        edited = text[:found.start()] + large + text[found.end():]
+        buffer = io.BytesIO()
+        if source.suffix == ".keras":
+            with zipfile.ZipFile(buffer, "w") as archive:
+                for name, content in members.items():
+                    archive.writestr(name, edited.encode() if name == "config.json" else content)
+        else:
+            buffer.write(data)
+            with h5py.File(buffer, "a") as h5:
+                h5.attrs["model_config"] = edited
+        yield "config integer inflated", buffer.getvalue()
 
 
 def _inputs_for(model: keras.Model) -> list[np.ndarray]:
@@ -454,7 +486,7 @@ def _predict(model: keras.Model) -> np.ndarray:
 def test_fuzzed_files_load_or_fail_with_a_kerasurgery_error(tmp_path):
     rng = np.random.default_rng(FUZZ_SEED)
     counts: collections.Counter = collections.Counter()
-    started = time.monotonic()
+    started, peak_before = time.monotonic(), _peak_mb()
     # A hang inside h5py or Keras would stall CI silently: dump and die instead.
     faulthandler.dump_traceback_later(240, exit=True)
     try:
@@ -474,6 +506,17 @@ def test_fuzzed_files_load_or_fail_with_a_kerasurgery_error(tmp_path):
     others = {key: n for key, n in counts.items() if key[2].startswith("OTHER")}
     assert not others, others
     assert sum(counts.values()) >= 300
+    # Inflated configs are refused before Keras allocates what they declare
+    # (10^8 times a size would be gigabytes).
+    assert sum(n for (_, label, outcome), n in counts.items()
+               if label == "config integer inflated" and outcome == "config: declares more than stored") >= 10
+    assert _peak_mb() - peak_before < 512
+
+
+def _peak_mb() -> float:
+    """This process's peak resident memory (VmHWM), in MB."""
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
 
 
 def _outcome(path: Path, expected: np.ndarray) -> str:
