@@ -167,11 +167,30 @@ def _group_normalization(config: dict, shape: list) -> list[Shape]:
 def _normalization(config: dict, shape: list) -> list[Shape]:
     if config.get("mean") is not None:
         return []  # the given mean and variance are constants, not variables
+    size = _kept(config, shape)
+    return [size, size, ()]  # mean, variance, count
+
+
+def _kept(config: dict, shape: list) -> Shape:
+    """The sizes of the axes a `Normalization` keeps."""
     axis = config.get("axis", [-1])
     axes = axis if isinstance(axis, list) else [axis]
     keep = sorted(a + len(shape) if isinstance(a, int) and a < 0 else a for a in axes)
-    size = tuple(_axis_size(shape, a) for a in keep)
-    return [size, size, ()]  # mean, variance, count
+    return tuple(_axis_size(shape, a) for a in keep)
+
+
+def constant_entries(kind: str, config: dict, input_shape: Any) -> int:
+    """Entries of the tensors other than variables that `build` makes from the
+    config: a `Normalization` given its mean and variance broadcasts both to
+    the sizes of the axes it keeps. 0 where none, or where unknown."""
+    shape = _shape(input_shape)
+    if kind != "Normalization" or shape is None or not isinstance(config, dict) or (
+            config.get("mean") is None):
+        return 0
+    try:
+        return 2 * math.prod(_kept(config, shape))
+    except (TypeError, ValueError):
+        return 0
 
 
 def _prelu(config: dict, shape: list) -> list[Shape]:

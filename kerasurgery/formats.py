@@ -634,8 +634,9 @@ _PINNED_MODULE = "kerasurgery.layers._classes"
 
 
 def exact_weight_entries(config: Any) -> int | None:
-    """The weight entries Keras creates when it builds `config`, where the
-    config alone states every one: Sequential and Functional models (nested
+    """The weight entries Keras creates when it builds `config` (and the
+    constants it makes from it, `_shapes.constant_entries`), where the config
+    alone states every one: Sequential and Functional models (nested
     ones too) of built-in layers, plain or pinned, that `_shapes` sizes, each
     with the input shape it was built on. `None` for any other config (the
     Keras path then counts by building, `_budget`)."""
@@ -679,10 +680,11 @@ def _exact_layer_entries(layer: Any) -> int | None:
     if kind in _shapes.WEIGHTLESS:
         return 0
     build = layer.get("build_config")
-    shapes = _shapes.weight_shapes(kind, config, build.get("input_shape") if isinstance(build, dict) else None)
+    input_shape = build.get("input_shape") if isinstance(build, dict) else None
+    shapes = _shapes.weight_shapes(kind, config, input_shape)
     if shapes is None:
         return None
-    entries = _shapes.entries(shapes)
+    entries = _shapes.entries(shapes) + _shapes.constant_entries(kind, config, input_shape)
     if storage is not None:  # each pinned weight adds its mask, and one value or one per entry
         names = (("depthwise_kernel", "pointwise_kernel") if kind.startswith("Separable")
                  else ("embeddings",) if kind == "Embedding" else ("kernel",)) + ("bias",)
@@ -781,8 +783,9 @@ def _layer_entries(kind: str, config: dict, build: Any, fed: list[int | None]) -
         rank = re.search(r"(\d)D", kind)
         guessed = [None, *[1] * (int(rank.group(1)) if rank else 0), max(known, default=1)]
         shapes = _shapes.weight_shapes(kind, config, guessed)
+    constants = _shapes.constant_entries(kind, config, shape)
     if not shapes:
-        return 0, None
+        return constants, None
     kernel = shapes[1 if kind.startswith("Separable") else 0]
     if kind.startswith("Depthwise"):
         out = kernel[-2] * kernel[-1]
@@ -792,4 +795,4 @@ def _layer_entries(kind: str, config: dict, build: Any, fed: list[int | None]) -
         out = kernel[-1]
     else:
         out = None
-    return _shapes.entries(shapes), None if first else out
+    return _shapes.entries(shapes) + constants, None if first else out

@@ -632,6 +632,9 @@ def built_sizes(tmp_path_factory) -> dict[str, tuple[Path, int]]:
     bert = ks.save_model(small_bert, d / "bert.keras")
     einsum = ks.save_model(keras.Sequential([keras.Input((16,)), L.EinsumDense(
         "ab,bc->ac", 8, bias_axes="c", name="e")]), d / "einsum.keras")
+    normalization = ks.save_model(keras.Sequential(
+        [keras.Input((4,)), L.Normalization(mean=0.5, variance=2.0, name="n")]),
+        d / "normalization.keras")
     h5 = ks.save_model(keras.Sequential([keras.Input((5, 16)), L.GRU(8, name="g")]), d / "gru.h5")
     huge_h5 = d / "gru_huge.h5"
     huge_h5.write_bytes(h5.read_bytes())
@@ -650,6 +653,9 @@ def built_sizes(tmp_path_factory) -> dict[str, tuple[Path, int]]:
         "gru h5": (huge_h5, 3 * (16 * 30000 + 30000 * 30000 + 2 * 30000)),
         "einsum": (_inflated(einsum, d / "einsum_huge.keras", ('"output_shape": [8]', '"output_shape": [60000]'),
                              ("16]", "60000]")), 60000 * 60000 + 60000),
+        # A Normalization given its mean broadcasts it (and the variance) to its input at build.
+        "normalization": (_inflated(normalization, d / "normalization_huge.keras", ("4]", "500000000]")),
+                          2 * 500_000_000),
         "small": (bert, None),
     }
 
@@ -659,10 +665,11 @@ def test_configs_sized_only_by_building_are_refused_before_keras_allocates(built
     declaring billions of entries over a few KB of weights: refused with the
     count Keras would have built, exit 1, and the memory of the whole run stays
     within 256 MB of what freezing the small real model took. (The EinsumDense
-    is sized from its config, before TensorFlow; the others by building the
-    model without allocating it.)"""
+    and a Normalization whose build would broadcast its mean to a declared
+    input of 5 x 10^8 are sized from their configs, before TensorFlow; the
+    others by building the model without allocating it.)"""
     out = tmp_path / "out.keras"
-    names = ["small", "lstm", "mha", "bert", "gru h5", "einsum"]
+    names = ["small", "lstm", "mha", "bert", "gru h5", "einsum", "normalization"]
     argvs = [["freeze", str(built_sizes[name][0]), "-o", str(out), "--force"] for name in names]
     before = {name: built_sizes[name][0].read_bytes() for name in names}
     results = _run_batch(argvs, timeout=300)
