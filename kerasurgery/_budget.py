@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import math
 import warnings
 from collections.abc import Iterator
@@ -62,8 +63,12 @@ def built_weight_entries(config: dict, fmt: str, *, safe_mode: bool) -> int | No
     try:
         with _deferred_variables(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            # Keras' deserializers empty the dicts they read: build from a copy.
-            model = _build(copy.deepcopy(config), fmt, safe_mode=safe_mode)
+            # Keras' deserializers empty the dicts they read: build from a
+            # copy, without the training config (an optimizer's variables
+            # cannot be deferred, and they are not what is counted).
+            built = {k: copy.deepcopy(v) for k, v in config.items() if k != "compile_config"}
+            _skip_compiling(built)
+            model = _build(built, fmt, safe_mode=safe_mode)
             variables = list(getattr(model, "weights", None) or ())
     except Exception:  # Any error in user or Keras code: the real load reports it.
         return None
@@ -79,6 +84,34 @@ def _build(config: dict, fmt: str, *, safe_mode: bool) -> Any:
         with SafeModeScope(safe_mode):
             return saving_utils.model_from_config(config)
     return keras.saving.deserialize_keras_object(config, safe_mode=safe_mode)
+
+
+def _skip_compiling(config: Any) -> None:
+    """Asks the models that compile themselves when made (KerasHub tasks:
+    `Task(compile=True)`) not to: an optimizer's variables cannot be deferred."""
+    stack = [config]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, dict):
+            inner, registered = node.get("config"), node.get("registered_name")
+            if isinstance(inner, dict) and isinstance(registered, str) and "compile" not in inner:
+                cls = keras.saving.get_registered_object(registered)
+                if isinstance(cls, type) and any(_takes_compile(c) for c in cls.__mro__):
+                    inner["compile"] = False
+            stack.extend(node.values())
+
+
+def _takes_compile(cls: type) -> bool:
+    """Whether `cls` itself defines an `__init__` with a `compile` argument
+    (its subclasses pass it on through `**kwargs`)."""
+    if "__init__" not in vars(cls):
+        return False
+    try:
+        return "compile" in inspect.signature(cls.__init__).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 @contextlib.contextmanager

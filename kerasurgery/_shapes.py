@@ -33,6 +33,9 @@ WEIGHTLESS = frozenset({
 })
 
 
+_PLAIN_POLICIES = ("DTypePolicy", "FloatDTypePolicy")
+
+
 def weight_shapes(kind: str, config: dict, input_shape: Any) -> list[Shape] | None:
     """The shapes of the weights a `kind` layer with `config` builds on `input_shape`.
 
@@ -50,12 +53,23 @@ def weight_shapes(kind: str, config: dict, input_shape: Any) -> list[Shape] | No
     if kind in WEIGHTLESS:
         return []
     shape = _shape(input_shape)
-    if shape is None or not isinstance(config, dict):
+    if shape is None or not isinstance(config, dict) or _adds_weights(config):
         return None
     try:
         return _SIZERS[kind](config, shape) if kind in _SIZERS else None
     except (KeyError, IndexError, TypeError, ValueError, ZeroDivisionError):
         return None
+
+
+def _adds_weights(config: dict) -> bool:
+    """Whether LoRA or quantization give the layer weights other than its own."""
+    if config.get("lora_rank") or config.get("quantization_config") is not None:
+        return True
+    dtype = config.get("dtype")
+    if isinstance(dtype, dict):
+        name = (dtype.get("config") or {}).get("name") if isinstance(dtype.get("config"), dict) else None
+        return dtype.get("class_name") not in _PLAIN_POLICIES or "_from_" in str(name)
+    return "_from_" in str(dtype)
 
 
 def entries(shapes: list[Shape]) -> int:

@@ -84,6 +84,11 @@ def test_weight_shapes_are_the_shapes_keras_builds_in_saved_order(layer, input_s
     ("EinsumDense", {"equation": "ab,bc", "output_shape": 3}, [None, 3]),
     ("EinsumDense", {"equation": "ab,bz->ac", "output_shape": 3}, [None, 3]),
     ("Dense", {"units": 4}, "not a shape"),
+    ("Dense", {"units": 4, "lora_rank": 2}, [None, 3]),  # LoRA adds weights
+    ("Dense", {"units": 4, "quantization_config": {}}, [None, 3]),
+    ("Dense", {"units": 4, "dtype": {"class_name": "QuantizedDTypePolicy",
+                                     "config": {"name": "int8_from_float32"}}}, [None, 3]),
+    ("Dense", {"units": 4, "dtype": "int8_from_float32"}, [None, 3]),
 ])
 def test_what_cannot_be_sized_is_none(kind, config, input_shape):
     assert _shapes.weight_shapes(kind, config, input_shape) is None
