@@ -118,7 +118,8 @@ def _commit() -> str:
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True,
                               text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "kerasurgery"], cwd=HERE,
+        # From the repository root: a pathspec is relative to the working folder.
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "kerasurgery"], cwd=HERE.parent,
                                capture_output=True, text=True).stdout.strip()
         return head + (" + uncommitted changes in kerasurgery/" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
