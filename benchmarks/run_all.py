@@ -2,7 +2,7 @@
 
 Each benchmark runs in its own process (the JAX one with KERAS_BACKEND=jax) and
 hands its numbers back as JSON; this script only collects them and renders the
-tables. The full run takes about 12-15 minutes on a 2-core machine; `--quick`
+tables. The full run takes about 15-22 minutes on a 2-core machine (21.8 on 2026-12-03, under load); `--quick`
 shrinks sizes and repetitions to check that everything works (a few minutes;
 its numbers are not for the record).
 
