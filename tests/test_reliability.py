@@ -486,7 +486,7 @@ def _predict(model: keras.Model) -> np.ndarray:
 def test_fuzzed_files_load_or_fail_with_a_kerasurgery_error(tmp_path):
     rng = np.random.default_rng(FUZZ_SEED)
     counts: collections.Counter = collections.Counter()
-    started, peak_before = time.monotonic(), _peak_mb()
+    started, inflated_growth, largest = time.monotonic(), 0.0, ""
     # A hang inside h5py or Keras would stall CI silently: dump and die instead.
     faulthandler.dump_traceback_later(240, exit=True)
     try:
@@ -497,7 +497,12 @@ def test_fuzzed_files_load_or_fail_with_a_kerasurgery_error(tmp_path):
             for label, data in _variants(source, rng):
                 variant = tmp_path / f"variant{source.suffix}"
                 variant.write_bytes(data)
+                before = _memory_mb(reset_peak=True)
                 outcome = _outcome(variant, expected)
+                if label == "config integer inflated":
+                    growth = _memory_mb("VmHWM") - before
+                    if growth > inflated_growth:
+                        inflated_growth, largest = growth, f"{source.name}: {outcome}"
                 counts[(source.name, label, outcome)] += 1
     finally:
         faulthandler.cancel_dump_traceback_later()
@@ -510,13 +515,21 @@ def test_fuzzed_files_load_or_fail_with_a_kerasurgery_error(tmp_path):
     # (10^8 times a size would be gigabytes).
     assert sum(n for (_, label, outcome), n in counts.items()
                if label == "config integer inflated" and outcome == "config: declares more than stored") >= 10
-    assert _peak_mb() - peak_before < 512
+    # Each variant's peak memory over what the process held before it: within
+    # the README's budget (512 MB; what a config may declare beyond what the
+    # file stores is 16M entries, 64 MB of float32, plus Keras' temporaries).
+    print(f"  largest peak growth of an inflated variant: {inflated_growth:.0f} MB ({largest})")
+    assert inflated_growth < 512, largest
 
 
-def _peak_mb() -> float:
-    """This process's peak resident memory (VmHWM), in MB."""
+def _memory_mb(field: str = "VmRSS", *, reset_peak: bool = False) -> float:
+    """This process's resident memory (`VmRSS`) or its peak (`VmHWM`) in MB;
+    `reset_peak` first sets the peak to the present (Linux, /proc/self/clear_refs)."""
+    if reset_peak:
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")
     with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:")) / 1024
+        return next(int(line.split()[1]) for line in status if line.startswith(f"{field}:")) / 1024
 
 
 def _outcome(path: Path, expected: np.ndarray) -> str:
