@@ -60,19 +60,25 @@ def check_buildable(path: Path, config: dict, fmt: str, stored: int, *, safe_mod
 def built_weight_entries(config: dict, fmt: str, *, safe_mode: bool) -> int | None:
     """The weight entries of the model `config` builds, or `None` when it
     cannot be built here (the real load then reports why)."""
-    try:
-        with _deferred_variables(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            # Keras' deserializers empty the dicts they read: build from a
-            # copy, without the training config (an optimizer's variables
-            # cannot be deferred, and they are not what is counted).
-            built = {k: copy.deepcopy(v) for k, v in config.items() if k != "compile_config"}
-            _skip_compiling(built)
-            model = _build(built, fmt, safe_mode=safe_mode)
-            variables = list(getattr(model, "weights", None) or ())
-    except Exception:  # Any error in user or Keras code: the real load reports it.
-        return None
-    return sum(math.prod(v.shape) for v in variables)
+    # A model class that compiles itself when made is known (registered) only
+    # once Keras has imported its module, which it does while deserializing:
+    # a first attempt that fails is retried once, asking such classes not to.
+    for attempt in range(2):
+        # Keras' deserializers empty the dicts they read: build from a copy,
+        # without the training config (an optimizer's variables cannot be
+        # deferred, and they are not what is counted).
+        built = {k: copy.deepcopy(v) for k, v in config.items() if k != "compile_config"}
+        if attempt and not _skip_compiling(built):
+            return None
+        try:
+            with _deferred_variables(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                model = _build(built, fmt, safe_mode=safe_mode)
+                variables = list(getattr(model, "weights", None) or ())
+            return sum(math.prod(v.shape) for v in variables)
+        except Exception:  # Any error in user or Keras code: the real load reports it.
+            continue
+    return None
 
 
 def _build(config: dict, fmt: str, *, safe_mode: bool) -> Any:
@@ -86,10 +92,11 @@ def _build(config: dict, fmt: str, *, safe_mode: bool) -> Any:
     return keras.saving.deserialize_keras_object(config, safe_mode=safe_mode)
 
 
-def _skip_compiling(config: Any) -> None:
+def _skip_compiling(config: Any) -> bool:
     """Asks the models that compile themselves when made (KerasHub tasks:
-    `Task(compile=True)`) not to: an optimizer's variables cannot be deferred."""
-    stack = [config]
+    `Task(compile=True)`) not to: an optimizer's variables cannot be deferred.
+    Whether any was asked."""
+    asked, stack = False, [config]
     while stack:
         node = stack.pop()
         if isinstance(node, list):
@@ -99,8 +106,9 @@ def _skip_compiling(config: Any) -> None:
             if isinstance(inner, dict) and isinstance(registered, str) and "compile" not in inner:
                 cls = keras.saving.get_registered_object(registered)
                 if isinstance(cls, type) and any(_takes_compile(c) for c in cls.__mro__):
-                    inner["compile"] = False
+                    inner["compile"], asked = False, True
             stack.extend(node.values())
+    return asked
 
 
 def _takes_compile(cls: type) -> bool:

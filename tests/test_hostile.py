@@ -633,6 +633,13 @@ def built_sizes(tmp_path_factory) -> dict[str, tuple[Path, int]]:
         vocabulary_size=100, num_layers=1, num_heads=2, hidden_dim=8, intermediate_dim=16,
         max_sequence_length=16)
     bert = ks.save_model(small_bert, d / "bert.keras")
+    # A KerasHub task compiles itself when made; its class is registered only
+    # once Keras imports keras_hub, which the child process has not done.
+    small_task = keras_hub.models.GPT2CausalLM(backbone=keras_hub.models.GPT2Backbone(
+        vocabulary_size=100, num_layers=1, num_heads=2, hidden_dim=8, intermediate_dim=16,
+        max_sequence_length=16), preprocessor=None)
+    task = ks.save_model(small_task, d / "task.keras")
+    task_weights = sum(int(np.prod(v.shape)) for v in small_task.weights)
     einsum = ks.save_model(keras.Sequential([keras.Input((16,)), L.EinsumDense(
         "ab,bc->ac", 8, bias_axes="c", name="e")]), d / "einsum.keras")
     normalization = ks.save_model(keras.Sequential(
@@ -659,6 +666,8 @@ def built_sizes(tmp_path_factory) -> dict[str, tuple[Path, int]]:
         # A Normalization given its mean broadcasts it (and the variance) to its input at build.
         "normalization": (_inflated(normalization, d / "normalization_huge.keras", ("4]", "500000000]")),
                           2 * 500_000_000),
+        "task": (_inflated(task, d / "task_huge.keras", ('"vocabulary_size": 100', '"vocabulary_size": 10000000000')),
+                 task_weights + (10 ** 10 - 100) * 8),
         "small": (bert, None),
     }
 
@@ -672,7 +681,7 @@ def test_configs_sized_only_by_building_are_refused_before_keras_allocates(built
     input of 5 x 10^8 are sized from their configs, before TensorFlow; the
     others by building the model without allocating it.)"""
     out = tmp_path / "out.keras"
-    names = ["small", "lstm", "mha", "bert", "gru h5", "einsum", "normalization"]
+    names = ["small", "lstm", "mha", "bert", "task", "gru h5", "einsum", "normalization"]
     argvs = [["freeze", str(built_sizes[name][0]), "-o", str(out), "--force"] for name in names]
     before = {name: built_sizes[name][0].read_bytes() for name in names}
     results = _run_batch(argvs, timeout=300)
