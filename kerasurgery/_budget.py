@@ -38,47 +38,140 @@ from typing import Any
 
 import keras
 
+from kerasurgery import formats
 from kerasurgery.formats import H5, check_declared_weights, exact_weight_entries
 
 _DEFERRED = "uninitialized_variables"  # keras/src/backend/common/variables.py
 
 
-def check_buildable(path: Path, config: dict, fmt: str, stored: int, *, safe_mode: bool) -> None:
+def check_buildable(path: Path, config: dict, fmt: str, stored: int, *, safe_mode: bool,
+                    compile: bool = True) -> None:
     """Refuses a config whose model would hold far more weights than the file stores.
 
+    With `compile`, the metrics of the training config count too (an
+    `AUC(num_thresholds=40_000_000)` holds 160M entries).
+
     Raises:
-        ModelFileError: the built model's weight entries exceed what
-            `formats.check_declared_weights` allows for `stored` entries.
+        ModelFileError: the built model's weight entries (and its metrics')
+            exceed what `formats.check_declared_weights` allows for `stored`.
     """
     declared = exact_weight_entries(config)  # the config says it all: no build needed
     if declared is None:
         declared = built_weight_entries(config, fmt, safe_mode=safe_mode)
+    if compile:
+        training = config.get("compile_config") if fmt != H5 else _h5_training_config(path)
+        metrics = metric_entries(training)
+        if metrics:
+            declared = (declared or formats.declared_weight_entries(config)) + metrics
     if declared is not None:
         check_declared_weights(path, config, stored, declared)
+
+
+# Metrics whose state grows with an argument: AUC with its thresholds (and
+# labels), the IoU family with the square of its classes.
+_IOU = frozenset({"IoU", "MeanIoU", "OneHotIoU", "OneHotMeanIoU"})
+
+
+def metric_entries(training: Any) -> int:
+    """The entries of the state of the metrics (and losses) a training config
+    makes: exact for `AUC` and the IoU family, the sum of the other integer
+    arguments otherwise (a lower bound)."""
+    total, stack = 0, [training]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+            continue
+        if not isinstance(node, dict):
+            continue
+        inner = node.get("config")
+        if isinstance(inner, dict) and isinstance(node.get("class_name"), str):
+            name = node["class_name"]
+            if name == "AUC":
+                thresholds = inner.get("num_thresholds", 200)
+                labels = inner.get("num_labels") if inner.get("multi_label") else 1
+                total += 5 * _count(thresholds) * max(_count(labels), 1)
+            elif name in _IOU:
+                total += _count(inner.get("num_classes")) ** 2
+            else:
+                total += sum(_count(v) for v in inner.values() if _count(v) > 1)
+        stack.extend(node.values())
+    return total
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def _h5_training_config(path: Path) -> Any:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as h5:
+            raw = h5.attrs.get("training_config")
+        if raw is None or len(raw) > formats.MAX_CONFIG_BYTES:
+            return None
+        return formats.parse_json(raw.encode() if isinstance(raw, str) else bytes(raw), "training_config")
+    except Exception:  # unreadable: Keras' own load reports it
+        return None
 
 
 def built_weight_entries(config: dict, fmt: str, *, safe_mode: bool) -> int | None:
     """The weight entries of the model `config` builds, or `None` when it
     cannot be built here (the real load then reports why)."""
-    # A model class that compiles itself when made is known (registered) only
-    # once Keras has imported its module, which it does while deserializing:
-    # a first attempt that fails is retried once, asking such classes not to.
+    # Two things cannot be deferred: the variables of an optimizer made by a
+    # model that compiles itself (its class is known, registered, only once
+    # Keras has imported its module while deserializing) and the states of
+    # stateful recurrent layers (made from values). A first attempt that
+    # fails is retried once without them; the states are counted from the
+    # config instead.
     for attempt in range(2):
         # Keras' deserializers empty the dicts they read: build from a copy,
         # without the training config (an optimizer's variables cannot be
         # deferred, and they are not what is counted).
         built = {k: copy.deepcopy(v) for k, v in config.items() if k != "compile_config"}
-        if attempt and not _skip_compiling(built):
-            return None
+        states = 0
+        if attempt:
+            asked = _skip_compiling(built)
+            states = _without_states(built)
+            if not asked and states is None:
+                return None
         try:
             with _deferred_variables(), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 model = _build(built, fmt, safe_mode=safe_mode)
                 variables = list(getattr(model, "weights", None) or ())
-            return sum(math.prod(v.shape) for v in variables)
+            return sum(math.prod(v.shape) for v in variables) + (states or 0)
         except Exception:  # Any error in user or Keras code: the real load reports it.
             continue
     return None
+
+
+def _without_states(config: Any) -> int | None:
+    """Makes the stateful recurrent layers of `config` stateless; the entries
+    of their states (batch x units, two for LSTMs), or `None` if none was."""
+    total, found, stack = 0, False, [config]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+            continue
+        if not isinstance(node, dict):
+            continue
+        inner = node.get("config")
+        if isinstance(inner, dict) and inner.get("stateful") is True:
+            inner["stateful"], found = False, True
+            build = node.get("build_config")
+            shape = build.get("input_shape") if isinstance(build, dict) else None
+            # A state per sample: (batch, units), or (batch, rows, cols, filters)
+            # for a convolutional one (input: batch, time, rows, cols, channels).
+            kept = (shape[:1] if "units" in inner else shape[:1] + shape[2:-1]) if isinstance(
+                shape, list) else []
+            sizes = [d for d in kept if _count(d)]
+            width = inner.get("units", inner.get("filters"))
+            total += 2 * math.prod(sizes) * (_count(width) or 1)
+        stack.extend(node.values())
+    return total if found else None
 
 
 def _build(config: dict, fmt: str, *, safe_mode: bool) -> Any:

@@ -126,6 +126,16 @@ MAX_JSON_DEPTH = 256  # below Python's recursion limit, far above any model
 # metadata.json holds the Keras version and a date; Keras itself never reads it.
 _MAX_METADATA_BYTES = 1 << 20
 # A `.keras` archive holds three or four members, plus assets (vocabularies).
+# Keras reads an asset whole and splits it into Python strings (some 30 times
+# its bytes for short lines): 64 MB caps that near 2 GB. Real ones are far
+# smaller (a KerasHub BERT vocabulary 0.2 MB, GPT-2's merges and vocabulary
+# 1.5 MB, a Gemma SentencePiece model 4 MB).
+MAX_ASSET_BYTES = 64 << 20
+# Keras rebuilds a Sequential model's graph at each layer it adds, so its
+# load grows with the square of the layer count (300 weightless layers: 17 s
+# on a 2-core machine). Real Sequential models have tens of layers; deep
+# models are Functional.
+MAX_SEQUENTIAL_LAYERS = 512
 _MAX_MEMBERS = 10_000
 # Weight entries a config may declare beyond 4x those the file stores (e.g.
 # the packed kernels of int4 layers) before it is refused: what Keras then
@@ -246,6 +256,7 @@ def _open_keras(path: Path, stack: contextlib.ExitStack, check_crc: bool) -> Mod
             member = stack.enter_context(contextlib.closing(open_member(archive, info, path)))
             weights = _open_hdf5(path, member, info.file_size, f"{_WEIGHTS} ", stack)
             stored = _check_hdf5(path, weights, info.file_size, f"{_WEIGHTS} ")
+        check_sequential_depth(path, config)
         check_declared_weights(path, config, stored)
     except ModelFileError:
         raise
@@ -297,6 +308,7 @@ def _open_h5(path: Path, stack: contextlib.ExitStack) -> ModelFile:
         )
     config = _parse_config(path, raw, "model_config")
     stored = _check_hdf5(path, h5, path.stat().st_size, "")
+    check_sequential_depth(path, config)
     check_declared_weights(path, config, stored)
     return ModelFile(path, H5, config, version, h5, stored_entries=stored)
 
@@ -319,6 +331,12 @@ def _check_members(path: Path, archive: zipfile.ZipFile) -> None:
     if len(infos) > _MAX_MEMBERS:
         raise ModelFileError(
             f"{path}: is a zip archive of {len(infos):,} members; a Keras model has a few."
+        )
+    assets = sum(info.file_size for info in infos if info.filename.startswith("assets/"))
+    if assets > MAX_ASSET_BYTES:
+        raise ModelFileError(
+            f"{path}: its assets (vocabularies, tokenizer files) take {assets:,} bytes "
+            f"uncompressed, more than the {MAX_ASSET_BYTES >> 20} MB assets may take."
         )
     for info in infos:
         if info.file_size > _MAX_EXPANSION * max(info.compress_size, 1):
@@ -583,6 +601,28 @@ def _check_hdf5(path: Path, h5: Any, size: int, what: str) -> int:
             f"{path}: {what}is a damaged HDF5 file ({one_line(e)})."
         ) from None
     return total
+
+
+def check_sequential_depth(path: Path, config: Any) -> None:
+    """Refuses a Sequential model of more than `MAX_SEQUENTIAL_LAYERS` layers."""
+    budget, stack = MAX_JSON_CONTAINERS, [config]
+    while stack and budget > 0:
+        budget -= 1
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+            continue
+        if not isinstance(node, dict):
+            continue
+        layers = _listed_layers(node)
+        if node.get("class_name") == "Sequential" and layers is not None and (
+                len(layers) > MAX_SEQUENTIAL_LAYERS):
+            raise ModelFileError(
+                f"{path}: a Sequential model of {len(layers):,} layers, more than the "
+                f"{MAX_SEQUENTIAL_LAYERS} kerasurgery loads (Keras' time to load one grows "
+                "with the square of its layers); save it as a Functional model."
+            )
+        stack.extend(node.values())
 
 
 def check_declared_weights(path: Path, config: Any, stored: int, declared: int | None = None) -> None:

@@ -65,7 +65,7 @@ def load_model(
         config, stored = opened.config, opened.stored_entries
     if safe_mode:
         _refuse_code(path, config)
-    _budget.check_buildable(path, config, fmt, stored, safe_mode=safe_mode)
+    _budget.check_buildable(path, config, fmt, stored, safe_mode=safe_mode, compile=compile)
     with _named_for_keras(path, fmt) as readable:
         try:
             model = _load(readable, safe_mode=safe_mode, compile=compile)

@@ -642,6 +642,11 @@ def built_sizes(tmp_path_factory) -> dict[str, tuple[Path, int]]:
     task_weights = sum(int(np.prod(v.shape)) for v in small_task.weights)
     einsum = ks.save_model(keras.Sequential([keras.Input((16,)), L.EinsumDense(
         "ab,bc->ac", 8, bias_axes="c", name="e")]), d / "einsum.keras")
+    stateful = ks.save_model(keras.Sequential(
+        [keras.Input(batch_shape=(1, 5, 16)), L.LSTM(8, stateful=True, name="l")]), d / "stateful.keras")
+    auc = keras.Sequential([keras.Input((5, 4)), L.LSTM(2, name="l"), L.Dense(2, name="d")])
+    auc.compile(optimizer="adam", loss="mse", metrics=[keras.metrics.AUC(num_thresholds=200, name="auc")])
+    auc = ks.save_model(auc, d / "auc.keras")
     normalization = ks.save_model(keras.Sequential(
         [keras.Input((4,)), L.Normalization(mean=0.5, variance=2.0, name="n")]),
         d / "normalization.keras")
@@ -668,6 +673,13 @@ def built_sizes(tmp_path_factory) -> dict[str, tuple[Path, int]]:
                           2 * 500_000_000),
         "task": (_inflated(task, d / "task_huge.keras", ('"vocabulary_size": 100', '"vocabulary_size": 10000000000')),
                  task_weights + (10 ** 10 - 100) * 8),
+        # A stateful RNN's states are made from values, which a stateless scope
+        # refuses: the counting build retries without them and counts them.
+        "stateful": (_inflated(stateful, d / "stateful_huge.keras", ('"units": 8', '"units": 30000')),
+                     4 * (16 * 30000 + 30000 * 30000 + 30000) + 2 * 30000),
+        # The training config's metrics are made when the model compiles.
+        "auc": (_inflated(auc, d / "auc_huge.keras", ('"num_thresholds": 200', '"num_thresholds": 40000000')),
+                4 * (4 * 2 + 2 * 2 + 2) + 2 * 2 + 2 + 5 * 40_000_000),
         "small": (bert, None),
     }
 
@@ -681,7 +693,7 @@ def test_configs_sized_only_by_building_are_refused_before_keras_allocates(built
     input of 5 x 10^8 are sized from their configs, before TensorFlow; the
     others by building the model without allocating it.)"""
     out = tmp_path / "out.keras"
-    names = ["small", "lstm", "mha", "bert", "task", "gru h5", "einsum", "normalization"]
+    names = ["small", "lstm", "mha", "bert", "task", "gru h5", "einsum", "normalization", "stateful", "auc"]
     argvs = [["freeze", str(built_sizes[name][0]), "-o", str(out), "--force"] for name in names]
     before = {name: built_sizes[name][0].read_bytes() for name in names}
     results = _run_batch(argvs, timeout=300)
@@ -809,3 +821,41 @@ def test_the_counting_build_covers_tasks_wrappers_lora_and_quantized_layers():
         assert _budget.built_weight_entries(config, formats.KERAS, safe_mode=True) == weights, model.name
         # LoRA and int8 add weights the config's sizes do not show: left to the build.
         assert formats.exact_weight_entries(config) in (None, weights), model.name
+    # A stateful RNN: its states (batch 3 x units 8, two for an LSTM) are counted from the config.
+    L = keras.layers
+    stateful = keras.Sequential([keras.Input(batch_shape=(3, 5, 16)), L.LSTM(8, stateful=True), L.Dense(2)])
+    config = json.loads(json.dumps(keras.saving.serialize_keras_object(stateful)))
+    assert _budget.built_weight_entries(config, formats.KERAS, safe_mode=True) == (
+        sum(int(np.prod(v.shape)) for v in stateful.weights) + 2 * 3 * 8)
+    # Metrics: AUC state is 4 variables of its thresholds (and the thresholds),
+    # an IoU's a confusion matrix of its classes squared.
+    assert _budget.metric_entries({"metrics": [
+        {"class_name": "AUC", "config": {"num_thresholds": 200}},
+        {"class_name": "MeanIoU", "config": {"num_classes": 30}}, "accuracy"]}) == 5 * 200 + 30 * 30
+
+
+def test_assets_and_sequential_depth_are_capped_before_anything_is_built(frozen_keras, tmp_path, capsys):
+    members = _members(frozen_keras)
+    path = tmp_path / "assets.keras"
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+        # 65 MB of vocabulary lines, deflated to about 64 KB.
+        _streamed(archive, "assets/lookup/vocabulary.txt", b"", b"a\n", 65 << 20, b"")
+    for argv in (["inspect", str(path)], ["freeze", str(path), "-o", str(tmp_path / "o.keras")]):
+        code, _, err = _run_main(argv, capsys)
+        assert code == 1 and err.startswith(f"error: {path}: its assets (vocabularies, tokenizer files) "
+                                            "take 68,157,440 bytes uncompressed, more than the 64 MB"), err
+    config = json.loads(members["config.json"])
+    inner = config["config"]["layers"]
+    activation = {"module": "keras.layers", "class_name": "Activation", "registered_name": None,
+                  "config": {"name": "a", "activation": "relu", "trainable": True, "dtype": "float32"}}
+    deep = _dense_config(3, 4)
+    deep["config"]["layers"] += [json.loads(json.dumps(activation).replace('"a"', f'"a{i}"'))
+                                 for i in range(formats.MAX_SEQUENTIAL_LAYERS)]
+    path = tmp_path / "deep.keras"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("config.json", json.dumps(deep))
+    code, _, err = _run_main(["inspect", str(path)], capsys)
+    assert code == 1 and f"a Sequential model of {len(deep['config']['layers']):,} layers, more than the 512" in err
+    assert inner  # the frozen model itself is far below the cap
