@@ -15,13 +15,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-_MAKE = r"""
-import os, sys
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-import keras
-import numpy as np
-
-width, path = int(sys.argv[1]), sys.argv[2]
+# The pruned MLP, built in memory from `width` (a code string: the children
+# that save it here and that time it in bench_clone.py run it).
+BUILD_PRUNED_MLP = r"""
 keras.utils.set_random_seed(0)
 inputs = keras.Input((width // 2,), name="x")
 h = inputs
@@ -34,6 +30,17 @@ for layer in model.layers[1:]:
     kernel, bias = layer.get_weights()
     kernel[rng.random(kernel.shape) < 0.5] = 0.0
     layer.set_weights([kernel, bias])
+del kernel, bias
+"""
+
+_MAKE = r"""
+import os, sys
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import keras
+import numpy as np
+
+width, path = int(sys.argv[1]), sys.argv[2]
+""" + BUILD_PRUNED_MLP + r"""
 model.compile(optimizer="adam", loss="mse")
 tmp = path + ".tmp.keras"
 model.save(tmp)

@@ -59,20 +59,7 @@ def status(key):
     raise RuntimeError(key)
 
 
-keras.utils.set_random_seed(0)
-inputs = keras.Input((width // 2,), name="x")
-h = inputs
-units = [width, width, width, width // 2]
-for k, n in enumerate(units):
-    h = keras.layers.Dense(n, activation="relu" if k < len(units) - 1 else None, name=f"dense_{k}")(h)
-model = keras.Model(inputs, h, name=f"mlp_{width}")
-rng = np.random.default_rng(0)
-for layer in model.layers[1:]:
-    kernel, bias = layer.get_weights()
-    kernel[rng.random(kernel.shape) < 0.5] = 0.0
-    layer.set_weights([kernel, bias])
-del kernel, bias
-
+""" + _models.BUILD_PRUNED_MLP + r"""
 
 def baseline():
     copy = keras.models.clone_model(model)

@@ -76,14 +76,8 @@ def metric_entries(training: Any) -> int:
     """The entries of the state of the metrics (and losses) a training config
     makes: exact for `AUC` and the IoU family, the sum of the other integer
     arguments otherwise (a lower bound)."""
-    total, stack = 0, [training]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, list):
-            stack.extend(node)
-            continue
-        if not isinstance(node, dict):
-            continue
+    total = 0
+    for node in formats.json_dicts(training):
         inner = node.get("config")
         if isinstance(inner, dict) and isinstance(node.get("class_name"), str):
             name = node["class_name"]
@@ -95,7 +89,6 @@ def metric_entries(training: Any) -> int:
                 total += _count(inner.get("num_classes")) ** 2
             else:
                 total += sum(_count(v) for v in inner.values() if _count(v) > 1)
-        stack.extend(node.values())
     return total
 
 
@@ -150,14 +143,8 @@ def built_weight_entries(config: dict, fmt: str, *, safe_mode: bool) -> int | No
 def _without_states(config: Any) -> int | None:
     """Makes the stateful recurrent layers of `config` stateless; the entries
     of their states (batch x units, two for LSTMs), or `None` if none was."""
-    total, found, stack = 0, False, [config]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, list):
-            stack.extend(node)
-            continue
-        if not isinstance(node, dict):
-            continue
+    total, found = 0, False
+    for node in formats.json_dicts(config):
         inner = node.get("config")
         if isinstance(inner, dict) and inner.get("stateful") is True:
             inner["stateful"], found = False, True
@@ -170,7 +157,6 @@ def _without_states(config: Any) -> int | None:
             sizes = [d for d in kept if _count(d)]
             width = inner.get("units", inner.get("filters"))
             total += 2 * math.prod(sizes) * (_count(width) or 1)
-        stack.extend(node.values())
     return total if found else None
 
 
@@ -189,18 +175,13 @@ def _skip_compiling(config: Any) -> bool:
     """Asks the models that compile themselves when made (KerasHub tasks:
     `Task(compile=True)`) not to: an optimizer's variables cannot be deferred.
     Whether any was asked."""
-    asked, stack = False, [config]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, list):
-            stack.extend(node)
-        elif isinstance(node, dict):
-            inner, registered = node.get("config"), node.get("registered_name")
-            if isinstance(inner, dict) and isinstance(registered, str) and "compile" not in inner:
-                cls = keras.saving.get_registered_object(registered)
-                if isinstance(cls, type) and any(_takes_compile(c) for c in cls.__mro__):
-                    inner["compile"], asked = False, True
-            stack.extend(node.values())
+    asked = False
+    for node in formats.json_dicts(config):
+        inner, registered = node.get("config"), node.get("registered_name")
+        if isinstance(inner, dict) and isinstance(registered, str) and "compile" not in inner:
+            cls = keras.saving.get_registered_object(registered)
+            if isinstance(cls, type) and any(_takes_compile(c) for c in cls.__mro__):
+                inner["compile"], asked = False, True
     return asked
 
 

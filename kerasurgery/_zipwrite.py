@@ -164,25 +164,11 @@ class _Window(FileRegion):
             while i >= 0 and starts[i] + self._large[starts[i]][0] > offset:
                 self._large.pop(starts[i], None)
                 i -= 1
-        crc, position = 0, 0
-        for offset in sorted(self._large):
-            length, known = self._large[offset]
-            if offset < position or offset + length > self.size:
-                continue  # overlaps another large write: read back with the rest
-            crc = self._read_crc(crc, position, offset)
-            crc = _combine(crc, _zeros_crc(length) if known is None else known, length)
-            position = offset + length
-        return self._read_crc(crc, position, self.size)
-
-    def _read_crc(self, crc: int, start: int, end: int) -> int:
-        self._f.seek(self._start + start)
-        remaining = end - start
-        while remaining > 0:
-            block = self._f.read(min(_CHUNK, remaining))
-            if not block:
-                raise OSError("the archive member was cut short while it was written")
-            crc = zlib.crc32(block, crc)
-            remaining -= len(block)
+        known = {offset: (length, _zeros_crc(length) if crc is None else crc)
+                 for offset, (length, crc) in self._large.items()}
+        crc = _region_crc(self, known)
+        if crc is None:
+            raise OSError("the archive member was cut short while it was written")
         return crc
 
     def truncate(self, size: int | None = None) -> int:
@@ -224,30 +210,40 @@ class CheckedMember(FileRegion):
 
     def verify(self) -> bool:
         """Whether the member's bytes have the CRC-32 the archive records for them."""
-        crc, position = 0, 0
-        for offset in sorted(self._read):
-            length, known = self._read[offset]
-            if offset < position:
-                continue  # overlaps a block already counted: read back with the rest
-            crc = self._crc_of(crc, position, offset)
-            crc = _combine(crc, known, length)
-            position = offset + length
-        return self._crc_of(crc, position, self.size) == self._expected
-
-    def _crc_of(self, crc: int, start: int, end: int) -> int:
-        self._f.seek(self._start + start)
-        remaining = end - start
-        while remaining > 0:
-            block = self._f.read(min(_CHUNK, remaining))
-            if not block:
-                return -1  # cut short: cannot match
-            crc = zlib.crc32(block, crc)
-            remaining -= len(block)
-        return crc
+        return _region_crc(self, self._read) == self._expected
 
     def close(self) -> None:
         self._f.close()
         super().close()
+
+
+def _region_crc(region: FileRegion, known: dict[int, tuple[int, int]]) -> int | None:
+    """The CRC-32 of a region's bytes: the blocks whose CRC is `known`
+    (offset -> (length, crc)) are combined in, the rest is read back; `None`
+    if the file ends before the region does."""
+    crc, position = 0, 0
+    for offset in sorted(known):
+        length, block = known[offset]
+        if offset < position or offset + length > region.size:
+            continue  # overlaps a block already counted: read back with the rest
+        crc = _read_crc(region, crc, position, offset)
+        if crc is None:
+            return None
+        crc, position = _combine(crc, block, length), offset + length
+    return _read_crc(region, crc, position, region.size)
+
+
+def _read_crc(region: FileRegion, crc: int, start: int, end: int) -> int | None:
+    """`crc` continued over the region's bytes `[start, end)`, read from its file."""
+    region._f.seek(region._start + start)
+    remaining = end - start
+    while remaining > 0:
+        block = region._f.read(min(_CHUNK, remaining))
+        if not block:
+            return None
+        crc = zlib.crc32(block, crc)
+        remaining -= len(block)
+    return crc
 
 
 def member_start(path: Any, header_offset: int) -> int | None:

@@ -603,17 +603,24 @@ def _check_hdf5(path: Path, h5: Any, size: int, what: str) -> int:
     return total
 
 
-def check_sequential_depth(path: Path, config: Any) -> None:
-    """Refuses a Sequential model of more than `MAX_SEQUENTIAL_LAYERS` layers."""
-    budget, stack = MAX_JSON_CONTAINERS, [config]
+def json_dicts(tree: Any, budget: int = MAX_JSON_CONTAINERS) -> Iterator[dict]:
+    """Every dict of a parsed JSON tree, depth first, visiting at most `budget`
+    objects and lists. A dict is yielded before its values are visited: the
+    caller may change them."""
+    stack = [tree]
     while stack and budget > 0:
         budget -= 1
         node = stack.pop()
         if isinstance(node, list):
             stack.extend(node)
-            continue
-        if not isinstance(node, dict):
-            continue
+        elif isinstance(node, dict):
+            yield node
+            stack.extend(node.values())
+
+
+def check_sequential_depth(path: Path, config: Any) -> None:
+    """Refuses a Sequential model of more than `MAX_SEQUENTIAL_LAYERS` layers."""
+    for node in json_dicts(config):
         layers = _listed_layers(node)
         if node.get("class_name") == "Sequential" and layers is not None and (
                 len(layers) > MAX_SEQUENTIAL_LAYERS):
@@ -622,7 +629,6 @@ def check_sequential_depth(path: Path, config: Any) -> None:
                 f"{MAX_SEQUENTIAL_LAYERS} kerasurgery loads (Keras' time to load one grows "
                 "with the square of its layers); save it as a Functional model."
             )
-        stack.extend(node.values())
 
 
 def check_declared_weights(path: Path, config: Any, stored: int, declared: int | None = None) -> None:
@@ -651,20 +657,11 @@ def check_declared_weights(path: Path, config: Any, stored: int, declared: int |
 
 def declared_weight_entries(config: Any) -> int:
     """A lower bound of the weight entries Keras creates when it builds `config`."""
-    total, budget = 0, MAX_JSON_CONTAINERS
-    stack = [config]
-    while stack and budget > 0:
-        budget -= 1
-        node = stack.pop()
-        if isinstance(node, list):
-            stack.extend(node)
-            continue
-        if not isinstance(node, dict):
-            continue
+    total = 0
+    for node in json_dicts(config):
         layers = _listed_layers(node)
         if layers is not None:
             total += _entries_of_model(layers, sequential=node.get("class_name") == "Sequential")
-        stack.extend(node.values())
     return total
 
 
