@@ -4,7 +4,7 @@
 checks the container (zip checksums, HDF5 structure, the config's JSON) and
 hands over the parsed config and the open HDF5 weights, so that a broken file
 fails with a message about the file rather than somewhere inside Keras or
-h5py. The loader (`read_model_config`) and `inspect`/`verify` share it; it is
+h5py. The loader (`saving.load_model`) and `inspect`/`verify` share it; it is
 kept free of TensorFlow and Keras.
 """
 

@@ -41,7 +41,9 @@ def load_model(
     The format is read from the file's first bytes, not trusted from its
     suffix, and the container is checked before Keras reads it (zip checksums,
     HDF5 structure, the config's JSON). `safe_mode=True` refuses files that
-    would run code (Lambda layers) before anything is deserialized. When the
+    would run code (Lambda layers) before anything is deserialized. A config
+    that declares far more weights (or metric state) than the file stores is
+    refused before Keras builds it (`_budget`). When the
     saved training configuration cannot be restored, as happens with many
     Keras 2 `.h5` files, the model is loaded without it and a `UserWarning`
     says why. Loading never writes next to the file.
@@ -56,8 +58,9 @@ def load_model(
 
     Raises:
         ModelFileError: the file is missing, unreadable, not a model, corrupt,
-            holds weights that do not fit its config, or is refused by safe
-            mode. The message is one line and names the file.
+            holds weights that do not fit its config, declares far more than
+            it stores, or is refused by safe mode. The message is one line
+            and names the file.
     """
     path = Path(path)
     fmt = detect_format(path)
