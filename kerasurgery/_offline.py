@@ -47,9 +47,9 @@ _METADATA = "metadata.json"
 _WEIGHTS = "model.weights.h5"
 _MEMBERS = (_METADATA, _CONFIG, _WEIGHTS)
 
-_PINNED_MODULE = "kerasurgery.layers._classes"
-_MODELS = ("Functional", "Sequential")
-_MODEL_MODULES = ("keras", "keras.models", "keras.src.models.functional", "keras.src.models.sequential")
+_PINNED_MODULE = formats.PINNED_MODULE
+_MODELS = formats.MODEL_CLASSES
+_MODEL_MODULES = formats.MODEL_MODULES
 # Built-in layers that hold no other layer and whose weights nothing here
 # changes: their groups are copied as they are.
 _PLAIN = _shapes.WEIGHTLESS | {"BatchNormalization", "LayerNormalization", "GroupNormalization", "PReLU"}

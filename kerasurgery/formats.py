@@ -665,9 +665,11 @@ def declared_weight_entries(config: Any) -> int:
     return total
 
 
-_MODELS = ("Sequential", "Functional")
-_MODEL_MODULES = ("keras", "keras.models", "keras.src.models.functional", "keras.src.models.sequential")
-_PINNED_MODULE = "kerasurgery.layers._classes"
+# The model classes whose configs list their layers, the modules Keras 3
+# saves them under, and the module the pinned layers are saved under.
+MODEL_CLASSES = ("Functional", "Sequential")
+MODEL_MODULES = ("keras", "keras.models", "keras.src.models.functional", "keras.src.models.sequential")
+PINNED_MODULE = "kerasurgery.layers._classes"
 
 
 def exact_weight_entries(config: Any) -> int | None:
@@ -681,7 +683,7 @@ def exact_weight_entries(config: Any) -> int | None:
     while stack:
         node, depth = stack.pop()
         if depth > MAX_JSON_DEPTH or not isinstance(node, dict) or (
-            node.get("class_name") not in _MODELS or node.get("module") not in _MODEL_MODULES
+            node.get("class_name") not in MODEL_CLASSES or node.get("module") not in MODEL_MODULES
             or node.get("registered_name") not in (None, node.get("class_name"))
         ):
             return None
@@ -690,7 +692,7 @@ def exact_weight_entries(config: Any) -> int | None:
         if not isinstance(layers, list):
             return None
         for layer in layers:
-            if isinstance(layer, dict) and layer.get("class_name") in _MODELS:
+            if isinstance(layer, dict) and layer.get("class_name") in MODEL_CLASSES:
                 stack.append((layer, depth + 1))
                 continue
             entries = _exact_layer_entries(layer)
@@ -708,7 +710,7 @@ def _exact_layer_entries(layer: Any) -> int | None:
     storage = None
     if module == "keras.layers" and registered is None:
         kind = cls
-    elif module == _PINNED_MODULE and isinstance(cls, str) and registered == f"kerasurgery>{cls}":
+    elif module == PINNED_MODULE and isinstance(cls, str) and registered == f"kerasurgery>{cls}":
         kind, storage = cls.removeprefix("Masked"), config.get("pin_storage")
         if not isinstance(storage, dict):
             return None
