@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     import keras
 
     import kerasurgery as ks
-    from kerasurgery import _budget, formats
+    from kerasurgery.guards import budget as _budget
+    from kerasurgery.files import formats
 
     info = _common.machine()
     _common.print_machine(info)

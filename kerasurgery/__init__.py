@@ -34,10 +34,10 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "MaskedDense": "kerasurgery.layers",
-    "freeze": "kerasurgery.surgery",
-    "strip": "kerasurgery.surgery",
-    "load_model": "kerasurgery.saving",
-    "save_model": "kerasurgery.saving",
+    "freeze": "kerasurgery.model.surgery",
+    "strip": "kerasurgery.model.surgery",
+    "load_model": "kerasurgery.model.saving",
+    "save_model": "kerasurgery.model.saving",
     "rules": "kerasurgery.rules",
     "callbacks": "kerasurgery.callbacks",
     "layers": "kerasurgery.layers",

@@ -215,7 +215,7 @@ class GradualPruning(keras.callbacks.Callback):
             sync()
 
     def _pinned_layers(self) -> list[Any]:
-        from kerasurgery.surgery import variable_prefix, walk_layers
+        from kerasurgery.model.surgery import variable_prefix, walk_layers
 
         every = list(walk_layers(self.model))
         pinned = [(p, layer) for p, layer in every if layers_lib.is_pinned(layer)]
@@ -287,7 +287,7 @@ class ModelCheckpoint(keras.callbacks.Callback):
         self.overwrite = overwrite
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        from kerasurgery.saving import save_model
+        from kerasurgery.model.saving import save_model
 
         values = {k: _scalar(v) for k, v in (logs or {}).items()}
         try:

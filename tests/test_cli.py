@@ -28,7 +28,7 @@ from keras import ops
 
 import kerasurgery as ks
 from kerasurgery.cli import main
-from kerasurgery.inspection import read_dense_weights
+from kerasurgery.files.inspection import read_dense_weights
 from tests.conftest import make_mlp
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -323,7 +323,7 @@ def test_freeze_default_output_name(base, tmp_path, capsys, source_suffix, name,
 
 @pytest.mark.parametrize("command", ["freeze", "strip"])
 def test_the_input_format_is_read_once_by_the_command_line(base, tmp_path, capsys, monkeypatch, command):
-    from kerasurgery import formats
+    from kerasurgery.files import formats
 
     source = tmp_path / "model.bin"  # no telling suffix: the output is named by the format
     if command == "strip":
@@ -342,7 +342,7 @@ def test_the_input_format_is_read_once_by_the_command_line(base, tmp_path, capsy
     code, _, err = run(capsys, command, source)
     assert code == 0, err
     assert (tmp_path / f"model.{command.replace('freeze', 'frozen').replace('strip', 'stripped')}.keras").exists()
-    assert [caller for caller in calls if caller == "kerasurgery.cli"] == ["kerasurgery.cli"]
+    assert [caller for caller in calls if caller == "kerasurgery.cli.main"] == ["kerasurgery.cli.main"]
 
 
 @pytest.mark.parametrize("source, target", [(".h5", ".h5"), (".keras", ".h5"), (".h5", ".keras")])
@@ -461,7 +461,7 @@ def test_bad_output_paths_fail_before_any_work(base, tmp_path, capsys, output, m
 
 @pytest.mark.parametrize("command", ["freeze", "strip"])
 def test_unwritable_output_folder_fails_before_loading(base, tmp_path, capsys, monkeypatch, command):
-    from kerasurgery import saving
+    from kerasurgery.model import saving
 
     def never(*args, **kwargs):
         raise AssertionError("the model was loaded")
@@ -640,7 +640,7 @@ def test_usage_errors_exit_2(argv, tmp_path, capsys, monkeypatch):
 
 
 def test_usage_errors_of_the_library_exit_2_with_the_usage(base, tmp_path, capsys, monkeypatch):
-    from kerasurgery import spec
+    from kerasurgery.cli import spec
     from kerasurgery.errors import UsageError
 
     def contradiction(*args, **kwargs):
@@ -669,7 +669,7 @@ def test_help_and_version(capsys):
 
 
 def test_unexpected_errors_are_one_line_unless_debug(base, tmp_path, capsys, monkeypatch):
-    from kerasurgery import surgery
+    from kerasurgery.model import surgery
 
     def boom(model, pins):
         raise RuntimeError("boom")
@@ -687,7 +687,7 @@ def test_unexpected_errors_are_one_line_unless_debug(base, tmp_path, capsys, mon
 
 
 def test_ctrl_c_exits_130_with_one_line_and_writes_nothing(base, tmp_path, capsys, monkeypatch):
-    from kerasurgery import surgery
+    from kerasurgery.model import surgery
 
     def interrupted(model, pins):
         raise KeyboardInterrupt

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 import kerasurgery as ks
-from kerasurgery import formats
+from kerasurgery.files import formats
 from kerasurgery.errors import ModelFileError
-from kerasurgery.inspection import inspect_file, read_dense_weights
+from kerasurgery.files.inspection import inspect_file, read_dense_weights
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 

@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 
 import kerasurgery as ks
-from kerasurgery import formats
+from kerasurgery.files import formats
 from kerasurgery.cli import main
 from tests.conftest import make_mlp
 
@@ -396,7 +396,7 @@ def test_data_outside_the_file_is_refused_by_every_command_without_hanging(tmp_p
 def test_npz_arrays_of_unselected_layers_are_never_loaded(tmp_path):
     import tracemalloc
 
-    from kerasurgery import spec
+    from kerasurgery.cli import spec
 
     mask = np.zeros((4, 3), bool)
     mask[0, 0] = True
@@ -713,7 +713,7 @@ def test_the_counting_build_is_exact_and_leaves_nothing_for_keras_to_initialize(
     import keras_hub
     from keras.src.backend.common import global_state
 
-    from kerasurgery import _budget
+    from kerasurgery.guards import budget as _budget
 
     models = [
         keras.applications.MobileNetV3Small(weights=None, input_shape=(64, 64, 3)),
@@ -754,7 +754,7 @@ def test_the_counting_build_is_exact_and_leaves_nothing_for_keras_to_initialize(
 def test_the_counting_build_leaves_the_config_as_it_was(built_sizes):
     import copy
 
-    from kerasurgery import _budget
+    from kerasurgery.guards import budget as _budget
 
     config = json.loads(_members(built_sizes["small"][0])["config.json"])
     before = copy.deepcopy(config)
@@ -813,7 +813,7 @@ def _survey_models():
 def test_the_counting_build_covers_tasks_wrappers_lora_and_quantized_layers():
     import keras
 
-    from kerasurgery import _budget
+    from kerasurgery.guards import budget as _budget
 
     for model in _survey_models():
         config = json.loads(json.dumps(keras.saving.serialize_keras_object(model)))

@@ -20,7 +20,7 @@ from keras import ops
 
 import kerasurgery as ks
 from kerasurgery.errors import KerasurgeryError, ModelFileError
-from kerasurgery.inspection import (
+from kerasurgery.files.inspection import (
     DenseWeights,
     FileInfo,
     LayerInfo,
@@ -398,7 +398,7 @@ def test_no_tensorflow_or_keras_is_imported(deep):
     deep_files = [str(deep[name]) for name in ("frozen", "plain.keras", "plain.h5")]
     code = (
         "import json, sys\n"
-        "from kerasurgery.inspection import check_pins, inspect_file, read_dense_weights, read_weights\n"
+        "from kerasurgery.files.inspection import check_pins, inspect_file, read_dense_weights, read_weights\n"
         f"for path in [{str(FIXTURES)!r} + '/' + name for name in {ALL_FILES!r}] + {deep_files!r}:\n"
         "    inspect_file(path)\n"
         "    read_dense_weights(path)\n"
@@ -1334,7 +1334,7 @@ def test_a_named_layout_sublayer_needs_no_record(deep, tmp_path):
 
 
 def test_counting_reads_blocks_of_bounded_size(deep, monkeypatch):
-    import kerasurgery.inspection as inspection
+    import kerasurgery.files.inspection as inspection
 
     expected = inspect_file(deep["frozen"])
     sizes = []
@@ -1355,7 +1355,7 @@ def test_counting_reads_blocks_of_bounded_size(deep, monkeypatch):
 
 
 def _pattern(weights, capsys, monkeypatch):
-    from kerasurgery._render import Ui
+    from kerasurgery.cli.render import Ui
 
     monkeypatch.setenv("COLUMNS", "80")
     Ui(json_output=False, debug=False).pattern(weights)
@@ -1451,7 +1451,7 @@ def test_paths_agree_between_keras_and_h5_at_every_depth(tmp_path):
 
 
 def test_table_shares_count_every_weight_but_the_bias(tmp_path, capsys, monkeypatch):
-    from kerasurgery._render import Ui
+    from kerasurgery.cli.render import Ui
 
     model = _kinds_model()
     pins = _kinds_pins(model)

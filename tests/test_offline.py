@@ -1,4 +1,4 @@
-"""`freeze` / `strip` of `.keras` files without TensorFlow (`kerasurgery._offline`).
+"""`freeze` / `strip` of `.keras` files without TensorFlow (`kerasurgery.files.offline`).
 
 The offline command-line path must write the model the library writes
 (`ks.freeze` / `ks.strip` + `ks.save_model`): the same config up to key
@@ -26,8 +26,9 @@ import pytest
 keras = pytest.importorskip("keras")
 
 import kerasurgery as ks  # noqa: E402
-from kerasurgery import _arguments, cli  # noqa: E402
-from kerasurgery.inspection import read_weights  # noqa: E402
+from kerasurgery.cli import arguments as _arguments  # noqa: E402
+from kerasurgery.cli import main as cli
+from kerasurgery.files.inspection import read_weights  # noqa: E402
 
 OFFLINE = "offline path"
 KERAS_PATH = "Keras path"

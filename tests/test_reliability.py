@@ -32,7 +32,7 @@ from keras import ops
 import kerasurgery as ks
 from kerasurgery import _compat
 from kerasurgery.errors import KerasurgeryError, LayerSelectionError, ModelFileError
-from kerasurgery.formats import code_layers
+from kerasurgery.files.formats import code_layers
 from tests.conftest import make_mlp
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -7,7 +7,7 @@ import json
 import keras
 import pytest
 
-from kerasurgery import _shapes
+from kerasurgery.guards import shapes as _shapes
 
 L = keras.layers
 

@@ -1,4 +1,4 @@
-"""`kerasurgery.spec`: rules from names and arguments, and the TOML spec file.
+"""`kerasurgery.cli.spec`: rules from names and arguments, and the TOML spec file.
 
 These tests need numpy only: a rule is applied to plain arrays the way
 `freeze` applies it to a layer's kernel and bias.
@@ -16,7 +16,7 @@ import pytest
 
 from kerasurgery import Pin
 from kerasurgery.errors import KerasurgeryError, UsageError
-from kerasurgery.spec import RULES, load_arrays, load_spec, pins_for
+from kerasurgery.cli.spec import RULES, load_arrays, load_spec, pins_for
 
 KERNEL = np.array(
     [[0.0, 0.5, -0.02], [0.3, 0.0, 0.9], [-0.001, 0.2, 0.0], [0.7, -0.4, 0.05]],
@@ -365,7 +365,7 @@ def test_rules_listed_match_the_library():
 def test_spec_does_not_import_tensorflow(tmp_path):
     path = write(tmp_path, "[[layer]]\npattern = 'a'\nbelow = 0.1\n")
     code = (
-        "import sys; from kerasurgery.spec import load_spec; "
+        "import sys; from kerasurgery.cli.spec import load_spec; "
         f"load_spec({str(path)!r}); "
         "print(sorted(m for m in ('tensorflow', 'keras', 'jax') if m in sys.modules))"
     )

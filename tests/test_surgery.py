@@ -425,7 +425,7 @@ def test_equal_names_in_nested_models_are_told_apart_by_path():
     inner = keras.Sequential([keras.Input((4,)), keras.layers.Dense(4, name="dense")], name="inner")
     inputs = keras.Input((4,))
     model = _prune(keras.Model(inputs, keras.layers.Dense(2, name="dense")(inner(inputs)), name="outer"))
-    from kerasurgery.surgery import dense_layer_names
+    from kerasurgery.model.surgery import dense_layer_names
 
     assert dense_layer_names(model) == ["inner/dense", "dense"]
     every = ks.freeze(model, {"*": ks.rules.zeros()})

@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 import pytest
 
-from kerasurgery import _zipwrite
+from kerasurgery.files import zipwrite as _zipwrite
 
 
 def test_crc_arithmetic_matches_zlib():

@@ -21,8 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from kerasurgery import _shapes
-from kerasurgery._zipwindow import open_member
+from kerasurgery.guards import shapes as _shapes
+from kerasurgery.files.zipwindow import open_member
 from kerasurgery.errors import KerasurgeryError, ModelFileError, one_line
 
 KERAS = "keras"  # a zip archive: config.json, metadata.json, model.weights.h5
@@ -639,7 +639,7 @@ def check_declared_weights(path: Path, config: Any, stored: int, declared: int |
     `Dense` would make it allocate 2.5 GB. The declared entries are a lower
     bound, counted for the kinds whose sizes the config states (Dense, the
     convolutions, Embedding), unless `declared` gives the exact count (from
-    `kerasurgery._budget`, which builds the model without allocating it).
+    `kerasurgery.guards.budget`, which builds the model without allocating it).
 
     Raises:
         ModelFileError: the declared entries exceed `_DECLARED_SLACK` times

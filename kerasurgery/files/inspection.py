@@ -38,8 +38,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from kerasurgery import formats
-from kerasurgery._layout import (
+from kerasurgery.files import formats
+from kerasurgery.files.layout import (
     BIAS,
     CONFIG,
     DENSE,
@@ -54,7 +54,7 @@ from kerasurgery._layout import (
     weight_order,
 )
 from kerasurgery.errors import KerasurgeryError, ModelFileError, one_line
-from kerasurgery.formats import KERAS
+from kerasurgery.files.formats import KERAS
 
 UNKNOWN_CLASS = UNKNOWN
 

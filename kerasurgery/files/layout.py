@@ -60,10 +60,10 @@ from typing import Any
 import h5py
 import numpy as np
 
-from kerasurgery import formats
-from kerasurgery._zipwindow import open_member
+from kerasurgery.files import formats
+from kerasurgery.files.zipwindow import open_member
 from kerasurgery.errors import ModelFileError, one_line
-from kerasurgery.formats import KERAS, h5_text, read_h5_list
+from kerasurgery.files.formats import KERAS, h5_text, read_h5_list
 
 DENSE = "Dense"
 MASKED = "MaskedDense"

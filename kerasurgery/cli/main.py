@@ -25,8 +25,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from kerasurgery import _arguments, _atomic
-from kerasurgery._render import Ui
+from kerasurgery.cli import arguments as _arguments
+from kerasurgery.files import atomic as _atomic
+from kerasurgery.cli.render import Ui
 from kerasurgery.errors import KerasurgeryError, ModelFileError, UsageError, one_line
 
 OK, FAILED, USAGE, INTERRUPTED = 0, 1, 2, 130  # 128 + SIGINT; SIGTERM 143, SIGHUP 129
@@ -190,9 +191,9 @@ def _code(exit: SystemExit) -> int:
 
 def _pins_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The `freeze` pins the flags describe; flag combinations that make no sense are usage errors."""
-    from kerasurgery import spec
+    from kerasurgery.cli import spec
 
-    from kerasurgery.formats import stored_data_bytes
+    from kerasurgery.files.formats import stored_data_bytes
 
     # No mask or connections array can need more bytes than this: a weight
     # takes at least 2 bytes an entry, a float64 matrix 8.
@@ -228,7 +229,7 @@ def _source_and_output(args: argparse.Namespace, tag: str) -> tuple[Path, Path]:
     Refuses an input that is not a model file and an output that saving would
     refuse, so that a mistake costs no loading and no freezing.
     """
-    from kerasurgery.formats import detect_format, open_model_file
+    from kerasurgery.files.formats import detect_format, open_model_file
 
     source = Path(args.input)
     fmt = detect_format(source)
@@ -243,7 +244,7 @@ def _source_and_output(args: argparse.Namespace, tag: str) -> tuple[Path, Path]:
 
 def _output_path(source: Path, given: str | None, tag: str, fmt: str) -> Path:
     """`-o OUT`, or `<stem>.<tag><suffix>` beside the input (`fmt`: the input's format)."""
-    from kerasurgery.formats import KERAS
+    from kerasurgery.files.formats import KERAS
 
     if given is not None:
         if given.endswith(("/", os.sep)):
@@ -263,7 +264,7 @@ def _check_output(source: Path, output: Path, force: bool) -> None:
     The target checks are the atomic writer's own (`_atomic.check_target`),
     in the command line's words.
     """
-    from kerasurgery.formats import format_for_suffix
+    from kerasurgery.files.formats import format_for_suffix
 
     same = source.resolve() == output.resolve()
     with contextlib.suppress(OSError):
@@ -309,7 +310,7 @@ def _offline(
 
     Returns what it wrote, or `None` when the file needs Keras; `--debug` says which path ran.
     """
-    from kerasurgery import _offline as offline
+    from kerasurgery.files import offline
 
     reason = offline.offline_reason(source, output, unsafe=args.unsafe)
     if reason is None:
@@ -334,7 +335,7 @@ def _freeze_with_keras(
     args: argparse.Namespace, ui: Ui, source: Path, output: Path, pins: Any
 ) -> tuple[list[dict[str, Any]], bool]:
     with ui.tensorflow():
-        from kerasurgery import surgery
+        from kerasurgery.model import surgery
 
         model, compiled = _load(source, args, ui)
         if not surgery.pinnable_layers(model):
@@ -375,7 +376,7 @@ def _strip_with_keras(
     args: argparse.Namespace, ui: Ui, source: Path, output: Path
 ) -> tuple[list[dict[str, Any]], bool]:
     with ui.tensorflow():
-        from kerasurgery import surgery
+        from kerasurgery.model import surgery
 
         model, compiled = _load(source, args, ui)
         layers = [row for row in _dense_rows(model) if row["class_name"].startswith("Masked")]
@@ -393,7 +394,7 @@ def _written(
     args: argparse.Namespace, verb: str, source: Path, output: Path, compiled: bool,
     ui: Ui, **layers: Any,
 ) -> dict[str, Any]:
-    from kerasurgery.formats import format_for_suffix
+    from kerasurgery.files.formats import format_for_suffix
 
     return {
         "command": verb,
@@ -411,7 +412,7 @@ def _dense_rows(model: Any) -> list[dict[str, Any]]:
     import numpy as np
 
     from kerasurgery import layers as layers_lib
-    from kerasurgery.surgery import pinnable_layers
+    from kerasurgery.model.surgery import pinnable_layers
 
     rows = []
     for path, layer in pinnable_layers(model).items():
@@ -438,7 +439,7 @@ def _dense_rows(model: Any) -> list[dict[str, Any]]:
 
 
 def _load(source: Path, args: argparse.Namespace, ui: Ui) -> tuple[Any, bool]:
-    from kerasurgery import saving
+    from kerasurgery.model import saving
 
     if args.unsafe:
         # Only this load runs with safe mode off: Keras' process-wide switch
@@ -454,14 +455,14 @@ def _load(source: Path, args: argparse.Namespace, ui: Ui) -> tuple[Any, bool]:
 
 
 def _save(model: Any, output: Path, args: argparse.Namespace, ui: Ui) -> None:
-    from kerasurgery import saving
+    from kerasurgery.model import saving
 
     with ui.status(f"Saving {output}"):
         saving.save_model(model, output, overwrite=args.force)
 
 
 def _inspect(args: argparse.Namespace, ui: Ui) -> int:
-    from kerasurgery.inspection import inspect_file, read_weights
+    from kerasurgery.files.inspection import inspect_file, read_weights
 
     if args.show and args.json:
         raise UsageError("--show draws for people; use --json without --show")
@@ -496,7 +497,7 @@ def _inspect(args: argparse.Namespace, ui: Ui) -> int:
 
 
 def _verify(args: argparse.Namespace, ui: Ui) -> int:
-    from kerasurgery.inspection import check_pins
+    from kerasurgery.files.inspection import check_pins
 
     result = check_pins(args.candidate, args.against)
     if ui.json_output:

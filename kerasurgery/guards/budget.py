@@ -38,8 +38,8 @@ from typing import Any
 
 import keras
 
-from kerasurgery import formats
-from kerasurgery.formats import H5, check_declared_weights, exact_weight_entries
+from kerasurgery.files import formats
+from kerasurgery.files.formats import H5, check_declared_weights, exact_weight_entries
 
 _DEFERRED = "uninitialized_variables"  # keras/src/backend/common/variables.py
 

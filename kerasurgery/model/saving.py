@@ -17,11 +17,13 @@ import keras
 import numpy as np
 from keras import ops
 
-from kerasurgery import _atomic, _budget, _pin_record
+from kerasurgery.files import atomic as _atomic
+from kerasurgery.guards import budget as _budget
+from kerasurgery.files import pin_record as _pin_record
 from kerasurgery import layers as _layers  # also registers the pinned layers with Keras
 from kerasurgery import pins as _pins
 from kerasurgery.errors import KerasurgeryError, ModelFileError, one_line
-from kerasurgery.formats import (
+from kerasurgery.files.formats import (
     H5,
     KERAS,
     code_layers,
@@ -103,7 +105,7 @@ def _restore_record(path: Path, model: keras.Model) -> None:
     """
     import zipfile
 
-    from kerasurgery.surgery import walk_layers
+    from kerasurgery.model.surgery import walk_layers
 
     with zipfile.ZipFile(path) as archive:
         entries = _pin_record.read(archive, where=str(path))
@@ -416,7 +418,7 @@ def save_model(
 
 def _record_of(model: keras.Model, path: Path) -> list[_pin_record.RecordEntry]:
     """The pins that the file's config cannot carry (layers made by their parents)."""
-    from kerasurgery.surgery import walk_layers
+    from kerasurgery.model.surgery import walk_layers
 
     entries = []
     for layer_path, layer in walk_layers(model):

@@ -20,7 +20,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from kerasurgery._subclassed import copy_layer, is_subclassed, rebuild_subclassed
+from kerasurgery.model.subclassed import copy_layer, is_subclassed, rebuild_subclassed
 from kerasurgery import layers as layers_lib
 from kerasurgery import _plan
 from kerasurgery.errors import KerasurgeryError, PinError

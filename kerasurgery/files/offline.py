@@ -35,10 +35,12 @@ from typing import Any
 import h5py
 import numpy as np
 
-from kerasurgery import _plan, _shapes, formats
-from kerasurgery._layout import KINDS, _present, _snake_case, kind_of
-from kerasurgery._atomic import atomic_path
-from kerasurgery._zipwrite import CheckedMember, ZipWriter, member_start
+from kerasurgery import _plan
+from kerasurgery.guards import shapes as _shapes
+from kerasurgery.files import formats
+from kerasurgery.files.layout import KINDS, _present, _snake_case, kind_of
+from kerasurgery.files.atomic import atomic_path
+from kerasurgery.files.zipwrite import CheckedMember, ZipWriter, member_start
 from kerasurgery.errors import KerasurgeryError, ModelFileError, PinError, one_line
 from kerasurgery.pins import PER_ENTRY, SHARED, Axes
 
