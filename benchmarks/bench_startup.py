@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     result: dict = {"benchmark": "startup", "rounds": args.rounds}
-    if not (_common.ROOT / "kerasurgery" / "cli.py").exists():
+    if not (_common.ROOT / "kerasurgery" / "cli").is_dir():
         result["skipped"] = "the kerasurgery command line is not there yet"
         print("startup: skipped,", result["skipped"])
         _common.write_json(args.json, result)

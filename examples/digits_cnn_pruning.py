@@ -42,7 +42,7 @@ Exit status: 0 when both verifies pass and the sparsity is exactly the pinned
 entries, 1 when not or on a clear error, 2 on a usage error.
 
 The `kerasurgery` commands run in this process through
-`kerasurgery.cli.main(argv)`, the function the `kerasurgery` executable calls,
+`kerasurgery.cli.commands(argv)`, the function the `kerasurgery` executable calls,
 with the arguments a user would type (each is printed as a shell command):
 subprocesses would start TensorFlow again for every command, seconds each.
 """

@@ -31,7 +31,7 @@ Exit status: 0 when verify passes and the sparsity is kept exactly, 1 when
 either fails or on a clear error, 2 on a usage error.
 
 The `kerasurgery` commands run in this process through
-`kerasurgery.cli.main(argv)`, the function the `kerasurgery` executable calls,
+`kerasurgery.cli.commands(argv)`, the function the `kerasurgery` executable calls,
 with the same arguments a user would type (each is printed as a shell command).
 Running them as subprocesses would do the same work but start TensorFlow again
 for every command, which costs seconds each; the command line's own tests

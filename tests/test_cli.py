@@ -342,7 +342,7 @@ def test_the_input_format_is_read_once_by_the_command_line(base, tmp_path, capsy
     code, _, err = run(capsys, command, source)
     assert code == 0, err
     assert (tmp_path / f"model.{command.replace('freeze', 'frozen').replace('strip', 'stripped')}.keras").exists()
-    assert [caller for caller in calls if caller == "kerasurgery.cli.main"] == ["kerasurgery.cli.main"]
+    assert [caller for caller in calls if caller == "kerasurgery.cli.commands"] == ["kerasurgery.cli.commands"]
 
 
 @pytest.mark.parametrize("source, target", [(".h5", ".h5"), (".keras", ".h5"), (".h5", ".keras")])

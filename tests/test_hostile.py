@@ -28,6 +28,7 @@ import pytest
 
 import kerasurgery as ks
 from kerasurgery.files import formats
+from kerasurgery.guards import declared, limits
 from kerasurgery.cli import main
 from tests.conftest import make_mlp
 
@@ -331,21 +332,21 @@ def test_declared_weights_are_a_lower_bound_of_what_keras_builds():
 
     mlp = make_mlp()
     config = json.loads(json.dumps(keras.saving.serialize_keras_object(mlp)))
-    assert formats.declared_weight_entries(config) == mlp.count_params() == 4 * 3 + 3 + 3 * 2 + 2
+    assert declared.declared_weight_entries(config) == mlp.count_params() == 4 * 3 + 3 + 3 * 2 + 2
     conv = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(5, 3),
                              keras.layers.DepthwiseConv2D(3, depth_multiplier=2),
                              keras.layers.Flatten(), keras.layers.Dense(4)])
     config = json.loads(json.dumps(keras.saving.serialize_keras_object(conv)))
-    assert formats.declared_weight_entries(config) == conv.count_params()
+    assert declared.declared_weight_entries(config) == conv.count_params()
     # Without build_config, the size still comes from the layer feeding it.
     for layer in config["config"]["layers"]:
         layer.pop("build_config", None)
     config["config"].pop("build_input_shape", None)
-    assert 0 < formats.declared_weight_entries(config) <= conv.count_params()
+    assert 0 < declared.declared_weight_entries(config) <= conv.count_params()
     huge = _dense_config(25000, 25000)
     huge["config"]["layers"][1].pop("build_config")
     huge["config"].pop("build_input_shape")
-    assert formats.declared_weight_entries(huge) == 25000 * 25000 + 25000
+    assert declared.declared_weight_entries(huge) == 25000 * 25000 + 25000
 
 
 def test_data_outside_the_file_is_refused_by_every_command_without_hanging(tmp_path):
@@ -782,11 +783,11 @@ def test_configs_that_state_every_size_are_counted_exactly_without_building(buil
                                                             alpha=0.35)]
     for m in models:
         config = json.loads(json.dumps(keras.saving.serialize_keras_object(m)))
-        assert formats.exact_weight_entries(config) == sum(int(np.prod(v.shape)) for v in m.weights), m.name
+        assert declared.exact_weight_entries(config) == sum(int(np.prod(v.shape)) for v in m.weights), m.name
     # What the config does not size is left to the counting build.
     for name in ("lstm", "mha", "bert"):
         config = json.loads(_members(built_sizes[name][0])["config.json"])
-        assert formats.exact_weight_entries(config) is None, name
+        assert declared.exact_weight_entries(config) is None, name
 
 
 def _survey_models():
@@ -820,7 +821,7 @@ def test_the_counting_build_covers_tasks_wrappers_lora_and_quantized_layers():
         weights = sum(int(np.prod(v.shape)) for v in model.weights)
         assert _budget.built_weight_entries(config, formats.KERAS, safe_mode=True) == weights, model.name
         # LoRA and int8 add weights the config's sizes do not show: left to the build.
-        assert formats.exact_weight_entries(config) in (None, weights), model.name
+        assert declared.exact_weight_entries(config) in (None, weights), model.name
     # A stateful RNN: its states (batch 3 x units 8, two for an LSTM) are counted from the config.
     L = keras.layers
     stateful = keras.Sequential([keras.Input(batch_shape=(3, 5, 16)), L.LSTM(8, stateful=True), L.Dense(2)])
@@ -852,7 +853,7 @@ def test_assets_and_sequential_depth_are_capped_before_anything_is_built(frozen_
                   "config": {"name": "a", "activation": "relu", "trainable": True, "dtype": "float32"}}
     deep = _dense_config(3, 4)
     deep["config"]["layers"] += [json.loads(json.dumps(activation).replace('"a"', f'"a{i}"'))
-                                 for i in range(formats.MAX_SEQUENTIAL_LAYERS)]
+                                 for i in range(limits.MAX_SEQUENTIAL_LAYERS)]
     path = tmp_path / "deep.keras"
     with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
         archive.writestr("config.json", json.dumps(deep))

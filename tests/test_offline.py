@@ -27,7 +27,7 @@ keras = pytest.importorskip("keras")
 
 import kerasurgery as ks  # noqa: E402
 from kerasurgery.cli import arguments as _arguments  # noqa: E402
-from kerasurgery.cli import main as cli
+from kerasurgery.cli import commands as cli
 from kerasurgery.files.inspection import read_weights  # noqa: E402
 
 OFFLINE = "offline path"

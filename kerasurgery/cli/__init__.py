@@ -5,6 +5,6 @@ library, and renders what it returns (`render`); `spec` reads rule names,
 mask files and TOML spec files. Only this package prints or exits.
 """
 
-from kerasurgery.cli.main import main
+from kerasurgery.cli.commands import main
 
 __all__ = ["main"]

@@ -50,6 +50,7 @@ import numpy as np
 
 from kerasurgery import pins, pruning
 from kerasurgery.errors import KerasurgeryError, UsageError, one_line
+from kerasurgery.guards.limits import MAX_EXPANSION
 from kerasurgery.pins import Pin
 
 RULES = (
@@ -334,7 +335,7 @@ def load_arrays(
             wanted = list(members) if keys is None else list(keys)
             for key in wanted:
                 info = archive.getinfo(members[key])
-                if info.file_size > _MAX_EXPANSION * max(info.compress_size, 1):
+                if info.file_size > MAX_EXPANSION * max(info.compress_size, 1):
                     raise KerasurgeryError(
                         f"{path}: array {key!r} claims {info.file_size:,} bytes but only "
                         f"{info.compress_size:,} are stored."
@@ -348,9 +349,6 @@ def load_arrays(
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
         raise _unreadable(path, e) from None
 
-
-# DEFLATE cannot expand data by more than about 1032:1.
-_MAX_EXPANSION = 1032
 
 
 def _array_file(path: str | os.PathLike) -> Path:

@@ -21,7 +21,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from kerasurgery.guards import shapes as _shapes
+from kerasurgery.guards.declared import check_declared_weights, check_sequential_depth
+from kerasurgery.guards.limits import (
+    MAX_ASSET_BYTES, MAX_CONFIG_BYTES, MAX_EXPANSION, MAX_JSON_CONTAINERS, MAX_JSON_DEPTH,
+    MAX_MEMBERS, MAX_METADATA_BYTES,
+)
 from kerasurgery.files.zipwindow import open_member
 from kerasurgery.errors import KerasurgeryError, ModelFileError, one_line
 
@@ -102,7 +106,7 @@ def stored_data_bytes(path: str | os.PathLike) -> int:
     try:
         if zipfile.is_zipfile(path):
             with zipfile.ZipFile(path) as archive:
-                return sum(min(info.file_size, _MAX_EXPANSION * info.compress_size)
+                return sum(min(info.file_size, MAX_EXPANSION * info.compress_size)
                            for info in archive.infolist())
         return os.path.getsize(path)
     except (OSError, ValueError, zipfile.BadZipFile):
@@ -113,37 +117,6 @@ def stored_data_bytes(path: str | os.PathLike) -> int:
 _CONFIG = "config.json"
 _METADATA = "metadata.json"
 _WEIGHTS = "model.weights.h5"
-# DEFLATE cannot expand data by more than about 1032:1.
-_MAX_EXPANSION = 1032
-# Caps checked before a member is read or parsed. The largest configs of real
-# models are about 1 MB (Keras' NASNetLarge, 1041 layers: 1.0 MB, 20 000 JSON
-# objects and lists, nested 7 deep; a KerasHub BERT or GPT-2 backbone: under
-# 1 KB), so 16 MB leaves room for models 16 times larger while parsing the
-# worst JSON of that size stays within a few hundred MB of memory.
-MAX_CONFIG_BYTES = 16 << 20
-MAX_JSON_CONTAINERS = 1 << 20  # objects and lists
-MAX_JSON_DEPTH = 256  # below Python's recursion limit, far above any model
-# metadata.json holds the Keras version and a date; Keras itself never reads it.
-_MAX_METADATA_BYTES = 1 << 20
-# A `.keras` archive holds three or four members, plus assets (vocabularies).
-# Keras reads an asset whole and splits it into Python strings (some 30 times
-# its bytes for short lines): 64 MB caps that near 2 GB. Real ones are far
-# smaller (a KerasHub BERT vocabulary 0.2 MB, GPT-2's merges and vocabulary
-# 1.5 MB, a Gemma SentencePiece model 4 MB).
-MAX_ASSET_BYTES = 64 << 20
-# Keras rebuilds a Sequential model's graph at each layer it adds, so its
-# load grows with the square of the layer count (300 weightless layers: 17 s
-# on a 2-core machine). Real Sequential models have tens of layers; deep
-# models are Functional.
-MAX_SEQUENTIAL_LAYERS = 512
-_MAX_MEMBERS = 10_000
-# Weight entries a config may declare beyond 4x those the file stores (e.g.
-# the packed kernels of int4 layers) before it is refused: what Keras then
-# allocates stays within 64 MB (float32) plus a small multiple of the file.
-_FREE_ENTRIES = 1 << 24
-_DECLARED_SLACK = 4
-
-
 @dataclasses.dataclass(frozen=True)
 class ModelFile:
     """A model file opened by `open_model_file`, its container checked.
@@ -244,7 +217,7 @@ def _open_keras(path: Path, stack: contextlib.ExitStack, check_crc: bool) -> Mod
         version = None
         # Keras never reads metadata.json: one too large or malformed only
         # leaves the version unknown.
-        if _METADATA in names and archive.getinfo(_METADATA).file_size <= _MAX_METADATA_BYTES:
+        if _METADATA in names and archive.getinfo(_METADATA).file_size <= MAX_METADATA_BYTES:
             with contextlib.suppress(KerasurgeryError):
                 metadata = parse_json(archive.read(_METADATA), _METADATA)
                 if isinstance(metadata, dict):
@@ -328,7 +301,7 @@ def _check_members(path: Path, archive: zipfile.ZipFile) -> None:
     """Refuses, before anything is read, members that claim more than DEFLATE
     can expand their stored bytes to, and archives of implausibly many members."""
     infos = archive.infolist()
-    if len(infos) > _MAX_MEMBERS:
+    if len(infos) > MAX_MEMBERS:
         raise ModelFileError(
             f"{path}: is a zip archive of {len(infos):,} members; a Keras model has a few."
         )
@@ -339,7 +312,7 @@ def _check_members(path: Path, archive: zipfile.ZipFile) -> None:
             f"uncompressed, more than the {MAX_ASSET_BYTES >> 20} MB assets may take."
         )
     for info in infos:
-        if info.file_size > _MAX_EXPANSION * max(info.compress_size, 1):
+        if info.file_size > MAX_EXPANSION * max(info.compress_size, 1):
             raise ModelFileError(
                 f"{path}: {info.filename} claims {info.file_size:,} bytes but only "
                 f"{info.compress_size:,} are stored (more than compression can expand "
@@ -576,7 +549,7 @@ def _check_hdf5(path: Path, h5: Any, size: int, what: str) -> int:
                 f"{path}: {what}dataset {name!r} claims {declared} bytes, more than "
                 "the file holds: the file is truncated or damaged."
             )
-        capacity = storage * (_MAX_EXPANSION if plist.get_nfilters() else 1)
+        capacity = storage * (MAX_EXPANSION if plist.get_nfilters() else 1)
         if declared > capacity:
             raise ModelFileError(
                 f"{path}: {what}dataset {name!r} claims {declared} bytes, more than "
@@ -601,237 +574,3 @@ def _check_hdf5(path: Path, h5: Any, size: int, what: str) -> int:
             f"{path}: {what}is a damaged HDF5 file ({one_line(e)})."
         ) from None
     return total
-
-
-def json_dicts(tree: Any, budget: int = MAX_JSON_CONTAINERS) -> Iterator[dict]:
-    """Every dict of a parsed JSON tree, depth first, visiting at most `budget`
-    objects and lists. A dict is yielded before its values are visited: the
-    caller may change them."""
-    stack = [tree]
-    while stack and budget > 0:
-        budget -= 1
-        node = stack.pop()
-        if isinstance(node, list):
-            stack.extend(node)
-        elif isinstance(node, dict):
-            yield node
-            stack.extend(node.values())
-
-
-def check_sequential_depth(path: Path, config: Any) -> None:
-    """Refuses a Sequential model of more than `MAX_SEQUENTIAL_LAYERS` layers."""
-    for node in json_dicts(config):
-        layers = _listed_layers(node)
-        if node.get("class_name") == "Sequential" and layers is not None and (
-                len(layers) > MAX_SEQUENTIAL_LAYERS):
-            raise ModelFileError(
-                f"{path}: a Sequential model of {len(layers):,} layers, more than the "
-                f"{MAX_SEQUENTIAL_LAYERS} kerasurgery loads (Keras' time to load one grows "
-                "with the square of its layers); save it as a Functional model."
-            )
-
-
-def check_declared_weights(path: Path, config: Any, stored: int, declared: int | None = None) -> None:
-    """Refuses a config that declares far more weight entries than the file stores.
-
-    Keras builds and initializes every layer a config declares before it
-    reads a single stored weight: a 680-byte file declaring a 25000 x 25000
-    `Dense` would make it allocate 2.5 GB. The declared entries are a lower
-    bound, counted for the kinds whose sizes the config states (Dense, the
-    convolutions, Embedding), unless `declared` gives the exact count (from
-    `kerasurgery.guards.budget`, which builds the model without allocating it).
-
-    Raises:
-        ModelFileError: the declared entries exceed `_DECLARED_SLACK` times
-            `stored` plus `_FREE_ENTRIES`.
-    """
-    if declared is None:
-        declared = declared_weight_entries(config)
-    if declared > _DECLARED_SLACK * stored + _FREE_ENTRIES:
-        raise ModelFileError(
-            f"{path}: the model config declares weights of {declared:,} entries, but the "
-            f"file stores {stored:,}: refused before building the model (its layers "
-            "would take memory the file does not hold)."
-        )
-
-
-def declared_weight_entries(config: Any) -> int:
-    """A lower bound of the weight entries Keras creates when it builds `config`."""
-    total = 0
-    for node in json_dicts(config):
-        layers = _listed_layers(node)
-        if layers is not None:
-            total += _entries_of_model(layers, sequential=node.get("class_name") == "Sequential")
-    return total
-
-
-# The model classes whose configs list their layers, the modules Keras 3
-# saves them under, and the module the pinned layers are saved under.
-MODEL_CLASSES = ("Functional", "Sequential")
-MODEL_MODULES = ("keras", "keras.models", "keras.src.models.functional", "keras.src.models.sequential")
-PINNED_MODULE = "kerasurgery.layers._classes"
-
-
-def exact_weight_entries(config: Any) -> int | None:
-    """The weight entries Keras creates when it builds `config` (and the
-    constants it makes from it, `_shapes.constant_entries`), where the config
-    alone states every one: Sequential and Functional models (nested
-    ones too) of built-in layers, plain or pinned, that `_shapes` sizes, each
-    with the input shape it was built on. `None` for any other config (the
-    Keras path then counts by building, `_budget`)."""
-    total, stack = 0, [(config, 0)]
-    while stack:
-        node, depth = stack.pop()
-        if depth > MAX_JSON_DEPTH or not isinstance(node, dict) or (
-            node.get("class_name") not in MODEL_CLASSES or node.get("module") not in MODEL_MODULES
-            or node.get("registered_name") not in (None, node.get("class_name"))
-        ):
-            return None
-        inner = node.get("config")
-        layers = inner.get("layers") if isinstance(inner, dict) else None
-        if not isinstance(layers, list):
-            return None
-        for layer in layers:
-            if isinstance(layer, dict) and layer.get("class_name") in MODEL_CLASSES:
-                stack.append((layer, depth + 1))
-                continue
-            entries = _exact_layer_entries(layer)
-            if entries is None:
-                return None
-            total += entries
-    return total
-
-
-def _exact_layer_entries(layer: Any) -> int | None:
-    if not isinstance(layer, dict) or not isinstance(layer.get("config"), dict):
-        return None
-    cls, config = layer.get("class_name"), layer["config"]
-    module, registered = layer.get("module"), layer.get("registered_name")
-    storage = None
-    if module == "keras.layers" and registered is None:
-        kind = cls
-    elif module == PINNED_MODULE and isinstance(cls, str) and registered == f"kerasurgery>{cls}":
-        kind, storage = cls.removeprefix("Masked"), config.get("pin_storage")
-        if not isinstance(storage, dict):
-            return None
-    else:
-        return None
-    if kind in _shapes.WEIGHTLESS:
-        return 0
-    build = layer.get("build_config")
-    input_shape = build.get("input_shape") if isinstance(build, dict) else None
-    shapes = _shapes.weight_shapes(kind, config, input_shape)
-    if shapes is None:
-        return None
-    entries = _shapes.entries(shapes) + _shapes.constant_entries(kind, config, input_shape)
-    if storage is not None:  # each pinned weight adds its mask, and one value or one per entry
-        names = (("depthwise_kernel", "pointwise_kernel") if kind.startswith("Separable")
-                 else ("embeddings",) if kind == "Embedding" else ("kernel",)) + ("bias",)
-        for name, shape in zip(names, shapes):
-            if name in storage:
-                size = math.prod(shape)
-                entries += size + (1 if storage[name] == "shared" else size)
-    return entries
-
-
-def _listed_layers(node: dict) -> list | None:
-    inner = node.get("config")
-    if isinstance(inner, dict) and isinstance(inner.get("layers"), list):
-        return inner["layers"]
-    if node.get("class_name") == "Sequential" and isinstance(inner, list):
-        return inner  # Keras < 2.2.3
-    return None
-
-
-def _entries_of_model(layers: list, *, sequential: bool) -> int:
-    """Entries of the known kinds among a model's layers; input sizes come from
-    each layer's `build_config`, the shape of the tensor it is called on, or
-    the layer that feeds it (in Sequential order, or by a Functional graph)."""
-    out_dims: dict[str, int] = {}
-    previous: int | None = None
-    total = 0
-    for layer in layers:
-        if not isinstance(layer, dict) or not isinstance(layer.get("config"), dict):
-            previous = None
-            continue
-        config = layer["config"]
-        kind = _kind(layer.get("class_name"))
-        fed = [previous if sequential else None, *_fed_by(layer, out_dims)]
-        entries, out = _layer_entries(kind, config, layer.get("build_config"), fed)
-        total += entries
-        name = config.get("name", layer.get("name"))
-        if isinstance(name, str) and out is not None:
-            out_dims[name] = out
-        previous = out
-    return total
-
-
-def _kind(class_name: Any) -> str:
-    if not isinstance(class_name, str):
-        return ""
-    name = class_name.rpartition(">")[2]
-    return name.removeprefix("Masked") if name.startswith("Masked") else name
-
-
-def _fed_by(layer: dict, out_dims: dict[str, int]) -> list[int | None]:
-    """Input sizes named by a layer's inbound nodes (Keras 3 tensor shapes,
-    or the layers they come from, Keras 2 and 3)."""
-    found: list[int | None] = []
-    stack: list[Any] = [layer.get("inbound_nodes")]
-    budget = 1000
-    while stack and budget > 0:
-        budget -= 1
-        node = stack.pop()
-        if isinstance(node, dict):
-            if node.get("class_name") == "__keras_tensor__" and isinstance(node.get("config"), dict):
-                tensor = node["config"]
-                found.append(_last(tensor.get("shape")))
-                history = tensor.get("keras_history")
-                if isinstance(history, list) and history and isinstance(history[0], str):
-                    found.append(out_dims.get(history[0]))
-            else:
-                stack.extend(node.values())
-        elif isinstance(node, list):
-            if node and isinstance(node[0], str):  # Keras 2: [layer name, node, tensor, kwargs]
-                found.append(out_dims.get(node[0]))
-            else:
-                stack.extend(node)
-    return found
-
-
-def _last(shape: Any, axis: int = -1) -> int | None:
-    if isinstance(shape, list) and len(shape) >= 2:
-        value = shape[axis]
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            return value
-    return None
-
-
-def _layer_entries(kind: str, config: dict, build: Any, fed: list[int | None]) -> tuple[int, int | None]:
-    """(weight entries, size of the last output axis) of one layer config; 0 and
-    `None` where unknown. Sizes come from `_shapes`, on the input shape the
-    layer was built on or, without one, on the largest input size known."""
-    if kind == "InputLayer":
-        shape = config.get("batch_shape", config.get("batch_input_shape"))
-        return 0, _last(shape)
-    first = config.get("data_format") == "channels_first"
-    shape = build.get("input_shape") if isinstance(build, dict) else None
-    shapes = _shapes.weight_shapes(kind, config, shape)
-    if shapes is None and not first:
-        known = [d for d in (_last(shape), *fed) if d]
-        rank = re.search(r"(\d)D", kind)
-        guessed = [None, *[1] * (int(rank.group(1)) if rank else 0), max(known, default=1)]
-        shapes = _shapes.weight_shapes(kind, config, guessed)
-    constants = _shapes.constant_entries(kind, config, shape)
-    if not shapes:
-        return constants, None
-    kernel = shapes[1 if kind.startswith("Separable") else 0]
-    if kind.startswith("Depthwise"):
-        out = kernel[-2] * kernel[-1]
-    elif kind.endswith("Transpose"):
-        out = kernel[-2]
-    elif kind in ("Dense", "Embedding") or kind.startswith(("Conv", "Separable")):
-        out = kernel[-1]
-    else:
-        out = None
-    return _shapes.entries(shapes) + constants, None if first else out

@@ -61,6 +61,7 @@ import h5py
 import numpy as np
 
 from kerasurgery.files import formats
+from kerasurgery.guards.limits import MAX_EXPANSION, MAX_LAYER_DEPTH
 from kerasurgery.files.zipwindow import open_member
 from kerasurgery.errors import ModelFileError, one_line
 from kerasurgery.files.formats import KERAS, h5_text, read_h5_list
@@ -100,12 +101,8 @@ PIN_RECORD_FORMAT = "kerasurgery-pins"
 PIN_RECORD_VERSION = 1
 
 _PIN_SUFFIXES = ("_pin_mask", "_pin_value")
-# Deeper than this, a file is built to exhaust the reader, not to hold a model.
-_MAX_DEPTH = 64
 # Children of a model's group that hold no layers.
 _NOT_LAYERS = frozenset({"vars", "optimizer"})
-# DEFLATE cannot expand data by more than about 1032:1.
-_MAX_EXPANSION = 1032
 
 
 def kind_of(class_name: str) -> str | None:
@@ -204,7 +201,7 @@ def open_pin_record(opened: formats.ModelFile, stack: contextlib.ExitStack) -> d
     try:
         archive = stack.enter_context(zipfile.ZipFile(path))
         info = archive.getinfo(PIN_RECORD)
-        if info.file_size > _MAX_EXPANSION * max(info.compress_size, 1):
+        if info.file_size > MAX_EXPANSION * max(info.compress_size, 1):
             raise error(f"claims {info.file_size} bytes but only {info.compress_size} are stored.")
         # A mask takes 1 byte an entry and a value at most 8, against at least 2
         # for the weight: a record larger than this pins weights the file lacks.
@@ -323,8 +320,8 @@ class _Walk:
     def _children(self, group: h5py.Group | None, layer_config: dict,
                   config_children: list | None, prefix: str, depth: int) -> None:
         """The layers inside a layer (or the model): those its config names, then the rest."""
-        if depth > _MAX_DEPTH:
-            raise self.error(f"nests layers more than {_MAX_DEPTH} deep.")
+        if depth > MAX_LAYER_DEPTH:
+            raise self.error(f"nests layers more than {MAX_LAYER_DEPTH} deep.")
         container = None
         if config_children is not None:
             container = _container(group)
@@ -368,8 +365,8 @@ class _Walk:
         is a container (a list or dict attribute), whose members are named
         after their class (`listed`).
         """
-        if depth > _MAX_DEPTH:
-            raise self.error(f"nests layers more than {_MAX_DEPTH} deep.")
+        if depth > MAX_LAYER_DEPTH:
+            raise self.error(f"nests layers more than {MAX_LAYER_DEPTH} deep.")
         for key in group:
             if key in _NOT_LAYERS:
                 continue

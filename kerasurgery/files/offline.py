@@ -38,6 +38,7 @@ import numpy as np
 from kerasurgery import _plan
 from kerasurgery.guards import shapes as _shapes
 from kerasurgery.files import formats
+from kerasurgery.guards import declared
 from kerasurgery.files.layout import KINDS, _present, _snake_case, kind_of
 from kerasurgery.files.atomic import atomic_path
 from kerasurgery.files.zipwrite import CheckedMember, ZipWriter, member_start
@@ -49,9 +50,9 @@ _METADATA = "metadata.json"
 _WEIGHTS = "model.weights.h5"
 _MEMBERS = (_METADATA, _CONFIG, _WEIGHTS)
 
-_PINNED_MODULE = formats.PINNED_MODULE
-_MODELS = formats.MODEL_CLASSES
-_MODEL_MODULES = formats.MODEL_MODULES
+_PINNED_MODULE = declared.PINNED_MODULE
+_MODELS = declared.MODEL_CLASSES
+_MODEL_MODULES = declared.MODEL_MODULES
 # Built-in layers that hold no other layer and whose weights nothing here
 # changes: their groups are copied as they are.
 _PLAIN = _shapes.WEIGHTLESS | {"BatchNormalization", "LayerNormalization", "GroupNormalization", "PReLU"}

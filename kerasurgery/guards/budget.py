@@ -4,11 +4,11 @@ Keras builds every layer a config declares, and fills every variable with its
 initializer, before it reads one stored weight: a config of a few hundred
 bytes that declares a 50000 x 50000 `EinsumDense`, or a KerasHub backbone
 with a vocabulary of a billion tokens, makes it allocate tens of gigabytes.
-`formats.declared_weight_entries` counts, without Keras, the kinds whose
+`declared.declared_weight_entries` counts, without Keras, the kinds whose
 sizes a config states; every other layer (EinsumDense, recurrent layers,
 attention, KerasHub and custom layers) only shows its sizes when it is built.
 
-Where the config states every size (`formats.exact_weight_entries`:
+Where the config states every size (`declared.exact_weight_entries`:
 Sequential and Functional models of built-in layers that `_shapes` sizes,
 plain or pinned, such as the Keras Applications CNNs), that count is exact
 and nothing is built. Otherwise the loader builds the model once more, first, inside a
@@ -39,7 +39,9 @@ from typing import Any
 import keras
 
 from kerasurgery.files import formats
-from kerasurgery.files.formats import H5, check_declared_weights, exact_weight_entries
+from kerasurgery.files.formats import H5
+from kerasurgery.guards import declared, limits
+from kerasurgery.guards.declared import check_declared_weights, exact_weight_entries
 
 _DEFERRED = "uninitialized_variables"  # keras/src/backend/common/variables.py
 
@@ -53,7 +55,7 @@ def check_buildable(path: Path, config: dict, fmt: str, stored: int, *, safe_mod
 
     Raises:
         ModelFileError: the built model's weight entries (and its metrics')
-            exceed what `formats.check_declared_weights` allows for `stored`.
+            exceed what `declared.check_declared_weights` allows for `stored`.
     """
     declared = exact_weight_entries(config)  # the config says it all: no build needed
     if declared is None:
@@ -62,7 +64,7 @@ def check_buildable(path: Path, config: dict, fmt: str, stored: int, *, safe_mod
         training = config.get("compile_config") if fmt != H5 else _h5_training_config(path)
         metrics = metric_entries(training)
         if metrics:
-            declared = (declared or formats.declared_weight_entries(config)) + metrics
+            declared = (declared or declared.declared_weight_entries(config)) + metrics
     if declared is not None:
         check_declared_weights(path, config, stored, declared)
 
@@ -77,7 +79,7 @@ def metric_entries(training: Any) -> int:
     makes: exact for `AUC` and the IoU family, the sum of the other integer
     arguments otherwise (a lower bound)."""
     total = 0
-    for node in formats.json_dicts(training):
+    for node in declared.json_dicts(training):
         inner = node.get("config")
         if isinstance(inner, dict) and isinstance(node.get("class_name"), str):
             name = node["class_name"]
@@ -102,7 +104,7 @@ def _h5_training_config(path: Path) -> Any:
     try:
         with h5py.File(path, "r") as h5:
             raw = h5.attrs.get("training_config")
-        if raw is None or len(raw) > formats.MAX_CONFIG_BYTES:
+        if raw is None or len(raw) > limits.MAX_CONFIG_BYTES:
             return None
         return formats.parse_json(raw.encode() if isinstance(raw, str) else bytes(raw), "training_config")
     except Exception:  # unreadable: Keras' own load reports it
@@ -144,7 +146,7 @@ def _without_states(config: Any) -> int | None:
     """Makes the stateful recurrent layers of `config` stateless; the entries
     of their states (batch x units, two for LSTMs), or `None` if none was."""
     total, found = 0, False
-    for node in formats.json_dicts(config):
+    for node in declared.json_dicts(config):
         inner = node.get("config")
         if isinstance(inner, dict) and inner.get("stateful") is True:
             inner["stateful"], found = False, True
@@ -176,7 +178,7 @@ def _skip_compiling(config: Any) -> bool:
     `Task(compile=True)`) not to: an optimizer's variables cannot be deferred.
     Whether any was asked."""
     asked = False
-    for node in formats.json_dicts(config):
+    for node in declared.json_dicts(config):
         inner, registered = node.get("config"), node.get("registered_name")
         if isinstance(inner, dict) and isinstance(registered, str) and "compile" not in inner:
             cls = keras.saving.get_registered_object(registered)
