@@ -298,7 +298,7 @@ def _mirrored_worker(out_dir) -> None:
 
 
 def _multi_worker_worker(out_dir) -> None:
-    """The README's multi-machine recipe, one worker of it."""
+    """The multi-machine recipe of docs/distributed.md, one worker of it."""
     import tensorflow as tf
 
     strategy = tf.distribute.MultiWorkerMirroredStrategy()  # first: it configures the runtime

@@ -516,7 +516,7 @@ def test_fuzzed_files_load_or_fail_with_a_kerasurgery_error(tmp_path):
     assert sum(n for (_, label, outcome), n in counts.items()
                if label == "config integer inflated" and outcome == "config: declares more than stored") >= 10
     # Each variant's peak memory over what the process held before it: within
-    # the README's budget (512 MB; what a config may declare beyond what the
+    # docs/resource-budget.md's budget (512 MB; what a config may declare beyond what the
     # file stores is 16M entries, 64 MB of float32, plus Keras' temporaries).
     print(f"  largest peak growth of an inflated variant: {inflated_growth:.0f} MB ({largest})")
     assert inflated_growth < 512, largest
