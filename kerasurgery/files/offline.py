@@ -11,6 +11,10 @@ as it is, one at a time. The optimizer's state is reset as a fresh optimizer
 of the same configuration holds it, since `kerasurgery.freeze` compiles the
 copy afresh. What the pins are (selection, rules, merging, storage) is
 `_plan`'s, the same code the Keras path runs, so both write the same model.
+What each layer kind is (weights, axes, pinned class) is `kerasurgery.kinds`'.
+Pinned layers written by earlier versions (kerasurgery 0.1.0's
+`pinned_kernel_values`, the development versions' module
+`kerasurgery.layers._classes`) are rewritten as the Keras path saves them again.
 
 Only files whose every part is understood here are rewritten: Sequential and
 Functional models (nested ones too) of built-in Keras layers, written by the
