@@ -9,12 +9,13 @@ both share one implementation. This module needs numpy only.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol, Union
 
 import numpy as np
 
 from kerasurgery.errors import PinError
+from kerasurgery.kinds import Axes
 
 Value = Union[float, np.ndarray, None]
 
@@ -23,6 +24,28 @@ Value = Union[float, np.ndarray, None]
 # stored value per entry (at most 1 + 4 bytes per entry in float32).
 SHARED = "shared"
 PER_ENTRY = "per_entry"
+
+
+def saved_storage(config: Mapping[str, Any], present: Sequence[str]) -> dict[str, str] | None:
+    """How a pinned layer saved with `config` stores the pinned values of each
+    of its `present` weights (main weight first), as its `build` sets it up.
+
+    The config's `pin_storage`, or kerasurgery 0.1.0's `pinned_kernel_values`
+    (the main weight's); a weight neither names is `SHARED`, the bias
+    `PER_ENTRY`. `None` when the config's storage is malformed (the layer
+    would refuse it).
+    """
+    storage = config.get("pin_storage")
+    if storage is None:
+        storage = {}
+    if not isinstance(storage, Mapping):
+        return None
+    storage = dict(storage)
+    if config.get("pinned_kernel_values") is not None and present:
+        storage.setdefault(present[0], config["pinned_kernel_values"])
+    if any(not isinstance(w, str) or v not in (SHARED, PER_ENTRY) for w, v in storage.items()):
+        return None
+    return {w: storage.get(w, PER_ENTRY if w == "bias" else SHARED) for w in present}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,22 +59,6 @@ class WeightPins:
     effective: np.ndarray
     mask: np.ndarray
     value: np.ndarray
-
-
-@dataclasses.dataclass(frozen=True)
-class Axes:
-    """Which axes of a weight are its inputs and its outputs (units / filters).
-
-    `units` axes are flattened in C order to number the output units, which is
-    also how the bias numbers them when `bias_follows_units`.
-    """
-
-    inputs: tuple[int, ...]
-    units: tuple[int, ...]
-    bias_follows_units: bool = True
-    # False for a table looked up by row (Embedding): its inputs are rows, not
-    # a contracted axis, so n:m sparsity does not apply.
-    contracted: bool = True
 
 
 def bits(array: np.ndarray) -> np.ndarray:

@@ -32,6 +32,7 @@ from kerasurgery.files.inspection import read_weights  # noqa: E402
 
 OFFLINE = "offline path"
 KERAS_PATH = "Keras path"
+V010 = Path(__file__).resolve().parent.parent / "fixtures" / "kerasurgery-0.1.0"
 
 
 # --- the corpus ------------------------------------------------------------------
@@ -139,6 +140,9 @@ def corpus(tmp_path_factory):
     })
     files["frozen"] = folder / "frozen.keras"
     ks.save_model(frozen, files["frozen"])
+    # Written by kerasurgery 0.1.0 (`pinned_kernel_values`, no `quantization_config`).
+    files["v010_mlp"] = V010 / "frozen_mlp.keras"
+    files["v010_nested"] = V010 / "nested_frozen.keras"
     np.save(folder / "mask.npy", np.eye(8, dtype=bool))
     np.savez(folder / "masks.npz", **{"dense": np.eye(8, dtype=bool), "dense/bias": np.arange(8) % 2 == 0})
     np.savez(folder / "wiring.npz", dense_1=(np.arange(64).reshape(8, 8) % 3 != 0).astype("int8"))
@@ -271,6 +275,9 @@ FREEZE_CASES = [
     ("fresh", ["--layer", "dense_[02]", "--smallest", "0.5"]),
     ("frozen", ["--layer", "dense_1", "--below", "0.1"]),
     ("frozen", ["--layer", "out", "--index", "0,0", "--value", "3"]),
+    ("v010_mlp", ["--layer", "dense_2", "--below", "0.1"]),
+    ("v010_mlp", ["--layer", "dense_1", "--units", "0", "--value", "1"]),
+    ("v010_nested", ["--below", "0.2"]),
 ]
 
 
@@ -309,7 +316,7 @@ def test_freeze_writes_what_the_library_writes(corpus, loaded, capsys, tmp_path)
 
 def test_strip_writes_what_the_library_writes(corpus, capsys, tmp_path):
     folder, files = corpus
-    frozen = [files["frozen"]]
+    frozen = [files["frozen"], files["v010_mlp"], files["v010_nested"]]
     for number, (name, flags) in enumerate([("nested", ["--below", "0.2", "--value", "1"]),
                                             ("kinds", ["--fraction", "0.5", "--seed", "1"])]):
         path = tmp_path / f"{name}.frozen.keras"

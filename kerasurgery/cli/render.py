@@ -186,21 +186,13 @@ def _dims(shape: tuple) -> str:
 
 
 def _axes(class_name: str, weight: str, ndim: int) -> tuple[str, str] | None:
-    """What a weight's rows and columns are, when drawn as a grid; `None` for a
-    Dense-like 2-D kernel (rows = inputs, columns = units)."""
-    kind = class_name[len("Masked"):] if class_name.startswith("Masked") else class_name
-    if kind == "Embedding":
-        return "token ids", "features"
-    if kind.startswith("SeparableConv"):
-        if weight == "pointwise_kernel":
-            return "input channels × depth multiplier", "filters"
-        return "kernel positions × input channels", "depth multiplier"
-    if kind.startswith("DepthwiseConv"):
-        return "kernel positions × input channels", "depth multiplier"
-    if kind.startswith("Conv") and kind.endswith("Transpose"):
-        return "kernel positions × filters", "input channels"
-    if kind.startswith("Conv"):
-        return "kernel positions × input channels", "filters"
+    """What a weight's rows and columns are, when drawn as a grid (its kind's
+    `grid`); `None` for a Dense-like 2-D kernel (rows = inputs, columns = units)."""
+    from kerasurgery import kinds
+
+    kind = kinds.find(class_name)
+    if kind is not None and weight in kind.grid:
+        return kind.grid[weight]
     if ndim > 2:
         return "all axes but the last", "the last axis"
     return None

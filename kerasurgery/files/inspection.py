@@ -30,7 +30,6 @@ import contextlib
 import dataclasses
 import math
 import os
-import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from kerasurgery import kinds
 from kerasurgery.files import formats
 from kerasurgery.files.layout import (
     BIAS,
@@ -46,13 +46,10 @@ from kerasurgery.files.layout import (
     MASKED,
     UNKNOWN,
     Entry,
-    _present,
-    is_pinned_class,
-    kind_of,
     layer_entries,
     open_pin_record,
-    weight_order,
 )
+from kerasurgery.guards import shapes as _shapes
 from kerasurgery.errors import KerasurgeryError, ModelFileError, one_line
 from kerasurgery.files.formats import KERAS
 
@@ -61,8 +58,9 @@ UNKNOWN_CLASS = UNKNOWN
 # Entries read at once when counting, so counting a huge weight or mask stays
 # within a few tens of MB of memory.
 _COUNT_BLOCK = 1 << 22
-# The weights that count as a kernel in a layer of no pinnable kind.
-_KERNEL_LIKE = ("kernel", "depthwise_kernel", "pointwise_kernel", "embeddings")
+# The weights that count as a kernel in a layer of no pinnable kind: those
+# that do in some kind.
+_KERNEL_LIKE = kinds.kernel_names()
 _SHARED, _PER_ENTRY = "shared", "per_entry"
 
 
@@ -321,7 +319,7 @@ def read_weights(
                 continue
             if wanted is not None and entry.path not in wanted:
                 continue
-            if wanted is None and kind_of(entry.class_name) is None and not entry.has_pins:
+            if wanted is None and kinds.find(entry.class_name) is None and not entry.has_pins:
                 continue
             weights = model.read_layer(entry)
             if weights is not None:
@@ -541,7 +539,7 @@ class _ModelFile:
         if not stored:
             return None
         checked = {id(s) for s in _kernel_like(entry, stored)}
-        pinnable = kind_of(entry.class_name) is not None
+        pinnable = kinds.find(entry.class_name) is not None
         weights = {}
         for s in stored:
             array = np.asarray(s.dataset[()])
@@ -575,7 +573,7 @@ class _ModelFile:
         where = f"layer {entry.path!r} ({entry.class_name})"
         config = entry.layer_config.get("config")
         config = config if isinstance(config, dict) else None
-        kind = kind_of(entry.class_name)
+        kind = kinds.find(entry.class_name)
         variables = entry.variables
         if not variables and (entry.source != CONFIG or (
             self.format == KERAS and "build_config" not in entry.layer_config
@@ -584,8 +582,8 @@ class _ModelFile:
         if entry.class_name in (DENSE, MASKED) and config is not None:
             self._check_dense(entry, config, where)
         elif kind is not None and config is not None and variables:
-            required = _present(kind, entry.layer_config) or []
-            if is_pinned_class(entry.class_name) and not entry.pins_from_record:
+            required = kind.present(config)
+            if kinds.is_pinned_class(entry.class_name) and not entry.pins_from_record:
                 required = [n for w in required for n in (w, f"{w}_pin_mask", f"{w}_pin_value")]
             self._require(entry, required, where)
             self._check_shapes(entry, kind, config, where)
@@ -650,41 +648,20 @@ class _ModelFile:
                 f"config (expected ({units},))."
             )
 
-    def _check_shapes(self, entry: Entry, kind: str, config: dict, where: str) -> None:
-        """The shapes of a convolution's or an embedding's weights against its config."""
-        shapes = {name: tuple(ds.shape) for name, ds in entry.variables.items()
-                  if ds is not None and name in weight_order(kind)}
-        expected: dict[str, tuple] = {}
-        filters = _positive(config.get("filters"))
-        if kind == "Embedding":
-            expected["embeddings"] = (_positive(config.get("input_dim")),
-                                      _positive(config.get("output_dim")))
-        elif kind.startswith(("Conv", "DepthwiseConv", "SeparableConv")):
-            rank = int(re.search(r"(\d)D", kind).group(1))  # "Conv2DTranspose": 2
-            size = config.get("kernel_size")
-            spatial = tuple(_positive(n) for n in size) if isinstance(size, list) else (None,) * rank
-            if len(spatial) != rank:
-                spatial = (None,) * rank
-            if kind.startswith("Conv") and kind.endswith("Transpose"):
-                expected["kernel"] = (*spatial, filters, None)
-                expected[BIAS] = (filters,)
-            elif kind.startswith("Conv"):
-                expected["kernel"] = (*spatial, None, filters)
-                expected[BIAS] = (filters,)
-            elif kind.startswith("Depthwise"):
-                expected["kernel"] = (*spatial, None, _positive(config.get("depth_multiplier")))
-                kernel = shapes.get("kernel")
-                if kernel is not None and len(kernel) == rank + 2:
-                    expected[BIAS] = (kernel[-2] * kernel[-1],)
-            else:
-                expected["depthwise_kernel"] = (*spatial, None,
-                                                _positive(config.get("depth_multiplier")))
-                expected["pointwise_kernel"] = (*(1,) * rank, None, filters)
-                expected[BIAS] = (filters,)
-        for name, want in expected.items():
-            have = shapes.get(name)
-            if have is None:
+    def _check_shapes(self, entry: Entry, kind: kinds.Kind, config: dict, where: str) -> None:
+        """The shapes of a layer's weights against those its config builds
+        (`guards.shapes`): the sizes the input decides only where the config
+        says what input the layer was built on."""
+        build = entry.layer_config.get("build_config")
+        input_shape = build.get("input_shape") if isinstance(build, dict) else None
+        expected = _shapes.config_shapes(kind.name, config, input_shape)
+        if expected is None:
+            return
+        for name, want in zip(kind.present(config), expected):
+            dataset = entry.variables.get(name)
+            if dataset is None:
                 continue
+            have = tuple(dataset.shape)
             if len(have) != len(want) or any(w is not None and h != w for h, w in zip(have, want)):
                 shown = ", ".join("?" if w is None else str(w) for w in want)
                 shown = f"({shown},)" if len(want) == 1 else f"({shown})"
@@ -736,7 +713,7 @@ def _kernel_like(entry: Entry, stored: list[_Stored]) -> list[_Stored]:
     """The weights that count as the layer's kernel: all but the bias for a
     pinnable kind; else the kernel-named ones, the pinned ones, or a first
     stored weight with two or more axes."""
-    if kind_of(entry.class_name) is not None:
+    if kinds.find(entry.class_name) is not None:
         return [s for s in stored if s.name != BIAS]
     named = [s for s in stored if s.name in _KERNEL_LIKE]
     if named:
@@ -755,10 +732,6 @@ def _input_dim(layer_config: dict) -> int | None:
     if isinstance(shape, list) and shape and isinstance(shape[-1], int):
         return shape[-1]
     return None
-
-
-def _positive(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
 
 
 def _dtype_name(dataset: h5py.Dataset) -> str:

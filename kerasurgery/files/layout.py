@@ -5,12 +5,12 @@ every layer, at every depth, with the HDF5 datasets of its variables, without
 reading them; `inspection` checks and reads them. `open_pin_record` opens the
 pins that a `.keras` archive keeps beside its weights (see below).
 
-The pinnable kinds (`KINDS`) and the order in which Keras stores their
-weights: `Dense`, `EinsumDense`, the convolutions and the depthwise
-convolutions `("kernel", "bias")`; the separable convolutions
-`("depthwise_kernel", "pointwise_kernel", "bias")`; `Embedding`
-`("embeddings",)`. The bias is absent when the layer has none. A pinned class
-is named `"Masked" + <Keras class>`.
+The pinnable kinds and the order in which Keras stores their weights are the
+table of kinds' (`kerasurgery.kinds`): `Dense`, `EinsumDense`, the
+convolutions and the depthwise convolutions `("kernel", "bias")`; the
+separable convolutions `("depthwise_kernel", "pointwise_kernel", "bias")`;
+`Embedding` `("embeddings",)`. The bias is absent when the layer has none. A
+pinned class is named `"Masked" + <Keras class>`.
 
 Where the weights live:
 
@@ -60,6 +60,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from kerasurgery import kinds
 from kerasurgery.files import formats
 from kerasurgery.guards.limits import MAX_EXPANSION, MAX_LAYER_DEPTH
 from kerasurgery.files.zipwindow import open_member
@@ -67,34 +68,13 @@ from kerasurgery.errors import ModelFileError, one_line
 from kerasurgery.files.formats import KERAS, h5_text, read_h5_list
 
 DENSE = "Dense"
-MASKED = "MaskedDense"
-PINNED_PREFIX = "Masked"
+MASKED = kinds.KINDS[DENSE].pinned
 UNKNOWN = "?"  # the class of a layer that only the weights file knows
-BIAS = "bias"
+BIAS = kinds.BIAS
 
 # Where an entry was found: named by the model config, or only in the weights.
 CONFIG = "config"
 WEIGHTS = "weights"
-
-_KERNEL_BIAS = ("kernel", "bias")
-_SEPARABLE = ("depthwise_kernel", "pointwise_kernel", "bias")
-_EMBEDDING = ("embeddings",)
-
-KINDS: dict[str, tuple[str, ...]] = {
-    "Dense": _KERNEL_BIAS,
-    "EinsumDense": _KERNEL_BIAS,
-    "Conv1D": _KERNEL_BIAS,
-    "Conv2D": _KERNEL_BIAS,
-    "Conv3D": _KERNEL_BIAS,
-    "Conv1DTranspose": _KERNEL_BIAS,
-    "Conv2DTranspose": _KERNEL_BIAS,
-    "Conv3DTranspose": _KERNEL_BIAS,
-    "DepthwiseConv1D": _KERNEL_BIAS,
-    "DepthwiseConv2D": _KERNEL_BIAS,
-    "SeparableConv1D": _SEPARABLE,
-    "SeparableConv2D": _SEPARABLE,
-    "Embedding": _EMBEDDING,
-}
 
 PIN_RECORD = "kerasurgery.pins.h5"
 PIN_RECORD_FORMAT = "kerasurgery-pins"
@@ -105,31 +85,17 @@ _PIN_SUFFIXES = ("_pin_mask", "_pin_value")
 _NOT_LAYERS = frozenset({"vars", "optimizer"})
 
 
-def kind_of(class_name: str) -> str | None:
-    """The pinnable Keras class of `class_name` (`"Dense"` for `"MaskedDense"`), else `None`."""
-    if class_name in KINDS:
-        return class_name
-    if class_name.startswith(PINNED_PREFIX) and class_name[len(PINNED_PREFIX):] in KINDS:
-        return class_name[len(PINNED_PREFIX):]
-    return None
-
-
-def is_pinned_class(class_name: str) -> bool:
-    """Whether `class_name` names a pinned class (`MaskedDense`, `MaskedConv2D`, ...)."""
-    return class_name != kind_of(class_name) and kind_of(class_name) is not None
-
-
 def weight_order(class_name: str, names: Iterable[str] = ()) -> tuple[str, ...]:
     """The weights of `class_name` in the order Keras stores them.
 
     For a class of no pinnable kind, the pinnable order that holds every one
     of `names` (the named weights of an `.h5` layer), else `()`.
     """
-    kind = kind_of(class_name)
+    kind = kinds.find(class_name)
     if kind is not None:
-        return KINDS[kind]
+        return kind.weights
     names = set(names)
-    for order in (_KERNEL_BIAS, _SEPARABLE, _EMBEDDING):
+    for order in kinds.saved_orders():
         if names and names <= set(order):
             return order
     return ()
@@ -241,9 +207,9 @@ def open_pin_record(opened: formats.ModelFile, stack: contextlib.ExitStack) -> d
         if not layer_path:
             raise error(f"{where} has no layer `path`.")
         where = f"layer {layer_path!r}"
-        if class_name is None or not is_pinned_class(class_name):
+        if class_name is None or not kinds.is_pinned_class(class_name):
             raise error(f"{where} has class {class_name!r}, which is not a pinned class.")
-        order = KINDS[kind_of(class_name)]
+        order = kinds.find(class_name).weights
         if not weights or len(set(weights)) != len(weights) or any(w not in order for w in weights):
             raise error(f"{where} pins the weights {list(weights)}; a {class_name} has {list(order)}.")
         if list(weights) != [w for w in order if w in weights]:
@@ -404,7 +370,7 @@ class _Walk:
                 if dataset is not None:
                     stored[key] = self.checked(dataset, where)
         if any(key.endswith("_pin_mask") for key in stored) or (
-            is_pinned_class(class_name) and record is None
+            kinds.is_pinned_class(class_name) and record is None
         ):
             if record is not None:
                 raise self.error(f"{where} keeps pins both in its weights and in {PIN_RECORD}.")
@@ -419,12 +385,12 @@ class _Walk:
             variables: dict = {w: stored[str(i)] for i, w in enumerate(record.weights)}
             variables.update(record.datasets)
             return variables
-        kind = kind_of(class_name)
+        kind = kinds.find(class_name)
         if kind is not None:
-            names = _present(kind, layer_config)
+            names = present_weights(kind, layer_config)
             if names is None:  # no config: as many as are stored
                 count = next(i for i in range(len(stored) + 1) if str(i) not in stored)
-                names = KINDS[kind][:count]
+                names = list(kind.weights[:count])
             return {n: stored[str(i)] for i, n in enumerate(names) if str(i) in stored}
         if source == WEIGHTS:
             return stored  # not a pinnable kind: by the keys the file uses
@@ -654,19 +620,12 @@ def _infer(key: str, listed: bool, name: str, parent_config: dict,
     return UNKNOWN, {}
 
 
-def _present(kind: str, layer_config: dict) -> list[str] | None:
-    """The weights a layer of `kind` has, by its config; `None` without one."""
+def present_weights(kind: kinds.Kind, layer_config: dict) -> list[str] | None:
+    """The weights a layer of `kind` has, by its serialized config; `None` without one."""
     config = layer_config.get("config") if isinstance(layer_config, dict) else None
     if not isinstance(config, dict):
         return None
-    names = KINDS[kind]
-    if BIAS not in names:
-        return list(names)
-    if kind == "EinsumDense":
-        has_bias = bool(config.get("bias_axes"))
-    else:
-        has_bias = config.get("use_bias", True) is not False
-    return [n for n in names if n != BIAS or has_bias]
+    return kind.present(config)
 
 
 def _own(by_owner: dict, name: str) -> tuple[dict, set]:
@@ -805,6 +764,6 @@ def _snake_case(name: str) -> str:
 # The pinnable classes by the group key Keras gives them in a list (`dense_1`).
 _SNAKE_KINDS = {
     _snake_case(name): name
-    for kind in KINDS
-    for name in (kind, PINNED_PREFIX + kind)
+    for kind in kinds.KINDS.values()
+    for name in (kind.name, kind.pinned)
 }

@@ -11,6 +11,10 @@ as it is, one at a time. The optimizer's state is reset as a fresh optimizer
 of the same configuration holds it, since `kerasurgery.freeze` compiles the
 copy afresh. What the pins are (selection, rules, merging, storage) is
 `_plan`'s, the same code the Keras path runs, so both write the same model.
+What each layer kind is (weights, axes, pinned class) is `kerasurgery.kinds`'.
+Pinned layers written by earlier versions (kerasurgery 0.1.0's
+`pinned_kernel_values`, the development versions' module
+`kerasurgery.layers._classes`) are rewritten as the Keras path saves them again.
 
 Only files whose every part is understood here are rewritten: Sequential and
 Functional models (nested ones too) of built-in Keras layers, written by the
@@ -35,24 +39,21 @@ from typing import Any
 import h5py
 import numpy as np
 
-from kerasurgery import _plan
+from kerasurgery import _plan, kinds
 from kerasurgery.guards import shapes as _shapes
 from kerasurgery.files import formats
-from kerasurgery.guards import declared
-from kerasurgery.files.layout import KINDS, _present, _snake_case, kind_of
+from kerasurgery.files.layout import _snake_case
 from kerasurgery.files.atomic import atomic_path
 from kerasurgery.files.zipwrite import CheckedMember, ZipWriter, member_start
 from kerasurgery.errors import KerasurgeryError, ModelFileError, PinError, one_line
-from kerasurgery.pins import PER_ENTRY, SHARED, Axes
+from kerasurgery.kinds import KINDS, MODEL_CLASSES as _MODELS, MODEL_MODULES as _MODEL_MODULES
+from kerasurgery.pins import SHARED, saved_storage
 
 _CONFIG = "config.json"
 _METADATA = "metadata.json"
 _WEIGHTS = "model.weights.h5"
 _MEMBERS = (_METADATA, _CONFIG, _WEIGHTS)
 
-_PINNED_MODULE = declared.PINNED_MODULE
-_MODELS = declared.MODEL_CLASSES
-_MODEL_MODULES = declared.MODEL_MODULES
 # Built-in layers that hold no other layer and whose weights nothing here
 # changes: their groups are copied as they are.
 _PLAIN = _shapes.WEIGHTLESS | {"BatchNormalization", "LayerNormalization", "GroupNormalization", "PReLU"}
@@ -320,7 +321,7 @@ class _Archive:
         config = layer.entry["config"]
         if "build_config" not in layer.entry:
             raise NotOffline(f"layer {layer.path!r} is not built")
-        for key in ("lora_rank", "quantization_config", "pinned_kernel_values"):
+        for key in ("lora_rank", "quantization_config"):
             if config.get(key) is not None:
                 raise NotOffline(f"layer {layer.path!r} sets `{key}`")
         dtype = config.get("dtype")
@@ -328,15 +329,15 @@ class _Archive:
             raise NotOffline(f"layer {layer.path!r} has the dtype policy {dtype.get('class_name')}")
         if set(group) != {"vars"}:
             raise NotOffline(f"layer {layer.path!r} holds more than its variables")
-        layer.weights = tuple(_present(layer.kind, layer.entry) or ())
+        kind = KINDS[layer.kind]
+        layer.weights = tuple(kind.present(config))
         stored = set(group["vars"])
         if layer.pinned:
             expected = {k for w in layer.weights for k in (w, f"{w}_pin_mask", f"{w}_pin_value")}
-            storage = config.get("pin_storage")
-            if not isinstance(storage, dict) or set(storage) != set(layer.weights) or any(
-                v not in (SHARED, PER_ENTRY) for v in storage.values()
-            ):
+            storage = saved_storage(config, layer.weights)
+            if storage is None or not set(config.get("pin_storage") or {}) <= set(kind.weights):
                 raise NotOffline(f"layer {layer.path!r} has an unexpected `pin_storage`")
+            _saved_as_today(layer.entry, storage)
         else:
             expected = {str(i) for i in range(len(layer.weights))}
         if stored != expected:
@@ -568,11 +569,26 @@ class _Archive:
 
 
 def _pinned_config(layer: _Layer) -> None:
-    name = "Masked" + layer.kind
+    kind = KINDS[layer.kind]
     entry = layer.entry
-    entry["module"] = _PINNED_MODULE
-    entry["class_name"] = name
-    entry["registered_name"] = f"kerasurgery>{name}"
+    entry["module"] = kinds.PINNED_MODULE
+    entry["class_name"] = kind.pinned
+    entry["registered_name"] = kind.registered_name
+
+
+def _saved_as_today(entry: dict, storage: dict[str, str]) -> None:
+    """A pinned layer's config as the Keras path saves it again: under today's
+    module, with its whole `pin_storage` (as its `build` completes it).
+
+    kerasurgery 0.1.0 wrote `pinned_kernel_values` for the storage, and left
+    `Dense`'s `quantization_config` out of a `MaskedDense`'s config; today's
+    class saves `Dense`'s whole config.
+    """
+    config = entry["config"]
+    entry["module"] = kinds.PINNED_MODULE
+    if config.pop("pinned_kernel_values", None) is not None:
+        config.setdefault("quantization_config", None)
+    config["pin_storage"] = storage
 
 
 def _plain_config(layer: _Layer) -> None:
@@ -593,8 +609,8 @@ def _kind(entry: dict, path: str) -> str | None:
             return cls
         if cls in _PLAIN:
             return None
-    elif module == _PINNED_MODULE and registered == f"kerasurgery>{cls}" and kind_of(str(cls)) not in (None, cls):
-        return kind_of(cls)
+    elif (pinned := kinds.pinned_kind(entry)) is not None:
+        return pinned.name
     raise NotOffline(f"layer {path!r} is a {cls} ({module}), which needs Keras to rewrite")
 
 
@@ -673,42 +689,14 @@ def _check_version(version: str | None) -> None:
 
 
 def _supported() -> list[str]:
-    # The order of `layers.supported_class_names()` (PINNED_CLASSES), without Keras.
-    return [
-        "Dense", "EinsumDense", "Embedding", "Conv1D", "Conv2D", "Conv3D",
-        "Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose",
-        "DepthwiseConv1D", "DepthwiseConv2D", "SeparableConv1D", "SeparableConv2D",
-    ]
+    # The order of `layers.supported_class_names()`, without Keras.
+    return list(KINDS)
 
 
 def _axes(layer: _Layer) -> Any:
     """`axes(weight)` of a layer, as its pinned class's `pin_axes` gives them."""
-    kind = layer.kind
-    if kind == "EinsumDense":
-        config = layer.entry["config"]
-        operands, output = str(config.get("equation", "")).replace(" ", "").split("->")
-        source, kernel = operands.split(",")
-        units = tuple(i for i, c in enumerate(kernel) if c in output)
-        bias_axes = config.get("bias_axes") or ""
-        bias_labels = [c for c in output if c in bias_axes]
-        axes = Axes(
-            inputs=tuple(i for i, c in enumerate(kernel) if c in source and c not in output),
-            units=units,
-            bias_follows_units=bias_labels == [kernel[i] for i in units],
-        )
-        return lambda weight: axes
-    if kind.startswith("SeparableConv"):
-        return lambda weight: (Axes(inputs=(-2,), units=()) if weight == "depthwise_kernel"
-                               else Axes(inputs=(), units=(-1,)))
-    if kind in ("Dense", "Embedding"):
-        axes = Axes(inputs=(0,), units=(1,))
-    elif kind.startswith("Depthwise"):
-        axes = Axes(inputs=(-2,), units=(-2, -1))
-    elif kind.endswith("Transpose"):
-        axes = Axes(inputs=(-1,), units=(-2,))
-    else:
-        axes = Axes(inputs=(-2,), units=(-1,))
-    return lambda weight: axes
+    kind, config = KINDS[layer.kind], layer.entry["config"]
+    return lambda weight: kind.axes_of(weight, config)
 
 
 def _write_state(group: h5py.Group, layer: _Layer, state: dict) -> None:

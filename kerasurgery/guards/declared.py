@@ -10,20 +10,16 @@ the file stores, and a Sequential model too deep to load in bounded time.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from kerasurgery import kinds
 from kerasurgery.errors import ModelFileError
 from kerasurgery.guards import shapes as _shapes
 from kerasurgery.guards.limits import DECLARED_SLACK, FREE_ENTRIES, MAX_JSON_CONTAINERS, MAX_JSON_DEPTH, MAX_SEQUENTIAL_LAYERS
-
-# The model classes whose configs list their layers, the modules Keras 3
-# saves them under, and the module the pinned layers are saved under.
-MODEL_CLASSES = ("Functional", "Sequential")
-MODEL_MODULES = ("keras", "keras.models", "keras.src.models.functional", "keras.src.models.sequential")
-PINNED_MODULE = "kerasurgery.layers._classes"
+from kerasurgery.kinds import MODEL_CLASSES, MODEL_MODULES
+from kerasurgery.pins import SHARED, saved_storage
 
 
 def json_dicts(tree: Any, budget: int = MAX_JSON_CONTAINERS) -> Iterator[dict]:
@@ -122,13 +118,13 @@ def _exact_layer_entries(layer: Any) -> int | None:
     if not isinstance(layer, dict) or not isinstance(layer.get("config"), dict):
         return None
     cls, config = layer.get("class_name"), layer["config"]
-    module, registered = layer.get("module"), layer.get("registered_name")
+    pinned = kinds.pinned_kind(layer)
     storage = None
-    if module == "keras.layers" and registered is None:
+    if layer.get("module") == "keras.layers" and layer.get("registered_name") is None:
         kind = cls
-    elif module == PINNED_MODULE and isinstance(cls, str) and registered == f"kerasurgery>{cls}":
-        kind, storage = cls.removeprefix("Masked"), config.get("pin_storage")
-        if not isinstance(storage, dict):
+    elif pinned is not None:
+        kind, storage = pinned.name, saved_storage(config, pinned.present(config))
+        if storage is None:
             return None
     else:
         return None
@@ -140,13 +136,10 @@ def _exact_layer_entries(layer: Any) -> int | None:
     if shapes is None:
         return None
     entries = _shapes.entries(shapes) + _shapes.constant_entries(kind, config, input_shape)
-    if storage is not None:  # each pinned weight adds its mask, and one value or one per entry
-        names = (("depthwise_kernel", "pointwise_kernel") if kind.startswith("Separable")
-                 else ("embeddings",) if kind == "Embedding" else ("kernel",)) + ("bias",)
-        for name, shape in zip(names, shapes):
-            if name in storage:
-                size = math.prod(shape)
-                entries += size + (1 if storage[name] == "shared" else size)
+    if pinned is not None:  # each pinned weight adds its mask, and one value or one per entry
+        for name, shape in zip(pinned.present(config), shapes):
+            size = math.prod(shape)
+            entries += size + (1 if storage[name] == SHARED else size)
     return entries
 
 
@@ -183,10 +176,12 @@ def _entries_of_model(layers: list, *, sequential: bool) -> int:
 
 
 def _kind(class_name: Any) -> str:
+    """The Keras class a serialized layer's `class_name` names (that of its
+    pinned class for a pinned one; `"kerasurgery>MaskedDense"` gives `Dense`)."""
     if not isinstance(class_name, str):
         return ""
     name = class_name.rpartition(">")[2]
-    return name.removeprefix("Masked") if name.startswith("Masked") else name
+    return kinds.kind_of(name) or name
 
 
 def _fed_by(layer: dict, out_dims: dict[str, int]) -> list[int | None]:
@@ -233,21 +228,14 @@ def _layer_entries(kind: str, config: dict, build: Any, fed: list[int | None]) -
     first = config.get("data_format") == "channels_first"
     shape = build.get("input_shape") if isinstance(build, dict) else None
     shapes = _shapes.weight_shapes(kind, config, shape)
+    table = kinds.KINDS.get(kind)
     if shapes is None and not first:
         known = [d for d in (_last(shape), *fed) if d]
-        rank = re.search(r"(\d)D", kind)
-        guessed = [None, *[1] * (int(rank.group(1)) if rank else 0), max(known, default=1)]
+        rank = table.rank if table is not None else 0
+        guessed = [None, *[1] * rank, max(known, default=1)]
         shapes = _shapes.weight_shapes(kind, config, guessed)
     constants = _shapes.constant_entries(kind, config, shape)
     if not shapes:
         return constants, None
-    kernel = shapes[1 if kind.startswith("Separable") else 0]
-    if kind.startswith("Depthwise"):
-        out = kernel[-2] * kernel[-1]
-    elif kind.endswith("Transpose"):
-        out = kernel[-2]
-    elif kind in ("Dense", "Embedding") or kind.startswith(("Conv", "Separable")):
-        out = kernel[-1]
-    else:
-        out = None
+    out = table.output_size(shapes) if table is not None else None
     return _shapes.entries(shapes) + constants, None if first else out

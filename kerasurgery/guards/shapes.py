@@ -1,20 +1,26 @@
 """The shapes of the weights Keras builds for a layer config, without Keras.
 
 For the built-in layers whose `build` only sizes weights from the layer's
-config and its input shape (the pinnable kinds, the normalizations, PReLU),
-`weight_shapes` gives the shapes `build(input_shape)` creates, in the order
-Keras saves them: the formulas of the Keras 3.15 layers' `build` methods.
-The TF-free readers use it to check a file's stored weights against its
-config before trusting either: a config that declares more than the file
-stores would make Keras allocate what the file does not hold (a 700-byte
-file can declare a 60000 x 60000 `EinsumDense`).
+config and its input shape, `weight_shapes` gives the shapes
+`build(input_shape)` creates, in the order Keras saves them: the formulas of
+the Keras 3.15 layers' `build` methods. The TF-free readers use it to check a
+file's stored weights against its config before trusting either: a config
+that declares more than the file stores would make Keras allocate what the
+file does not hold (a 700-byte file can declare a 60000 x 60000
+`EinsumDense`).
+
+The pinnable kinds are sized by their entry in the table of kinds
+(`kerasurgery.kinds`). The layers listed here besides them (`WEIGHTLESS`,
+the normalizations, PReLU) are not pinnable kinds: they are here only so
+that the configs of hostile files can be sized before Keras builds them.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from typing import Any
+
+from kerasurgery import kinds
 
 Shape = tuple[int, ...]
 
@@ -52,11 +58,39 @@ def weight_shapes(kind: str, config: dict, input_shape: Any) -> list[Shape] | No
     """
     if kind in WEIGHTLESS:
         return []
+    shapes = _sized(kind, config, _shape(input_shape))
+    if shapes is None or any(d is None for s in shapes for d in s):
+        return None
+    return shapes
+
+
+def config_shapes(kind: str, config: dict, input_shape: Any = None) -> list[kinds.Shape] | None:
+    """`weight_shapes`, with `None` for the sizes that the input decides and
+    `input_shape` does not give (`None`: the input shape is not known).
+
+    Returns:
+        The shapes of the weights, in saved order, with the sizes the config
+        states; `None` where `weight_shapes` would give `None` for any input
+        shape.
+    """
+    if kind in WEIGHTLESS:
+        return []
     shape = _shape(input_shape)
-    if shape is None or not isinstance(config, dict) or _adds_weights(config):
+    if shape is not None:
+        return _sized(kind, config, shape)
+    # Unknown input: two inputs of unknown sizes and different ranks. A size
+    # both give alike comes from the config alone.
+    low, high = _sized(kind, config, [None] * 2), _sized(kind, config, [None] * 6)
+    if low is None or high is None or [len(s) for s in low] != [len(s) for s in high]:
+        return None
+    return [tuple(a if a == b else None for a, b in zip(s, t)) for s, t in zip(low, high)]
+
+
+def _sized(kind: str, config: Any, shape: list | None) -> list | None:
+    if shape is None or not isinstance(config, dict) or _adds_weights(config) or kind not in _SIZERS:
         return None
     try:
-        return _SIZERS[kind](config, shape) if kind in _SIZERS else None
+        return _SIZERS[kind](config, shape)
     except (KeyError, IndexError, TypeError, ValueError, ZeroDivisionError):
         return None
 
@@ -92,60 +126,6 @@ def _size(value: Any) -> int:
     if not _is_size(value):
         raise ValueError(value)
     return value
-
-
-def _bias(config: dict) -> bool:
-    return config.get("use_bias", True) is not False
-
-
-def _dense(config: dict, shape: list) -> list[Shape]:
-    units = _size(config["units"])
-    return [(_size(shape[-1]), units), *([(units,)] if _bias(config) else [])]
-
-
-def _embedding(config: dict, shape: list) -> list[Shape]:
-    return [(_size(config["input_dim"]), _size(config["output_dim"]))]
-
-
-def _channels(config: dict, shape: list) -> int:
-    return _size(shape[1 if config.get("data_format") == "channels_first" else -1])
-
-
-def _window(config: dict, rank: int) -> Shape:
-    size = config["kernel_size"]
-    size = [size] * rank if _is_size(size) else size
-    if not isinstance(size, list) or len(size) != rank:
-        raise ValueError(size)
-    return tuple(_size(n) for n in size)
-
-
-def _conv(rank: int, transpose: bool = False):
-    def sizes(config: dict, shape: list) -> list[Shape]:
-        filters, channels = _size(config["filters"]), _channels(config, shape)
-        groups = 1 if transpose else _size(config.get("groups", 1))
-        if groups == 0 or channels % groups:
-            raise ValueError(groups)
-        pair = (filters, channels) if transpose else (channels // groups, filters)
-        return [_window(config, rank) + pair, *([(filters,)] if _bias(config) else [])]
-    return sizes
-
-
-def _depthwise(rank: int):
-    def sizes(config: dict, shape: list) -> list[Shape]:
-        channels, multiplier = _channels(config, shape), _size(config.get("depth_multiplier", 1))
-        bias = [(channels * multiplier,)] if _bias(config) else []
-        return [_window(config, rank) + (channels, multiplier), *bias]
-    return sizes
-
-
-def _separable(rank: int):
-    def sizes(config: dict, shape: list) -> list[Shape]:
-        channels, multiplier = _channels(config, shape), _size(config.get("depth_multiplier", 1))
-        filters = _size(config["filters"])
-        return [_window(config, rank) + (channels, multiplier),
-                (1,) * rank + (channels * multiplier, filters),
-                *([(filters,)] if _bias(config) else [])]
-    return sizes
 
 
 def _axis_size(shape: list, axis: Any) -> int:
@@ -214,48 +194,10 @@ def _prelu(config: dict, shape: list) -> list[Shape]:
     return [tuple(_size(d) for d in alpha)]
 
 
-def _einsum_dense(config: dict, shape: list) -> list[Shape]:
-    """`EinsumDense`'s kernel and bias, as `_analyze_split_string` in
-    keras/src/layers/core/einsum_dense.py sizes them: a kernel label takes
-    its size from the output when the output has it, else from the input."""
-    equation = re.sub(r"\.\.\.", "0", str(config["equation"]))
-    for pattern, left in ((r"([a-zA-Z]+),([a-zA-Z]+)->([a-zA-Z]+)$", False),
-                          (r"0([a-zA-Z]+),([a-zA-Z]+)->0([a-zA-Z]+)$", True),
-                          (r"([a-zA-Z]{2,})0,([a-zA-Z]+)->([a-zA-Z]+)0$", False)):
-        match = re.match(pattern, equation)
-        if match:
-            break
-    else:
-        raise ValueError(equation)
-    source, kernel, target = match.groups()
-    partial = config["output_shape"]
-    output = [shape[0], *([partial] if not isinstance(partial, list) else partial)]
-    elided = len(shape) - len(source)
-    if elided > 0 and left:
-        output[1:1] = reversed(shape[1:elided])
-    elif elided > 0:
-        output.extend(shape[len(shape) - elided:])
-    skip = elided if left else 0
-    inputs = {c: shape[i + skip - (len(shape) if left else 0)] for i, c in enumerate(source)}
-    outputs = {c: output[i + skip] for i, c in enumerate(target)}
-    kernel_shape = tuple(_size(outputs[c] if c in outputs else inputs[c]) for c in kernel)
-    bias_axes = config.get("bias_axes")
-    if bias_axes is None:
-        return [kernel_shape]
-    first = min(target.index(c) for c in bias_axes)
-    bias = [_size(outputs[c]) if c in bias_axes else 1 for c in target[first:]]
-    return [kernel_shape, tuple(bias + ([] if left else [1] * max(elided, 0)))]
-
-
+# The pinnable kinds size themselves (`kinds.Kind.sizes`); the layers below
+# are here only to size the configs of hostile files, not to be pinned.
 _SIZERS = {
-    "Dense": _dense,
-    "EinsumDense": _einsum_dense,
-    "Embedding": _embedding,
-    "Conv1D": _conv(1), "Conv2D": _conv(2), "Conv3D": _conv(3),
-    "Conv1DTranspose": _conv(1, True), "Conv2DTranspose": _conv(2, True),
-    "Conv3DTranspose": _conv(3, True),
-    "DepthwiseConv1D": _depthwise(1), "DepthwiseConv2D": _depthwise(2),
-    "SeparableConv1D": _separable(1), "SeparableConv2D": _separable(2),
+    **{name: kind.sizes for name, kind in kinds.KINDS.items()},
     "BatchNormalization": _batch_normalization,
     "LayerNormalization": _layer_normalization,
     "GroupNormalization": _group_normalization,

@@ -1,40 +1,27 @@
 """Pinned layers: one mechanism (`PinMixin`) over every weight-bearing Keras layer.
 
-The registry maps a Keras class to its pinned class; surgery, saving and the
-command line ask it (`pinned_class_for`, `is_pinned`, `is_pinnable`) instead of
-naming layer classes. Only exact Keras classes are pinnable: a subclass may
-compute with its weights in ways the mixin does not know.
+The pinned classes (`MaskedDense`, `MaskedConv2D`, ...: one per kind of
+`kerasurgery.kinds`) are built from the table of kinds. The registry maps a
+Keras class to its pinned class; surgery, saving and the command line ask it
+(`pinned_class_for`, `is_pinned`, `is_pinnable`) instead of naming layer
+classes. Only exact Keras classes are pinnable: a subclass may compute with
+its weights in ways the mixin does not know.
 """
 
 from __future__ import annotations
 
 import keras
 
-from kerasurgery.layers._classes import (
-    PINNED_CLASSES,
-    MaskedConv1D,
-    MaskedConv1DTranspose,
-    MaskedConv2D,
-    MaskedConv2DTranspose,
-    MaskedConv3D,
-    MaskedConv3DTranspose,
-    MaskedDense,
-    MaskedDepthwiseConv1D,
-    MaskedDepthwiseConv2D,
-    MaskedEinsumDense,
-    MaskedEmbedding,
-    MaskedSeparableConv1D,
-    MaskedSeparableConv2D,
-)
+from kerasurgery.layers._classes import PINNED_CLASSES
 from kerasurgery.layers._mechanism import PER_ENTRY, SHARED, PinMixin, pin_in_place, unpin_in_place
+
+# The pinned classes by name, here where files say they are (`kerasurgery.layers`).
+globals().update({cls.__name__: cls for cls in PINNED_CLASSES})
 
 __all__ = [
     "PER_ENTRY", "PINNED_CLASSES", "SHARED", "PinMixin", "is_pinnable", "is_pinned",
     "pin_in_place", "pinned_class_for", "supported_class_names", "unpin_in_place",
-    "MaskedConv1D", "MaskedConv1DTranspose", "MaskedConv2D", "MaskedConv2DTranspose",
-    "MaskedConv3D", "MaskedConv3DTranspose", "MaskedDense", "MaskedDepthwiseConv1D",
-    "MaskedDepthwiseConv2D", "MaskedEinsumDense", "MaskedEmbedding",
-    "MaskedSeparableConv1D", "MaskedSeparableConv2D",
+    *(cls.__name__ for cls in PINNED_CLASSES),
 ]
 
 _REGISTRY: dict[type, type] = {cls.keras_class: cls for cls in PINNED_CLASSES}

@@ -1,0 +1,374 @@
+"""The table of layer kinds: every Keras class kerasurgery pins, described once.
+
+One `Kind` per supported Keras class says what the rest of the package needs
+to know about it, and nothing else says it again:
+
+- `weights`: its weights in the order Keras saves them (`"0"`, `"1"`, ... in a
+  `.keras` file); the first is its main weight (the one `Pin.kernel` and the
+  rules call "kernel"), `"bias"` is its bias, present when `has_bias(config)`;
+- `axes`: which axes of each weight but the bias are its inputs and its
+  outputs (units), as the rules select them (`Axes`);
+- `sizes`: the shapes of its weights that `build(input_shape)` creates from
+  its config (the formulas of the Keras 3.15 `build` methods), so a file can
+  be checked against its config without Keras;
+- `pinned`: its pinned class's name (`"Masked" + name`), registered as
+  `"kerasurgery>Masked..."` and saved under the module `PINNED_MODULE`.
+
+The pinned classes (`kerasurgery.layers`), the weight layout of files, the
+sizing of configs, the TF-free rewrite, inspection and rendering all read
+this table. Adding a kind is one entry in `KINDS` and its tests
+(`tests/test_kinds.py` checks every entry against Keras itself).
+
+This module imports the standard library only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+# What files carry about pinned layers and the models that hold them.
+PACKAGE = "kerasurgery"  # the registered package: "kerasurgery>MaskedDense"
+PINNED_PREFIX = "Masked"
+# The module written into files for every pinned class, whichever file
+# defines it (as Keras writes `keras.layers`, not `keras.src...`).
+PINNED_MODULE = "kerasurgery.layers"
+# Modules a pinned layer of a file may name: kerasurgery 0.1.0 and today
+# write `kerasurgery.layers`; the development versions between them wrote
+# the module that defined the classes.
+PINNED_MODULES = (PINNED_MODULE, "kerasurgery.layers._classes")
+# The model classes whose configs list their layers, and the modules Keras 3
+# saves them under.
+MODEL_CLASSES = ("Functional", "Sequential")
+MODEL_MODULES = ("keras", "keras.models", "keras.src.models.functional", "keras.src.models.sequential")
+
+BIAS = "bias"
+
+# A weight's shape; `None` for a size the input decides where it is not known.
+Shape = tuple[int | None, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Axes:
+    """Which axes of a weight are its inputs and its outputs (units / filters).
+
+    `units` axes are flattened in C order to number the output units, which is
+    also how the bias numbers them when `bias_follows_units`.
+    """
+
+    inputs: tuple[int, ...]
+    units: tuple[int, ...]
+    bias_follows_units: bool = True
+    # False for a table looked up by row (Embedding): its inputs are rows, not
+    # a contracted axis, so n:m sparsity does not apply.
+    contracted: bool = True
+
+
+def _use_bias(config: Mapping[str, Any]) -> bool:
+    return config.get("use_bias", True) is not False
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Kind:
+    """One supported Keras layer class (see the module docstring).
+
+    Attributes:
+        name: The Keras class (`keras.layers.<name>`).
+        weights: Its weights in the order Keras saves them; the first is the
+            main weight, `"bias"` the bias.
+        sizes: `sizes(config, input_shape)`: the shapes `build(input_shape)`
+            creates, in saved order, for a config that has a bias only when
+            `has_bias(config)`. Raises `KeyError`, `IndexError`, `TypeError`,
+            `ValueError` or `ZeroDivisionError` for a config it cannot size.
+            Input sizes that are `None` give `None` sizes.
+        axes: The input and unit axes of each weight but the bias.
+        config_axes: For a kind whose axes its config decides (`EinsumDense`):
+            `config_axes(config)` gives the axes of its main weight; `axes`
+            is then empty.
+        has_bias: Whether a layer of this config has its bias.
+        rank: The spatial rank of a convolution's kernel window, else 0.
+        grid: For weights drawn as a grid of (all axes but the last) × (the
+            last axis): what its rows and columns are, where that says more
+            than "inputs × units".
+        note: What the pinned class's docstring adds for this kind.
+    """
+
+    name: str
+    weights: tuple[str, ...]
+    sizes: Callable[[Mapping[str, Any], Sequence[int | None]], list[Shape]]
+    axes: Mapping[str, Axes] = dataclasses.field(default_factory=dict)
+    config_axes: Callable[[Mapping[str, Any]], Axes] | None = None
+    has_bias: Callable[[Mapping[str, Any]], bool] = _use_bias
+    rank: int = 0
+    grid: Mapping[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
+    note: str = ""
+
+    @property
+    def pinned(self) -> str:
+        """The pinned class's name: `MaskedDense`."""
+        return PINNED_PREFIX + self.name
+
+    @property
+    def registered_name(self) -> str:
+        """The name Keras registers the pinned class under: `kerasurgery>MaskedDense`."""
+        return f"{PACKAGE}>{self.pinned}"
+
+    @property
+    def main(self) -> str:
+        """The main weight: the one `Pin.kernel` pins (`kernel`, `embeddings`, ...)."""
+        return self.weights[0]
+
+    @property
+    def kernels(self) -> tuple[str, ...]:
+        """Every weight but the bias: those the rules see as a kernel."""
+        return tuple(w for w in self.weights if w != BIAS)
+
+    def present(self, config: Mapping[str, Any]) -> list[str]:
+        """The weights a layer of this config has, in saved order."""
+        bias = BIAS in self.weights and self.has_bias(config)
+        return [w for w in self.weights if w != BIAS or bias]
+
+    def axes_of(self, weight: str, config: Mapping[str, Any] | None = None) -> Axes:
+        """The input and unit axes of `weight` (a kernel) of a layer with `config`."""
+        if self.config_axes is not None:
+            return self.config_axes(config or {})
+        return self.axes[weight]
+
+    def output_size(self, shapes: Sequence[Shape]) -> int | None:
+        """The size of a layer's last output axis (its units / filters), from
+        its weight shapes in saved order; `None` where its config decides
+        the axes (`EinsumDense`) or a size is unknown."""
+        if self.config_axes is not None:
+            return None
+        for weight, shape in zip(self.kernels, shapes):
+            units = self.axes[weight].units
+            if units:
+                sizes = [shape[axis] for axis in units]
+                return None if None in sizes else math.prod(sizes)
+        return None
+
+
+# --- sizing: the formulas of the Keras 3.15 layers' `build` methods -------------
+
+
+def _is_size(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _size(value: Any) -> int:
+    """A size the config states: a non-negative int."""
+    if not _is_size(value):
+        raise ValueError(value)
+    return value
+
+
+def _dim(value: Any) -> int | None:
+    """A size the input gives: `None` where unknown."""
+    return None if value is None else _size(value)
+
+
+def _times(a: int | None, b: int | None) -> int | None:
+    return None if a is None or b is None else a * b
+
+
+def _dense(config: Mapping, shape: Sequence) -> list[Shape]:
+    units = _size(config["units"])
+    return [(_dim(shape[-1]), units), *([(units,)] if _use_bias(config) else [])]
+
+
+def _embedding(config: Mapping, shape: Sequence) -> list[Shape]:
+    return [(_size(config["input_dim"]), _size(config["output_dim"]))]
+
+
+def _channels(config: Mapping, shape: Sequence) -> int | None:
+    return _dim(shape[1 if config.get("data_format") == "channels_first" else -1])
+
+
+def _window(config: Mapping, rank: int) -> tuple[int, ...]:
+    size = config["kernel_size"]
+    size = [size] * rank if _is_size(size) else size
+    if not isinstance(size, list) or len(size) != rank:
+        raise ValueError(size)
+    return tuple(_size(n) for n in size)
+
+
+def _conv(rank: int, transpose: bool = False) -> Callable:
+    def sizes(config: Mapping, shape: Sequence) -> list[Shape]:
+        filters, channels = _size(config["filters"]), _channels(config, shape)
+        groups = 1 if transpose else _size(config.get("groups", 1))
+        if groups == 0 or (channels is not None and channels % groups):
+            raise ValueError(groups)
+        pair = (filters, channels) if transpose else (
+            None if channels is None else channels // groups, filters)
+        return [_window(config, rank) + pair, *([(filters,)] if _use_bias(config) else [])]
+    return sizes
+
+
+def _depthwise(rank: int) -> Callable:
+    def sizes(config: Mapping, shape: Sequence) -> list[Shape]:
+        channels, multiplier = _channels(config, shape), _size(config.get("depth_multiplier", 1))
+        bias = [(_times(channels, multiplier),)] if _use_bias(config) else []
+        return [_window(config, rank) + (channels, multiplier), *bias]
+    return sizes
+
+
+def _separable(rank: int) -> Callable:
+    def sizes(config: Mapping, shape: Sequence) -> list[Shape]:
+        channels, multiplier = _channels(config, shape), _size(config.get("depth_multiplier", 1))
+        filters = _size(config["filters"])
+        return [_window(config, rank) + (channels, multiplier),
+                (1,) * rank + (_times(channels, multiplier), filters),
+                *([(filters,)] if _use_bias(config) else [])]
+    return sizes
+
+
+def _einsum_dense(config: Mapping, shape: Sequence) -> list[Shape]:
+    """`EinsumDense`'s kernel and bias, as `_analyze_split_string` in
+    keras/src/layers/core/einsum_dense.py sizes them: a kernel label takes
+    its size from the output when the output has it, else from the input."""
+    equation = re.sub(r"\.\.\.", "0", str(config["equation"]))
+    for pattern, left in ((r"([a-zA-Z]+),([a-zA-Z]+)->([a-zA-Z]+)$", False),
+                          (r"0([a-zA-Z]+),([a-zA-Z]+)->0([a-zA-Z]+)$", True),
+                          (r"([a-zA-Z]{2,})0,([a-zA-Z]+)->([a-zA-Z]+)0$", False)):
+        match = re.match(pattern, equation)
+        if match:
+            break
+    else:
+        raise ValueError(equation)
+    source, kernel, target = match.groups()
+    partial = config["output_shape"]
+    output = [shape[0], *([partial] if not isinstance(partial, list) else partial)]
+    elided = len(shape) - len(source)
+    if elided > 0 and left:
+        output[1:1] = reversed(shape[1:elided])
+    elif elided > 0:
+        output.extend(shape[len(shape) - elided:])
+    skip = elided if left else 0
+    inputs = {c: shape[i + skip - (len(shape) if left else 0)] for i, c in enumerate(source)}
+    outputs = {c: output[i + skip] for i, c in enumerate(target)}
+    kernel_shape = tuple(_dim(outputs[c] if c in outputs else inputs[c]) for c in kernel)
+    bias_axes = config.get("bias_axes")
+    if bias_axes is None:
+        return [kernel_shape]
+    first = min(target.index(c) for c in bias_axes)
+    bias = [_dim(outputs[c]) if c in bias_axes else 1 for c in target[first:]]
+    return [kernel_shape, tuple(bias + ([] if left else [1] * max(elided, 0)))]
+
+
+def _einsum_axes(config: Mapping[str, Any]) -> Axes:
+    """The kernel axes the equation shares with the input (inputs) and with
+    the output (units)."""
+    operands, output = str(config.get("equation", "")).replace(" ", "").split("->")
+    source, kernel = operands.split(",")
+    units = tuple(i for i, c in enumerate(kernel) if c in output)
+    bias_axes = config.get("bias_axes") or ""
+    bias_labels = [c for c in output if c in bias_axes]
+    return Axes(
+        inputs=tuple(i for i, c in enumerate(kernel) if c in source and c not in output),
+        units=units,
+        bias_follows_units=bias_labels == [kernel[i] for i in units],
+    )
+
+
+# --- the table -------------------------------------------------------------------
+
+_KERNEL_BIAS = ("kernel", BIAS)
+# Convolution kernels are (*window, inputs, filters); transposed ones
+# (*window, filters, inputs); depthwise ones (*window, inputs, multiplier),
+# whose outputs are numbered input * multiplier + m, as the bias numbers them.
+_CONV = {"kernel": Axes(inputs=(-2,), units=(-1,))}
+_CONV_TRANSPOSE = {"kernel": Axes(inputs=(-1,), units=(-2,))}
+_DEPTHWISE = {"kernel": Axes(inputs=(-2,), units=(-2, -1))}
+# A separable convolution's inputs are its depthwise kernel's channels, its
+# units its pointwise kernel's filters; the other kernel has no such axis.
+_SEPARABLE = {"depthwise_kernel": Axes(inputs=(-2,), units=()),
+              "pointwise_kernel": Axes(inputs=(), units=(-1,))}
+_CONV_GRID = {"kernel": ("kernel positions × input channels", "filters")}
+_CONV_TRANSPOSE_GRID = {"kernel": ("kernel positions × filters", "input channels")}
+_DEPTHWISE_GRID = {"kernel": ("kernel positions × input channels", "depth multiplier")}
+_SEPARABLE_GRID = {"depthwise_kernel": ("kernel positions × input channels", "depth multiplier"),
+                   "pointwise_kernel": ("input channels × depth multiplier", "filters")}
+
+
+def _conv_kind(name: str, rank: int) -> Kind:
+    return Kind(name, _KERNEL_BIAS, _conv(rank), _CONV, rank=rank, grid=_CONV_GRID)
+
+
+def _conv_transpose_kind(name: str, rank: int) -> Kind:
+    return Kind(name, _KERNEL_BIAS, _conv(rank, transpose=True), _CONV_TRANSPOSE, rank=rank,
+                grid=_CONV_TRANSPOSE_GRID)
+
+
+def _depthwise_kind(name: str, rank: int) -> Kind:
+    return Kind(name, _KERNEL_BIAS, _depthwise(rank), _DEPTHWISE, rank=rank, grid=_DEPTHWISE_GRID)
+
+
+def _separable_kind(name: str, rank: int) -> Kind:
+    return Kind(name, ("depthwise_kernel", "pointwise_kernel", BIAS), _separable(rank), _SEPARABLE,
+                rank=rank, grid=_SEPARABLE_GRID,
+                note="Its depthwise kernel, pointwise kernel and bias can all be pinned.")
+
+
+KINDS: dict[str, Kind] = {kind.name: kind for kind in (
+    Kind("Dense", _KERNEL_BIAS, _dense, {"kernel": Axes(inputs=(0,), units=(1,))}),
+    Kind("EinsumDense", _KERNEL_BIAS, _einsum_dense, config_axes=_einsum_axes,
+         has_bias=lambda config: bool(config.get("bias_axes")),
+         note="Its inputs and units are the kernel axes that the equation shares with "
+              "the input and with the output."),
+    Kind("Embedding", ("embeddings",), _embedding,
+         {"embeddings": Axes(inputs=(0,), units=(1,), contracted=False)},
+         grid={"embeddings": ("token ids", "features")},
+         note="Its inputs are the rows (token ids: `rules.inputs` keeps a pretrained "
+              "vocabulary fixed while new tokens learn), its units the features."),
+    _conv_kind("Conv1D", 1), _conv_kind("Conv2D", 2), _conv_kind("Conv3D", 3),
+    _conv_transpose_kind("Conv1DTranspose", 1), _conv_transpose_kind("Conv2DTranspose", 2),
+    _conv_transpose_kind("Conv3DTranspose", 3),
+    _depthwise_kind("DepthwiseConv1D", 1), _depthwise_kind("DepthwiseConv2D", 2),
+    _separable_kind("SeparableConv1D", 1), _separable_kind("SeparableConv2D", 2),
+)}
+"""Every supported Keras class, by name, in the order messages list them."""
+
+
+def find(class_name: str) -> Kind | None:
+    """The kind of a Keras class or of its pinned class (`Dense`, `MaskedDense`), else `None`."""
+    kind = KINDS.get(class_name)
+    if kind is None and class_name.startswith(PINNED_PREFIX):
+        kind = KINDS.get(class_name[len(PINNED_PREFIX):])
+    return kind
+
+
+def kind_of(class_name: str) -> str | None:
+    """The supported Keras class of `class_name` (`"Dense"` for `"MaskedDense"`), else `None`."""
+    kind = find(class_name)
+    return None if kind is None else kind.name
+
+
+def is_pinned_class(class_name: str) -> bool:
+    """Whether `class_name` names a pinned class (`MaskedDense`, `MaskedConv2D`, ...)."""
+    kind = find(class_name)
+    return kind is not None and class_name == kind.pinned
+
+
+def pinned_kind(entry: Mapping[str, Any]) -> Kind | None:
+    """The kind of a layer's serialized config (`{"module", "class_name", "registered_name",
+    "config"}`) when it names a pinned class as kerasurgery saves one, else `None`."""
+    cls = entry.get("class_name")
+    if not isinstance(cls, str) or not is_pinned_class(cls):
+        return None
+    kind = find(cls)
+    if entry.get("module") not in PINNED_MODULES or entry.get("registered_name") != kind.registered_name:
+        return None
+    return kind
+
+
+def saved_orders() -> list[tuple[str, ...]]:
+    """The distinct saved weight orders of the kinds, in table order."""
+    return list(dict.fromkeys(kind.weights for kind in KINDS.values()))
+
+
+def kernel_names() -> tuple[str, ...]:
+    """Every weight name but the bias that some kind has (`kernel`, `embeddings`, ...)."""
+    return tuple(dict.fromkeys(w for kind in KINDS.values() for w in kind.kernels))
