@@ -15,7 +15,6 @@ import dataclasses
 import json
 import math
 import os
-import re
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -113,10 +112,12 @@ def stored_data_bytes(path: str | os.PathLike) -> int:
         return 0
 
 
-# Members of a `.keras` archive (keras/src/saving/saving_lib.py).
-_CONFIG = "config.json"
-_METADATA = "metadata.json"
-_WEIGHTS = "model.weights.h5"
+# Members of a `.keras` archive (keras/src/saving/saving_lib.py), and the
+# pin record that `kerasurgery.save_model` adds (`files/pin_record.py`).
+CONFIG_MEMBER = "config.json"
+METADATA_MEMBER = "metadata.json"
+WEIGHTS_MEMBER = "model.weights.h5"
+PIN_RECORD_MEMBER = "kerasurgery.pins.h5"
 @dataclasses.dataclass(frozen=True)
 class ModelFile:
     """A model file opened by `open_model_file`, its container checked.
@@ -209,26 +210,26 @@ def _open_keras(path: Path, stack: contextlib.ExitStack, check_crc: bool) -> Mod
                     "does not match its contents."
                 )
         names = frozenset(archive.namelist())
-        if _CONFIG not in names:
+        if CONFIG_MEMBER not in names:
             raise ModelFileError(
-                f"{path}: is a zip archive without {_CONFIG}, not a Keras model."
+                f"{path}: is a zip archive without {CONFIG_MEMBER}, not a Keras model."
             )
-        config = _parse_config(path, _read_small(path, archive, _CONFIG), _CONFIG)
+        config = _parse_config(path, _read_small(path, archive, CONFIG_MEMBER), CONFIG_MEMBER)
         version = None
         # Keras never reads metadata.json: one too large or malformed only
         # leaves the version unknown.
-        if _METADATA in names and archive.getinfo(_METADATA).file_size <= MAX_METADATA_BYTES:
+        if METADATA_MEMBER in names and archive.getinfo(METADATA_MEMBER).file_size <= MAX_METADATA_BYTES:
             with contextlib.suppress(KerasurgeryError):
-                metadata = parse_json(archive.read(_METADATA), _METADATA)
+                metadata = parse_json(archive.read(METADATA_MEMBER), METADATA_MEMBER)
                 if isinstance(metadata, dict):
                     version = h5_text(metadata.get("keras_version"))
         weights = None
         stored = 0
-        if _WEIGHTS in names:
-            info = archive.getinfo(_WEIGHTS)
+        if WEIGHTS_MEMBER in names:
+            info = archive.getinfo(WEIGHTS_MEMBER)
             member = stack.enter_context(contextlib.closing(open_member(archive, info, path)))
-            weights = _open_hdf5(path, member, info.file_size, f"{_WEIGHTS} ", stack)
-            stored = _check_hdf5(path, weights, info.file_size, f"{_WEIGHTS} ")
+            weights = _open_hdf5(path, member, info.file_size, f"{WEIGHTS_MEMBER} ", stack)
+            stored = _check_hdf5(path, weights, info.file_size, f"{WEIGHTS_MEMBER} ")
         check_sequential_depth(path, config)
         check_declared_weights(path, config, stored)
     except ModelFileError:

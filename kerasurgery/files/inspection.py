@@ -32,7 +32,6 @@ import math
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
 
 import h5py
 import numpy as np
@@ -47,8 +46,8 @@ from kerasurgery.files.layout import (
     UNKNOWN,
     Entry,
     layer_entries,
-    open_pin_record,
 )
+from kerasurgery.files.pin_record import open_record as open_pin_record
 from kerasurgery.guards import shapes as _shapes
 from kerasurgery.errors import KerasurgeryError, ModelFileError, one_line
 from kerasurgery.files.formats import KERAS

@@ -2,8 +2,9 @@
 
 `layer_entries` walks a file opened by `formats.open_model_file` and pairs
 every layer, at every depth, with the HDF5 datasets of its variables, without
-reading them; `inspection` checks and reads them. `open_pin_record` opens the
-pins that a `.keras` archive keeps beside its weights (see below).
+reading them; `inspection` checks and reads them. `pin_record.open_record` opens the
+pins that a `.keras` archive keeps beside its weights
+(`kerasurgery.files.pin_record`).
 
 The pinnable kinds and the order in which Keras stores their weights are the
 table of kinds' (`kerasurgery.kinds`): `Dense`, `EinsumDense`, the
@@ -50,22 +51,21 @@ in a list); otherwise `UNKNOWN` ("?").
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import re
-import zipfile
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 import h5py
-import numpy as np
 
 from kerasurgery import kinds
 from kerasurgery.files import formats
-from kerasurgery.guards.limits import MAX_EXPANSION, MAX_LAYER_DEPTH
-from kerasurgery.files.zipwindow import open_member
+from kerasurgery.guards.limits import MAX_LAYER_DEPTH
 from kerasurgery.errors import ModelFileError, one_line
-from kerasurgery.files.formats import KERAS, h5_text, read_h5_list
+from kerasurgery.files.formats import KERAS, PIN_RECORD_MEMBER as PIN_RECORD, WEIGHTS_MEMBER, h5_text, read_h5_list
+from kerasurgery.files.hdf5 import dataset as _dataset, group as _group, index_key as _index_key
+from kerasurgery.files.hdf5 import refuse_outside_data as _refuse_outside_data
+from kerasurgery.files.pin_record import RecordLayer
 
 DENSE = "Dense"
 MASKED = kinds.KINDS[DENSE].pinned
@@ -75,10 +75,6 @@ BIAS = kinds.BIAS
 # Where an entry was found: named by the model config, or only in the weights.
 CONFIG = "config"
 WEIGHTS = "weights"
-
-PIN_RECORD = "kerasurgery.pins.h5"
-PIN_RECORD_FORMAT = "kerasurgery-pins"
-PIN_RECORD_VERSION = 1
 
 _PIN_SUFFIXES = ("_pin_mask", "_pin_value")
 # Children of a model's group that hold no layers.
@@ -138,96 +134,6 @@ class Entry:
         return any(key.endswith("_pin_mask") for key in self.variables)
 
 
-@dataclasses.dataclass(frozen=True)
-class RecordLayer:
-    """One layer of a pin record: its class, the weights it pins, their datasets."""
-
-    path: str
-    class_name: str
-    weights: tuple[str, ...]
-    datasets: dict[str, h5py.Dataset]  # "kernel_pin_mask", "kernel_pin_value", ...
-
-
-def open_pin_record(opened: formats.ModelFile, stack: contextlib.ExitStack) -> dict[str, RecordLayer]:
-    """The pin record of a `.keras` archive, by layer path; `{}` if it has none.
-
-    The record stays open until `stack` closes.
-
-    Raises:
-        ModelFileError: the record is damaged, of another format or version,
-            or malformed.
-    """
-    if opened.format != KERAS or PIN_RECORD not in opened.members:
-        return {}
-    path = opened.path
-
-    def error(message: str) -> ModelFileError:
-        return ModelFileError(f"{path}: {PIN_RECORD} {message}")
-
-    try:
-        archive = stack.enter_context(zipfile.ZipFile(path))
-        info = archive.getinfo(PIN_RECORD)
-        if info.file_size > MAX_EXPANSION * max(info.compress_size, 1):
-            raise error(f"claims {info.file_size} bytes but only {info.compress_size} are stored.")
-        # A mask takes 1 byte an entry and a value at most 8, against at least 2
-        # for the weight: a record larger than this pins weights the file lacks.
-        weights = archive.getinfo("model.weights.h5").file_size if opened.weights is not None else 0
-        if info.file_size > 5 * weights + (1 << 20):
-            raise error(f"is {info.file_size} bytes, too large for a weights file of {weights}.")
-        member = stack.enter_context(contextlib.closing(open_member(archive, info, path)))
-        record = stack.enter_context(h5py.File(member, "r"))
-    except ModelFileError:
-        raise
-    except Exception as e:
-        raise error(f"is a damaged HDF5 file ({one_line(e)}).") from None
-    # The same structural checks as model.weights.h5: every dataset fits in the member.
-    formats._check_hdf5(path, record, info.file_size, f"{PIN_RECORD} ")
-    fmt = h5_text(record.attrs.get("format"))
-    if fmt != PIN_RECORD_FORMAT:
-        raise error(f"is not a kerasurgery pin record (its `format` is {fmt!r}).")
-    version = _int_attr(record.attrs.get("version"))
-    if version != PIN_RECORD_VERSION:
-        shown = version if version is not None else one_line(repr(record.attrs.get("version")))
-        raise error(
-            f"has version {shown}; this kerasurgery reads version "
-            f"{PIN_RECORD_VERSION} (was the file written by a newer kerasurgery?)."
-        )
-    layers = _group(record, "layers")
-    if layers is None:
-        raise error("has no `layers` group.")
-    result: dict[str, RecordLayer] = {}
-    for key in sorted(layers, key=_index_key):
-        group = _group(layers, key)
-        if group is None:
-            raise error(f"has a malformed entry `layers/{key}`.")
-        layer_path = h5_text(group.attrs.get("path"))
-        class_name = h5_text(group.attrs.get("class_name"))
-        weights = tuple(read_h5_list(group, "weights"))
-        where = f"entry `layers/{key}`"
-        if not layer_path:
-            raise error(f"{where} has no layer `path`.")
-        where = f"layer {layer_path!r}"
-        if class_name is None or not kinds.is_pinned_class(class_name):
-            raise error(f"{where} has class {class_name!r}, which is not a pinned class.")
-        order = kinds.find(class_name).weights
-        if not weights or len(set(weights)) != len(weights) or any(w not in order for w in weights):
-            raise error(f"{where} pins the weights {list(weights)}; a {class_name} has {list(order)}.")
-        if list(weights) != [w for w in order if w in weights]:
-            raise error(f"{where} lists its weights {list(weights)} out of order ({list(order)}).")
-        datasets = {}
-        for weight in weights:
-            for name in (f"{weight}_pin_mask", f"{weight}_pin_value"):
-                dataset = _dataset(group, name)
-                if dataset is None:
-                    raise error(f"{where}: `{name}` is missing.")
-                _refuse_outside_data(dataset, lambda m: error(f"{where}: {m}"))
-                datasets[name] = dataset
-        if layer_path in result:
-            raise error(f"pins layer {layer_path!r} twice.")
-        result[layer_path] = RecordLayer(layer_path, class_name, weights, datasets)
-    return result
-
-
 def layer_entries(
     opened: formats.ModelFile, *, record: dict[str, RecordLayer] | None = None
 ) -> list[Entry]:
@@ -235,7 +141,7 @@ def layer_entries(
 
     A layer comes before the layers inside it: the layers its config names
     (nested models), then those only its weights show. `record` is the
-    archive's pin record (`open_pin_record`), whose pins join the datasets of
+    archive's pin record (`pin_record.open_record`), whose pins join the datasets of
     the layers it names.
 
     Raises:
@@ -261,7 +167,7 @@ class _Walk:
         if self.record:
             layer = next(iter(self.record))
             raise self.error(
-                f"{PIN_RECORD} pins layer {layer!r}, which model.weights.h5 does not hold."
+                f"{PIN_RECORD} pins layer {layer!r}, which {WEIGHTS_MEMBER} does not hold."
             )
 
     def error(self, message: str) -> ModelFileError:
@@ -277,7 +183,7 @@ class _Walk:
         if opened.weights is None:
             if "model.weights.npz" in opened.members:
                 raise self.error("stores its weights as `.npz`, which is not supported.")
-            raise self.error("is a `.keras` archive without `model.weights.h5`.")
+            raise self.error(f"is a `.keras` archive without `{WEIGHTS_MEMBER}`.")
         children = _model_layers(opened.config, self)
         if _layer_list(opened.config) is None:
             children = None  # a subclassed model: its layers are in the weights only
@@ -380,7 +286,7 @@ class _Walk:
             if sorted(stored, key=_index_key) != expected:
                 raise self.error(
                     f"{PIN_RECORD} pins the weights {list(record.weights)} of {where}, but "
-                    f"model.weights.h5 stores {sorted(stored, key=_index_key)} for it."
+                    f"{WEIGHTS_MEMBER} stores {sorted(stored, key=_index_key)} for it."
                 )
             variables: dict = {w: stored[str(i)] for i, w in enumerate(record.weights)}
             variables.update(record.datasets)
@@ -690,43 +596,6 @@ def _container(group: h5py.Group | None) -> h5py.Group | None:
     return layers if layers is not None else _group(group, "_layer_checkpoint_dependencies")
 
 
-def _group(parent: h5py.Group | None, name: str) -> h5py.Group | None:
-    obj = _child(parent, name)
-    return obj if isinstance(obj, h5py.Group) else None
-
-
-def _dataset(parent: h5py.Group, name: str) -> h5py.Dataset | None:
-    obj = _child(parent, name)
-    return obj if isinstance(obj, h5py.Dataset) else None
-
-
-def _child(parent: h5py.Group | None, name: str) -> Any:
-    """`parent[name]` following hard links only: a soft or external link could
-    point anywhere, even into another file."""
-    current = parent
-    for part in name.split("/"):
-        if current is None or not part or part not in current:
-            return None
-        if not isinstance(current.get(part, getlink=True), h5py.HardLink):
-            return None
-        current = current[part]
-    return current
-
-
-def _refuse_outside_data(dataset: h5py.Dataset, error: Any) -> None:
-    """Refuses a dataset whose data lives outside the file: reading an external
-    or virtual dataset would read whatever file it names (`/etc/passwd`, a FIFO)."""
-    try:
-        outside = dataset.is_virtual or bool(dataset.external)
-    except Exception:  # h5py cannot tell: do not read it either
-        outside = True
-    if outside:
-        raise error(
-            f"dataset {dataset.name!r} keeps its data outside the file (an external or "
-            "virtual dataset), which a model file never does; refused."
-        )
-
-
 def _subgroups(container: h5py.Group) -> Iterator[h5py.Group]:
     for key in container:
         group = _group(container, key)
@@ -737,21 +606,6 @@ def _subgroups(container: h5py.Group) -> Iterator[h5py.Group]:
 def _vars_name(group: h5py.Group) -> str | None:
     vars_group = _group(group, "vars")
     return None if vars_group is None else h5_text(vars_group.attrs.get("name"))
-
-
-def _index_key(key: str) -> tuple:
-    """Sorts `0`, `1`, ..., `10` as numbers, other names after them."""
-    return (0, int(key), "") if key.isdigit() else (1, 0, key)
-
-
-def _int_attr(value: Any) -> int | None:
-    try:
-        array = np.asarray(value)
-        if array.shape != () or array.dtype.kind not in "iu":
-            return None
-        return int(array)
-    except Exception:
-        return None
 
 
 def _snake_case(name: str) -> str:

@@ -49,9 +49,9 @@ from kerasurgery.errors import KerasurgeryError, ModelFileError, PinError, one_l
 from kerasurgery.kinds import KINDS, MODEL_CLASSES as _MODELS, MODEL_MODULES as _MODEL_MODULES
 from kerasurgery.pins import SHARED, saved_storage
 
-_CONFIG = "config.json"
-_METADATA = "metadata.json"
-_WEIGHTS = "model.weights.h5"
+_CONFIG = formats.CONFIG_MEMBER
+_METADATA = formats.METADATA_MEMBER
+_WEIGHTS = formats.WEIGHTS_MEMBER
 _MEMBERS = (_METADATA, _CONFIG, _WEIGHTS)
 
 # Built-in layers that hold no other layer and whose weights nothing here

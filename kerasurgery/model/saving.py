@@ -68,6 +68,7 @@ def load_model(
     fmt = detect_format(path)
     with open_model_file(path, fmt, check_crc=True) as opened:
         config, stored = opened.config, opened.stored_entries
+        record = _pin_record.read(opened)  # checked here, applied once Keras has loaded
     if safe_mode:
         _refuse_code(path, config)
     _budget.check_buildable(path, config, fmt, stored, safe_mode=safe_mode, compile=compile)
@@ -91,11 +92,11 @@ def load_model(
         if getattr(model, "compiled", False):
             _rebuild_h5_optimizer(model)
     else:
-        _restore_record(path, model)
+        _restore_record(path, model, record)
     return model
 
 
-def _restore_record(path: Path, model: keras.Model) -> None:
+def _restore_record(path: Path, model: keras.Model, entries: list[_pin_record.RecordEntry]) -> None:
     """Pins, in place, the layers whose pins the file keeps in its pin record.
 
     Keras has loaded them as plain layers holding the effective weights; the
@@ -103,12 +104,8 @@ def _restore_record(path: Path, model: keras.Model) -> None:
     the pinned values at the pins (as `save_model` writes them): a file whose
     weights disagree with its record is refused rather than silently changed.
     """
-    import zipfile
-
     from kerasurgery.model.surgery import walk_layers
 
-    with zipfile.ZipFile(path) as archive:
-        entries = _pin_record.read(archive, where=str(path))
     if not entries:
         return
     found = dict(walk_layers(model))
