@@ -502,10 +502,10 @@ class Planner:
         for i, selection in enumerate(self.selections):
             reasons = [self.skipped[(i, p)] for p in selection.paths if (i, p) in self.skipped]
             if reasons and len(reasons) == len(selection.paths):
-                more = "" if len(reasons) == 1 else (
-                    f" The pins of {selection.key!r} fit none of the {len(reasons)} layers it selects."
-                )
-                raise PinError(reasons[0] + more)
+                if len(reasons) == 1:
+                    raise PinError(reasons[0])
+                raise PinError(f"{reasons[0].rstrip('.')}; the pins of {selection.key!r} fit "
+                               f"none of the {len(reasons)} layers it selects.")
         self._checked = True
 
     def report(self) -> None:
