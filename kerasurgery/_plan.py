@@ -9,7 +9,9 @@ weights are. Nothing here imports Keras.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -53,15 +55,19 @@ class PinPlan:
     def add(self, updates: Sequence[Update], name: str) -> PinPlan:
         """Adds pins; a later pin's values win on entries already pinned."""
         self._storage = None
+        # Every update is checked before any is kept: a pin that does not fit
+        # leaves the plan as it was (a layer a pattern skips stays unchanged).
+        masks, values = dict(self.masks), dict(self.values)
         for weight, mask, value in updates:
             if mask is None and value is None:
                 continue
             if weight not in self.effective:
                 raise PinError(f"Layer {name!r} has no {weight}, but a {weight} pin was given.")
-            self.masks[weight], self.values[weight] = merge(
-                self.masks[weight], self.values[weight], mask, value,
+            masks[weight], values[weight] = merge(
+                masks[weight], values[weight], mask, value,
                 self.effective[weight], name, weight,
             )
+        self.masks, self.values = masks, values
         return self
 
     def storage(self) -> dict[str, str]:
@@ -295,6 +301,64 @@ def listing(model_name: str, paths: Sequence[str], supported: Sequence[str], lim
     return ", ".join(list(paths)[:limit]) + more
 
 
+class LayerSkippedWarning(UserWarning):
+    """A layer that a glob selected does not take the key's pins: `freeze` leaves it out.
+
+    Attributes:
+        path: The layer's path.
+        key: The glob that selected it.
+        reason: Why the pins do not fit (the error a key naming the layer raises).
+    """
+
+    def __init__(self, path: str, key: str, reason: str) -> None:
+        super().__init__(f"Skipped layer {path!r}, which {key!r} selects by pattern: {reason}")
+        self.path, self.key, self.reason = path, key, reason
+
+
+class NothingPinnedWarning(UserWarning):
+    """A rule selects no entry in any layer its key selects (e.g. `zeros` on a model without zeros).
+
+    Attributes:
+        key: The layer name or glob.
+        rule: The rule's name.
+        layers: How many layers the key selects (skipped ones left out).
+    """
+
+    def __init__(self, key: str, rule: str, layers: int) -> None:
+        which = "the layer" if layers == 1 else f"any of the {layers} layers"
+        super().__init__(f"Rule {rule!r} selects no entry in {which} that {key!r} selects: "
+                         "nothing is pinned there.")
+        self.key, self.rule, self.layers = key, rule, layers
+
+
+_GLOB = frozenset("*?[")
+
+
+def by_pattern(key: str, selected: Sequence[str]) -> bool:
+    """Whether `key` selected the layers at `selected` as a glob, not by their path or name.
+
+    A layer that a glob selects and whose pins do not fit is skipped; one
+    that a key names (its path, variable path or name) is an error.
+    """
+    return bool(_GLOB & set(key)) and not any(
+        key in (path, path.rpartition("/")[2]) for path in selected
+    )
+
+
+@dataclasses.dataclass
+class Selection:
+    """One key of the `freeze` mapping: its spec, the paths it selects, and how."""
+
+    key: Any
+    spec: Any
+    paths: list[str]
+    by_pattern: bool
+    members: set[str] = dataclasses.field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.members = set(self.paths)
+
+
 class Planner:
     """The selections of one `freeze` call, and the updates each selected layer gets.
 
@@ -304,29 +368,78 @@ class Planner:
     values win on shared entries); a rule with `across` ranks all the layers
     of all the keys it is given under together, each once (`rank_across`).
 
+    A key's pins that do not fit a layer (`PinError`: n:m over 3 input
+    channels, a bias rule on a layer without bias, a mask of another shape)
+    are an error when the key names the layer, and skip that layer for that
+    key when the key is a glob: `skipped` lists them, `report` warns of them
+    (`LayerSkippedWarning`). A glob whose pins fit none of its layers is an
+    error. Layers that an `exclude` pattern selects are left out first.
+
     Args:
         pins: The `freeze` mapping.
         select_key: key -> the paths it selects (`select`).
+        exclude: Layer paths, names or globs to leave out, as `select_key` reads them.
     """
 
-    def __init__(self, pins: Mapping[str, Any], select_key: Callable[[Any], list[str]]) -> None:
+    def __init__(
+        self, pins: Mapping[str, Any], select_key: Callable[[Any], list[str]], *,
+        exclude: Sequence[str] = (),
+    ) -> None:
         check_pins_argument(pins)
-        self.selections = [(spec, select_key(key)) for key, spec in pins.items()]
-        # Every selected path once, in the order it was first selected.
-        self.paths = list(dict.fromkeys(p for _, selected in self.selections for p in selected))
+        excluded = excluded_paths(exclude, select_key)
+        self.selections: list[Selection] = []
+        for key, spec in pins.items():
+            selected = select_key(key)
+            kept = [p for p in selected if p not in excluded]
+            if not kept:
+                raise LayerSelectionError(
+                    f"Every layer that {key!r} selects is excluded: {_some(selected)}."
+                )
+            self.selections.append(Selection(key, spec, kept, by_pattern(key, kept)))
+        # (selection index, path) -> why the key's pins do not fit the layer.
+        self.skipped: dict[tuple[int, str], str] = {}
+        # (selection index, path) -> entries the key's rule selects in the layer.
+        self._selected: dict[tuple[int, str], int] = {}
         self._across: dict[int, dict[str, list[Update]]] = {}
+        self._checked = False
+
+    @property
+    def paths(self) -> list[str]:
+        """Every selected path once, in the order first selected; not those every key skips."""
+        return list(dict.fromkeys(
+            p for i, s in enumerate(self.selections) for p in s.paths if (i, p) not in self.skipped
+        ))
 
     def rank_across(self, plan_of: Callable[[str], PinPlan], name_of: Callable[[str], str]) -> None:
-        """Resolves the rules with `across` over all the layers each selects."""
-        order: dict[int, list[str]] = {}
-        specs: dict[int, Any] = {}
-        for spec, selected in self.selections:
-            if getattr(spec, "across", None) is not None:
-                chosen = order.setdefault(id(spec), [])
-                chosen += [p for p in selected if p not in chosen]
-                specs[id(spec)] = spec
-        for key, paths in order.items():
-            results = resolve_across(specs[key], [(plan_of(p), name_of(p)) for p in paths])
+        """Resolves the rules with `across` over all the layers each selects.
+
+        With `bias`, a layer without a bias that only globs select is left out
+        of the ranking (skipped); one that a key names is an error.
+        """
+        groups: dict[int, list[int]] = {}
+        for i, selection in enumerate(self.selections):
+            if getattr(selection.spec, "across", None) is not None:
+                groups.setdefault(id(selection.spec), []).append(i)
+        for key, indexes in groups.items():
+            spec = self.selections[indexes[0]].spec
+            paths = list(dict.fromkeys(p for i in indexes for p in self.selections[i].paths))
+            plans = {p: plan_of(p) for p in paths}
+            if getattr(spec, "bias", False):
+                for path in paths:
+                    holding = [i for i in indexes if path in self.selections[i].members]
+                    if "bias" in plans[path].effective or not all(
+                        self.selections[i].by_pattern for i in holding
+                    ):
+                        continue
+                    for i in holding:
+                        self.skipped[(i, path)] = (
+                            f"Layer {name_of(path)!r}: Rule {getattr(spec, 'name', '?')!r} targets the bias, "
+                            "but the layer has none."
+                        )
+                paths = [p for p in paths if not all(
+                    (i, p) in self.skipped for i in indexes if p in self.selections[i].members
+                )]
+            results = resolve_across(spec, [(plans[p], name_of(p)) for p in paths]) if paths else []
             self._across[key] = dict(zip(paths, results))
 
     def updates(self, spec: Any, path: str, plan: PinPlan, axes: Callable[[str], Axes],
@@ -337,11 +450,93 @@ class Planner:
         return resolve(spec, plan, axes, name)
 
     def apply(self, path: str, plan: PinPlan, axes: Callable[[str], Axes], name: str) -> PinPlan:
-        """Adds to `plan` the pins of every key that selects `path`, in key order."""
-        for spec, selected in self.selections:
-            if path in selected:
-                plan.add(self.updates(spec, path, plan, axes, name), path)
+        """Adds to `plan` the pins of every key that selects `path`, in key order.
+
+        A glob's pins that do not fit the layer are skipped (until `check`
+        or `plan_all` has settled which are); a named layer's raise.
+        """
+        for i, selection in enumerate(self.selections):
+            if path not in selection.members or (i, path) in self.skipped:
+                continue
+            try:
+                updates = self.updates(selection.spec, path, plan, axes, name)
+                plan.add(updates, path)
+            except PinError as e:
+                if not selection.by_pattern or self._checked:
+                    raise
+                self.skipped[(i, path)] = str(e)
+                continue
+            self._selected[(i, path)] = sum(
+                int(np.count_nonzero(np.asarray(mask))) for _, mask, _ in updates if mask is not None
+            )
         return plan
+
+    def skips_whole(self, path: str) -> bool:
+        """Whether every key that selects `path` skips it (the layer is left as it is)."""
+        return all((i, path) in self.skipped
+                   for i, s in enumerate(self.selections) if path in s.members)
+
+    def check(
+        self,
+        plan_of: Callable[[str], PinPlan],
+        axes_of: Callable[[str], Callable[[str], Axes]],
+        name_of: Callable[[str], str],
+    ) -> None:
+        """Settles which layers the globs skip before anything is written (the offline rewrite).
+
+        Plans each selected layer, one at a time, and keeps only what was
+        skipped: a layer skipped whole keeps its class, which decides where
+        its weights are written. Without globs nothing can be skipped and
+        nothing is planned here.
+
+        Raises:
+            PinError: a glob's pins fit none of the layers it selects.
+        """
+        if any(s.by_pattern for s in self.selections):
+            for path in self.paths:
+                self.apply(path, plan_of(path), axes_of(path), name_of(path))
+        self.settle()
+
+    def settle(self) -> None:
+        """Ends the skipping: a glob whose pins fit none of its layers raises its first layer's error."""
+        for i, selection in enumerate(self.selections):
+            reasons = [self.skipped[(i, p)] for p in selection.paths if (i, p) in self.skipped]
+            if reasons and len(reasons) == len(selection.paths):
+                if len(reasons) == 1:
+                    raise PinError(reasons[0])
+                raise PinError(f"{reasons[0].rstrip('.')}; the pins of {selection.key!r} fit "
+                               f"none of the {len(reasons)} layers it selects.")
+        self._checked = True
+
+    def report(self) -> None:
+        """Warns of each skipped layer, and of each rule that selects no entry (after planning)."""
+        for (i, path), reason in self.skipped.items():
+            warnings.warn(LayerSkippedWarning(path, self.selections[i].key, reason), stacklevel=4)
+        for i, selection in enumerate(self.selections):
+            if isinstance(selection.spec, (Pin, np.ndarray, list, tuple)):
+                continue  # pins given as masks: an empty one makes a layer pin-capable
+            counts = [n for (j, _), n in self._selected.items() if j == i]
+            if counts and not any(counts):
+                rule = getattr(selection.spec, "name", type(selection.spec).__name__)
+                warnings.warn(NothingPinnedWarning(selection.key, rule, len(counts)), stacklevel=4)
+
+
+def excluded_paths(exclude: Sequence[str], select_key: Callable[[Any], list[str]]) -> set[str]:
+    """The paths that `exclude` selects, each pattern read as a `freeze` key is."""
+    if isinstance(exclude, str):
+        exclude = [exclude]
+    paths: set[str] = set()
+    for pattern in exclude:
+        try:
+            paths.update(select_key(pattern))
+        except LayerSelectionError as e:
+            raise LayerSelectionError(f"Cannot exclude {pattern!r}: {e}") from None
+    return paths
+
+
+def _some(paths: Sequence[str], limit: int = 12) -> str:
+    more = f" and {len(paths) - limit} more" if len(paths) > limit else ""
+    return ", ".join(paths[:limit]) + more
 
 
 def plan_all(
@@ -350,6 +545,8 @@ def plan_all(
     plan_of: Callable[[str], PinPlan],
     axes_of: Callable[[str], Callable[[str], Axes]],
     name_of: Callable[[str], str],
+    *,
+    exclude: Sequence[str] = (),
 ) -> dict[str, PinPlan]:
     """Plans every layer that `pins` selects (see `Planner`).
 
@@ -359,15 +556,21 @@ def plan_all(
         plan_of: path -> the layer's plan (its current effective weights and masks).
         axes_of: path -> the layer's `axes(weight)`.
         name_of: path -> the layer's name, for messages.
+        exclude: Layer paths, names or globs to leave out.
 
     Returns:
-        path -> plan, in the order the layers were first selected.
+        path -> plan, in the order the layers were first selected; a layer
+        that every key selecting it skips is not in it.
+
+    Warns:
+        LayerSkippedWarning: per layer that a glob's pins do not fit.
+        NothingPinnedWarning: per rule that selects no entry.
     """
-    planner = Planner(pins, select_key)
+    planner = Planner(pins, select_key, exclude=exclude)
     plans = {path: plan_of(path) for path in planner.paths}
     planner.rank_across(plans.__getitem__, name_of)
-    for spec, selected in planner.selections:
-        for path in selected:
-            plan = plans[path]
-            plan.add(planner.updates(spec, path, plan, axes_of(path), name_of(path)), path)
-    return plans
+    for path, plan in plans.items():
+        planner.apply(path, plan, axes_of(path), name_of(path))
+    planner.settle()
+    planner.report()
+    return {path: plans[path] for path in planner.paths}

@@ -281,9 +281,10 @@ def test_freeze_units_on_a_model_mixing_bias_and_no_bias_layers(tmp_path, capsys
     assert stored["nobias"].bias_mask is None
     np.testing.assert_array_equal(stored["nobias"].kernel_mask[:, 0], [True] * 4)
     assert stored["out"].bias_mask.tolist() == [True, False]
-    # --bias asks for the bias explicitly: a layer without one is an error.
+    # --bias asks for the bias explicitly: a layer named without one is an error
+    # (one that a glob selects is skipped: see the command-line section at the end).
     code, _, err = run(capsys, "freeze", tmp_path / "mixed.keras", "-o", tmp_path / "b.keras",
-                       "--units", "0", "--bias")
+                       "--units", "0", "--bias", "--layer", "nobias")
     assert code == 1
     assert_one_error_line(err, "nobias", "targets the bias, but the layer has none")
 
@@ -590,7 +591,9 @@ def test_unsafe_files_are_refused_unless_asked(tmp_path, capsys, suffix, keras_s
 
     code, _, err = run(capsys, "freeze", source, "-o", tmp_path / "o.keras", "--unsafe")
     assert code == 0, err
-    assert err.startswith("warning: --unsafe") and len(err.splitlines()) == 1
+    # The random kernel holds no exact zero: freeze says that it pinned nothing.
+    assert err.startswith("warning: --unsafe") and len(err.splitlines()) == 2
+    assert err.splitlines()[1].startswith("warning: Rule 'zeros' selects no entry in the layer that '*' selects")
     assert read_dense_weights(tmp_path / "o.keras")["d"].class_name == "MaskedDense"
     x = np.ones((2, 4), "float32")
     frozen = ks.load_model(tmp_path / "o.keras", safe_mode=False)
@@ -1070,3 +1073,303 @@ def test_console_script_is_installed():
         pytest.skip("the package is not installed in this interpreter's environment")
     result = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "examples:" in result.stdout
+
+
+# --- the command line as people use it (issue 18) --------------------------------
+#
+# Piped or logged output keeps every name and number whole; the freeze and
+# strip tables say what the output holds; freeze warns when it pins nothing;
+# a rule that does not fit a layer a glob selected skips it with a note
+# (--exclude leaves layers out); every --help lists the exit codes; names are
+# printed as text, never as markup or control sequences.
+
+LONG = "a_layer_name_of_sixty_characters_that_a_table_must_keep_whole"
+assert len(LONG) == 61
+
+
+def table_rows(out: str) -> list[list[str]]:
+    """The cells of each body and footer row of the rich tables in `out`."""
+    return [[cell.strip() for cell in line.split("│")[1:-1]]
+            for line in out.splitlines() if line.startswith("│")]
+
+
+def _long_named_model() -> keras.Model:
+    """A Functional model holding a nested one, with 61-character names and a 1.2M-entry kernel."""
+    keras.utils.set_random_seed(3)
+    inner_in = keras.Input((64,))
+    inner = keras.Model(inner_in, keras.layers.Dense(1200, name=f"{LONG}_1")(inner_in),
+                        name=f"nested_{LONG}")
+    x = keras.Input((64,), name="x")
+    out = keras.layers.Dense(1024, name=f"{LONG}_2")(inner(x))
+    model = keras.Model(x, out, name="long")
+    rng = np.random.default_rng(3)
+    for layer in (inner.layers[-1], model.layers[-1]):
+        kernel, bias = layer.get_weights()
+        layer.set_weights([np.where(rng.random(kernel.shape) < 0.37, 0, kernel).astype("float32"), bias])
+    return model
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_piped_output_keeps_every_name_and_number_whole(tmp_path, capsys, suffix):
+    model = _long_named_model()
+    source = tmp_path / f"long{suffix}"
+    model.save(source)
+    inner_path = f"nested_{LONG}/{LONG}_1"
+    kernels = {inner_path: model.layers[1].layers[-1].get_weights()[0],
+               f"{LONG}_2": model.layers[-1].get_weights()[0]}
+    zeros = {path: int(np.count_nonzero(k == 0)) for path, k in kernels.items()}
+    assert all(n > 10_000 for n in zeros.values())  # numbers with thousands separators
+    total_size = sum(k.size for k in kernels.values())
+    assert total_size == 64 * 1200 + 1200 * 1024 == 1_305_600
+
+    frozen, stripped = tmp_path / f"f{suffix}", tmp_path / f"s{suffix}"
+    outputs = {}
+    for name, argv in (("inspect", ["inspect", source]), ("freeze", ["freeze", source, "-o", frozen]),
+                       ("inspect frozen", ["inspect", frozen]), ("strip", ["strip", frozen, "-o", stripped])):
+        code, out, err = run(capsys, *argv)
+        assert code == 0, err
+        assert "…" not in out and "..." not in out
+        assert max(len(line) for line in out.splitlines()) > 80  # not cut to 80 columns
+        outputs[name] = out
+    for name, out in outputs.items():
+        rows = {row[0]: row for row in table_rows(out)}
+        for path, kernel in kernels.items():
+            assert path in rows, (name, out)  # the whole path, in one cell of one line
+            assert rows[path][2] == "×".join(map(str, kernel.shape))
+            pinned = 0 if name == "inspect" else zeros[path]
+            assert rows[path][3] == f"{pinned:,}"
+            assert rows[path][5] == f"{100 * pinned / kernel.size:.1f}"
+    for name in ("inspect", "inspect frozen"):
+        total = table_rows(outputs[name])[-1]
+        pinned = 0 if name == "inspect" else sum(zeros.values())
+        assert total[:4] == ["total", "5 layers", "1,305,600", f"{pinned:,}"]
+        assert total[-1] == f"{100 * sum(zeros.values()) / total_size:.1f}"
+    assert f"{sum(zeros.values()):,} kernel and 0 bias entries pinned" in outputs["freeze"]
+    assert str(frozen) in outputs["freeze"].splitlines()[0]  # the title: the whole output path
+
+
+def test_freeze_and_strip_tables_say_what_the_output_holds(base, tmp_path, capsys):
+    frozen, stripped = tmp_path / "f.keras", tmp_path / "s.h5"
+    code, out, err = run(capsys, "freeze", base["paths"][".keras"], "-o", frozen)
+    assert code == 0, err
+    header = next(line for line in out.splitlines() if line.startswith("┃"))
+    assert [c.strip() for c in header.split("┃")[1:-1]] == [
+        "layer", "class", "kernel", "pinned kernel", "pinned bias", "pinned %"]
+    zeros = {n: int(np.count_nonzero(k == 0)) for n, (k, _) in base["weights"].items()}
+    assert table_rows(out) == [
+        ["hidden", "MaskedDense", "4×3", f"{zeros['hidden']}", "0", f"{100 * zeros['hidden'] / 12:.1f}"],
+        ["out", "MaskedDense", "3×2", f"{zeros['out']}", "0", f"{100 * zeros['out'] / 6:.1f}"],
+    ]
+    code, out, err = run(capsys, "strip", frozen, "-o", stripped)
+    assert code == 0, err
+    assert out.splitlines()[0] == (f"{stripped}: pinned layers now plain Keras layers, their pinned "
+                                   "entries baked in at their pinned values")
+    header = next(line for line in out.splitlines() if line.startswith("┃"))
+    assert [c.strip() for c in header.split("┃")[1:-1]] == [
+        "layer", "class", "kernel", "baked-in kernel", "baked-in bias", "baked-in %"]
+    assert [row[:4] for row in table_rows(out)] == [
+        ["hidden", "Dense", "4×3", f"{zeros['hidden']}"], ["out", "Dense", "3×2", f"{zeros['out']}"]]
+    assert {layer["class_name"] for layer in run_json(capsys, "inspect", stripped)["layers"]} == {"InputLayer", "Dense"}
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_freeze_warns_when_nothing_is_pinned(tmp_path, capsys, suffix):
+    keras.utils.set_random_seed(5)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="a"), keras.layers.Dense(2, name="b")])
+    assert not any(np.any(w == 0) for w in model.get_weights()[::2])  # no exact zero in a kernel
+    source = tmp_path / f"dense{suffix}"
+    model.save(source)
+    message = ("Rule 'zeros' selects no entry in any of the 2 layers that '*' selects: "
+               "nothing is pinned there.")
+    code, out, err = run(capsys, "freeze", source, "-o", tmp_path / f"o{suffix}")
+    assert code == 0
+    assert err == f"warning: {message}\n"
+    assert "0 kernel and 0 bias entries pinned" in out
+    code, out, err = run(capsys, "freeze", source, "-o", tmp_path / f"j{suffix}", "--json")
+    assert code == 0 and err == f"warning: {message}\n"
+    report = json.loads(out)
+    assert report["warnings"] == [message] and report["skipped"] == []
+    assert [layer["pinned"] for layer in report["layers"]] == [0, 0]
+
+
+def _cnn() -> keras.Model:
+    """A first convolution over 3 input channels (n:m with m=4 cannot apply), then 8 and 16 channels."""
+    keras.utils.set_random_seed(4)
+    x = keras.Input((6, 6, 3), name="image")
+    h = keras.layers.Conv2D(8, 3, name="stem")(x)
+    h = keras.layers.Conv2D(8, 3, name="conv")(h)
+    out = keras.layers.Dense(4, name="head")(keras.layers.Flatten(name="flat")(h))
+    return keras.Model(x, out, name="cnn")
+
+
+@pytest.mark.parametrize("suffix, path", [(".keras", "offline path"), (".h5", "Keras path")])
+def test_a_rule_that_does_not_fit_a_globbed_layer_skips_it_with_a_note(tmp_path, capsys, suffix, path):
+    from kerasurgery import _plan
+    from kerasurgery.files.inspection import read_weights
+    from kerasurgery.pruning import n_of_m_mask
+
+    model = _cnn()
+    source = tmp_path / f"cnn{suffix}"
+    model.save(source)
+    reason = ("Layer 'stem': The input axis of shape (3, 3, 3, 8) holds 3 entries, not a multiple "
+              "of m=4; n:m pruning needs whole groups.")
+    expected = {
+        "conv": n_of_m_mask(model.get_layer("conv").get_weights()[0], 2, 4, (-2,)),
+        "head": n_of_m_mask(model.get_layer("head").get_weights()[0], 2, 4, (0,)),
+    }
+    out_path = tmp_path / f"o{suffix}"
+    code, out, err = run(capsys, "freeze", source, "-o", out_path, "--n-of-m", "2:4", "--json", "--debug")
+    assert code == 0, err
+    lines = err.splitlines()
+    assert lines[0].startswith(f"kerasurgery: freeze: {path}")  # both paths decide the same
+    assert lines[1:] == [f"note: left layer 'stem' as it is ('*' selects it by pattern): {reason}"]
+    report = json.loads(out)
+    assert report["skipped"] == [{"layer": "stem", "pattern": "*", "reason": reason}]
+    assert [(l["path"], l["class_name"], l["pinned_kernel"]) for l in report["layers"]] == [
+        ("stem", "Conv2D", 0), ("conv", "MaskedConv2D", 288), ("head", "MaskedDense", 64)]
+    stored = read_weights(out_path)
+    assert stored["stem"].class_name == "Conv2D"
+    assert not stored["stem"].weights["kernel"].mask.any()
+    for name, mask in expected.items():
+        assert np.array_equal(stored[name].weights["kernel"].mask, mask)
+        assert not stored[name].weights["bias"].mask.any()
+        assert np.array_equal(stored[name].weights["kernel"].effective,
+                              np.where(mask, np.float32(0), model.get_layer(name).get_weights()[0]))
+    # The library decides the same.
+    with pytest.warns(_plan.LayerSkippedWarning, match="Skipped layer 'stem'"):
+        frozen = ks.freeze(model, {"*": ks.rules.n_of_m(2, 4)})
+    assert type(frozen.get_layer("stem")).__name__ == "Conv2D"
+    assert np.array_equal(frozen.get_layer("conv").pins().kernel, expected["conv"])
+
+    # Named, the layer that the rule does not fit is an error; nothing is written.
+    code, _, err = run(capsys, "freeze", source, "-o", tmp_path / f"n{suffix}", "--n-of-m", "2:4",
+                       "--layer", "stem", "--layer", "conv")
+    assert code == 1
+    assert_one_error_line(err, reason)
+    assert not (tmp_path / f"n{suffix}").exists()
+    # --exclude leaves it out: no note, the same pins.
+    code, out, err = run(capsys, "freeze", source, "-o", tmp_path / f"e{suffix}", "--n-of-m", "2:4",
+                         "--exclude", "stem", "--json")
+    assert code == 0 and err == ""
+    assert json.loads(out)["skipped"] == [] and json.loads(out)["layers"] == report["layers"]
+    excluded = read_weights(tmp_path / f"e{suffix}")
+    for name, mask in expected.items():
+        assert np.array_equal(excluded[name].weights["kernel"].mask, mask)
+    # A glob of --exclude, as --layer reads it (across '/'), and one that matches nothing.
+    code, out, err = run(capsys, "freeze", source, "-o", tmp_path / f"g{suffix}", "--below", "10",
+                         "--exclude", "[sc]*", "--json")
+    assert code == 0, err
+    assert [(l["path"], l["pinned_kernel"]) for l in json.loads(out)["layers"]] == [
+        ("stem", 0), ("conv", 0), ("head", 32 * 4)]
+    code, _, err = run(capsys, "freeze", source, "-o", tmp_path / f"x{suffix}", "--exclude", "nope")
+    assert code == 1
+    assert_one_error_line(err, "Cannot exclude 'nope': No supported layer matches 'nope'")
+    code, _, err = run(capsys, "freeze", source, "-o", tmp_path / f"x{suffix}", "--exclude", "*")
+    assert code == 1
+    assert_one_error_line(err, "Every layer that '*' selects is excluded: stem, conv, head.")
+    assert not (tmp_path / f"x{suffix}").exists()
+
+
+def test_a_bias_rule_skips_a_globbed_layer_without_bias(tmp_path, capsys):
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((4,), name="x")
+    h = keras.layers.Dense(3, use_bias=False, name="nobias")(inputs)
+    model = keras.Model(inputs, keras.layers.Dense(2, name="out")(h))
+    model.save(tmp_path / "mixed.keras")
+    code, out, err = run(capsys, "freeze", tmp_path / "mixed.keras", "--units", "0", "--bias", "--json")
+    assert code == 0
+    assert err == ("note: left layer 'nobias' as it is ('*' selects it by pattern): Layer 'nobias': "
+                   "Rule 'units' targets the bias, but the layer has none.\n")
+    report = json.loads(out)
+    assert [(l["name"], l["class_name"], l["pinned_kernel"], l["pinned_bias"]) for l in report["layers"]] == [
+        ("nobias", "Dense", 0, 0), ("out", "MaskedDense", 3, 1)]
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["freeze", "--help"], ["inspect", "--help"],
+                                  ["strip", "--help"], ["verify", "--help"]])
+def test_every_help_lists_every_exit_code(capsys, argv):
+    code, out, _ = run(capsys, *argv)
+    assert code == 0
+    text = " ".join(out.split())
+    assert ("exit codes: 0 success, 1 error (nothing written) or failed verification, 2 usage error, "
+            "130 interrupted (Ctrl-C), 143 terminated (SIGTERM), 129 hung up (SIGHUP)") in text
+
+
+ANSI = "\x1b[31mred\x1b[0m"
+MARKUP = "[red]x[bold]"
+
+
+def _crafted(source: Path, target: Path, old: str, new: str) -> None:
+    """`source` with the layer named `old` renamed `new` in its config and weights (Keras
+    refuses a '/' in a name; a file may hold one all the same)."""
+    import io
+
+    import h5py
+
+    with zipfile.ZipFile(source) as archive:
+        members = {name: archive.read(name) for name in archive.namelist()}
+    members["config.json"] = members["config.json"].replace(json.dumps(old)[1:-1].encode(),
+                                                            json.dumps(new)[1:-1].encode())
+    weights = io.BytesIO(members["model.weights.h5"])
+    with h5py.File(weights, "r+") as f:
+        for group in f["layers"].values():
+            if group["vars"].attrs.get("name") == old:
+                group["vars"].attrs["name"] = new
+    members["model.weights.h5"] = weights.getvalue()
+    with zipfile.ZipFile(target, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+
+
+@pytest.mark.parametrize("suffix", [".keras", ".h5"])
+def test_names_are_printed_as_text_never_as_markup_or_control_sequences(tmp_path, capsys, suffix):
+    keras.utils.set_random_seed(6)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name=MARKUP),
+                              keras.layers.Dense(2, name=ANSI)], name="names")
+    source = tmp_path / f"names{suffix}"
+    model.save(source)
+    frozen, stripped = tmp_path / f"f{suffix}", tmp_path / f"s{suffix}"
+    shown = {MARKUP: MARKUP, ANSI: "\\x1b[31mred\\x1b[0m"}
+    for argv, code in (
+        (["inspect", source], 0),
+        (["freeze", source, "-o", frozen, "--below", "10", "--value", "0.5"], 0),
+        (["inspect", frozen, "--show"], 0),
+        (["verify", source, "--against", frozen], 1),  # every pin moved: a table of violations
+        (["strip", frozen, "-o", stripped], 0),
+        (["verify", stripped, "--against", frozen], 0),
+        (["inspect", frozen, "--layer", "nope"], 1),  # the error lists the names
+    ):
+        got, out, err = run(capsys, *argv)
+        assert got == code, err
+        assert "\x1b" not in out + err and "MarkupError" not in err
+        if argv[0] in ("inspect", "freeze", "strip") and code == 0:
+            names = [row[0] for row in table_rows(out) if row[0] != "total"]
+            assert [n for n in names if n in shown.values()] == [MARKUP, shown[ANSI]], out
+        if argv[0] == "verify" and code == 1:
+            assert {row[0] for row in table_rows(out)} == {MARKUP, shown[ANSI]}
+        if argv[0] == "inspect" and code == 1:
+            assert f"Layers: {MARKUP}, {shown[ANSI]}" in err
+    # --json keeps the names exactly, escaped as JSON escapes them.
+    for argv in (["inspect", frozen], ["freeze", source, "-o", tmp_path / f"j{suffix}"],
+                 ["strip", frozen, "-o", tmp_path / f"js{suffix}"]):
+        code, out, err = run(capsys, *argv, "--json")
+        assert code == 0, err
+        assert "\x1b" not in out and "\\u001b[31mred\\u001b[0m" in out
+        layers = json.loads(out)["layers" if argv[0] != "strip" else "stripped"]
+        assert [l["name"] for l in layers if l["class_name"] != "InputLayer"] == [MARKUP, ANSI]
+
+
+def test_a_crafted_name_that_closes_a_markup_tag_is_printed_as_text(tmp_path, capsys):
+    keras.utils.set_random_seed(6)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, name="bold"),
+                              keras.layers.Dense(2, name="out")], name="names")
+    model.save(tmp_path / "plain.keras")
+    crafted = tmp_path / "crafted.keras"
+    _crafted(tmp_path / "plain.keras", crafted, "bold", "[/bold]")
+    code, out, err = run(capsys, "inspect", crafted)
+    assert code == 0, err
+    assert [row[0] for row in table_rows(out)] == ["[/bold]", "out", "total"]
+    assert [l["name"] for l in run_json(capsys, "inspect", crafted)["layers"]] == ["[/bold]", "out"]
+    code, out, err = run(capsys, "freeze", crafted, "-o", tmp_path / "f.keras", "--below", "10")
+    assert code == 0, err
+    assert [row[:2] for row in table_rows(out)] == [["[/bold]", "MaskedDense"], ["out", "MaskedDense"]]

@@ -21,9 +21,12 @@ examples:
   kerasurgery inspect pruned.frozen.keras --layer dense_1 --show
   kerasurgery verify finetuned.keras --against pruned.frozen.keras
   kerasurgery strip finetuned.keras               # plain Keras layers, loads without kerasurgery
+"""
 
+# The exit codes of `cli.main`, as the README lists them; every --help ends with them.
+EXIT_CODES = """\
 exit codes: 0 success, 1 error (nothing written) or failed verification, 2 usage error,
-  130 interrupted (Ctrl-C)
+  130 interrupted (Ctrl-C), 143 terminated (SIGTERM), 129 hung up (SIGHUP)
 """
 
 _FREEZE_EXAMPLES = """\
@@ -38,6 +41,11 @@ examples:
   kerasurgery freeze model.keras --smallest 0.8 --across-layers  # global magnitude pruning, 80%
   kerasurgery freeze model.keras --layer 'conv*' --n-of-m 2:4     # 2:4 sparsity along input channels
   kerasurgery freeze model.keras --smallest-units 0.25 --norm 2   # prune a quarter of the filters
+  kerasurgery freeze model.keras --n-of-m 2:4 --exclude 'stem/*'  # leave the stem dense
+
+A layer that a glob (or the default, every supported layer) selects and the
+rule does not fit (n:m over 3 input channels, --bias on a layer without one)
+is left as it is, with a note; a layer named by --layer is an error.
 
 A spec file holds one [[layer]] table per layer name or glob:
   [[layer]]
@@ -56,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="kerasurgery",
         description="Pin individual weights of a saved Keras model (Dense, EinsumDense,\n"
         "convolutions, Embedding, at any depth) to constants, and prune by magnitude.",
-        epilog=_EXAMPLES,
+        epilog=_EXAMPLES + "\n" + EXIT_CODES,
         formatter_class=formatter,
     )
     parser.add_argument("--version", action="version", version=f"kerasurgery {__version__}")
@@ -83,12 +91,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="Rewrite the selected layers (Dense, EinsumDense, convolutions, Embedding, at any\n"
         "depth) into pinned layers (MaskedDense, MaskedConv2D, ...) with the chosen entries pinned.\n"
         "Default: every supported layer, exact zeros, output IN.frozen.SUFFIX beside IN.",
-        epilog=_FREEZE_EXAMPLES,
+        epilog=_FREEZE_EXAMPLES + "\n" + EXIT_CODES,
     )
     freeze.add_argument("input", metavar="IN", help="model file (.keras or .h5)")
     freeze.add_argument(
         "--layer", action="append", metavar="PATTERN", dest="layers",
         help="layer path, name or glob, repeatable (default: every supported layer)",
+    )
+    freeze.add_argument(
+        "--exclude", action="append", metavar="PATTERN", dest="exclude",
+        help="leave out the layers this path, name or glob selects (as --layer reads it), repeatable",
     )
     rule = freeze.add_argument_group("rule (one of)").add_mutually_exclusive_group()
     rule.add_argument("--zeros", action="store_true", help="entries that are exactly 0 (default)")
@@ -118,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
         "models are listed by path, MODEL/NAME (--json: the \"path\" field of each layer).",
         epilog="examples:\n  kerasurgery inspect model.frozen.keras\n"
         "  kerasurgery inspect model.frozen.h5 --json\n"
-        "  kerasurgery inspect model.frozen.keras --layer hidden --show\n",
+        "  kerasurgery inspect model.frozen.keras --layer hidden --show\n\n" + EXIT_CODES,
     )
     inspect.add_argument("file", metavar="FILE", help="model file (.keras or .h5)")
     inspect.add_argument("--layer", metavar="NAME", help="only this layer: a path (MODEL/NAME inside nested models) or a name")
@@ -132,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
         "class holding the effective weights;\n"
         "the result loads with plain Keras. Default output: IN.stripped.SUFFIX.",
         epilog="examples:\n  kerasurgery strip finetuned.keras\n"
-        "  kerasurgery strip finetuned.keras -o deploy.h5 --force\n",
+        "  kerasurgery strip finetuned.keras -o deploy.h5 --force\n\n" + EXIT_CODES,
     )
     strip.add_argument("input", metavar="IN", help="model file (.keras or .h5)")
     strip.set_defaults(parser=strip)
@@ -146,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
         "A layer's path is its name, or MODEL/NAME inside a nested model, as `inspect`\n"
         "lists it. Reads files without TensorFlow.",
         epilog="examples:\n  kerasurgery verify finetuned.keras --against model.frozen.keras\n"
-        "  kerasurgery verify deploy.h5 --against model.frozen.keras --json\n",
+        "  kerasurgery verify deploy.h5 --against model.frozen.keras --json\n\n" + EXIT_CODES,
     )
     verify.add_argument("candidate", metavar="CANDIDATE", help="the model to check")
     verify.add_argument("--against", required=True, metavar="FROZEN", help="the frozen model whose pins must hold")

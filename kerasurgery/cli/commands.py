@@ -4,7 +4,7 @@ Each sub-command is a thin front over the library: it reads its flags
 (`_arguments`), calls `kerasurgery`, renders the result (`_render`: rich
 tables for people, `--json` for scripts) and maps errors to exit codes in one
 place (`main`): 0 success, 1 a clear error or a failed `verify`, 2 a usage
-error, 130 Ctrl-C. TensorFlow is imported only by `freeze` and `strip`, inside
+error, 130 Ctrl-C, 143 SIGTERM, 129 SIGHUP. TensorFlow is imported only by `freeze` and `strip`, inside
 the command, with its start-up log lines kept off the terminal; `--help`,
 `inspect` and `verify` never import it.
 """
@@ -27,7 +27,7 @@ from typing import Any
 
 from kerasurgery.cli import arguments as _arguments
 from kerasurgery.files import atomic as _atomic
-from kerasurgery.cli.render import Ui
+from kerasurgery.cli.render import Ui, printable
 from kerasurgery.errors import KerasurgeryError, ModelFileError, UsageError, one_line
 
 OK, FAILED, USAGE, INTERRUPTED = 0, 1, 2, 130  # 128 + SIGINT; SIGTERM 143, SIGHUP 129
@@ -137,7 +137,7 @@ def _main(argv: list[str]) -> int:
         return fail("usage error", _code(e))
     except UsageError as e:  # arguments the library found contradictory: as argparse words it
         args.parser.print_usage(sys.stderr)
-        print(f"{args.parser.prog}: error: {e}", file=sys.stderr)
+        print(printable(f"{args.parser.prog}: error: {e}"), file=sys.stderr)
         return fail(str(e), USAGE)
     except KerasurgeryError as e:
         if debug:
@@ -284,12 +284,13 @@ def _check_output(source: Path, output: Path, force: bool) -> None:
 def _freeze(args: argparse.Namespace, ui: Ui) -> int:
     pins = _pins_from_args(args)
     source, output = _source_and_output(args, "frozen")
-    written = _offline(args, ui, "freeze", source, output, pins)
-    if written is not None:
-        layers, compiled = written.rows, written.compiled
-    else:
-        layers, compiled = _freeze_with_keras(args, ui, source, output, pins)
-    document = _written(args, "freeze", source, output, compiled, ui, layers=layers)
+    with _freeze_warnings(ui) as skipped:
+        written = _offline(args, ui, "freeze", source, output, pins)
+        if written is not None:
+            layers, compiled = written.rows, written.compiled
+        else:
+            layers, compiled = _freeze_with_keras(args, ui, source, output, pins)
+    document = _written(args, "freeze", source, output, compiled, ui, layers=layers, skipped=skipped)
     if ui.json_output:
         ui.print_json(document)
         return OK
@@ -301,6 +302,32 @@ def _freeze(args: argparse.Namespace, ui: Ui) -> int:
         + ("training config kept." if compiled else "no training config.")
     )
     return OK
+
+
+@contextlib.contextmanager
+def _freeze_warnings(ui: Ui) -> Any:
+    """Renders what `freeze` warns of: a note per layer a pattern skipped, a warning per rule that pins nothing.
+
+    Yields the list of skipped layers that `--json` reports
+    (`{"layer", "pattern", "reason"}`), filled when the block ends.
+    """
+    from kerasurgery import _plan
+
+    skipped: list[dict[str, str]] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", _plan.LayerSkippedWarning)
+        warnings.simplefilter("always", _plan.NothingPinnedWarning)
+        yield skipped
+    for warning in caught:
+        message = warning.message
+        if isinstance(message, _plan.LayerSkippedWarning):
+            skipped.append({"layer": message.path, "pattern": message.key, "reason": message.reason})
+            ui.note(f"left layer {message.path!r} as it is ({message.key!r} selects it by "
+                    f"pattern): {message.reason}")
+        elif isinstance(message, _plan.NothingPinnedWarning):
+            ui.warn(str(message))
+        else:  # not ours: as Python would have shown it
+            warnings.showwarning(message, warning.category, warning.filename, warning.lineno)
 
 
 def _offline(
@@ -317,7 +344,8 @@ def _offline(
         try:
             with ui.status(f"Writing {output}"):
                 if verb == "freeze":
-                    written = offline.freeze_file(source, output, pins, overwrite=args.force)
+                    exclude = {"exclude": args.exclude} if args.exclude else {}
+                    written = offline.freeze_file(source, output, pins, overwrite=args.force, **exclude)
                 else:
                     written = offline.strip_file(source, output, overwrite=args.force)
         except offline.NotOffline as e:
@@ -327,7 +355,7 @@ def _offline(
                 print(f"kerasurgery: {verb}: offline path (numpy, h5py; no TensorFlow)", file=sys.stderr)
             return written
     if ui.debug:
-        print(f"kerasurgery: {verb}: Keras path ({reason})", file=sys.stderr)
+        print(printable(f"kerasurgery: {verb}: Keras path ({reason})"), file=sys.stderr)
     return None
 
 
@@ -346,7 +374,8 @@ def _freeze_with_keras(
                 f"({', '.join(supported_class_names())})."
             )
         with ui.status("Pinning weights"):
-            frozen = surgery.freeze(model, pins)
+            exclude = {"exclude": args.exclude} if args.exclude else {}
+            frozen = surgery.freeze(model, pins, **exclude)
         _save(frozen, output, args, ui)
         layers = _dense_rows(frozen)
     return layers, compiled
@@ -363,7 +392,13 @@ def _strip(args: argparse.Namespace, ui: Ui) -> int:
     if ui.json_output:
         ui.print_json(document)
         return OK
-    ui.layer_table(layers, title=f"{output}: now plain Keras layers, with these pins baked in")
+    from kerasurgery.files.layout import kind_of
+
+    # The rows describe the input's pinned layers; the output holds their Keras classes.
+    plain = [{**layer, "class_name": kind_of(layer["class_name"]) or layer["class_name"]}
+             for layer in layers]
+    ui.layer_table(plain, title=f"{output}: pinned layers now plain Keras layers, "
+                   "their pinned entries baked in at their pinned values", pinned="baked-in")
     ui.say(
         f"stripped {source} -> {output}: {len(layers)} pinned "
         f"layer{'s' if len(layers) != 1 else ''} turned into plain Keras layers; "

@@ -1,10 +1,16 @@
 """What the command line shows: rich tables and pin maps, one-line messages, JSON.
 
 `Ui` is the one place output is written: tables and text to stdout through
-rich, `error:` / `warning:` lines to stderr, and `--json` documents printed
-as they are. It also keeps TensorFlow's native start-up log off the terminal
-while Keras is imported. rich, numpy and Keras are imported when first used,
-so that `--help` stays fast.
+rich, `error:` / `warning:` / `note:` lines to stderr, and `--json` documents
+printed as they are. It also keeps TensorFlow's native start-up log off the
+terminal while Keras is imported. rich, numpy and Keras are imported when
+first used, so that `--help` stays fast.
+
+Names are data: a layer name, path or file name is shown as text, never read
+as rich markup (`[/bold]`), and its control characters (ANSI escapes) are
+shown escaped (`\\x1b`), not sent to the terminal. Output that is not a
+terminal (a pipe, a log) is not cut to a width: every name and number stays
+whole.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import io
 import json
 import math
 import os
+import re
 import shutil
 import sys
 from collections.abc import Iterator
@@ -31,12 +38,17 @@ class Ui:
     def _console(self, *, stderr: bool = False) -> Any:
         from rich.console import Console
 
-        return Console(stderr=stderr, highlight=False)
+        console = Console(stderr=stderr, highlight=False)
+        if not console.is_terminal:
+            # Piped or logged: rich would fit everything into 80 columns,
+            # folding names and cutting numbers ("23,47…").
+            console.width = _UNLIMITED
+        return console
 
     def error(self, message: str) -> None:
         from rich.text import Text
 
-        line = Text("error: ", style="bold red") + Text(" ".join(message.split()), style="red")
+        line = Text("error: ", style="bold red") + Text(printable(" ".join(message.split())), style="red")
         self._console(stderr=True).print(line, soft_wrap=True)
 
     def warn(self, message: str) -> None:
@@ -44,13 +56,20 @@ class Ui:
 
         message = " ".join(message.split())
         self.warnings.append(message)
-        line = Text("warning: ", style="bold yellow") + Text(message)
+        line = Text("warning: ", style="bold yellow") + Text(printable(message))
+        self._console(stderr=True).print(line, soft_wrap=True)
+
+    def note(self, message: str) -> None:
+        """A line on stderr about something done differently than asked, that is not wrong."""
+        from rich.text import Text
+
+        line = Text("note: ", style="bold") + Text(printable(" ".join(message.split())))
         self._console(stderr=True).print(line, soft_wrap=True)
 
     def say(self, message: str, style: str | None = None) -> None:
         from rich.text import Text
 
-        self._console().print(Text(message, style=style or ""), soft_wrap=True)
+        self._console().print(Text(printable(message), style=style or ""), soft_wrap=True)
 
     def print_json(self, document: dict[str, Any]) -> None:
         print(json.dumps(document, indent=2))
@@ -61,7 +80,9 @@ class Ui:
         if self.json_output or not console.is_terminal:
             yield
             return
-        with console.status(f"{message}…"):
+        from rich.text import Text
+
+        with console.status(Text(printable(f"{message}…"))):
             yield
 
     @contextlib.contextmanager
@@ -79,19 +100,27 @@ class Ui:
             yield
 
     def layer_table(
-        self, layers: list[dict[str, Any]], title: str | None, totals: dict[str, Any] | None = None
+        self, layers: list[dict[str, Any]], title: str | None, totals: dict[str, Any] | None = None,
+        *, pinned: str = "pinned",
     ) -> None:
         """One row per layer: class, kernel shape, pinned counts, pinned share and sparsity.
 
         Sparsity is the share of exact zeros (pinned or not) in the weights but
-        the bias; `totals` adds a last row for the whole model.
+        the bias, shown when the rows count zeros (`inspect`); `totals` adds a
+        last row for the whole model. `pinned` names the count columns
+        (`strip`: "baked-in", entries that were pinned and now hold their values).
         """
         from rich.table import Table
 
-        table = Table(title=title, title_justify="left", show_footer=totals is not None)
-        columns = (("layer", "left"), ("class", "left"), ("kernel", "right"), ("pinned kernel", "right"),
-                   ("pinned bias", "right"), ("pinned %", "right"), ("zeros %", "right"))
-        footer = _total_row(totals) if totals is not None else [""] * len(columns)
+        console = self._console()
+        table = Table(title=self._cell(title, console, title=True) if title is not None else None,
+                      title_justify="left", show_footer=totals is not None)
+        columns = [("layer", "left"), ("class", "left"), ("kernel", "right"), (f"{pinned} kernel", "right"),
+                   (f"{pinned} bias", "right"), (f"{pinned} %", "right")]
+        zeros = any(layer.get("zeros") is not None for layer in layers)
+        if zeros:
+            columns.append(("zeros %", "right"))
+        footer = _total_row(totals)[: len(columns)] if totals is not None else [""] * len(columns)
         for (column, justify), foot in zip(columns, footer):
             # Names and paths are folded onto more lines, never cut short.
             table.add_column(column, footer=foot, justify=justify, no_wrap=column == "class",
@@ -100,29 +129,42 @@ class Ui:
             shape = layer["kernel_shape"]
             # `size` counts every weight but the bias (a separable convolution has two).
             size = layer.get("size") or (math.prod(shape) if shape else 0)
-            table.add_row(
+            cells = [
                 layer["path"], layer["class_name"],
                 "×".join(map(str, shape)) if shape else "",
                 f"{layer['pinned_kernel']:,}" if shape else "",
                 f"{layer['pinned_bias']:,}" if shape else "",
                 _percent(layer["pinned_kernel"], size),
-                _percent(layer.get("zeros"), size),
-            )
-        self._console().print(table)
+            ]
+            if zeros:
+                cells.append(_percent(layer.get("zeros"), size))
+            table.add_row(*(self._cell(cell, console) for cell in cells))
+        console.print(table)
 
     def violation_table(self, rows: list[dict[str, Any]]) -> None:
         from rich.table import Table
 
+        console = self._console()
         table = Table(title="pins that do not hold", title_justify="left")
         for column in ("layer", "weight", "violations", "pinned", "largest deviation", "reason"):
             table.add_column(column, justify="right" if column in ("violations", "pinned", "largest deviation") else "left")
         for row in rows:
             deviation = row["max_deviation"]
-            table.add_row(
-                row["layer"], row["weight"], f"{row['violations']:,}", f"{row['pinned']:,}",
-                "" if deviation is None else f"{deviation:.6g}", row["reason"],
-            )
-        self._console().print(table)
+            cells = (row["layer"], row["weight"], f"{row['violations']:,}", f"{row['pinned']:,}",
+                     "" if deviation is None else f"{deviation:.6g}", row["reason"])
+            table.add_row(*(self._cell(cell, console) for cell in cells))
+        console.print(table)
+
+    @staticmethod
+    def _cell(value: Any, console: Any, *, title: bool = False) -> Any:
+        """A table cell or title as rich text: never markup; unwrapped when not a terminal."""
+        from rich.text import Text
+
+        if console.is_terminal:
+            return Text(printable(str(value)))
+        # A title is as wide as the table unless it may overflow it; a cell
+        # may not (it would lose its column's justification), nor need to.
+        return Text(printable(str(value)), no_wrap=True, overflow="ignore" if title else None)
 
     def pattern(self, weights: Any) -> None:
         """Draws a layer's pin masks, down-sampled: each weight but the bias, then the bias.
@@ -147,7 +189,7 @@ class Ui:
             rows, cols = grid.shape
             row_step, col_step = math.ceil(rows / 32) or 1, math.ceil(cols / width) or 1
             pinned = int(mask.sum())
-            header = f"{weights.path}: {name} {_dims(mask.shape)}"
+            header = f"{printable(weights.path)}: {printable(name)} {_dims(mask.shape)}"
             if mask.ndim != 2:
                 header += f" drawn as {rows}×{cols}"
             axes = _axes(weights.class_name, name, mask.ndim)
@@ -262,6 +304,18 @@ def _native_stderr_silenced() -> Iterator[None]:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
+
+
+# Wider than any line a table of names and numbers makes.
+_UNLIMITED = 1 << 20
+# C0 and C1 control characters (ESC starts an ANSI sequence), DEL, and the
+# bidirectional overrides and isolates, which reorder what a terminal shows.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+
+
+def printable(text: str) -> str:
+    """`text` with its control characters escaped as Python writes them (`\\x1b`)."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
 
 
 def _percent(part: int | None, whole: int) -> str:

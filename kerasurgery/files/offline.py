@@ -32,7 +32,7 @@ import dataclasses
 import importlib.metadata
 import json
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -111,7 +111,8 @@ def offline_reason(source: Path, output: Path, *, unsafe: bool) -> str | None:
     return None
 
 
-def freeze_file(source: Path, output: Path, pins: Mapping[str, Any], *, overwrite: bool) -> Written:
+def freeze_file(source: Path, output: Path, pins: Mapping[str, Any], *, overwrite: bool,
+                exclude: Sequence[str] = ()) -> Written:
     """Freezes the `.keras` file `source` into `output` as `kerasurgery.freeze` + `save_model` would.
 
     Raises:
@@ -119,6 +120,21 @@ def freeze_file(source: Path, output: Path, pins: Mapping[str, Any], *, overwrit
         KerasurgeryError: the same errors as the Keras path (no supported
             layer, a key that selects nothing, a mask that does not fit).
     """
+    try:
+        return _freeze_file(source, output, pins, overwrite, exclude, plan_first=False)
+    except _Relayout:
+        pass
+    # A glob skips a whole layer, which then keeps its class, and so the name
+    # of its group: settle every skip first (each layer is planned twice).
+    return _freeze_file(source, output, pins, overwrite, exclude, plan_first=True)
+
+
+class _Relayout(Exception):
+    """A layer already written as pinned turned out to be skipped whole."""
+
+
+def _freeze_file(source: Path, output: Path, pins: Mapping[str, Any], overwrite: bool,
+                 exclude: Sequence[str], *, plan_first: bool) -> Written:
     with _Archive(source) as archive:
         layers = archive.layers
         pinnable = {layer.path: layer for layer in layers if layer.kind is not None}
@@ -132,10 +148,13 @@ def freeze_file(source: Path, output: Path, pins: Mapping[str, Any], *, overwrit
         others = {layer.path: (layer.name, layer.class_name) for layer in layers}
         listing = _plan.listing(archive.model_name, list(pinnable), supported)
         planner = _plan.Planner(
-            pins, lambda key: _plan.select(key, aliases, others, supported, listing)
+            pins, lambda key: _plan.select(key, aliases, others, supported, listing), exclude=exclude
         )
         planner.rank_across(lambda path: archive.plan_of(pinnable[path]),
                             lambda path: pinnable[path].name)
+        if plan_first:
+            planner.check(lambda path: archive.plan_of(pinnable[path]),
+                          lambda path: _axes(pinnable[path]), lambda path: pinnable[path].name)
         for path in planner.paths:
             _pinned_config(pinnable[path])
         # The group keys follow the new classes; then every layer is written.
@@ -144,6 +163,8 @@ def freeze_file(source: Path, output: Path, pins: Mapping[str, Any], *, overwrit
 
         def write_pinned(layer: _Layer, group: h5py.Group) -> None:
             plan = planner.apply(layer.path, archive.plan_of(layer), _axes(layer), layer.name)
+            if planner.skips_whole(layer.path):
+                raise _Relayout
             state = plan.state()
             layer.entry["config"]["pin_storage"] = dict(plan.storage())
             _write_state(group, layer, state)
@@ -155,6 +176,8 @@ def freeze_file(source: Path, output: Path, pins: Mapping[str, Any], *, overwrit
         with atomic_path(output, overwrite) as target:
             # In the order the layers were selected, as `freeze` plans them.
             archive.write(target, {p: write_pinned for p in planner.paths}, planner.paths)
+            planner.settle()  # a glob that fits none of its layers: nothing is written
+        planner.report()
         rows = [archive.row(layer, counts.get(layer.path)) for layer in layers if layer.kind is not None]
         return Written(rows, archive.compiled)
 

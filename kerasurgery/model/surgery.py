@@ -11,7 +11,7 @@ shares no variable with the result.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, Union
 
 from kerasurgery import _compat  # noqa: F401  (refuses an unsupported Keras first)
@@ -29,7 +29,7 @@ from kerasurgery.pins import Axes, Pin, Rule
 PinSpec = Union[Pin, np.ndarray, Rule]
 
 
-def freeze(model: keras.Model, pins: Mapping[str, PinSpec]) -> keras.Model:
+def freeze(model: keras.Model, pins: Mapping[str, PinSpec], *, exclude: Sequence[str] = ()) -> keras.Model:
     """Returns a copy of `model` with the selected weight entries pinned.
 
     Every supported layer can be pinned (`Dense`, `EinsumDense`, the
@@ -51,7 +51,11 @@ def freeze(model: keras.Model, pins: Mapping[str, PinSpec]) -> keras.Model:
             a rule such as `kerasurgery.rules.zeros()`. Several keys may select
             one layer: their pins add up, a later key's values winning on
             shared entries. A layer that is already pinned keeps its pins and
-            gains the new ones.
+            gains the new ones. A glob's pins that do not fit a layer (n:m
+            over 3 input channels) skip that layer with a
+            `LayerSkippedWarning`; a key that names the layer raises.
+        exclude: Layer paths, names or globs (read as keys are) to leave
+            out of every key's selection.
 
     Returns:
         A new model of the same structure, names, trainable flags and dtype
@@ -84,6 +88,7 @@ def freeze(model: keras.Model, pins: Mapping[str, PinSpec]) -> keras.Model:
         lambda path: _plan_of(pinnable[path]),
         lambda path: _axes_of(pinnable[path]),
         lambda path: pinnable[path].name,
+        exclude=exclude,
     )
     frozen = _rebuild(model, _copy_state)
     copies = dict(walk_layers(frozen))
