@@ -15,25 +15,30 @@ import importlib
 from typing import Any
 
 from kerasurgery import _registration
-from kerasurgery.errors import KerasurgeryError
+from kerasurgery import kinds as _kinds
+from kerasurgery.errors import KerasurgeryError, KerasurgeryWarning, LayerSkippedWarning, NothingPinnedWarning
 from kerasurgery.pins import Pin
 
 __all__ = [
     "KerasurgeryError",
-    "callbacks",
-    "MaskedDense",
+    "KerasurgeryWarning",
+    "LayerSkippedWarning",
+    "NothingPinnedWarning",
     "Pin",
+    "callbacks",
     "freeze",
     "layers",
     "load_model",
     "rules",
     "save_model",
     "strip",
+    *sorted(_kinds.pinned_class_names()),
 ]
 __version__ = "0.1.0"
 
 _LAZY = {
-    "MaskedDense": "kerasurgery.layers",
+    # Every pinned class (`MaskedDense`, `MaskedConv2D`, ...), from the table of kinds.
+    **{name: "kerasurgery.layers" for name in _kinds.pinned_class_names()},
     "freeze": "kerasurgery.model.surgery",
     "strip": "kerasurgery.model.surgery",
     "load_model": "kerasurgery.model.saving",

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from kerasurgery import pins as _pins
-from kerasurgery.errors import LayerSelectionError, PinError
+from kerasurgery.errors import LayerSelectionError, LayerSkippedWarning, NothingPinnedWarning, PinError
 from kerasurgery.pins import Axes, Pin
 
 # (weight, mask, value): one pin of one weight; `None` mask = nothing.
@@ -299,36 +299,6 @@ def listing(model_name: str, paths: Sequence[str], supported: Sequence[str], lim
                 f"{', '.join(supported)})")
     more = f" and {len(paths) - limit} more" if len(paths) > limit else ""
     return ", ".join(list(paths)[:limit]) + more
-
-
-class LayerSkippedWarning(UserWarning):
-    """A layer that a glob selected does not take the key's pins: `freeze` leaves it out.
-
-    Attributes:
-        path: The layer's path.
-        key: The glob that selected it.
-        reason: Why the pins do not fit (the error a key naming the layer raises).
-    """
-
-    def __init__(self, path: str, key: str, reason: str) -> None:
-        super().__init__(f"Skipped layer {path!r}, which {key!r} selects by pattern: {reason}")
-        self.path, self.key, self.reason = path, key, reason
-
-
-class NothingPinnedWarning(UserWarning):
-    """A rule selects no entry in any layer its key selects (e.g. `zeros` on a model without zeros).
-
-    Attributes:
-        key: The layer name or glob.
-        rule: The rule's name.
-        layers: How many layers the key selects (skipped ones left out).
-    """
-
-    def __init__(self, key: str, rule: str, layers: int) -> None:
-        which = "the layer" if layers == 1 else f"any of the {layers} layers"
-        super().__init__(f"Rule {rule!r} selects no entry in {which} that {key!r} selects: "
-                         "nothing is pinned there.")
-        self.key, self.rule, self.layers = key, rule, layers
 
 
 _GLOB = frozenset("*?[")

@@ -2,7 +2,7 @@
 
 Every error the library raises because of what it was given derives from
 `KerasurgeryError`, so a script (and the command line) can catch one type.
-`one_line` turns another library's error into the short detail these
+Warnings derive from `KerasurgeryWarning`. `one_line` turns another library's error into the short detail these
 messages quote.
 """
 
@@ -29,6 +29,40 @@ class ModelFileError(KerasurgeryError, OSError):
 
 class UsageError(KerasurgeryError, ValueError):
     """Arguments that contradict each other (the command line exits 2 on these)."""
+
+
+class KerasurgeryWarning(UserWarning):
+    """Base of the warnings kerasurgery gives about what it was asked to do."""
+
+
+class LayerSkippedWarning(KerasurgeryWarning):
+    """A layer that a glob selected does not take the key's pins: `freeze` leaves it out.
+
+    Attributes:
+        path: The layer's path.
+        key: The glob that selected it.
+        reason: Why the pins do not fit (the error a key naming the layer raises).
+    """
+
+    def __init__(self, path: str, key: str, reason: str) -> None:
+        super().__init__(f"Skipped layer {path!r}, which {key!r} selects by pattern: {reason}")
+        self.path, self.key, self.reason = path, key, reason
+
+
+class NothingPinnedWarning(KerasurgeryWarning):
+    """A rule selects no entry in any layer its key selects (e.g. `zeros` on a model without zeros).
+
+    Attributes:
+        key: The layer name or glob.
+        rule: The rule's name.
+        layers: How many layers the key selects (skipped ones left out).
+    """
+
+    def __init__(self, key: str, rule: str, layers: int) -> None:
+        which = "the layer" if layers == 1 else f"any of the {layers} layers"
+        super().__init__(f"Rule {rule!r} selects no entry in {which} that {key!r} selects: "
+                         "nothing is pinned there.")
+        self.key, self.rule, self.layers = key, rule, layers
 
 
 # Keras appends whole configs to some of its errors, after one of these.

@@ -372,3 +372,8 @@ def saved_orders() -> list[tuple[str, ...]]:
 def kernel_names() -> tuple[str, ...]:
     """Every weight name but the bias that some kind has (`kernel`, `embeddings`, ...)."""
     return tuple(dict.fromkeys(w for kind in KINDS.values() for w in kind.kernels))
+
+
+def pinned_class_names() -> list[str]:
+    """The pinned classes' names (`MaskedDense`, ...), in table order."""
+    return [kind.pinned for kind in KINDS.values()]

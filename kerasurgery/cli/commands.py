@@ -28,7 +28,9 @@ from typing import Any
 from kerasurgery.cli import arguments as _arguments
 from kerasurgery.files import atomic as _atomic
 from kerasurgery.cli.render import Ui, printable
-from kerasurgery.errors import KerasurgeryError, ModelFileError, UsageError, one_line
+from kerasurgery.errors import (
+    KerasurgeryError, LayerSkippedWarning, ModelFileError, NothingPinnedWarning, UsageError, one_line,
+)
 
 OK, FAILED, USAGE, INTERRUPTED = 0, 1, 2, 130  # 128 + SIGINT; SIGTERM 143, SIGHUP 129
 
@@ -311,20 +313,18 @@ def _freeze_warnings(ui: Ui) -> Any:
     Yields the list of skipped layers that `--json` reports
     (`{"layer", "pattern", "reason"}`), filled when the block ends.
     """
-    from kerasurgery import _plan
-
     skipped: list[dict[str, str]] = []
     with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", _plan.LayerSkippedWarning)
-        warnings.simplefilter("always", _plan.NothingPinnedWarning)
+        warnings.simplefilter("always", LayerSkippedWarning)
+        warnings.simplefilter("always", NothingPinnedWarning)
         yield skipped
     for warning in caught:
         message = warning.message
-        if isinstance(message, _plan.LayerSkippedWarning):
+        if isinstance(message, LayerSkippedWarning):
             skipped.append({"layer": message.path, "pattern": message.key, "reason": message.reason})
             ui.note(f"left layer {message.path!r} as it is ({message.key!r} selects it by "
                     f"pattern): {message.reason}")
-        elif isinstance(message, _plan.NothingPinnedWarning):
+        elif isinstance(message, NothingPinnedWarning):
             ui.warn(str(message))
         else:  # not ours: as Python would have shown it
             warnings.showwarning(message, warning.category, warning.filename, warning.lineno)
@@ -392,7 +392,7 @@ def _strip(args: argparse.Namespace, ui: Ui) -> int:
     if ui.json_output:
         ui.print_json(document)
         return OK
-    from kerasurgery.files.layout import kind_of
+    from kerasurgery.kinds import kind_of
 
     # The rows describe the input's pinned layers; the output holds their Keras classes.
     plain = [{**layer, "class_name": kind_of(layer["class_name"]) or layer["class_name"]}
@@ -411,10 +411,11 @@ def _strip_with_keras(
     args: argparse.Namespace, ui: Ui, source: Path, output: Path
 ) -> tuple[list[dict[str, Any]], bool]:
     with ui.tensorflow():
+        from kerasurgery.kinds import is_pinned_class
         from kerasurgery.model import surgery
 
         model, compiled = _load(source, args, ui)
-        layers = [row for row in _dense_rows(model) if row["class_name"].startswith("Masked")]
+        layers = [row for row in _dense_rows(model) if is_pinned_class(row["class_name"])]
         if not layers:
             raise KerasurgeryError(
                 f"{source}: the model has no pinned layer; there is nothing to strip."
