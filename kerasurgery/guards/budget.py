@@ -57,16 +57,16 @@ def check_buildable(path: Path, config: dict, fmt: str, stored: int, *, safe_mod
         ModelFileError: the built model's weight entries (and its metrics')
             exceed what `declared.check_declared_weights` allows for `stored`.
     """
-    declared = exact_weight_entries(config)  # the config says it all: no build needed
-    if declared is None:
-        declared = built_weight_entries(config, fmt, safe_mode=safe_mode)
+    entries = exact_weight_entries(config)  # the config says it all: no build needed
+    if entries is None:
+        entries = built_weight_entries(config, fmt, safe_mode=safe_mode)
     if compile:
         training = config.get("compile_config") if fmt != H5 else _h5_training_config(path)
         metrics = metric_entries(training)
         if metrics:
-            declared = (declared or declared.declared_weight_entries(config)) + metrics
-    if declared is not None:
-        check_declared_weights(path, config, stored, declared)
+            entries = (entries or declared.declared_weight_entries(config)) + metrics
+    if entries is not None:
+        check_declared_weights(path, config, stored, entries)
 
 
 # Metrics whose state grows with an argument: AUC with its thresholds (and
