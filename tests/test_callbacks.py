@@ -270,6 +270,7 @@ def test_bad_arguments_are_refused(kwargs, match):
 def test_schedule_is_zhu_and_gupta():
     s = lambda t: pruning.polynomial_sparsity(t, target_sparsity=0.9, begin_step=10, end_step=110, initial_sparsity=0.1)  # noqa: E731
     assert s(0) == 0.1 and s(10) == 0.1 and s(110) == 0.9 and s(500) == 0.9
+    # The formula up to rounding: its order of operations is not part of it.
     assert s(60) == pytest.approx(0.9 + (0.1 - 0.9) * 0.5 ** 3)
 
 
