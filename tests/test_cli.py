@@ -279,7 +279,8 @@ def test_freeze_units_on_a_model_mixing_bias_and_no_bias_layers(tmp_path, capsys
     assert counts == {"nobias": (4, 0), "out": (3, 1)}
     stored = read_dense_weights(tmp_path / "mixed.frozen.keras")
     assert stored["nobias"].bias_mask is None
-    np.testing.assert_array_equal(stored["nobias"].kernel_mask[:, 0], [True] * 4)
+    np.testing.assert_array_equal(stored["nobias"].kernel_mask, [[True, False, False]] * 4)
+    np.testing.assert_array_equal(stored["out"].kernel_mask, [[True, False]] * 3)
     assert stored["out"].bias_mask.tolist() == [True, False]
     # --bias asks for the bias explicitly: a layer named without one is an error
     # (one that a glob selects is skipped: see the command-line section at the end).
@@ -320,6 +321,9 @@ def test_freeze_default_output_name(base, tmp_path, capsys, source_suffix, name,
     code, _, err = run(capsys, "freeze", tmp_path / name)
     assert code == 0, err
     assert listing(tmp_path) == sorted([name, expected])
+    stored = read_dense_weights(tmp_path / expected)  # the frozen model, in the input's format
+    assert {n: (w.class_name, w.kernel_mask.tolist()) for n, w in stored.items()} == {
+        n: ("MaskedDense", (k == 0).tolist()) for n, (k, _) in base["weights"].items()}
 
 
 @pytest.mark.parametrize("command", ["freeze", "strip"])
@@ -342,7 +346,12 @@ def test_the_input_format_is_read_once_by_the_command_line(base, tmp_path, capsy
     monkeypatch.setattr(formats, "detect_format", counted)
     code, _, err = run(capsys, command, source)
     assert code == 0, err
-    assert (tmp_path / f"model.{command.replace('freeze', 'frozen').replace('strip', 'stripped')}.keras").exists()
+    written = tmp_path / f"model.{command.replace('freeze', 'frozen').replace('strip', 'stripped')}.keras"
+    stored = read_dense_weights(written)
+    assert {n: w.class_name for n, w in stored.items()} == {
+        n: "MaskedDense" if command == "freeze" else "Dense" for n in base["weights"]}
+    for n, (kernel, _) in base["weights"].items():
+        assert np.array_equal(stored[n].kernel.view("u4"), kernel.view("u4")), n  # zeros pinned as they are
     assert [caller for caller in calls if caller == "kerasurgery.cli.commands"] == ["kerasurgery.cli.commands"]
 
 
@@ -378,7 +387,11 @@ def test_freeze_keras2_fixture(tmp_path, capsys):
     out = tmp_path / "k2.keras"
     report = run_json(capsys, "freeze", source, "-o", out)
     assert {l["name"]: l["pinned_kernel"] for l in report["layers"] if l["kernel_shape"]} == zeros
-    assert sum(zeros.values()) > 0
+    stored = read_dense_weights(out)
+    for layer in original.layers:
+        if layer.weights:
+            assert np.array_equal(stored[layer.name].kernel_mask, layer.get_weights()[0] == 0), layer.name
+    assert zeros == {"dense_1": 64, "dense_2": 32}  # the fixture's zeros: not vacuous
     assert np.array_equal(
         ops.convert_to_numpy(ks.load_model(out)(np.ones((3, 8), "float32"))),
         ops.convert_to_numpy(original(np.ones((3, 8), "float32"))),
@@ -403,7 +416,10 @@ def test_inspect_counts_equal_the_models_own_pins(name, capsys):
         l["name"]: (l["pinned_kernel"], l["pinned_bias"])
         for l in report["layers"] if l["class_name"] == "MaskedDense"
     }
-    assert reported == masked and sum(k + b for k, b in masked.values()) > 0
+    assert reported == masked
+    assert masked == ({"dense_1": (64, 0), "dense_2": (128, 0), "dense_3": (16, 1)}  # the fixtures' pins
+                      if name.startswith("frozen_mlp") else
+                      {"block_dense": (16, 0), "shared": (16, 0), "tower_dense": (2, 2)})
     assert report["format"] == path.suffix.lstrip(".")
 
 
@@ -421,7 +437,7 @@ def test_existing_output_is_untouched_without_force(base, tmp_path, capsys):
 
     code, _, err = run(capsys, "freeze", base["paths"][".keras"], "-o", out, "--force")
     assert code == 0, err
-    assert read_dense_weights(out)["hidden"].kernel_mask.sum() == 3
+    assert np.array_equal(read_dense_weights(out)["hidden"].kernel_mask, base["weights"]["hidden"][0] == 0)
 
 
 @pytest.mark.parametrize("spelling", ["same", "dotted", "symlink", "hardlink"])
@@ -802,6 +818,14 @@ def test_strip_bakes_pins_into_plain_dense(base, tmp_path, capsys, target):
     assert all(l["pinned"] == 0 for l in report["layers"])
     assert np.array_equal(predict(stripped), predict(frozen))
     assert read_dense_weights(stripped)["hidden"].kernel[:, 0].tolist() == [0.5] * 4
+    # Unit 0 of each layer (kernel column and bias entry) is 0.5, the rest as it was.
+    for name, (kernel, bias) in base["weights"].items():
+        layer = read_dense_weights(stripped)[name]
+        assert layer.class_name == "Dense" and not layer.kernel_mask.any(), name
+        expected_kernel, expected_bias = kernel.copy(), bias.copy()
+        expected_kernel[:, 0] = expected_bias[0] = 0.5
+        assert np.array_equal(layer.kernel.view("u4"), expected_kernel.view("u4")), name
+        assert np.array_equal(layer.bias.view("u4"), expected_bias.view("u4")), name
 
 
 def test_strip_of_a_plain_model_writes_nothing(base, tmp_path, capsys):
@@ -835,14 +859,14 @@ def test_verify_passes_on_an_honestly_finetuned_model(finetuned, capsys):
     before = read_dense_weights(finetuned["frozen"])
     after = read_dense_weights(finetuned["masked"])
     pinned = sum(int(w.kernel_mask.sum() + w.bias_mask.sum()) for w in before.values())
-    # Training moved the free entries, so the check below is not vacuous.
+    # Training moved every free entry, so the check below is not vacuous.
     for name in before:
         free = ~before[name].kernel_mask
-        assert not np.array_equal(before[name].kernel[free], after[name].kernel[free])
+        assert np.all(before[name].kernel[free] != after[name].kernel[free]), name
     for candidate in (finetuned["masked"], finetuned["stripped"]):
         report = run_json(capsys, "verify", candidate, "--against", finetuned["frozen"])
         assert report["ok"] is True and report["violations"] == []
-        assert report["checked"] == pinned > 0
+        assert report["checked"] == pinned > 0  # > 0: a FROZEN file with pins, so the pass means something
         code, text, _ = run(capsys, "verify", candidate, "--against", finetuned["frozen"])
         assert code == 0 and f"all {pinned} pinned entries" in text
 
@@ -984,7 +1008,7 @@ def test_verify_tells_apart_layers_of_the_same_name_in_nested_models(tmp_path, c
     ]
     for candidate in (frozen, stripped):
         report = run_json(capsys, "verify", candidate, "--against", frozen)
-        assert report["ok"] and report["checked"] == 10
+        assert report["ok"] is True and report["checked"] == 10 and report["violations"] == []
 
     for path in ("dense", "inner/dense"):
         model = ks.load_model(stripped, compile=False)
@@ -1045,7 +1069,10 @@ def test_module_run_freeze_shows_no_tensorflow_log(base, tmp_path):
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     assert "4 kernel and 0 bias entries pinned" in result.stdout
-    assert out.exists()
+    stored = read_dense_weights(out)
+    for name, (kernel, _) in base["weights"].items():
+        assert stored[name].class_name == "MaskedDense", name
+        assert np.array_equal(stored[name].kernel_mask, kernel == 0), name
 
 
 def test_module_run_errors_are_one_line_without_tensorflow_log(base, tmp_path):

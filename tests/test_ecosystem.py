@@ -37,14 +37,17 @@ LAYERS = ("hidden", "out")
 REPLICAS = 2
 
 
+HIDDEN_MASK = np.zeros((4, 3), bool)
+HIDDEN_MASK[1, :] = True
+HIDDEN_VALUES = np.arange(12, dtype="float32").reshape(4, 3) / 7.0
+HIDDEN_BIAS_MASK = np.array([True, False, False])
+
+
 def _freeze(model):
     """Per-entry pins (none representable in bfloat16), a bias pin, pruned zeros."""
-    mask = np.zeros((4, 3), bool)
-    mask[1, :] = True
-    values = np.arange(12, dtype="float32").reshape(4, 3) / 7.0
     return ks.freeze(model, {
-        "hidden": ks.Pin(kernel=mask, kernel_value=values,
-                         bias=np.array([True, False, False]), bias_value=0.125),
+        "hidden": ks.Pin(kernel=HIDDEN_MASK, kernel_value=HIDDEN_VALUES,
+                         bias=HIDDEN_BIAS_MASK, bias_value=0.125),
         "out": ks.rules.zeros(),
     })
 
@@ -70,18 +73,22 @@ def _numpy(weights: dict) -> dict[str, np.ndarray]:
 
 @functools.cache
 def _expected() -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """path -> (mask, values) of the pins `_freeze` sets, read from a frozen model.
+    """path -> (mask, values) of the pins `_freeze` sets, written out in numpy
+    from the arguments of `_freeze` and the weights of `make_mlp` (not read back
+    from a frozen model, so a wrong pin cannot be expected).
 
     Computed on first use, not at import: a worker must configure its devices
     before anything touches them.
     """
-    frozen = _freeze(make_mlp())
-    expected = {}
-    for name in LAYERS:
-        pin = frozen.get_layer(name).pins()
-        expected[f"{name}/kernel"] = (pin.kernel, pin.kernel_value)
-        expected[f"{name}/bias"] = (pin.bias, pin.bias_value)
-    return expected
+    model = make_mlp()
+    out_kernel, out_bias = model.get_layer("out").get_weights()
+    return {
+        "hidden/kernel": (HIDDEN_MASK, HIDDEN_VALUES),
+        "hidden/bias": (HIDDEN_BIAS_MASK, np.full(3, 0.125, "float32")),
+        # `make_mlp`'s pruned zeros, +0.0, pinned at themselves; no bias pin.
+        "out/kernel": (out_kernel == 0, np.zeros_like(out_kernel)),
+        "out/bias": (np.zeros(out_bias.shape, bool), out_bias),
+    }
 
 
 def _assert_pins_hold(weights: dict[str, np.ndarray], where: str) -> None:
@@ -381,7 +388,12 @@ class _InterruptAfter(keras.callbacks.Callback):
 
 
 class _Record(keras.callbacks.Callback):
-    """Records the weights training resumes from and the epochs it runs."""
+    """Records the weights training resumes from, the epochs it runs, and the
+    weights at the end of each epoch (what its checkpoint must hold)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ends = {}
 
     def on_train_begin(self, logs=None):
         self.restored = _numpy(_effective(self.model))
@@ -389,6 +401,9 @@ class _Record(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self.epochs.append(epoch)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.ends[epoch + 1] = _numpy(_effective(self.model))
 
 
 def test_checkpoints_and_backup_and_restore_keep_pins_across_an_interrupted_run(tmp_path, data):
@@ -406,9 +421,10 @@ def test_checkpoints_and_backup_and_restore_keep_pins_across_an_interrupted_run(
     # 4 batches of 4 per epoch; stopped at batch 10 of 16, in epoch 3, right
     # after a backup, with checkpoints of epochs 1 and 2 written.
     first = ks.load_model(tmp_path / "frozen.keras")
+    first_record = _Record()
     with pytest.raises(_Interrupted):
         first.fit(*data, epochs=4, batch_size=4, verbose=0,
-                  callbacks=[*callbacks(), _InterruptAfter(10)])
+                  callbacks=[*callbacks(), first_record, _InterruptAfter(10)])
     interrupted = _numpy(_effective(first))
     assert sorted(p.name for p in tmp_path.glob("ckpt-*")) == ["ckpt-1.keras", "ckpt-2.keras"]
     _assert_pins_hold(interrupted, "interrupted run")
@@ -426,13 +442,19 @@ def test_checkpoints_and_backup_and_restore_keep_pins_across_an_interrupted_run(
     _assert_free_entries_trained(interrupted, resumed, "resumed run")
     _assert_free_entries_trained(start, resumed, "whole run")
 
+    # Each checkpoint holds the weights of the end of its epoch, bit for bit:
+    # epochs 1 and 2 from the interrupted run, 3 and 4 from the resumed one.
+    assert sorted(first_record.ends) == [1, 2] and sorted(record.ends) == [3, 4]
+    ends = {**first_record.ends, **record.ends}
     for epoch in (1, 2, 3, 4):
         checkpoint = ks.load_model(tmp_path / f"ckpt-{epoch}.keras")
         assert isinstance(checkpoint.get_layer("hidden"), ks.MaskedDense)
-        _assert_pins_hold(_numpy(_effective(checkpoint)), f"ckpt-{epoch}.keras")
-    final = _numpy(_effective(ks.load_model(tmp_path / "ckpt-4.keras")))
+        held = _numpy(_effective(checkpoint))
+        _assert_pins_hold(held, f"ckpt-{epoch}.keras")
+        for path in _expected():
+            assert np.array_equal(bits(held[path]), bits(ends[epoch][path])), (epoch, path)
     for path in _expected():
-        assert np.array_equal(bits(final[path]), bits(resumed[path])), path
+        assert np.array_equal(bits(ends[4][path]), bits(resumed[path])), path
 
 
 # --- deployment ----------------------------------------------------------------
@@ -475,6 +497,7 @@ def test_stripped_model_exports_a_saved_model_that_serves_the_same_predictions(t
     served, dtypes = _serve(tmp_path / "served", x)
     assert dtypes == ["float32"] * 4  # two kernels and two biases: the effective weights
     _assert_served_equal(served, predicted)
+    # An eager call, unlike `predict`'s graph, runs unfused kernels: up to 1 ulp apart.
     np.testing.assert_allclose(served, ops.convert_to_numpy(stripped(x)), rtol=1e-6, atol=1e-6)
     if keras.backend.backend() == "tensorflow":
         layer = keras.layers.TFSMLayer(str(tmp_path / "served"), call_endpoint="serve")

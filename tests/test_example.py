@@ -14,8 +14,10 @@ import importlib.util
 import io
 import json
 import math
+import struct
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "digits_pruning.py"
@@ -32,6 +34,17 @@ def _load_example():
 
 def _has_matplotlib() -> bool:
     return importlib.util.find_spec("matplotlib") is not None
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    """Width and height from a PNG's IHDR chunk."""
+    header = path.read_bytes()[:24]
+    assert header[:8] == b"\x89PNG\r\n\x1a\n" and header[12:16] == b"IHDR"
+    return struct.unpack(">II", header[16:24])
+
+
+def _bits(array: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(array).view(f"u{array.dtype.itemsize}")
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +75,34 @@ def test_reduced_run_exits_0_and_verify_passes(reduced):
     assert reduced["code"] == 0
     assert summary["ok"] is True
     assert summary["verify"] == {"ok": True, "checked": summary["sparsity"]["pruned"], "violations": []}
-    for name in ("pruned", "frozen", "finetuned", "stripped"):
-        assert Path(summary["files"][name]).is_file()
+    assert set(summary["files"]) == {"pruned", "frozen", "finetuned", "stripped"}
+    # What each file holds, read back without TensorFlow.
+    from kerasurgery.files.inspection import read_weights
+
+    files = {name: read_weights(path) for name, path in summary["files"].items()}
+    for name, layers in files.items():
+        assert list(layers) == list(SIZES), name
+    for layer, size in SIZES.items():
+        pruned, frozen, tuned, stripped = (files[f][layer] for f in ("pruned", "frozen", "finetuned", "stripped"))
+        assert (pruned.class_name, frozen.class_name, tuned.class_name, stripped.class_name) == (
+            "Dense", "MaskedDense", "MaskedDense", "Dense")
+        assert pruned.pinned == stripped.pinned == 0 and frozen.bias.pinned == tuned.bias.pinned == 0
+        # Pruned: the smallest 80% set to 0; frozen: exactly those zeros pinned, nothing else changed.
+        zeros = pruned.kernel.effective == 0
+        assert int(zeros.sum()) == round(0.8 * size)
+        np.testing.assert_array_equal(frozen.kernel.mask, zeros)
+        for weight in ("kernel", "bias"):
+            np.testing.assert_array_equal(_bits(frozen.weights[weight].effective),
+                                          _bits(pruned.weights[weight].effective))
+        # Fine-tuned: the pins held at +0.0 and every free entry trained
+        # (AdamW's weight decay alone moves each non-zero one).
+        np.testing.assert_array_equal(tuned.kernel.mask, zeros)
+        assert np.all(_bits(tuned.kernel.effective)[zeros] == 0)
+        assert np.all(tuned.kernel.effective[~zeros] != frozen.kernel.effective[~zeros])
+        # Stripped: plain Dense holding the fine-tuned effective weights, bit for bit.
+        for weight in ("kernel", "bias"):
+            np.testing.assert_array_equal(_bits(stripped.weights[weight].effective),
+                                          _bits(tuned.weights[weight].effective))
 
 
 def test_sparsity_kept_equals_pruned_sparsity_exactly(reduced):
@@ -120,7 +159,8 @@ def test_png_is_written_or_refused_in_one_line(example, reduced, tmp_path, capsy
         figure = reduced["folder"] / "figure.png"
         assert reduced["summary"]["png"] == str(figure)
         assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-        assert figure.stat().st_size > 10_000
+        assert _png_size(figure) == (1100, 400)  # figsize (11, 4) at 100 dpi
+        assert figure.stat().st_size > 10_000  # not a blank canvas (~3 kB at this size)
         return
     target = tmp_path / "figure.png"
     assert example.main([*REDUCED, "--out", str(tmp_path / "models"), "--png", str(target)]) == 1

@@ -14,6 +14,7 @@ import contextlib
 import importlib.util
 import io
 import json
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,37 @@ def _load_example():
 
 def _has_matplotlib() -> bool:
     return importlib.util.find_spec("matplotlib") is not None
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    """Width and height from a PNG's IHDR chunk."""
+    header = path.read_bytes()[:24]
+    assert header[:8] == b"\x89PNG\r\n\x1a\n" and header[12:16] == b"IHDR"
+    return struct.unpack(">II", header[16:24])
+
+
+def _bits(array: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(array).view(f"u{array.dtype.itemsize}")
+
+
+def _n_of_m(weight: np.ndarray, n: int, m: int, axis: int) -> np.ndarray:
+    """The `n` smallest |w| of every `m` consecutive entries along `axis` (ties: lower index)."""
+    moved = np.moveaxis(np.abs(weight.astype(np.float64)), axis, -1)
+    groups = moved.reshape(*moved.shape[:-1], -1, m)
+    chosen = np.zeros(groups.shape, bool)
+    np.put_along_axis(chosen, np.argsort(groups, axis=-1, kind="stable")[..., :n], True, axis=-1)
+    return np.moveaxis(chosen.reshape(moved.shape), -1, axis)
+
+
+def _plain(name: str) -> str:
+    return "Conv2D" if name.startswith("conv") else "Dense"
+
+
+def _assert_same_weights(a, b, where: str) -> None:
+    assert list(a.weights) == list(b.weights), where
+    for weight in a.weights:
+        np.testing.assert_array_equal(_bits(a.weights[weight].effective), _bits(b.weights[weight].effective),
+                                      err_msg=f"{where}: {weight}")
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +107,45 @@ def test_reduced_run_exits_0_and_both_verifies_pass(reduced):
     assert summary["gradual"]["verify"] == {"ok": True, "checked": gradual_pins, "violations": []}
     assert summary["n_of_m"]["verify"] == {
         "ok": True, "checked": sum(_size(name) // 2 for name in PRUNED), "violations": []}
-    for path in summary["files"].values():
-        assert Path(path).is_file()
+    # What each file holds, read back without TensorFlow.
+    from kerasurgery.files.inspection import read_weights
+
+    files = {key: read_weights(path) for key, path in summary["files"].items()}
+    assert set(files) == {"dense", "gradual_schedule_end", "gradual_finetuned", "gradual_stripped",
+                          "n_of_m_frozen", "n_of_m_finetuned", "n_of_m_stripped"}
+    for key, layers in files.items():
+        assert list(layers) == list(SHAPES), key
+        assert [layers[n].kernel.effective.shape for n in SHAPES] == list(SHAPES.values()), key
+        # Plain layers in the dense and stripped files; route (a) pins every layer,
+        # route (b) only the pruned ones.
+        plain = key in ("dense", "gradual_stripped", "n_of_m_stripped")
+        classes = {n: _plain(n) if plain or (key.startswith("n_of_m") and n not in PRUNED)
+                   else f"Masked{_plain(n)}" for n in SHAPES}
+        assert {n: layer.class_name for n, layer in layers.items()} == classes, key
+        assert all(layer.bias.pinned == 0 for layer in layers.values()), key
+    for name in SHAPES:
+        dense, end, tuned, stripped = (files[k][name] for k in (
+            "dense", "gradual_schedule_end", "gradual_finetuned", "gradual_stripped"))
+        # (a) The schedule's end: round(0.9 * size) pins at +0.0 in each pruned kernel.
+        mask = end.kernel.mask
+        assert int(mask.sum()) == (round(0.9 * _size(name)) if name in PRUNED else 0), name
+        assert np.all(_bits(end.kernel.effective)[mask] == 0), name
+        # Fine-tuned on: the same pins, still +0.0, and every free entry trained.
+        np.testing.assert_array_equal(tuned.kernel.mask, mask, err_msg=name)
+        assert np.all(_bits(tuned.kernel.effective)[mask] == 0), name
+        assert np.all(tuned.kernel.effective[~mask] != end.kernel.effective[~mask]), name
+        _assert_same_weights(stripped, tuned, f"gradual stripped {name}")
+        # (b) 2:4 along the input axis of the dense model's kernel; nothing else changed.
+        frozen, tuned, stripped = (files[k][name] for k in ("n_of_m_frozen", "n_of_m_finetuned", "n_of_m_stripped"))
+        want = _n_of_m(dense.kernel.effective, 2, 4, axis=-2) if name in PRUNED else np.zeros(SHAPES[name], bool)
+        np.testing.assert_array_equal(frozen.kernel.mask, want, err_msg=name)
+        np.testing.assert_array_equal(
+            _bits(frozen.kernel.effective), _bits(np.where(want, np.float32(0), dense.kernel.effective)), err_msg=name)
+        np.testing.assert_array_equal(_bits(frozen.bias.effective), _bits(dense.bias.effective), err_msg=name)
+        np.testing.assert_array_equal(tuned.kernel.mask, want, err_msg=name)
+        assert np.all(_bits(tuned.kernel.effective)[want] == 0), name
+        assert np.all(tuned.kernel.effective[~want] != frozen.kernel.effective[~want]), name
+        _assert_same_weights(stripped, tuned, f"2:4 stripped {name}")
 
 
 def test_gradual_pruning_reaches_exactly_90_percent_of_each_selected_kernel(reduced):
@@ -97,7 +166,21 @@ def test_gradual_pruning_reaches_exactly_90_percent_of_each_selected_kernel(redu
     steps = gradual["step_sparsity"]
     assert len(steps) == 2 * STEPS_PER_EPOCH
     assert gradual["schedule"]["end_step"] == STEPS_PER_EPOCH - 1
-    assert steps == sorted(steps)
+    # Step t logs the pins of the last pruning step at or before it (begin_step,
+    # every `frequency` steps, end_step), each layer at round(s(step) * size).
+    from kerasurgery.pruning import polynomial_sparsity
+
+    schedule = gradual["schedule"]
+    pruning_steps = sorted({*range(schedule["begin_step"], schedule["end_step"], schedule["frequency"]),
+                            schedule["end_step"]})
+    expected = []
+    for t in range(len(steps)):
+        last = max(p for p in pruning_steps if p <= t)
+        s = polynomial_sparsity(last, target_sparsity=schedule["target_sparsity"],
+                                begin_step=schedule["begin_step"], end_step=schedule["end_step"],
+                                initial_sparsity=schedule["initial_sparsity"], power=schedule["power"])
+        expected.append(sum(round(s * _size(name)) for name in PRUNED) / pruned_size)
+    assert steps == expected
     assert steps[0] == 0.0  # s(begin_step) = initial_sparsity
     assert steps[STEPS_PER_EPOCH - 1:] == [final] * (STEPS_PER_EPOCH + 1)
     assert gradual["epoch_sparsity"] == [final, final]
@@ -162,7 +245,8 @@ def test_png_is_written_or_refused_in_one_line(example, reduced, tmp_path, capsy
         figure = reduced["folder"] / "figure.png"
         assert reduced["summary"]["png"] == str(figure)
         assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-        assert figure.stat().st_size > 10_000
+        assert _png_size(figure) == (1200, 450)  # figsize (12, 4.5) at 100 dpi
+        assert figure.stat().st_size > 10_000  # not a blank canvas (~3 kB at this size)
         return
     target = tmp_path / "figure.png"
     assert example.main([*REDUCED, "--out", str(tmp_path / "models"), "--png", str(target)]) == 1

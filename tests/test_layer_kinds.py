@@ -119,15 +119,27 @@ def test_freeze_preserves_function_and_pins_every_weight(kind):
     original, pinned = _frozen(kind)
     head = pinned.get_layer("head").pin_state()["kernel"]
     old = ops.convert_to_numpy(original.get_layer("head").kernel)
-    assert np.all(head.effective[head.mask] == np.float32(0.25))
-    assert np.array_equal(bits(head.effective[~head.mask]), bits(old[~head.mask]))
+    np.testing.assert_array_equal(head.mask, ks.rules.fraction(0.25, seed=1)(old, None).kernel)
+    np.testing.assert_array_equal(bits(head.effective), bits(np.where(head.mask, np.float32(0.25), old)))
     layer = frozen.get_layer("layer")
     assert type(layer).__name__ == f"Masked{kind}"
     assert isinstance(layer, getattr(keras.layers, kind))
+    # Every weight pinned at the masks the rule gives on the original weights,
+    # at their own values: the effective weights are the original ones, bit for bit.
+    plain = model.get_layer("layer")
+    originals = {w: ops.convert_to_numpy(getattr(plain, w)) for w in layer.present_weights()}
+    rule = PINS["layer"] if kind != "Embedding" else ks.rules.fraction(0.5, seed=0)
     state = layer.pin_state()
+    assert set(state) == set(originals)
     for weight, s in state.items():
-        expected = round(0.5 * s.mask.size)
-        assert int(s.mask.sum()) == expected, weight
+        assert int(s.mask.sum()) == round(0.5 * s.mask.size), weight
+        bias = originals.get("bias")
+        if weight == "bias":
+            want = rule(originals[layer.pinned_weights[0]], bias).bias
+        else:
+            want = rule(originals[weight], bias).kernel  # each kernel as the main one
+        np.testing.assert_array_equal(s.mask, want, err_msg=weight)
+        np.testing.assert_array_equal(bits(s.effective), bits(originals[weight]), err_msg=weight)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -136,11 +148,21 @@ def test_gradient_is_exactly_zero_at_pins(kind):
     x, y = _data(kind)
     layer = frozen.get_layer("layer")
     grads = gradients(frozen, x, y)  # d(mse)/d(variable), by path, on any backend
+    # The same model in plain Keras layers, holding the effective weights: its
+    # gradient is the one each free entry must get.
+    plain = ks.strip(frozen)
+    plain_grads = gradients(plain, x, y)
+    plain_layer = plain.get_layer("layer")
+    assert not layers_lib.is_pinned(plain_layer)
     for weight in layer.present_weights():
         grad = grads[layer.raw_variable(weight).path]
+        expected = plain_grads[getattr(plain_layer, weight).path]
         mask = layer.pin_state()[weight].mask
         assert np.all(grad[mask] == 0.0)
-        assert np.any(grad[~mask] != 0.0), weight  # free entries train
+        # Free entries get exactly the plain layer's gradient: `where` passes it
+        # through unchanged, and the rest of the computation is the same.
+        np.testing.assert_array_equal(bits(grad[~mask]), bits(expected[~mask]), err_msg=weight)
+        assert np.count_nonzero(grad[~mask]) > 0, weight  # not vacuous: some free entries train
 
 
 # Two settings cover the optimizer features that move a raw weight without a
@@ -164,11 +186,13 @@ def test_pins_hold_bit_for_bit_through_training(kind, setting):
     frozen.compile(optimizer=make(), loss="mse", jit_compile=jit)
     frozen.fit(x, y, epochs=2, batch_size=8, verbose=0)
     _assert_pins_hold(state, frozen)
-    # Free entries moved.
-    layer = frozen.get_layer("layer")
-    for weight, s in layer.pin_state().items():
-        before = state[("layer", weight)]
-        assert not np.array_equal(s.effective[~s.mask], before.effective[~before.mask])
+    # Every free entry moved: weight decay alone moves each non-zero one, and
+    # the zero-initialised bias of `head` gets a non-zero gradient from the loss.
+    for (name, weight), s in _pinned_state(frozen).items():
+        before = state[(name, weight)]
+        free = ~before.mask
+        assert np.all(before.effective[free] != 0) or weight == "bias", (name, weight)
+        assert np.all(s.effective[free] != before.effective[free]), (name, weight)
 
 
 def test_round_trip_in_a_new_process_and_strip_without_kerasurgery(tmp_path):

@@ -49,7 +49,9 @@ def _dense_and_masked(units=3, **kwargs):
 def test_built_from_dense_config_computes_exactly_like_dense(use_bias, activation):
     dense, masked, x = _dense_and_masked(use_bias=use_bias, activation=activation)
     assert np.array_equal(bits(dense(x)), bits(masked(x)))
-    assert not masked.pins().kernel.any()
+    pin = masked.pins()
+    assert not pin.kernel.any()
+    np.testing.assert_array_equal(bits(pin.kernel_value), bits(dense.kernel))
     assert masked.get_config()["units"] == 3
 
 
@@ -97,21 +99,47 @@ def test_original_question_zero_gets_zero_gradient_and_stays_zero():
     train(frozen, keras.optimizers.SGD(1.0, momentum=0.9), x, y, steps=20)
     kernel = ops.convert_to_numpy(frozen.get_layer("first").kernel)
     assert bits(kernel)[0, 0] == 0
-    assert not np.array_equal(kernel.ravel()[1:], np.array([0.25, 0.2, 0.3], "float32"))
+    # Each free entry had a non-zero gradient (above), so each one trained.
+    assert np.all(kernel.ravel()[1:] != np.array([0.25, 0.2, 0.3], "float32"))
 
 
 def _frozen_mlp(mlp):
-    """The pruned MLP with zeros, per-entry constants and a bias entry pinned."""
+    """The pruned MLP with zeros, per-entry constants and a bias entry pinned.
+
+    Returns the frozen model and, per layer, the `Pin` it must report, written
+    out in numpy from the original weights: masks, and values that are the
+    pinned value where pinned and the original weight elsewhere.
+    """
     hidden_mask = np.zeros((4, 3), bool)
     hidden_mask[1, :] = True
     values = np.arange(12, dtype="float32").reshape(4, 3) / 7.0
+    bias_mask = np.array([True, False, False])
+    (hidden_kernel, hidden_bias), (out_kernel, out_bias) = (
+        mlp.get_layer(name).get_weights() for name in ("hidden", "out"))
     frozen = ks.freeze(mlp, {
-        "hidden": ks.Pin(kernel=hidden_mask, kernel_value=values,
-                         bias=np.array([True, False, False]), bias_value=0.125),
+        "hidden": ks.Pin(kernel=hidden_mask, kernel_value=values, bias=bias_mask, bias_value=0.125),
         "out": ks.rules.zeros(),
     })
-    expected = {name: frozen.get_layer(name).pins() for name in ("hidden", "out")}
+    expected = {
+        "hidden": ks.Pin(
+            kernel=hidden_mask, kernel_value=np.where(hidden_mask, values, hidden_kernel),
+            bias=bias_mask, bias_value=np.where(bias_mask, np.float32(0.125), hidden_bias),
+        ),
+        # The zeros of `make_mlp`, +0.0, pinned at themselves; the bias has no pin.
+        "out": ks.Pin(kernel=out_kernel == 0, kernel_value=out_kernel,
+                      bias=np.zeros(2, bool), bias_value=out_bias),
+    }
+    assert np.count_nonzero(out_kernel == 0) == 1 and not np.signbit(out_kernel[1, 0])
     return frozen, expected
+
+
+def _assert_pins_equal(layer, pin: ks.Pin) -> None:
+    """`layer.pins()` is exactly `pin`: the same masks, and values equal bit for bit."""
+    got = layer.pins()
+    np.testing.assert_array_equal(got.kernel, pin.kernel)
+    np.testing.assert_array_equal(bits(got.kernel_value), bits(pin.kernel_value))
+    np.testing.assert_array_equal(got.bias, pin.bias)
+    np.testing.assert_array_equal(bits(got.bias_value), bits(pin.bias_value))
 
 
 def _assert_pins_hold(frozen, expected):
@@ -128,8 +156,8 @@ def _assert_pins_hold(frozen, expected):
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))
 def test_pins_hold_bit_exactly_under_every_optimizer(name, jit_compile, mlp, data):
     frozen, expected = _frozen_mlp(mlp)
-    assert frozen.get_layer("hidden").pins().kernel.sum() == 3
-    assert frozen.get_layer("out").pins().kernel.sum() == 1
+    for layer_name, pin in expected.items():
+        _assert_pins_equal(frozen.get_layer(layer_name), pin)
     before = ops.convert_to_numpy(frozen.get_layer("hidden").kernel)
     frozen.compile(optimizer=OPTIMIZERS[name](), loss="mse", jit_compile=jit_compile)
     frozen.fit(*data, epochs=3, batch_size=4, verbose=0)
@@ -147,12 +175,16 @@ def test_pins_hold_under_mixed_float16_with_loss_scaling(data):
 
         frozen, expected = _frozen_mlp(make_mlp())
         assert frozen.get_layer("hidden").dtype_policy.name == "mixed_float16"
+        before = ops.convert_to_numpy(frozen.get_layer("hidden").kernel)
         frozen.compile(optimizer=keras.optimizers.AdamW(0.05, weight_decay=2.0), loss="mse")
         assert isinstance(frozen.optimizer, keras.optimizers.LossScaleOptimizer)
         frozen.fit(*data, epochs=2, batch_size=4, verbose=0)
     finally:
         keras.config.set_dtype_policy(previous)
     _assert_pins_hold(frozen, expected)
+    # The steps were applied, not skipped by the loss scaling: every free entry moved.
+    free = ~expected["hidden"].kernel
+    assert np.all(ops.convert_to_numpy(frozen.get_layer("hidden").kernel)[free] != before[free])
 
 
 def test_mixed_precision_output_equals_dense_output(data):
@@ -178,6 +210,9 @@ def test_regularizer_sees_the_effective_kernel_so_pins_get_zero_gradient():
     layer = frozen.get_layer("d")
     # The penalty is computed on the kernel the layer uses.
     effective = ops.convert_to_numpy(layer.kernel)
+    raw = ops.convert_to_numpy(layer.raw_variable("kernel"))
+    np.testing.assert_array_equal(bits(effective), bits(np.where(mask, np.float32(3.0), raw)))
+    # Keras sums in float32 in its own order, numpy here in float64: equal up to rounding.
     assert float(ops.convert_to_numpy(frozen.losses[0])) == pytest.approx(
         10.0 * float(np.sum(effective.astype("float64") ** 2)), rel=1e-6
     )
@@ -196,26 +231,38 @@ def test_constraint_cannot_move_a_pin(data):
     frozen = ks.freeze(model, {"d": ks.Pin(kernel=mask, kernel_value=-2.5)})
     train(frozen, keras.optimizers.SGD(0.5), *data, steps=5)
     kernel = ops.convert_to_numpy(frozen.get_layer("d").kernel)
-    assert kernel[0, 0] == np.float32(-2.5)
-    assert np.all(kernel[~mask] >= 0.0)
+    assert bits(kernel)[0, 0] == bits(np.float32(-2.5))
+    assert np.all(kernel[~mask] >= 0.0)  # the constraint applies to the free entries
 
 
 def test_pins_returns_numpy_masks_and_values(mlp):
-    frozen, _ = _frozen_mlp(mlp)
+    frozen, expected = _frozen_mlp(mlp)
     pin = frozen.get_layer("hidden").pins()
     assert isinstance(pin, ks.Pin)
     assert pin.kernel.dtype == np.bool_ and pin.kernel.shape == (4, 3)
     assert np.array_equal(pin.kernel_value[1], np.arange(3, 6, dtype="float32") / 7.0)
     assert pin.bias.tolist() == [True, False, False]
     assert pin.bias_value[0] == np.float32(0.125)
+    for name in ("hidden", "out"):
+        _assert_pins_equal(frozen.get_layer(name), expected[name])
+        # The kernel the layer computes with is where(mask, value, raw), bit for bit.
+        layer = frozen.get_layer(name)
+        mask, value = (ops.convert_to_numpy(v) for v in layer.pin_variables("kernel"))
+        raw = ops.convert_to_numpy(layer.raw_variable("kernel"))
+        np.testing.assert_array_equal(
+            bits(layer.kernel), bits(np.where(mask.astype(bool), value, raw)))
 
 
 def test_shared_value_storage_is_a_scalar_and_per_entry_values_are_full(mlp):
-    frozen, _ = _frozen_mlp(mlp)
+    frozen, expected = _frozen_mlp(mlp)
     assert frozen.get_layer("out").pinned_kernel_values == "shared"
     assert tuple(frozen.get_layer("out").kernel_pin_value.shape) == ()
+    assert bits(frozen.get_layer("out").kernel_pin_value) == bits(np.float32(0.0))  # +0.0
     assert frozen.get_layer("hidden").pinned_kernel_values == "per_entry"
     assert tuple(frozen.get_layer("hidden").kernel_pin_value.shape) == (4, 3)
+    mask = expected["hidden"].kernel
+    stored = ops.convert_to_numpy(frozen.get_layer("hidden").kernel_pin_value)
+    np.testing.assert_array_equal(bits(stored[mask]), bits(expected["hidden"].kernel_value[mask]))
     assert frozen.get_layer("out").kernel_pin_mask.dtype == "bool"
 
 
@@ -288,6 +335,7 @@ def _frozen_dense():
 def test_set_weights_refuses_a_float_mask_and_a_nan_value():
     _, _, layer = _frozen_dense()
     weights = layer.get_weights()
+    variables_before = [bits(v) for v in layer.weights]
     names = [v.name for v in layer.weights]
     bad_mask = list(weights)
     bad_mask[names.index("kernel_pin_mask")] = np.ones((4, 3), "float32")
@@ -298,6 +346,9 @@ def test_set_weights_refuses_a_float_mask_and_a_nan_value():
     with pytest.raises(PinError, match="non-finite pinned value"):
         layer.set_weights(bad_value)
     assert np.all(ops.convert_to_numpy(layer.kernel)[np.eye(4, 3, dtype=bool)] == 0.5)
+    # Refused before anything was assigned: every variable holds its old bits.
+    for before, variable in zip(variables_before, layer.weights):
+        np.testing.assert_array_equal(bits(variable), before, err_msg=variable.name)
 
 
 def test_get_weights_and_h5_hold_the_effective_kernel_after_weight_decay(tmp_path):
@@ -307,16 +358,17 @@ def test_get_weights_and_h5_hold_the_effective_kernel_after_weight_decay(tmp_pat
     frozen.fit(x, np.ones((32, 3), "float32"), epochs=2, verbose=0)
     mask = np.eye(4, 3, dtype=bool)
     raw = ops.convert_to_numpy(layer.raw_variable("kernel"))
-    assert not np.all(raw[mask] == 0.5)  # the raw variable drifted under the pins
+    assert np.all(raw[mask] != 0.5)  # the raw variable drifted under every pin
     kernel = layer.get_weights()[0]
     assert np.all(kernel[mask] == np.float32(0.5))
-    assert np.array_equal(kernel, ops.convert_to_numpy(layer.kernel))
+    np.testing.assert_array_equal(bits(kernel), bits(np.where(mask, np.float32(0.5), raw)))
+    assert np.array_equal(bits(kernel), bits(layer.kernel))
     ks.save_model(frozen, tmp_path / "m.h5")
     import h5py
 
     with h5py.File(tmp_path / "m.h5") as f:
         stored = f["model_weights/d/d/kernel"][()]
-    assert np.all(stored[mask] == np.float32(0.5))
+    np.testing.assert_array_equal(bits(stored), bits(kernel))  # the effective kernel, whole
 
 
 def test_a_nan_assigned_directly_is_refused_at_save_and_nothing_is_written(tmp_path):
@@ -348,7 +400,7 @@ def test_loading_the_original_weights_into_the_frozen_model_says_what_to_do(tmp_
     again = ks.freeze(model, {"d": ks.Pin(kernel=np.eye(4, 3, dtype=bool), kernel_value=0.5)})
     again.load_weights(tmp_path / "frozen.weights.h5")
     assert np.array_equal(again.get_layer("d").pins().kernel, np.eye(4, 3, dtype=bool))
-    assert np.array_equal(ops.convert_to_numpy(again.get_layer("d").kernel), ops.convert_to_numpy(layer.kernel))
+    assert np.array_equal(bits(again.get_layer("d").kernel), bits(layer.kernel))
 
 
 def test_a_non_finite_free_entry_is_not_called_a_pinned_value():
@@ -362,3 +414,4 @@ def test_a_non_finite_free_entry_is_not_called_a_pinned_value():
     frozen = ks.freeze(model, {"d": ks.Pin(kernel=mask)})  # per-entry values 0, 1, 2
     assert frozen.get_layer("d").pinned_kernel_values == "per_entry"
     assert np.array_equal(frozen.get_layer("d").pins().kernel, mask)
+    np.testing.assert_array_equal(bits(frozen.get_layer("d").kernel), bits(kernel))  # inf included

@@ -36,6 +36,29 @@ def _state(model, name, weight="kernel"):
     return model.get_layer(name).pin_state()[weight]
 
 
+def _smallest(weights: list[np.ndarray], count: int) -> list[np.ndarray]:
+    """The documented selection, written out independently: the `count` smallest
+    |w| over all `weights` together, ties to the earlier array, then the lower
+    flat index (a stable sort of the concatenated magnitudes)."""
+    flat = np.concatenate([np.abs(np.asarray(w, np.float64)).ravel() for w in weights])
+    chosen = np.zeros(flat.size, bool)
+    chosen[np.argsort(flat, kind="stable")[:count]] = True
+    masks, start = [], 0
+    for w in weights:
+        masks.append(chosen[start:start + w.size].reshape(w.shape))
+        start += w.size
+    return masks
+
+
+def _n_of_m(weight: np.ndarray, n: int, m: int, axis: int) -> np.ndarray:
+    """The `n` smallest |w| of every `m` consecutive entries along `axis` (ties: lower index)."""
+    moved = np.moveaxis(np.abs(weight.astype(np.float64)), axis, -1)
+    groups = moved.reshape(*moved.shape[:-1], -1, m)
+    chosen = np.zeros(groups.shape, bool)
+    np.put_along_axis(chosen, np.argsort(groups, axis=-1, kind="stable")[..., :n], True, axis=-1)
+    return np.moveaxis(chosen.reshape(moved.shape), -1, axis)
+
+
 # -- smallest ------------------------------------------------------------------
 
 
@@ -47,9 +70,9 @@ def test_smallest_pins_exactly_round_fraction_size_of_each_layer(fraction):
         before = model.get_layer(name).get_weights()[0]
         state = _state(frozen, name)
         assert np.count_nonzero(state.mask) == round(fraction * before.size)
-        # The smallest ones: no pinned |w| above a free one.
-        if 0 < state.mask.sum() < state.mask.size:
-            assert np.abs(before[state.mask]).max() <= np.abs(before[~state.mask]).min()
+        # The smallest ones, ties to the lower flat index: exactly the expected mask.
+        [expected] = _smallest([before], round(fraction * before.size))
+        np.testing.assert_array_equal(state.mask, expected)
         # Pinned at exactly +0.0; the rest unchanged bit for bit.
         assert np.all(bits(state.effective)[state.mask] == 0)
         np.testing.assert_array_equal(bits(state.effective)[~state.mask], bits(before)[~state.mask])
@@ -79,9 +102,14 @@ def test_smallest_counts_nan_as_largest():
 def test_smallest_with_bias_and_value():
     model = _model()
     frozen = ks.freeze(model, {"out": ks.rules.smallest(0.5, bias=True, value=0.25)})
+    kernel, bias_before = model.get_layer("out").get_weights()
     state, bias = _state(frozen, "out"), _state(frozen, "out", "bias")
-    assert state.mask.sum() == 24 and bias.mask.sum() == 2
-    assert np.all(state.effective[state.mask] == np.float32(0.25))
+    [kernel_mask], [bias_mask] = _smallest([kernel], 24), _smallest([bias_before], 2)
+    np.testing.assert_array_equal(state.mask, kernel_mask)
+    np.testing.assert_array_equal(bias.mask, bias_mask)
+    # Pinned entries hold exactly 0.25, the others their values, bit for bit.
+    np.testing.assert_array_equal(bits(state.effective), bits(np.where(kernel_mask, np.float32(0.25), kernel)))
+    np.testing.assert_array_equal(bits(bias.effective), bits(np.where(bias_mask, np.float32(0.25), bias_before)))
 
 
 @pytest.mark.parametrize("fraction", [0.2, 0.5, 0.83])
@@ -92,10 +120,11 @@ def test_smallest_across_layers_uses_one_threshold(fraction):
     masks = {n: _state(frozen, n).mask for n in before}
     total = sum(w.size for w in before.values())
     assert sum(int(m.sum()) for m in masks.values()) == round(fraction * total)
-    pinned = np.concatenate([np.abs(before[n])[masks[n]] for n in before])
-    free = np.concatenate([np.abs(before[n])[~masks[n]] for n in before])
-    assert pinned.max() <= free.min()
-    # Layers end at different sparsities: one global ranking.
+    # One global ranking, in model order: exactly the expected masks.
+    expected = _smallest(list(before.values()), round(fraction * total))
+    for (name, mask), want in zip(masks.items(), expected):
+        np.testing.assert_array_equal(mask, want, err_msg=name)
+    # Layers end at different sparsities (which one ranking per layer would not give).
     assert len({round(float(m.mean()), 6) for m in masks.values()}) > 1
 
 
@@ -113,6 +142,9 @@ def test_smallest_across_layers_spans_every_key_of_one_rule():
     assert not ks.layers.is_pinned(frozen.get_layer("conv"))
     total = 32 * 12 + 12 * 4
     assert _state(frozen, "hidden").mask.sum() + _state(frozen, "out").mask.sum() == round(0.5 * total)
+    kernels = [model.get_layer(n).get_weights()[0] for n in ("hidden", "out")]
+    for name, want in zip(("hidden", "out"), _smallest(kernels, round(0.5 * total))):
+        np.testing.assert_array_equal(_state(frozen, name).mask, want, err_msg=name)
 
 
 # -- n:m -------------------------------------------------------------------------
@@ -125,14 +157,15 @@ def test_n_of_m_pins_n_smallest_in_every_group_along_the_inputs():
     mask = _state(frozen, "hidden").mask
     groups = mask.reshape(8, 4, 12)
     assert np.all(groups.sum(axis=1) == 2)
-    w = np.abs(dense).reshape(8, 4, 12)
-    g = groups
-    assert np.all(np.where(g, w, -np.inf).max(axis=1) <= np.where(g, np.inf, w).min(axis=1))
+    np.testing.assert_array_equal(mask, _n_of_m(dense, 2, 4, axis=0))
     # Ties inside a group: the lower index. Rows 0-3 hold four equal |w| in every column.
     assert np.all(groups[0, :2, :]) and not np.any(groups[0, 2:, :])
+    conv_kernel = model.get_layer("conv").get_weights()[0]
     conv = _state(frozen, "conv").mask  # (3, 3, 4, 8): groups along the 4 input channels
     assert np.all(conv.sum(axis=2) == 2)
-    assert np.all(bits(_state(frozen, "conv").effective)[conv] == 0)
+    np.testing.assert_array_equal(conv, _n_of_m(conv_kernel, 2, 4, axis=2))
+    np.testing.assert_array_equal(
+        bits(_state(frozen, "conv").effective), bits(np.where(conv, np.float32(0), conv_kernel)))
 
 
 def test_n_of_m_refuses_an_input_axis_that_is_not_a_multiple():
@@ -147,9 +180,11 @@ def test_n_of_m_on_einsum_dense_groups_its_contracted_axis():
     keras.utils.set_random_seed(1)
     inputs = keras.Input((3, 8))
     outputs = L.EinsumDense("abc,cd->abd", output_shape=(3, 6), bias_axes="d", name="ein")(inputs)
-    frozen = ks.freeze(keras.Model(inputs, outputs), {"ein": ks.rules.n_of_m(1, 4)})
+    model = keras.Model(inputs, outputs)
+    frozen = ks.freeze(model, {"ein": ks.rules.n_of_m(1, 4)})
     mask = _state(frozen, "ein").mask  # (8, 6)
     assert np.all(mask.reshape(2, 4, 6).sum(axis=1) == 1)
+    np.testing.assert_array_equal(mask, _n_of_m(model.get_layer("ein").get_weights()[0], 1, 4, axis=0))
 
 
 # -- whole units -------------------------------------------------------------------
@@ -171,8 +206,10 @@ def test_smallest_units_pins_whole_filters_by_norm(norm):
 
 def test_smallest_units_l1_and_l2_can_disagree():
     kernel = np.array([[1.2, 0.7], [0.0, 0.7]], np.float32)  # L1: 1.2 vs 1.4; L2: 1.2 vs 0.99
-    assert ks.rules.smallest_units(0.5, norm=1)(kernel, None).kernel[:, 0].all()
-    assert ks.rules.smallest_units(0.5, norm=2)(kernel, None).kernel[:, 1].all()
+    np.testing.assert_array_equal(ks.rules.smallest_units(0.5, norm=1)(kernel, None).kernel,
+                                  [[True, False], [True, False]])
+    np.testing.assert_array_equal(ks.rules.smallest_units(0.5, norm=2)(kernel, None).kernel,
+                                  [[False, True], [False, True]])
 
 
 # -- values of the rules ------------------------------------------------------------
@@ -198,6 +235,8 @@ def test_selection_is_exact_for_large_counts():
     weights = [rng.normal(size=(300, 200)).astype("float32"), rng.normal(size=(500,)).astype("float16")]
     masks = pruning.smallest_entries(weights, 31_234)
     assert sum(int(m.sum()) for m in masks) == 31_234
+    for mask, want in zip(masks, _smallest(weights, 31_234)):
+        np.testing.assert_array_equal(mask, want)
 
 
 # -- command line and spec files ------------------------------------------------------
@@ -231,9 +270,12 @@ def test_cli_forms(saved, tmp_path, capsys, flags, expected):
     assert main(["freeze", str(saved), "-o", str(out), *flags]) == 0
     counts = _pinned(capsys, out)
     if expected is None:
-        assert sum(counts.values()) == round(0.5 * (288 + 384 + 48))
-    else:
-        assert counts == expected
+        # One ranking over the three kernels of the saved model (the same seed, the same weights).
+        model = _model()
+        kernels = [model.get_layer(n).get_weights()[0] for n in ("conv", "hidden", "out")]
+        masks = _smallest(kernels, round(0.5 * (288 + 384 + 48)))
+        expected = {n: int(m.sum()) for n, m in zip(("conv", "hidden", "out"), masks) if m.any()}
+    assert counts == expected
 
 
 def test_spec_forms(saved, tmp_path, capsys):

@@ -65,12 +65,12 @@ def test_round_trip_in_a_new_process_predicts_the_same_and_keeps_pins(tmp_path, 
     )
     assert result.returncode == 0, result.stderr
     for path in paths:
-        assert np.array_equal(np.load(f"{path}.pred.npy"), expected), path
+        assert np.array_equal(np.load(f"{path}.pred.npy").view("u4"), expected.view("u4")), path
         for name in ("hidden", "out"):
             layer = frozen.get_layer(name)
             assert np.array_equal(np.load(f"{path}.{name}.mask.npy"), layer.pins().kernel)
             assert np.array_equal(
-                np.load(f"{path}.{name}.kernel.npy"), ops.convert_to_numpy(layer.kernel)
+                np.load(f"{path}.{name}.kernel.npy").view("u4"), ops.convert_to_numpy(layer.kernel).view("u4")
             )
 
 
@@ -81,10 +81,17 @@ def test_in_process_round_trip_with_our_loader(tmp_path, mlp, data, suffix):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         loaded = ks.load_model(path)
-    assert np.array_equal(ops.convert_to_numpy(loaded(data[0])), ops.convert_to_numpy(frozen(data[0])))
+    assert np.array_equal(ops.convert_to_numpy(loaded(data[0])).view("u4"),
+                          ops.convert_to_numpy(frozen(data[0])).view("u4"))
     pin = loaded.get_layer("hidden").pins()
     assert np.array_equal(pin.bias, [False, True, False])
     assert pin.kernel_value[0, 0] == np.float32(-1.5)
+    # Every pin of both layers came back: the same masks, the same values bit for bit.
+    for name in ("hidden", "out"):
+        got, want = loaded.get_layer(name).pins(), frozen.get_layer(name).pins()
+        assert np.array_equal(got.kernel, want.kernel) and np.array_equal(got.bias, want.bias), name
+        assert np.array_equal(got.kernel_value.view("u4"), want.kernel_value.view("u4")), name
+        assert np.array_equal(got.bias_value.view("u4"), want.bias_value.view("u4")), name
 
 
 def test_stripped_model_loads_without_kerasurgery(tmp_path, mlp, data):
@@ -135,6 +142,8 @@ def test_save_refuses_to_overwrite_without_permission(tmp_path, mlp):
     assert target.read_bytes() == b"precious"
     ks.save_model(mlp, target, overwrite=True)
     assert zipfile.is_zipfile(target)
+    assert all(np.array_equal(a.view("u4"), b.view("u4"))  # the model, not just any archive
+               for a, b in zip(ks.load_model(target).get_weights(), mlp.get_weights(), strict=True))
 
 
 def test_failed_save_leaves_the_old_file_and_no_temporary(tmp_path, mlp, monkeypatch):
@@ -198,6 +207,9 @@ def test_unrestorable_training_config_loads_without_it_and_warns(tmp_path, mlp):
     with pytest.warns(UserWarning, match="training configuration could not be restored"):
         loaded = ks.load_model(path)
     assert [layer.name for layer in loaded.layers] == [layer.name for layer in mlp.layers]
+    assert not loaded.compiled
+    assert all(np.array_equal(a.view("u4"), b.view("u4"))
+               for a, b in zip(loaded.get_weights(), mlp.get_weights(), strict=True))
 
 
 def test_keras_file_keeps_its_training_config(tmp_path, mlp):
@@ -207,7 +219,7 @@ def test_keras_file_keeps_its_training_config(tmp_path, mlp):
         warnings.simplefilter("error")
         loaded = ks.load_model(path)
     assert loaded.compiled
-    assert float(ops.convert_to_numpy(loaded.optimizer.learning_rate)) == pytest.approx(0.0123)
+    assert float(ops.convert_to_numpy(loaded.optimizer.learning_rate)) == np.float32(0.0123)  # stored as float32
 
 
 def _write(path, data: bytes):
@@ -294,6 +306,8 @@ def test_saving_over_a_symlink_replaces_the_link_not_the_file_it_points_to(tmp_p
     ks.save_model(mlp, link, overwrite=True)
     assert real.read_bytes() == b"precious"
     assert not link.is_symlink() and zipfile.is_zipfile(link)
+    assert all(np.array_equal(a.view("u4"), b.view("u4"))
+               for a, b in zip(ks.load_model(link).get_weights(), mlp.get_weights(), strict=True))
 
 
 @pytest.mark.parametrize("suffix", [".keras", ".h5"])
@@ -316,9 +330,15 @@ def test_compiled_h5_model_loads_ready_to_fit(tmp_path, mlp, data):
         warnings.simplefilter("error", UserWarning)
         loaded = ks.load_model(path)
     assert loaded.compiled
-    assert float(ops.convert_to_numpy(loaded.optimizer.learning_rate)) == pytest.approx(0.0125)
+    assert float(ops.convert_to_numpy(loaded.optimizer.learning_rate)) == np.float32(0.0125)  # stored as float32
     history = loaded.fit(*data, epochs=2, verbose=0)
     assert len(history.history["loss"]) == 2
+    # It trained, and the pinned zeros stayed +0.0.
+    assert int(ops.convert_to_numpy(loaded.optimizer.iterations)) == 2
+    for name in ("hidden", "out"):
+        pin = loaded.get_layer(name).pins()
+        zeros = mlp.get_layer(name).get_weights()[0] == 0
+        assert np.array_equal(pin.kernel, zeros) and np.all(pin.kernel_value[zeros].view("u4") == 0), name
 
 
 @pytest.mark.parametrize("name", ["UP.KERAS", "model.H5", "model.hdf5"])
@@ -363,6 +383,8 @@ def test_files_written_by_0_1_0_load_with_their_pins_in_a_new_process(name):
             "dense_3": {"kernel": 16, "bias": 1},
         }
     else:
-        assert counts["block/block_dense"] == {"kernel": 16, "bias": 0}
-        assert counts["shared"] == {"kernel": 16, "bias": 0}
-        assert counts["tower/tower_dense"] == {"kernel": 2, "bias": 2}
+        assert counts == {
+            "block/block_dense": {"kernel": 16, "bias": 0},
+            "shared": {"kernel": 16, "bias": 0},
+            "tower/tower_dense": {"kernel": 2, "bias": 2},
+        }

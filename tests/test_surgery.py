@@ -99,7 +99,7 @@ def test_freeze_keeps_function_names_and_every_other_weight(build):
             assert isinstance(n, ks.MaskedDense)
             kernel = o.get_weights()[0]
             assert np.array_equal(n.pins().kernel, kernel == 0)
-            assert np.array_equal(_np(n.kernel), kernel)
+            assert np.array_equal(_np(n.kernel).view("u4"), kernel.view("u4"))  # bit for bit
         elif not isinstance(o, keras.Model):
             assert type(n) is type(o)
             for a, b in zip(o.get_weights(), n.get_weights()):
@@ -132,7 +132,7 @@ def test_trainable_flags_and_dtype_policies_are_kept():
     assert frozen.get_layer("outer").get_layer("inner").get_layer("inner_dense").trainable is False
     assert frozen.get_layer("outer").get_layer("outer_dense").trainable is True
     assert frozen.get_layer("half").dtype_policy.name == "mixed_bfloat16"
-    assert len(frozen.trainable_weights) == len(outer.trainable_weights)
+    assert [v.path for v in frozen.trainable_weights] == [v.path for v in outer.trainable_weights]
 
 
 def test_non_trainable_dense_stays_non_trainable():
@@ -174,7 +174,7 @@ def test_keys_are_names_or_globs_and_later_keys_win():
     })
     assert np.all(_np(frozen.get_layer("b").kernel) == 1.0)
     kernel_a = _np(frozen.get_layer("a").kernel)
-    assert kernel_a[0, 0] == 7.0 and np.sum(kernel_a == 1.0) == 23
+    assert np.array_equal(kernel_a, np.where(mask, np.float32(7.0), np.float32(1.0)))
 
 
 def test_boolean_array_means_kernel_pin():
@@ -182,8 +182,8 @@ def test_boolean_array_means_kernel_pin():
     mask = np.zeros((6, 3), bool)
     mask[:, 0] = True
     frozen = ks.freeze(model, {"b": mask})
-    assert frozen.get_layer("b").pins().kernel.sum() == 6
-    assert np.array_equal(_np(frozen.get_layer("b").kernel), model.get_layer("b").get_weights()[0])
+    assert np.array_equal(frozen.get_layer("b").pins().kernel, mask)
+    assert np.array_equal(_np(frozen.get_layer("b").kernel).view("u4"), model.get_layer("b").get_weights()[0].view("u4"))
 
 
 def test_compiled_model_stays_compiled():
@@ -192,7 +192,7 @@ def test_compiled_model_stays_compiled():
     frozen = ks.freeze(model, {"a": ks.rules.zeros()})
     assert frozen.compiled
     assert isinstance(frozen.optimizer, keras.optimizers.AdamW)
-    assert float(_np(frozen.optimizer.learning_rate)) == pytest.approx(0.003)
+    assert float(_np(frozen.optimizer.learning_rate)) == np.float32(0.003)  # stored as float32
     assert frozen.optimizer is not model.optimizer
 
 
@@ -285,7 +285,7 @@ def test_subclassed_model_is_frozen_in_memory(data, tmp_path):
     assert type(stripped.stem) is keras.layers.Dense
     assert np.array_equal(_np(stripped(x)[0]), _np(frozen(x)[0]))
     # The documented way to keep the result: weights into a fresh instance.
-    assert frozen.built and stripped.built
+    assert frozen.built is True and stripped.built is True
     stripped.save_weights(tmp_path / "detector.weights.h5")
     fresh = Detector()
     fresh(x)
@@ -334,7 +334,8 @@ def test_strip_after_training_keeps_effective_not_raw_weights(mlp, data):
     frozen = ks.freeze(mlp, {"*": ks.rules.zeros(value=0.5)})
     train(frozen, keras.optimizers.AdamW(0.1, weight_decay=3.0), *data, steps=4)
     layer = frozen.get_layer("hidden")
-    assert not np.array_equal(_np(layer._kernel), _np(layer.kernel)), "raw entries moved"
+    pinned = layer.pins().kernel
+    assert np.all(_np(layer._kernel)[pinned] != _np(layer.kernel)[pinned]), "raw entries differ under every pin"
     stripped = ks.strip(frozen)
     assert np.array_equal(stripped.get_layer("hidden").get_weights()[0], _np(layer.kernel))
     _assert_same_outputs(frozen, stripped, data[0])
