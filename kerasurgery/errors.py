@@ -8,7 +8,7 @@ messages quote.
 
 from __future__ import annotations
 
-import re
+from kerasurgery import _keras_private
 
 
 class KerasurgeryError(Exception):
@@ -29,10 +29,6 @@ class ModelFileError(KerasurgeryError, OSError):
 
 class UsageError(KerasurgeryError, ValueError):
     """Arguments that contradict each other (the command line exits 2 on these)."""
-
-
-# Keras appends whole configs to some of its errors, after one of these.
-_CONFIG_TAIL = re.compile(r"Full object config|Full config:|config=\{")
 
 
 def one_line(error: object, limit: int = 300) -> str:
@@ -57,9 +53,9 @@ def one_line(error: object, limit: int = 300) -> str:
     text = " ".join(str(error).split())
     if not text:
         return type(error).__name__ if isinstance(error, BaseException) else ""
-    tail = _CONFIG_TAIL.search(text)
-    if tail is not None and tail.start() > 0:
-        text = text[: tail.start()].rstrip(" .,:") + "."
+    tail = _keras_private.config_start(text)
+    if tail:  # a config Keras appended (not a message that is only a config)
+        text = text[:tail].rstrip(" .,:") + "."
     if len(text) > limit:
         text = text[: max(limit, 4) - 3] + "..."
     return text
