@@ -258,9 +258,11 @@ def failed_object(error: BaseException) -> tuple[str, str, str] | None:
 # keras/src/backend/common/variables.py:283-292 `Variable.assign`: "The shape of
 # the target variable and the shape of the target value in
 # `variable.assign(value)` must match. variable.shape=(3, 2), Received:
-# value.shape=(3, 3). Target variable: ...".
+# value.shape=(3, 3). Target variable: ..."; PyTorch prints the value's shape
+# as `torch.Size([3, 3])`.
 _ASSIGNED_SHAPES = re.compile(
-    r"variable\.shape=(?P<expected>\([^)]*\)), Received: value\.shape=(?P<stored>\([^)]*\))"
+    r"variable\.shape=(?P<expected>\([^)]*\)), Received: value\.shape="
+    r"(?:(?P<stored>\([^)]*\))|torch\.Size\(\[(?P<torch>[^\]]*)\]\))"
 )
 
 
@@ -273,7 +275,12 @@ def assigned_shapes(text: str) -> tuple[str, str] | None:
     gave it.
     """
     match = _ASSIGNED_SHAPES.search(text)
-    return None if match is None else (match["expected"], match["stored"])
+    if match is None:
+        return None
+    stored = match["stored"]
+    if stored is None:
+        stored = str(tuple(int(n) for n in match["torch"].split(",") if n.strip()))
+    return match["expected"], stored
 
 
 def is_safe_mode_refusal(error: BaseException) -> bool:
