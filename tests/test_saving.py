@@ -339,7 +339,7 @@ def test_files_written_by_0_1_0_load_with_their_pins_in_a_new_process(name):
     """Both loaders, after a bare `import kerasurgery`, in a fresh interpreter."""
     script = textwrap.dedent(f"""
         import numpy as np, keras, kerasurgery as ks
-        from kerasurgery.model.surgery import walk_layers
+        from kerasurgery.model.walk import walk_layers
         path = {str(V010 / name)!r}
         counts = []
         for load in (ks.load_model, keras.saving.load_model):

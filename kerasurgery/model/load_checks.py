@@ -5,12 +5,12 @@ Keras says why a file does not load in prose that changes between releases.
 
 - before Keras reads the file, `check_config` refuses a config that names a
   layer class no loader can find, or connects a layer it does not define;
-- when Keras has refused the file, `Failure` finds out whether the model
-  itself is at fault (which loading without the training configuration
-  cannot fix): its config does not rebuild, or an `.h5` file's weights do not
-  fit the variables it builds. It builds the config once more for that, with
-  its variables as shapes only (`guards.budget.dry_build`), so a check that
-  costs a build is paid only by files that fail.
+- when Keras has refused the file, `Failure` says why: the config does not
+  rebuild, or an `.h5` file's weights do not fit the variables the config
+  builds. It builds the config once more for that, with its variables as
+  shapes only (`guards.budget.dry_build`), once loading has failed with and
+  without the training configuration: only files that do not load pay for
+  the build.
 
 What only Keras' text says (which layer of a `.keras` file refused its
 weights, and why) is read by `_keras_private`, whose tests fail when Keras
@@ -37,7 +37,8 @@ from kerasurgery.guards.declared import json_dicts
 _MODEL_CLASSES = frozenset({"Functional", "Model", "Sequential"})
 # The packages whose modules Keras imports to find a class a config names.
 _KERAS_PACKAGES = frozenset({"keras", "keras_hub", "keras_cv", "keras_nlp"})
-# Keys under which a layer's config holds another layer's (the wrappers').
+# Keras' wrappers, and the keys under which their configs hold layers.
+_WRAPPERS = frozenset({"TimeDistributed", "Bidirectional"})
 _HELD_LAYER_KEYS = ("layer", "forward_layer", "backward_layer")
 
 OPT_IN = (
@@ -76,9 +77,11 @@ def check_config(path: Path, config: dict) -> None:
 def _layer_nodes(config: Any) -> Iterator[dict]:
     """The entries of a model config that describe a layer, the model's own first.
 
-    Those Keras deserializes as layers: the config itself, the entries of a
-    Sequential or Functional model's `layers` (Keras 2.0 lists them as the
-    config), and the layers wrappers hold.
+    Those Keras' models and wrappers deserialize as layers: the config
+    itself, the entries of a Sequential or Functional model's `layers`
+    (Keras 2.0 lists them as the config), and the layers `TimeDistributed`
+    and `Bidirectional` hold. What a custom layer's config holds is the
+    custom layer's to read.
     """
     stack = [config]
     while stack:
@@ -89,13 +92,13 @@ def _layer_nodes(config: Any) -> Iterator[dict]:
         inner = node.get("config")
         if isinstance(inner, list):
             stack.extend(reversed(inner))
+        elif not isinstance(inner, dict):
             continue
-        if not isinstance(inner, dict):
-            continue
-        held = [inner.get(key) for key in _HELD_LAYER_KEYS]
-        stack.extend(reversed([layer for layer in held if isinstance(layer, dict)]))
-        if isinstance(inner.get("layers"), list):
+        elif node.get("class_name") in _MODEL_CLASSES and isinstance(inner.get("layers"), list):
             stack.extend(reversed(inner["layers"]))
+        elif node.get("class_name") in _WRAPPERS:
+            held = [inner.get(key) for key in _HELD_LAYER_KEYS]
+            stack.extend(reversed([layer for layer in held if isinstance(layer, dict)]))
 
 
 def _unknown_class(node: dict, class_name: str) -> str | None:
@@ -125,7 +128,9 @@ def _unknown_class(node: dict, class_name: str) -> str | None:
 def _undefined_connection(node: dict) -> str | None:
     """A layer name a Functional model's config connects but does not define."""
     inner = node.get("config")
-    if not isinstance(inner, dict) or not isinstance(inner.get("layers"), list):
+    if node.get("class_name") not in _MODEL_CLASSES or not isinstance(inner, dict):
+        return None
+    if not isinstance(inner.get("layers"), list):
         return None
     if "input_layers" not in inner and "output_layers" not in inner:
         return None  # Sequential: its layers are connected in order
@@ -192,11 +197,12 @@ class Failure:
         self.fmt = fmt
         self.config = config
         self.safe_mode = safe_mode
-        self._built: tuple[Any, bool] | None = None
 
     def about_the_model(self, error: BaseException) -> KerasurgeryError | None:
-        """The error to raise when `error` is about the model itself; `None` when
-        it may be about the training configuration (or the model was not checked)."""
+        """The error to raise when `error` is, at first sight, about the model
+        itself (loading without the training configuration cannot fix it);
+        `None` otherwise. Builds nothing: a file whose training configuration
+        does not restore pays no check."""
         if isinstance(error, KerasurgeryError):
             return type(error)(f"{self.path}: {error}")
         if _keras_private.is_safe_mode_refusal(error):
@@ -207,35 +213,26 @@ class Failure:
         failed = _keras_private.failed_object(error)
         if failed is not None:
             return _cannot_load(self.path, _failed_layer(*failed))
-        model, _ = self._rebuilt()
-        if model is not None and self.fmt == H5:
-            mismatch = _h5_mismatch(self.path, model)
-            if mismatch is not None:
-                return _cannot_load(self.path, mismatch)
         return None
 
     def error(self, error: BaseException) -> KerasurgeryError:
-        """The one-line error to raise for `error`, the last attempt to load."""
+        """The one-line error to raise for `error`, from the last attempt to load."""
         found = self.about_the_model(error)
         if found is not None:
             return found
         if isinstance(error, KeyError):
             # Raised bare by Keras and h5py for a config key or HDF5 entry that is not there.
             return _cannot_load(self.path, f"the file is malformed: it lacks the entry {one_line(error)}.")
-        _, rebuilds = self._rebuilt()
-        if not rebuilds:
+        try:
+            model = budget.dry_build(self.config, self.fmt, safe_mode=self.safe_mode)
+        except Exception:  # Any error of user or Keras code: the config does not rebuild.
             cause = _keras_private.deserialization_cause(error)
             return _cannot_load(self.path, f"the model config does not rebuild: {one_line(cause)}")
+        if self.fmt == H5:
+            mismatch = _h5_mismatch(self.path, model)
+            if mismatch is not None:
+                return _cannot_load(self.path, mismatch)
         return _cannot_load(self.path, one_line(error))
-
-    def _rebuilt(self) -> tuple[Any, bool]:
-        """(the model the config builds, shapes only, or `None`; whether it built)."""
-        if self._built is None:
-            try:
-                self._built = budget.dry_build(self.config, self.fmt, safe_mode=self.safe_mode), True
-            except Exception:  # Any error of user or Keras code: the config does not rebuild.
-                self._built = None, False
-        return self._built
 
 
 def _failed_layer(class_name: str, name: str, detail: str) -> str:

@@ -78,8 +78,9 @@ def load_model(
         try:
             model = _load(readable, safe_mode=safe_mode, compile=compile)
         except Exception as first:
-            # Loading without the training configuration is tried only when
-            # the model itself is not at fault: a broken file fails fast.
+            # Loading without the training configuration is not tried when
+            # the model is at fault already (a `.keras` layer refused its
+            # weights, safe mode refused code): such a file fails fast.
             failure = load_checks.Failure(path, fmt, config, safe_mode=safe_mode)
             about_the_model = failure.about_the_model(first)
             if about_the_model is not None:

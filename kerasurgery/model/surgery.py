@@ -22,6 +22,7 @@ from keras import ops
 
 from kerasurgery import _keras_private
 from kerasurgery.model.subclassed import copy_layer, is_subclassed, rebuild_subclassed
+# `walk_layers`, `pinnable_layers`, `variable_prefix` stay importable from here too.
 from kerasurgery.model.walk import pinnable_layers, sublayers, variable_prefix, walk_layers
 from kerasurgery import layers as layers_lib
 from kerasurgery import _plan
