@@ -215,7 +215,7 @@ class GradualPruning(keras.callbacks.Callback):
             sync()
 
     def _pinned_layers(self) -> list[Any]:
-        from kerasurgery.model.surgery import variable_prefix, walk_layers
+        from kerasurgery.model.walk import variable_prefix, walk_layers
 
         every = list(walk_layers(self.model))
         pinned = [(p, layer) for p, layer in every if layers_lib.is_pinned(layer)]

@@ -8,7 +8,7 @@ messages quote.
 
 from __future__ import annotations
 
-import re
+from kerasurgery import _keras_private
 
 
 class KerasurgeryError(Exception):
@@ -65,10 +65,6 @@ class NothingPinnedWarning(KerasurgeryWarning):
         self.key, self.rule, self.layers = key, rule, layers
 
 
-# Keras appends whole configs to some of its errors, after one of these.
-_CONFIG_TAIL = re.compile(r"Full object config|Full config:|config=\{")
-
-
 def one_line(error: object, limit: int = 300) -> str:
     """An error's message as one short line, to quote inside another message.
 
@@ -91,9 +87,9 @@ def one_line(error: object, limit: int = 300) -> str:
     text = " ".join(str(error).split())
     if not text:
         return type(error).__name__ if isinstance(error, BaseException) else ""
-    tail = _CONFIG_TAIL.search(text)
-    if tail is not None and tail.start() > 0:
-        text = text[: tail.start()].rstrip(" .,:") + "."
+    tail = _keras_private.config_start(text)
+    if tail:  # a config Keras appended (not a message that is only a config)
+        text = text[:tail].rstrip(" .,:") + "."
     if len(text) > limit:
         text = text[: max(limit, 4) - 3] + "..."
     return text

@@ -19,7 +19,7 @@ from keras import ops
 import kerasurgery as ks
 from kerasurgery import layers as layers_lib
 from kerasurgery.errors import LayerSelectionError, ModelFileError
-from kerasurgery.model.surgery import walk_layers
+from kerasurgery.model.walk import walk_layers
 from tests.helpers import bits
 
 
@@ -128,7 +128,7 @@ def test_bert_frozen_with_star_pins_every_transformer_layer_and_they_hold(tmp_pa
     })
     script = textwrap.dedent(f"""
         import numpy as np, keras, kerasurgery as ks
-        from kerasurgery.model.surgery import walk_layers
+        from kerasurgery.model.walk import walk_layers
         folder = {str(tmp_path)!r}
         tokens = np.load(folder + "/x_token.npy")
         x = {{"token_ids": tokens, "segment_ids": np.zeros_like(tokens), "padding_mask": np.ones_like(tokens)}}

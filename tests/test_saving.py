@@ -359,7 +359,7 @@ def test_files_written_by_0_1_0_load_with_their_pins_in_a_new_process(name):
     """Both loaders, after a bare `import kerasurgery`, in a fresh interpreter."""
     script = textwrap.dedent(f"""
         import numpy as np, keras, kerasurgery as ks
-        from kerasurgery.model.surgery import walk_layers
+        from kerasurgery.model.walk import walk_layers
         path = {str(V010 / name)!r}
         counts = []
         for load in (ks.load_model, keras.saving.load_model):
@@ -388,3 +388,110 @@ def test_files_written_by_0_1_0_load_with_their_pins_in_a_new_process(name):
             "shared": {"kernel": 16, "bias": 0},
             "tower/tower_dense": {"kernel": 2, "bias": 2},
         }
+
+
+# --- What a file that does not load is told, decided by checks (`load_checks`) ---------
+
+
+def _edited_keras(source: Path, target: Path, edit) -> Path:
+    """`source` with its config.json edited by `edit` (a function of the parsed config)."""
+    with zipfile.ZipFile(source) as src, zipfile.ZipFile(target, "w") as dst:
+        for item in src.namelist():
+            data = src.read(item)
+            if item == "config.json":
+                data = json.dumps(edit(json.loads(data))).encode()
+            dst.writestr(item, data)
+    return target
+
+
+def _layer_entry(config: dict, name: str) -> dict:
+    return next(layer for layer in config["config"]["layers"] if layer["name"] == name)
+
+
+def _connect_out_to_ghost(config: dict) -> dict:
+    history = _layer_entry(config, "out")["inbound_nodes"][0]["args"][0]["config"]["keras_history"]
+    history[0] = "ghost"
+    return config
+
+
+def _misname_output(config: dict) -> dict:
+    config["config"]["output_layers"] = ["ghost", 0, 0]
+    return config
+
+
+def _unknown_argument(config: dict) -> dict:
+    _layer_entry(config, "out")["config"]["bogus"] = 1
+    return config
+
+
+def _unimportable_module(config: dict) -> dict:
+    _layer_entry(config, "out")["module"] = "keras.no_such_module"
+    _layer_entry(config, "out")["class_name"] = "Gone"
+    return config
+
+
+@pytest.mark.parametrize("edit, message", [
+    (_connect_out_to_ghost, "layer 'mlp': the config connects a layer 'ghost' that it does not define."),
+    (_misname_output, "layer 'mlp': the config connects a layer 'ghost' that it does not define."),
+    (_unimportable_module,
+     "layer 'out': unknown layer class 'Gone' (its module keras.no_such_module cannot be imported)."),
+    (_unknown_argument,
+     "the model config does not rebuild: Unrecognized keyword arguments passed to Dense: {'bogus': 1}"),
+])
+def test_config_errors_are_told_in_plain_words(tmp_path, mlp, edit, message):
+    path = _edited_keras(ks.save_model(mlp, tmp_path / "m.keras"), tmp_path / "edited.keras", edit)
+    for compile in (True, False):
+        with pytest.raises(ModelFileError) as info:
+            ks.load_model(path, compile=compile)
+        assert str(info.value) == f"{path}: cannot load the model: {message}"
+
+
+def test_h5_weight_count_mismatch_is_told_in_plain_words(tmp_path, mlp):
+    import h5py
+
+    path = ks.save_model(mlp, tmp_path / "m.h5")
+    with h5py.File(path, "a") as h5:
+        group = h5["model_weights"]["out"]
+        group.attrs["weight_names"] = group.attrs["weight_names"][:1]
+    with pytest.raises(ModelFileError) as info:
+        ks.load_model(path)
+    assert str(info.value) == (
+        f"{path}: cannot load the model: layer 'out': the file stores 1 weights for it (in 'out'), "
+        "but the model's config makes 2 (weight count mismatch)."
+    )
+
+
+class Doubled(keras.layers.Layer):
+    """A custom layer that is not registered with Keras."""
+
+    def call(self, x):
+        return x * 2.0
+
+
+def test_an_unregistered_layer_is_named_and_loads_in_a_custom_object_scope(tmp_path, mlp, data):
+    inputs = keras.Input((4,), name="x")
+    model = keras.Model(inputs, Doubled(name="doubled")(mlp(inputs)))
+    path = ks.save_model(model, tmp_path / "m.keras")
+    with pytest.raises(ModelFileError) as info:
+        ks.load_model(path)
+    assert str(info.value) == (
+        f"{path}: cannot load the model: layer 'doubled': unknown layer class 'Doubled' (a custom "
+        "layer must be registered, by importing the code that defines it, before loading)."
+    )
+    with keras.saving.custom_object_scope({"Doubled": Doubled}):
+        loaded = ks.load_model(path)
+    assert np.array_equal(ops.convert_to_numpy(loaded(data[0])), ops.convert_to_numpy(model(data[0])))
+
+
+def test_the_class_check_knows_every_class_keras_loads(tmp_path):
+    from kerasurgery.model.load_checks import check_config
+
+    layer_classes = [name for name in dir(keras.layers)
+                     if isinstance(getattr(keras.layers, name), type)
+                     and issubclass(getattr(keras.layers, name), keras.layers.Layer)]
+    names = [*layer_classes, "Functional", "Model", "Sequential", *(
+        f"kerasurgery>{cls.__name__}" for cls in ks.layers.PINNED_CLASSES)]
+    assert len(names) > 100
+    for name in names:
+        for module in (None, "keras.layers"):
+            check_config(tmp_path / "m.keras", {"class_name": name, "module": module, "config": {"name": "n"}})

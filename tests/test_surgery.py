@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import keras
 import numpy as np
 import pytest
@@ -445,3 +447,62 @@ def test_equal_names_in_nested_models_are_told_apart_by_path():
     assert type(by_path.get_layer("dense")) is keras.layers.Dense
     with pytest.raises(LayerSelectionError, match=r"Supported layers: inner/dense, dense"):
         ks.freeze(model, {"nope": ks.rules.zeros()})
+
+
+def test_a_stripped_model_quantizes_as_the_plain_model_does(data):
+    # The error that refuses to quantize a pinned layer points at `strip`; the
+    # stripped layers (made pinned by the copy, or pinned in place) quantize.
+    plain = _prune(_sequential())
+    stripped = ks.strip(ks.freeze(plain, {"*": ks.rules.zeros()}))
+    in_place = keras.layers.Dense.from_config(plain.get_layer("a").get_config())
+    in_place.build((None, 4))
+    in_place.set_weights(plain.get_layer("a").get_weights())
+    ks.layers.pin_in_place(in_place, ks.MaskedDense, {}, in_config=True)
+    ks.layers.unpin_in_place(in_place)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Keras: "Layer InputLayer does not have a `quantize` method"
+        plain.quantize("int8")
+        stripped.quantize("int8")
+    in_place.quantize("int8")
+    for name in ("a", "b"):
+        assert stripped.get_layer(name).quantization_mode == "int8"
+        for got, want in zip(stripped.get_layer(name).get_weights(), plain.get_layer(name).get_weights()):
+            assert np.array_equal(got, want)
+    assert in_place.quantization_mode == "int8"
+    assert np.array_equal(_np(stripped(data[0])), _np(plain(data[0])))
+    assert np.array_equal(_np(in_place(data[0])), _np(plain.get_layer("a")(data[0])))
+
+
+class _Block(keras.layers.Layer):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.dense = keras.layers.Dense(2, name="block_dense")
+
+    def build(self, input_shape):
+        self.dense.build(input_shape)
+
+    def call(self, x):
+        return self.dense(x)
+
+
+def test_walk_paths_name_the_holders_and_variable_prefixes_follow_keras():
+    from kerasurgery.model.walk import variable_prefix, walk_layers
+
+    inputs = keras.Input((4,))
+    functional = keras.Model(inputs, keras.layers.Dense(3, name="f_dense")(inputs), name="functional")
+    sequential = keras.Sequential([keras.Input((3,)), keras.layers.Dense(3, name="s_dense")], name="seq")
+    x = keras.Input((4,), name="x")
+    model = keras.Model(x, _Block(name="block")(sequential(functional(x))), name="outer")
+    walked = [(path, variable_prefix(layer)) for path, layer in walk_layers(model)]
+    assert walked == [
+        ("x", None),
+        ("functional", "f_dense"), (f"functional/{functional.layers[0].name}", None),
+        ("functional/f_dense", "f_dense"),  # built when `functional` was made, outside its scope
+        ("seq", "seq/s_dense"), ("seq/s_dense", "seq/s_dense"),
+        ("block", "block/block_dense"), ("block/block_dense", "block/block_dense"),
+    ]
+    # Every key form selects the layer: its path, its variable prefix, its name.
+    for key in ("functional/f_dense", "f_dense", "seq/s_dense", "block/block_dense"):
+        frozen = ks.freeze(model, {key: ks.rules.zeros()})
+        pinned = [path for path, layer in walk_layers(frozen) if ks.layers.is_pinned(layer)]
+        assert pinned == [next(p for p, _ in walked if p.endswith(key.rpartition("/")[2]))]

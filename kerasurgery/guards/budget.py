@@ -38,13 +38,11 @@ from typing import Any
 
 import keras
 
+from kerasurgery import _keras_private
 from kerasurgery.files import formats
 from kerasurgery.files.formats import H5
 from kerasurgery.guards import declared, limits
 from kerasurgery.guards.declared import check_declared_weights, exact_weight_entries
-
-_DEFERRED = "uninitialized_variables"  # keras/src/backend/common/variables.py
-
 
 def check_buildable(path: Path, config: dict, fmt: str, stored: int, *, safe_mode: bool,
                     compile: bool = True) -> None:
@@ -121,10 +119,7 @@ def built_weight_entries(config: dict, fmt: str, *, safe_mode: bool) -> int | No
     # fails is retried once without them; the states are counted from the
     # config instead.
     for attempt in range(2):
-        # Keras' deserializers empty the dicts they read: build from a copy,
-        # without the training config (an optimizer's variables cannot be
-        # deferred, and they are not what is counted).
-        built = {k: copy.deepcopy(v) for k, v in config.items() if k != "compile_config"}
+        built = _copied(config)
         states = 0
         if attempt:
             asked = _skip_compiling(built)
@@ -132,14 +127,45 @@ def built_weight_entries(config: dict, fmt: str, *, safe_mode: bool) -> int | No
             if not asked and states is None:
                 return None
         try:
-            with _deferred_variables(), warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                model = _build(built, fmt, safe_mode=safe_mode)
-                variables = list(getattr(model, "weights", None) or ())
+            variables = _dry_build(built, fmt, safe_mode=safe_mode)[1]
             return sum(math.prod(v.shape) for v in variables) + (states or 0)
         except Exception:  # Any error in user or Keras code: the real load reports it.
             continue
     return None
+
+
+def dry_build(config: dict, fmt: str, *, safe_mode: bool) -> Any:
+    """The model `config` makes, built with its variables as shapes only.
+
+    Nothing is allocated and nothing is left for Keras to initialize; the
+    variables have the shapes, dtypes and paths the real build gives them.
+    A model that compiles itself when made is asked not to (`_skip_compiling`).
+
+    Raises:
+        Exception: whatever building the config raises.
+    """
+    try:
+        return _dry_build(_copied(config), fmt, safe_mode=safe_mode)[0]
+    except Exception:
+        built = _copied(config)
+        if not _skip_compiling(built):
+            raise
+        return _dry_build(built, fmt, safe_mode=safe_mode)[0]
+
+
+def _copied(config: dict) -> dict:
+    # Keras' deserializers empty the dicts they read: build from a copy,
+    # without the training config (an optimizer's variables cannot be
+    # deferred, and they are not what is counted).
+    return {k: copy.deepcopy(v) for k, v in config.items() if k != "compile_config"}
+
+
+def _dry_build(config: dict, fmt: str, *, safe_mode: bool) -> tuple[Any, list]:
+    """(the model, its variables), built inside `_deferred_variables`."""
+    with _deferred_variables(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = build_from_config(config, fmt, safe_mode=safe_mode)
+        return model, list(getattr(model, "weights", None) or ())
 
 
 def _without_states(config: Any) -> int | None:
@@ -162,14 +188,14 @@ def _without_states(config: Any) -> int | None:
     return total if found else None
 
 
-def _build(config: dict, fmt: str, *, safe_mode: bool) -> Any:
+def build_from_config(config: dict, fmt: str, *, safe_mode: bool) -> Any:
+    """The model `config` makes, deserialized as Keras' loader of format `fmt` does.
+
+    Keras' deserializers empty the dicts they read: pass a copy.
+    """
     if fmt == H5:
         # The `.h5` loader's own deserializer: it reads Keras 2 configs too.
-        from keras.src.legacy.saving import saving_utils
-        from keras.src.saving.serialization_lib import SafeModeScope
-
-        with SafeModeScope(safe_mode):
-            return saving_utils.model_from_config(config)
+        return _keras_private.legacy_model_from_config(config, safe_mode=safe_mode)
     return keras.saving.deserialize_keras_object(config, safe_mode=safe_mode)
 
 
@@ -202,11 +228,6 @@ def _takes_compile(cls: type) -> bool:
 def _deferred_variables() -> Iterator[None]:
     """Variables created inside are shapes only; none is left for Keras to
     initialize later."""
-    from keras.src.backend.common import global_state
-
-    waiting = list(global_state.get_global_attribute(_DEFERRED, [], set_to_default=True))
-    try:
+    with _keras_private.variables_left_uninitialized():
         with keras.StatelessScope(initialize_variables=False):
             yield
-    finally:
-        global_state.set_global_attribute(_DEFERRED, waiting)

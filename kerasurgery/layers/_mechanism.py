@@ -41,6 +41,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from kerasurgery import _keras_private
 from kerasurgery import pins as _pins
 from kerasurgery.errors import KerasurgeryError, PinError
 
@@ -79,10 +80,10 @@ class PinMixin:
             # contract: `kernel` over `_kernel`), the raw variable stays where
             # Keras' own methods expect it; otherwise the property shadows a
             # plain attribute and keeps the raw variable under another name.
-            keras_attr = getattr(cls.keras_class, weight, None)
-            raw = f"_{weight}" if isinstance(keras_attr, property) else f"_raw_{weight}"
+            keras_attr = _keras_private.property_attribute(cls.keras_class, weight)
+            raw = keras_attr or f"_raw_{weight}"
             raw_attrs[weight] = raw
-            setattr(cls, weight, _effective_property(weight, raw, settable=raw != f"_{weight}"))
+            setattr(cls, weight, _effective_property(weight, raw, settable=keras_attr is None))
         cls._raw_attrs = raw_attrs
 
     def __init__(
@@ -128,14 +129,28 @@ class PinMixin:
         """How the main weight's pinned values are stored: `"shared"` or `"per_entry"`."""
         return self._pin_storage.get(self.pinned_weights[0], SHARED)
 
+    @property
+    def pin_storage(self) -> dict[str, str]:
+        """How each weight's pinned values are stored: `"shared"` or `"per_entry"`."""
+        return dict(self._pin_storage)
+
+    @property
+    def in_config(self) -> bool:
+        """Whether a saved config names this layer by its pinned class.
+
+        Keras then rebuilds it pinned when loading. Otherwise (a layer that a
+        custom layer or a subclassed model creates itself) its parent
+        re-creates it as a plain Keras layer, and its pins travel in the
+        file's pin record.
+        """
+        return self._in_config
+
     # -- the state ---------------------------------------------------------
 
     def _add_pin_variables(self, storage: dict[str, str]) -> None:
         """Creates the mask and value variables of every weight the layer has."""
         object.__setattr__(self, "_pin_storage", {})
-        unlocked = self._tracker.locked
-        self._tracker.unlock()
-        try:
+        with _keras_private.unlocked_state(self):
             for weight in self.pinned_weights:
                 raw = self.raw_variable(weight)
                 if raw is None:
@@ -155,9 +170,6 @@ class PinMixin:
                 object.__setattr__(self, f"{weight}_pin_mask", mask)
                 object.__setattr__(self, f"{weight}_pin_value", value)
                 _regularize_effective(raw, self, weight)
-        finally:
-            if unlocked:
-                self._tracker.lock()
 
     def raw_variable(self, weight: str) -> keras.Variable | None:
         """The trainable variable behind `weight` (`None` when the layer has none)."""
@@ -371,6 +383,10 @@ class PinMixin:
     # -- refused ------------------------------------------------------------
 
     def quantize(self, mode: Any = None, *args: Any, **kwargs: Any) -> None:
+        if not isinstance(self, PinMixin):
+            # Called through the wrapper Keras made when the layer was created
+            # pinned, after `unpin_in_place`: quantize as the Keras class does.
+            return type(self).quantize(self, mode, *args, **kwargs)
         raise KerasurgeryError(
             f"Layer {self.name!r} has pins; quantizing it would drop them. Quantize "
             "`kerasurgery.strip(model)` instead (plain layers with the effective weights)."
@@ -427,10 +443,11 @@ def pin_in_place(layer: keras.layers.Layer, cls: type, storage: dict[str, str], 
     for weight, raw_attr in cls._raw_attrs.items():
         if raw_attr != f"_{weight}" and weight in layer.__dict__:
             layer.__dict__[raw_attr] = layer.__dict__.pop(weight)
+    # Keras wraps `quantize` per instance when the layer is created; its
+    # wrapper would call the plain class's method. Kept for `unpin_in_place`.
+    object.__setattr__(layer, "_keras_quantize", _keras_private.keras_quantize(layer))
     layer.__class__ = cls
-    # Keras wraps `quantize` per instance when the layer is created; the
-    # wrapper would call the plain class's method.
-    layer.__dict__["quantize"] = cls.quantize.__get__(layer)
+    _keras_private.set_quantize(layer, cls.quantize.__get__(layer))
     object.__setattr__(layer, "_in_config", in_config)
     layer._add_pin_variables(storage)
 
@@ -438,49 +455,42 @@ def pin_in_place(layer: keras.layers.Layer, cls: type, storage: dict[str, str], 
 def _merge_lora(layer: keras.layers.Layer) -> None:
     """Folds a LoRA layer's adapters into its kernel, as a plain layer of the same config."""
     merged = ops.convert_to_numpy(layer.kernel)  # Keras' property composes the adapters
-    unlocked = layer._tracker.locked
-    layer._tracker.unlock()
-    try:
-        for name in ("lora_kernel_a", "lora_kernel_b"):
-            layer._untrack_variable(getattr(layer, name))
-            layer.__dict__.pop(name, None)
-        layer._kernel.trainable = layer.trainable
-        layer._kernel.assign(merged)
-        object.__setattr__(layer, "lora_enabled", False)
-        object.__setattr__(layer, "lora_rank", None)
-        object.__setattr__(layer, "lora_alpha", None)
-    finally:
-        if unlocked:
-            layer._tracker.lock()
+    kernel = layer.__dict__[_keras_private.property_attribute(type(layer), "kernel")]
+    for name in ("lora_kernel_a", "lora_kernel_b"):
+        _keras_private.untrack_variable(layer, getattr(layer, name))
+        layer.__dict__.pop(name, None)
+    kernel.trainable = layer.trainable
+    kernel.assign(merged)
+    object.__setattr__(layer, "lora_enabled", False)
+    object.__setattr__(layer, "lora_rank", None)
+    object.__setattr__(layer, "lora_alpha", None)
 
 
 def unpin_in_place(layer: PinMixin) -> None:
     """Turns a pinned layer back into its plain Keras class, holding the effective weights."""
     effective = {w: ops.convert_to_numpy(layer.effective(w)) for w in layer.present_weights()}
     cls = layer.keras_class
-    unlocked = layer._tracker.locked
-    layer._tracker.unlock()
-    try:
-        for weight in layer.present_weights():
-            for variable in layer.pin_variables(weight):
-                layer._untrack_variable(variable)
-            del layer.__dict__[f"{weight}_pin_mask"]
-            del layer.__dict__[f"{weight}_pin_value"]
-            raw = layer.raw_variable(weight)
-            raw.assign(effective[weight])
-            if isinstance(raw.regularizer, _OnEffective):
-                raw.regularizer = raw.regularizer.fn
-        raw_attrs = type(layer)._raw_attrs
-        layer.__dict__.pop("quantize", None)
-        layer.__class__ = cls
-        for weight, raw_attr in raw_attrs.items():
-            if raw_attr != f"_{weight}":
-                layer.__dict__[weight] = layer.__dict__.pop(raw_attr, None)
-        for attr in ("_pin_storage", "_in_config"):
-            layer.__dict__.pop(attr, None)
-    finally:
-        if unlocked:
-            layer._tracker.lock()
+    for weight in layer.present_weights():
+        for variable in layer.pin_variables(weight):
+            _keras_private.untrack_variable(layer, variable)
+        del layer.__dict__[f"{weight}_pin_mask"]
+        del layer.__dict__[f"{weight}_pin_value"]
+        raw = layer.raw_variable(weight)
+        raw.assign(effective[weight])
+        if isinstance(raw.regularizer, _OnEffective):
+            raw.regularizer = raw.regularizer.fn
+    raw_attrs = type(layer)._raw_attrs
+    if "_keras_quantize" in layer.__dict__:
+        # Pinned in place: Keras' own wrapper of the plain class's `quantize`
+        # comes back. A layer made pinned keeps Keras' wrapper of
+        # `PinMixin.quantize`, which quantizes once the layer is plain again.
+        _keras_private.set_quantize(layer, layer.__dict__.pop("_keras_quantize"))
+    layer.__class__ = cls
+    for weight, raw_attr in raw_attrs.items():
+        if raw_attr != f"_{weight}":
+            layer.__dict__[weight] = layer.__dict__.pop(raw_attr, None)
+    for attr in ("_pin_storage", "_in_config"):
+        layer.__dict__.pop(attr, None)
 
 
 def _pinned(mask: Any, value: Any, raw: Any) -> Any:

@@ -1,6 +1,8 @@
 """Whole models: walking layers at any depth, `freeze` / `strip`, and saving.
 
-- `surgery`: `freeze`, `strip`, the layer walk and layer paths;
+- `walk`: the one walk of a live model's layers, and how it names them;
+- `surgery`: `freeze`, `strip`;
 - `subclassed`: subclassed models, re-created from their config and pinned in place;
-- `saving`: `load_model` / `save_model` with the pin record.
+- `saving`: `load_model` / `save_model` with the pin record;
+- `load_checks`: why a file does not load, decided by checks rather than Keras' messages.
 """

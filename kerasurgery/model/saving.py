@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -23,6 +22,8 @@ from kerasurgery.files import pin_record as _pin_record
 from kerasurgery import layers as _layers  # also registers the pinned layers with Keras
 from kerasurgery import pins as _pins
 from kerasurgery.errors import KerasurgeryError, ModelFileError, one_line
+from kerasurgery.model import load_checks
+from kerasurgery.model.walk import walk_layers
 from kerasurgery.files.formats import (
     H5,
     KERAS,
@@ -45,7 +46,8 @@ def load_model(
     HDF5 structure, the config's JSON). `safe_mode=True` refuses files that
     would run code (Lambda layers) before anything is deserialized. A config
     that declares far more weights (or metric state) than the file stores is
-    refused before Keras builds it (`_budget`). When the
+    refused before Keras builds it (`_budget`), and one that names a layer
+    class no loader knows before Keras reads it (`load_checks`). When the
     saved training configuration cannot be restored, as happens with many
     Keras 2 `.h5` files, the model is loaded without it and a `UserWarning`
     says why. Loading never writes next to the file.
@@ -71,17 +73,25 @@ def load_model(
         record = _pin_record.read(opened)  # checked here, applied once Keras has loaded
     if safe_mode:
         _refuse_code(path, config)
+    load_checks.check_config(path, config)
     _budget.check_buildable(path, config, fmt, stored, safe_mode=safe_mode, compile=compile)
     with _named_for_keras(path, fmt) as readable:
         try:
             model = _load(readable, safe_mode=safe_mode, compile=compile)
         except Exception as first:
-            if not compile or _is_about_the_model(first):
-                raise _load_error(path, first) from None
+            # Loading without the training configuration is not tried when
+            # the model is at fault already (a `.keras` layer refused its
+            # weights, safe mode refused code): such a file fails fast.
+            failure = load_checks.Failure(path, fmt, config, safe_mode=safe_mode)
+            about_the_model = failure.about_the_model(first)
+            if about_the_model is not None:
+                raise about_the_model from None
+            if not compile:
+                raise failure.error(first) from None
             try:
                 model = _load(readable, safe_mode=safe_mode, compile=False)
             except Exception as second:
-                raise _load_error(path, second) from None
+                raise failure.error(second) from None
             warnings.warn(
                 f"{path}: the saved training configuration could not be restored "
                 f"({one_line(first)}); the model was loaded without it.",
@@ -104,8 +114,6 @@ def _restore_record(path: Path, model: keras.Model, entries: list[_pin_record.Re
     the pinned values at the pins (as `save_model` writes them): a file whose
     weights disagree with its record is refused rather than silently changed.
     """
-    from kerasurgery.model.surgery import walk_layers
-
     if not entries:
         return
     found = dict(walk_layers(model))
@@ -170,26 +178,6 @@ def _load(path: Path, *, safe_mode: bool, compile: bool) -> keras.Model:
     return model
 
 
-def _is_about_the_model(error: Exception) -> bool:
-    """Whether loading failed for a reason a retry without compiling cannot fix."""
-    if isinstance(error, KerasurgeryError):
-        return True
-    message = str(error)
-    return any(marker in message for marker in _MODEL_ERRORS)
-
-
-# Keras errors about the stored weights or safe mode, which loading without
-# the training configuration cannot fix (so it is not tried: a broken file
-# fails fast). Unknown classes are not here: they may be a custom loss.
-_MODEL_ERRORS = (
-    "safe_mode",
-    "objects could not be loaded",
-    "Shape mismatch",
-    "Layer count mismatch",
-    "Weight count mismatch",
-)
-
-
 def _refuse_code(path: Path, config: dict) -> None:
     """Refuses, in safe mode, a config whose layers carry Python code."""
     try:
@@ -201,14 +189,8 @@ def _refuse_code(path: Path, config: dict) -> None:
         noun = "layer" if len(layers) == 1 else "layers"
         raise ModelFileError(
             f"{path}: refused by safe mode: {noun} {named} would run Python code "
-            f"stored in the file. {_OPT_IN}"
+            f"stored in the file. {load_checks.OPT_IN}"
         )
-
-
-_OPT_IN = (
-    "Load it with safe_mode=False (command line: --unsafe) only if you trust "
-    "where the file came from."
-)
 
 
 @contextlib.contextmanager
@@ -225,82 +207,6 @@ def _quiet() -> Iterator[None]:
         absl.setLevel(level)
 
 
-def _load_error(path: Path, error: Exception) -> KerasurgeryError:
-    """One line naming `path` and saying what is wrong, from any loading error."""
-    if isinstance(error, KerasurgeryError):
-        return type(error)(f"{path}: {error}")
-    message = " ".join(str(error).split())
-    if "safe_mode" in message or "safe mode" in message:
-        return ModelFileError(
-            f"{path}: refused by safe mode, the file would run code "
-            f"({one_line(error)}). {_OPT_IN}"
-        )
-    if isinstance(error, KeyError):
-        # Raised bare by Keras and h5py for a config key or HDF5 entry that is not there.
-        message = f"the file is malformed: it lacks the entry {message}."
-    return ModelFileError(f"{path}: cannot load the model: {_explain(message)}")
-
-
-def _explain(message: str) -> str:
-    """Rewrites the Keras errors a broken file causes into plain words."""
-    nested = _NOT_DESERIALIZED.search(message)
-    if nested:
-        return f"the model config does not rebuild: {_explain(nested[1])}"
-    failed = _FAILED_OBJECT.search(message)
-    where = ""
-    if failed:
-        # Keras collects per-layer failures; the first one is the useful part.
-        where = f"layer {failed['name']!r} ({failed['cls']}): "
-        message = failed["detail"].removeprefix(f"Layer {failed['name']!r}: ")
-    unknown = _UNKNOWN_CLASS.search(message)
-    if unknown:
-        return (
-            f"{where}unknown layer class {unknown[1] or unknown[2]!r} (a custom layer must be "
-            "registered, by importing the code that defines it, before loading)."
-        )
-    node = _UNKNOWN_NODE.search(message)
-    if node:
-        return f"{where}the config connects a layer {node[1]!r} that it does not define."
-    shape = _H5_SHAPE.search(message)
-    if shape:
-        return (
-            f"{where}layer {shape['layer']!r}: weight {shape['weight']!r} is stored "
-            f"with shape {shape['stored']}, but the model's config makes it "
-            f"{shape['expected']}."
-        )
-    shape = _KERAS_SHAPE.search(message)
-    if shape:
-        return (
-            f"{where}a weight is stored with shape {shape['stored']}, but the "
-            f"model's config makes it {shape['expected']}."
-        )
-    return where + one_line(message)
-
-
-_FAILED_OBJECT = re.compile(
-    r"Example error message for object <(?P<cls>\w+) name=(?P<name>[^,>]+)[^>]*>: "
-    r"(?P<detail>.*?)(?: List of objects that could not be loaded:.*)?$"
-)
-# Keras nests the real reason; the innermost one is the useful part.
-_NOT_DESERIALIZED = re.compile(
-    r"(?:could not be deserialized properly|Error when deserializing class).*"
-    r"Exception encountered: (.*)$"
-)
-_UNKNOWN_NODE = re.compile(r"^Unknown layer: ([^'\s]\S*)$")
-_UNKNOWN_CLASS = re.compile(
-    r"(?:Unknown layer: |Could not locate class )'([^']+)'"
-    r"|Could not deserialize '(?:[\w.]+\.)?([^'.]+)' because it is not a KerasSaveable"
-)
-_H5_SHAPE = re.compile(
-    r"Shape mismatch in layer #\d+ \(named (?P<layer>[^)]+)\) ?for weight "
-    r"(?P<weight>\S+?)\. Weight expects shape (?P<expected>\([^)]*\))\. "
-    r"Received saved weight with shape (?P<stored>\([^)]*\))"
-)
-_KERAS_SHAPE = re.compile(
-    r"variable\.shape=(?P<expected>\([^)]*\)), Received: value\.shape=(?P<stored>\([^)]*\))"
-)
-
-
 def _check_h5_weights(path: Path, model: keras.Model) -> None:
     """Refuses an `.h5` file whose stored weights Keras had to cast or let pass.
 
@@ -313,9 +219,9 @@ def _check_h5_weights(path: Path, model: keras.Model) -> None:
     every pinned value is finite.
     """
     stored = stored_weight_dtypes(path)
-    layers = [layer for layer in model.layers if _legacy_weights(layer)]
+    layers = [layer for layer in model.layers if load_checks.legacy_weights(layer)]
     for (_, dtypes), layer in zip(stored, layers):
-        for variable, dtype in zip(_legacy_weights(layer), dtypes):
+        for variable, dtype in zip(load_checks.legacy_weights(layer), dtypes):
             kept = str(variable.dtype)
             if (kept == "bool") != (dtype == np.bool_):
                 raise ModelFileError(
@@ -323,7 +229,7 @@ def _check_h5_weights(path: Path, model: keras.Model) -> None:
                     f"stored as {dtype}, but the layer keeps it as {kept}; "
                     "refusing to cast it."
                 )
-    for layer in _all_layers(model):
+    for _, layer in walk_layers(model):
         if not _layers.is_pinned(layer) or not layer.built:
             continue
         for which in layer.present_weights():
@@ -333,20 +239,6 @@ def _check_h5_weights(path: Path, model: keras.Model) -> None:
                     f"{path}: layer {layer.name!r}: `{which}_pin_value` holds a "
                     "non-finite pinned value."
                 )
-
-
-def _legacy_weights(layer: keras.layers.Layer) -> list:
-    # The order in which Keras' `.h5` format stores and loads a layer's weights.
-    return layer.trainable_weights + layer.non_trainable_weights
-
-
-def _all_layers(model: keras.Model) -> Iterator[keras.layers.Layer]:
-    """Every layer inside `model`, nested models' layers included."""
-    stack = list(model.layers)
-    while stack:
-        layer = stack.pop()
-        yield layer
-        stack.extend(getattr(layer, "layers", []))
 
 
 @contextlib.contextmanager
@@ -415,8 +307,6 @@ def save_model(
 
 def _record_of(model: keras.Model, path: Path) -> list[_pin_record.RecordEntry]:
     """The pins that the file's config cannot carry (layers made by their parents)."""
-    from kerasurgery.model.surgery import walk_layers
-
     entries = []
     for layer_path, layer in walk_layers(model):
         if not _layers.is_pinned(layer):
@@ -427,7 +317,7 @@ def _record_of(model: keras.Model, path: Path) -> list[_pin_record.RecordEntry]:
             # changes nothing the layer computes.
             for weight in layer.present_weights():
                 layer.raw_variable(weight).assign(layer.effective(weight))
-        if layer._in_config:
+        if layer.in_config:
             continue
         if format_for_suffix(path) == H5:
             raise ModelFileError(

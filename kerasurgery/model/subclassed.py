@@ -15,7 +15,9 @@ from typing import Any
 
 import keras
 
+from kerasurgery import _keras_private
 from kerasurgery.errors import KerasurgeryError, one_line
+from kerasurgery.model.walk import sublayers
 
 Layer = keras.layers.Layer
 
@@ -45,7 +47,7 @@ def rebuild_subclassed(
     copied: set[int] = set()
     for path, old in old_layers.items():
         if id(old) not in replaced:
-            if _sublayers(old):
+            if sublayers(old):
                 # A block made by the copy's constructor: only its name is off.
                 new_layers[path].name = old.name
                 replaced[id(old)] = new_layers[path]
@@ -57,7 +59,7 @@ def rebuild_subclassed(
     # Blocks first: a block's own build() may build its layers, which must not
     # happen after their weights are copied.
     composites = [(model, new)] + [
-        (o, new_layers[p]) for p, o in old_layers.items() if _sublayers(o)
+        (o, new_layers[p]) for p, o in old_layers.items() if sublayers(o)
     ]
     for old, layer in composites:
         config = old.get_build_config() if old.built else None
@@ -68,7 +70,7 @@ def rebuild_subclassed(
         if id(old) in copied:
             continue
         copied.add(id(old))
-        if _sublayers(old):
+        if sublayers(old):
             if not old.trainable:
                 layer.trainable = False
             continue  # a block: its layers are copied at their own paths
@@ -102,14 +104,8 @@ def copy_layer(layer: Layer) -> Layer:
         return layer
 
 
-def _sublayers(layer: Layer) -> list[Layer]:
-    # Keras tracks a layer's sub-layers in `_layers`; there is no public list
-    # for a custom layer.
-    return list(getattr(layer, "_layers", []))
-
-
 def _own_weights(layer: Layer) -> list[keras.Variable]:
-    inner = {id(v) for sub in _sublayers(layer) for v in sub.weights}
+    inner = {id(v) for sub in sublayers(layer) for v in sub.weights}
     return [v for v in layer.weights if id(v) not in inner]
 
 
@@ -124,28 +120,27 @@ def _copy_own_weights(old: Layer, new: Layer) -> None:
 
 
 def is_subclassed(model: keras.Model) -> bool:
-    return not isinstance(model, keras.Sequential) and not hasattr(model, "_run_through_graph")
+    """Whether `model` is neither Sequential nor Functional: its structure is its Python code."""
+    return not isinstance(model, keras.Sequential) and not _keras_private.is_functional(model)
 
 
 Path = tuple[Any, ...]  # attribute names on layers, keys/indices in lists and dicts
 
 
 def _attribute_layers(root: Layer, prefix: Path = ()) -> Iterator[tuple[Path, Layer]]:
-    """(path, layer) for every layer reachable through public attributes.
+    """(attribute path, layer) for every layer reachable through public attributes.
 
-    Layers that themselves hold layers (custom blocks, nested subclassed
-    models) are walked too; their own weights are copied per sub-layer.
+    Not `walk.walk_layers`: a layer is replaced where its owner holds it
+    (`_set_attribute`), so this walks the attributes that hold layers, in the
+    order the instance dict has them, and yields a layer at each attribute
+    that holds it. Layers that themselves hold layers (custom blocks, nested
+    subclassed models) are walked too; their own weights are copied per
+    sub-layer.
     """
-    for name, value in _attributes(root).items():
+    for name, value in _keras_private.layer_attributes(root).items():
         if name.startswith("_"):
             continue
         yield from _layers_in(value, (*prefix, name))
-
-
-def _attributes(layer: Layer) -> dict[str, Any]:
-    # On the PyTorch backend a layer is a torch Module, which keeps its
-    # sub-layers in `_modules` instead of the instance dict.
-    return {**vars(layer), **getattr(layer, "_modules", {})}
 
 
 def _layers_in(value: Any, path: Path) -> Iterator[tuple[Path, Layer]]:
@@ -181,9 +176,6 @@ def _set_attribute(root: Layer, path: Path, old: Layer, new: Layer) -> None:
         )
     if not isinstance(node, Layer):
         node[key] = new  # a list or dict attribute of `owner`
-    elif key in getattr(owner, "_modules", {}):
-        owner._modules[key] = new  # PyTorch backend, see `_attributes`
     else:
-        object.__setattr__(owner, key, new)
-    tracked = owner._layers
-    tracked[tracked.index(old)] = new
+        _keras_private.set_untracked_attribute(owner, key, new)
+    _keras_private.replace_tracked_layer(owner, old, new)

@@ -11,7 +11,7 @@ shares no variable with the result.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Union
 
 from kerasurgery import _compat  # noqa: F401  (refuses an unsupported Keras first)
@@ -20,7 +20,10 @@ import keras
 import numpy as np
 from keras import ops
 
+from kerasurgery import _keras_private
 from kerasurgery.model.subclassed import copy_layer, is_subclassed, rebuild_subclassed
+# `walk_layers`, `pinnable_layers`, `variable_prefix` stay importable from here too.
+from kerasurgery.model.walk import pinnable_layers, sublayers, variable_prefix, walk_layers
 from kerasurgery import layers as layers_lib
 from kerasurgery import _plan
 from kerasurgery.errors import KerasurgeryError, PinError
@@ -143,7 +146,7 @@ def _copy_state(old: keras.layers.Layer, new: keras.layers.Layer) -> None:
     for source, target in zip(olds, news):
         if layers_lib.is_pinned(source) and not layers_lib.is_pinned(target):
             layers_lib.pin_in_place(
-                target, type(source), dict(source._pin_storage), in_config=source._in_config
+                target, type(source), source.pin_storage, in_config=source.in_config
             )
     new.set_weights(_raw_weights(old))
 
@@ -167,21 +170,30 @@ def _config_visible(model: keras.Model) -> set[int]:
     layer that a custom layer or a subclassed model creates itself is re-created
     by its parent as a plain Keras layer.
     """
-    visible: set[int] = set()
-    stack: list[keras.layers.Layer] = [model]
-    while stack:
-        layer = stack.pop()
-        if isinstance(layer, keras.Model) and not is_subclassed(layer):
-            children = list(layer.layers)
-        elif isinstance(layer, keras.layers.Wrapper) and id(layer) in visible:
-            children = [getattr(layer, a, None) for a in ("layer", "forward_layer", "backward_layer")]
-        else:
-            continue
-        for child in children:
-            if isinstance(child, keras.layers.Layer) and id(child) not in visible:
-                visible.add(id(child))
-                stack.append(child)
+    every = [model] + [layer for _, layer in walk_layers(model)]
+    visible: set[int] = {id(model)}
+    grown = True
+    while grown:  # once, unless a layer comes first inside a custom layer and again in a model
+        grown = False
+        for layer in every:
+            if id(layer) not in visible:
+                continue
+            for child in _named_by_config(layer):
+                if id(child) not in visible:
+                    visible.add(id(child))
+                    grown = True
+    visible.discard(id(model))
     return visible
+
+
+def _named_by_config(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
+    """The layers that `layer`'s own config names (and Keras rebuilds from it)."""
+    if isinstance(layer, keras.Model) and not is_subclassed(layer):
+        return sublayers(layer)
+    if isinstance(layer, keras.layers.Wrapper):
+        held = [getattr(layer, a, None) for a in ("layer", "forward_layer", "backward_layer")]
+        return [child for child in held if isinstance(child, keras.layers.Layer)]
+    return []
 
 
 def _plan_of(layer: keras.layers.Layer) -> _plan.PinPlan:
@@ -216,50 +228,6 @@ def _select(model: keras.Model, key: Any, pinnable: dict[str, keras.layers.Layer
     others = {path: (layer.name, type(layer).__name__) for path, layer in walk_layers(model)}
     listing = _plan.listing(model.name, list(pinnable), supported)
     return _plan.select(key, aliases, others, supported, listing)
-
-
-def variable_prefix(layer: keras.layers.Layer) -> str | None:
-    """The layer's Keras variable path without the variable name (`block/dense`)."""
-    variables = getattr(layer, "_trainable_variables", []) + getattr(layer, "_non_trainable_variables", [])
-    if not variables:
-        return None
-    return variables[0].path.rpartition("/")[0] or None
-
-
-def walk_layers(model: keras.layers.Layer) -> Iterator[tuple[str, keras.layers.Layer]]:
-    """(path, layer) for every layer inside `model`, each once, in order.
-
-    The path is the layer's name, prefixed by the names of the models (or
-    custom blocks) that hold it below `model`: `dense`, `inner/dense`. This is
-    also how `kerasurgery inspect` names layers.
-    """
-    seen: set[int] = set()
-    stack = [(layer.name, layer) for layer in reversed(_sublayers(model))]
-    while stack:
-        path, current = stack.pop()
-        if id(current) in seen:
-            continue
-        seen.add(id(current))
-        yield path, current
-        stack.extend(
-            (f"{path}/{layer.name}", layer) for layer in reversed(_sublayers(current))
-        )
-
-
-def _sublayers(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
-    if isinstance(layer, keras.Model):
-        return list(layer.layers)
-    # A custom layer holding layers (a subclassed model's block) has no public
-    # list of them; Keras tracks them in `_layers`.
-    return list(getattr(layer, "_layers", []))
-
-
-def pinnable_layers(model: keras.Model) -> dict[str, keras.layers.Layer]:
-    """Path -> layer for every layer of a supported kind in `model`, at any depth, in order."""
-    return {
-        path: layer for path, layer in walk_layers(model)
-        if layers_lib.is_pinnable(layer) and layer.built
-    }
 
 
 def dense_layer_names(model: keras.Model) -> list[str]:
@@ -344,7 +312,7 @@ def _clone(
 
 
 def _named_input(tensor: Any) -> Any:
-    layer = tensor._keras_history.operation
+    layer = _keras_private.producing_layer(tensor)
     return keras.Input(
         batch_shape=tensor.shape,
         dtype=tensor.dtype,

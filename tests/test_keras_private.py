@@ -1,0 +1,398 @@
+"""`kerasurgery._keras_private`: each use of a private Keras name, against the installed Keras.
+
+One test per function. Each fails with a message that names the installed
+Keras release and the function that relies on the changed private thing, so
+that a Keras upgrade that moves one says where to look. The last test checks
+that no other module of the package names a private Keras attribute.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+import warnings
+import zipfile
+from pathlib import Path
+
+import h5py
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+import kerasurgery as ks
+from kerasurgery import _keras_private as private
+from kerasurgery import layers as layers_lib
+from kerasurgery.errors import one_line
+
+PACKAGE = Path(__file__).resolve().parent.parent / "kerasurgery"
+
+
+def changed(function: str, what: str) -> str:
+    """The failure message: which Keras release, which function, what changed."""
+    return (
+        f"Keras {keras.__version__} changed {what}: kerasurgery/_keras_private.py "
+        f"`{function}` relies on it (written against Keras 3.15.1). Update that function "
+        "and its comment."
+    )
+
+
+def _built_dense(units: int = 2, inputs: int = 3) -> keras.layers.Dense:
+    layer = keras.layers.Dense(units)
+    layer.build((None, inputs))
+    return layer
+
+
+def _add_variable(layer: keras.layers.Layer, name: str) -> keras.Variable:
+    return layer.add_weight(name=name, shape=(2,), initializer="zeros", trainable=False)
+
+
+# -- a built layer's state ---------------------------------------------------
+
+
+def test_unlocked_state_lets_a_built_layer_gain_variables_and_locks_it_again():
+    layer = _built_dense()
+    with pytest.raises(ValueError, match="already built"):
+        _add_variable(layer, "refused")
+    try:
+        with private.unlocked_state(layer):
+            added = _add_variable(layer, "added")
+    except (AttributeError, ValueError) as e:
+        pytest.fail(changed("unlocked_state", f"how a built layer's tracker is unlocked ({e!r})"))
+    assert any(v is added for v in layer.weights), changed(
+        "unlocked_state", "where a variable added to a built layer is tracked")
+    with pytest.raises(ValueError, match="already built"):
+        _add_variable(layer, "refused_again")
+
+
+def test_untrack_variable_removes_it_from_the_weights_and_keeps_the_lock():
+    layer = _built_dense()
+    with private.unlocked_state(layer):
+        added = _add_variable(layer, "added")
+    before = len(layer.weights)
+    try:
+        private.untrack_variable(layer, added)
+    except AttributeError as e:
+        pytest.fail(changed("untrack_variable", f"`Layer._untrack_variable` ({e!r})"))
+    assert len(layer.weights) == before - 1, changed("untrack_variable", "what untracking removes")
+    assert not any(v is added for v in layer.weights + layer.non_trainable_variables)
+    with pytest.raises(ValueError, match="already built"):
+        _add_variable(layer, "refused")
+
+
+def test_keras_quantize_is_the_per_instance_wrapper_that_unlocks_the_layer():
+    layer = _built_dense()
+    wrapper = private.keras_quantize(layer)
+    assert wrapper is not None, changed(
+        "keras_quantize", "`Layer.__new__`, which put a `quantize` wrapper on each instance")
+    # The class's own method, called without Keras' wrapper, cannot add its
+    # variables to a built layer: the reason unpinning gives the wrapper back.
+    bare = _built_dense()
+    private.set_quantize(bare, None)
+    assert private.keras_quantize(bare) is None
+    with pytest.raises(ValueError, match="already built"):
+        bare.quantize("int8")
+    layer.quantize("int8")
+    assert layer.quantization_mode == "int8", changed("keras_quantize", "what the wrapper does")
+    private.set_quantize(bare, wrapper)
+    assert private.keras_quantize(bare) is wrapper
+
+
+# Each pinnable Keras class, built: (constructor arguments, input shape).
+_BUILT = {
+    "Dense": ((2,), {}, (None, 3)),
+    "EinsumDense": (("ab,bc->ac",), {"output_shape": 2, "bias_axes": "c"}, (None, 3)),
+    "Embedding": ((5, 2), {}, (None, 4)),
+    "Conv1D": ((2, 3), {}, (None, 8, 3)),
+    "Conv2D": ((2, 3), {}, (None, 8, 8, 3)),
+    "Conv3D": ((2, 3), {}, (None, 8, 8, 8, 3)),
+    "Conv1DTranspose": ((2, 3), {}, (None, 8, 3)),
+    "Conv2DTranspose": ((2, 3), {}, (None, 8, 8, 3)),
+    "Conv3DTranspose": ((2, 3), {}, (None, 8, 8, 8, 3)),
+    "DepthwiseConv1D": ((3,), {}, (None, 8, 3)),
+    "DepthwiseConv2D": ((3,), {}, (None, 8, 8, 3)),
+    "SeparableConv1D": ((2, 3), {}, (None, 8, 3)),
+    "SeparableConv2D": ((2, 3), {}, (None, 8, 8, 3)),
+}
+
+
+@pytest.mark.parametrize("pinned", layers_lib.PINNED_CLASSES, ids=lambda c: c.keras_class.__name__)
+def test_property_attribute_names_the_variable_the_keras_class_reads(pinned):
+    keras_class = pinned.keras_class
+    assert keras_class.__name__ in _BUILT, f"add how to build a {keras_class.__name__} to _BUILT"
+    args, kwargs, shape = _BUILT[keras_class.__name__]
+    layer = keras_class(*args, **kwargs)
+    layer.build(shape)
+    for weight in pinned.pinned_weights:
+        attribute = private.property_attribute(keras_class, weight) or weight
+        held = vars(layer).get(attribute)
+        if weight == "bias" and held is None:
+            continue  # depthwise layers without a bias have none
+        assert isinstance(held, keras.Variable), changed(
+            "property_attribute", f"where `{keras_class.__name__}` keeps its `{weight}` "
+            f"(not in `{attribute}`)")
+        assert getattr(layer, weight) is held, changed(
+            "property_attribute", f"what `{keras_class.__name__}.{weight}` returns")
+
+
+# -- the layers a layer holds ------------------------------------------------
+
+
+class _Block(keras.layers.Layer):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.first = keras.layers.Dense(2, name="first")
+        self.second = keras.layers.Dense(2, name="second")
+
+    def call(self, x):
+        return self.second(self.first(x))
+
+
+def test_tracked_layers_are_the_layers_a_custom_layer_holds_in_order():
+    block = _Block()
+    assert private.tracked_layers(block) == [block.first, block.second], changed(
+        "tracked_layers", "where a layer tracks the layers it holds (`_layers`)")
+
+
+def test_replace_tracked_layer_keeps_the_order():
+    block = _Block()
+    third = keras.layers.Dense(2, name="third")
+    first, second = block.first, block.second
+    private.set_untracked_attribute(block, "first", third)
+    try:
+        private.replace_tracked_layer(block, first, third)
+    except (AttributeError, ValueError) as e:
+        pytest.fail(changed("replace_tracked_layer", f"`_layers` ({e!r})"))
+    assert block.first is third
+    assert private.tracked_layers(block) == [third, second], changed(
+        "replace_tracked_layer", "the list of tracked layers")
+
+
+def test_layer_attributes_hold_sub_layers_on_every_backend():
+    block = _Block()
+    attributes = private.layer_attributes(block)
+    assert attributes.get("first") is block.first and attributes.get("second") is block.second, changed(
+        "layer_attributes", f"where a {keras.backend.backend()} layer keeps its sub-layers")
+
+
+def test_set_untracked_attribute_does_not_track_the_layer_again():
+    block = _Block()
+    replacement = keras.layers.Dense(2, name="replacement")
+    private.set_untracked_attribute(block, "second", replacement)
+    assert block.second is replacement
+    assert private.layer_attributes(block)["second"] is replacement
+    assert replacement not in private.tracked_layers(block), changed(
+        "set_untracked_attribute", "how setting an attribute tracks a layer")
+
+
+class _FunctionalSubclass(keras.Model):
+    def __init__(self, **kwargs):
+        inputs = keras.Input((3,))
+        super().__init__(inputs, keras.layers.Dense(2)(inputs), **kwargs)
+
+
+class _Subclassed(keras.Model):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.dense = keras.layers.Dense(2)
+
+    def call(self, x):
+        return self.dense(x)
+
+
+def test_is_functional_tells_graphs_from_subclassed_models():
+    inputs = keras.Input((3,))
+    functional = keras.Model(inputs, keras.layers.Dense(2)(inputs))
+    sequential = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    try:
+        verdicts = [private.is_functional(m) for m in (functional, _FunctionalSubclass(), sequential, _Subclassed())]
+    except ImportError as e:
+        pytest.fail(changed("is_functional", f"the module of the `Functional` class ({e!r})"))
+    assert verdicts == [True, True, False, False], changed("is_functional", "what `keras.Model(...)` returns")
+
+
+def test_producing_layer_is_the_input_layer_of_an_input():
+    inputs = keras.Input((3,), name="features")
+    dense = keras.layers.Dense(2, name="d")
+    outputs = dense(inputs)
+    try:
+        made_by = [private.producing_layer(t) for t in (inputs, outputs)]
+    except AttributeError as e:
+        pytest.fail(changed("producing_layer", f"`KerasTensor._keras_history` ({e!r})"))
+    assert isinstance(made_by[0], keras.layers.InputLayer) and made_by[0].name == "features", changed(
+        "producing_layer", "what a KerasTensor records of the layer that made it")
+    assert made_by[1] is dense
+
+
+# -- building configs --------------------------------------------------------
+
+
+def _h5_config(model: keras.Model, tmp_path: Path) -> dict:
+    import json
+
+    path = ks.save_model(model, tmp_path / "m.h5")
+    with h5py.File(path, "r") as h5:
+        return json.loads(h5.attrs["model_config"])
+
+
+def test_legacy_model_from_config_builds_h5_configs_in_safe_mode(tmp_path):
+    inputs = keras.Input((2,), name="x")
+    outputs = keras.layers.Lambda(lambda t: t * 2.0, name="double")(keras.layers.Dense(2, name="d")(inputs))
+    config = _h5_config(keras.Model(inputs, outputs), tmp_path)
+    try:
+        with pytest.raises(ValueError, match="safe_mode"):
+            private.legacy_model_from_config(copy.deepcopy(config), safe_mode=True)
+        model = private.legacy_model_from_config(copy.deepcopy(config), safe_mode=False)
+    except ImportError as e:
+        pytest.fail(changed("legacy_model_from_config", f"the legacy `.h5` deserializer ({e!r})"))
+    assert [layer.name for layer in model.layers] == ["x", "d", "double"]
+    x = np.arange(4, dtype="float32").reshape(2, 2)
+    model.set_weights([np.eye(2, dtype="float32"), np.zeros(2, "float32")])
+    assert np.array_equal(ops.convert_to_numpy(model(x)), x * 2.0)
+
+
+def test_variables_left_uninitialized_leave_nothing_for_keras_to_initialize():
+    from keras.src.backend.common import global_state
+
+    def waiting() -> list:
+        return list(global_state.get_global_attribute(private._UNINITIALIZED, []) or [])
+
+    before = waiting()
+    with private.variables_left_uninitialized():
+        with keras.StatelessScope(initialize_variables=False):
+            variable = keras.Variable(initializer="zeros", shape=(1000, 1000))
+        assert any(v is variable for v in waiting()), changed(
+            "variables_left_uninitialized", "where Keras lists the variables it deferred")
+    assert not any(v is variable for v in waiting())
+    assert len(waiting()) == len(before)
+    assert tuple(variable.shape) == (1000, 1000)
+
+
+# -- what Keras' errors say --------------------------------------------------
+
+
+def _dense_config(**extra) -> dict:
+    return {"module": "keras.layers", "class_name": "Dense", "registered_name": None,
+            "config": {"units": 2, **extra}}
+
+
+def _error_of(call) -> Exception:
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Keras' warnings about what it skips
+            call()
+    except Exception as e:  # what Keras raises is the subject of the test
+        return e
+    raise AssertionError("expected an error")
+
+
+@pytest.mark.parametrize("nested", [False, True])
+def test_deserialization_cause_is_the_error_from_config_raised(nested):
+    config = _dense_config(bogus=1)
+    if nested:
+        config = {"module": "keras", "class_name": "Sequential", "registered_name": None,
+                  "config": {"name": "s", "layers": [config]}}
+    error = _error_of(lambda: keras.saving.deserialize_keras_object(config))
+    cause = private.deserialization_cause(error)
+    assert cause is not error and not isinstance(cause, TypeError), changed(
+        "deserialization_cause", "how a failed `from_config` is wrapped")
+    assert "bogus" in str(cause) and "config=" not in str(cause)
+
+
+def _keras_file_with(tmp_path: Path, name: str, value: np.ndarray, *, frozen: bool = False) -> Path:
+    """A saved 3-2 MLP whose `.keras` weights dataset ending in `name` holds `value`."""
+    inputs = keras.Input((3,), name="x")
+    model = keras.Model(inputs, keras.layers.Dense(2, name="out")(inputs))
+    if frozen:
+        model = ks.freeze(model, {"out": ks.rules.zeros()})
+    source = ks.save_model(model, tmp_path / "source.keras")
+    target = tmp_path / "edited.keras"
+    with zipfile.ZipFile(source) as src, zipfile.ZipFile(target, "w") as dst:
+        for item in src.namelist():
+            data = src.read(item)
+            if item == "model.weights.h5":
+                weights = tmp_path / "weights.h5"
+                weights.write_bytes(data)
+                with h5py.File(weights, "a") as h5:
+                    found = []
+                    h5.visititems(lambda n, obj: found.append(n) if (
+                        isinstance(obj, h5py.Dataset) and n.endswith(name)) else None)
+                    del h5[found[0]]
+                    h5[found[0]] = value
+                data = weights.read_bytes()
+            dst.writestr(item, data)
+    return target
+
+
+def test_failed_object_and_assigned_shapes_read_a_plain_layers_refusal(tmp_path):
+    path = _keras_file_with(tmp_path, "vars/0", np.zeros((3, 3), "float32"))
+    error = _error_of(lambda: keras.saving.load_model(path))
+    failed = private.failed_object(error)
+    assert failed is not None, changed("failed_object", f"how a .keras load failure reads: {one_line(error)}")
+    class_name, name, detail = failed
+    assert (class_name, name) == ("Dense", "out")
+    assert private.assigned_shapes(detail) == ("(3, 2)", "(3, 3)"), changed(
+        "assigned_shapes", f"how `Variable.assign` refuses another shape: {detail[:200]}")
+
+
+def test_failed_object_reads_a_pinned_layers_own_refusal(tmp_path):
+    path = _keras_file_with(tmp_path, "kernel_pin_mask", np.zeros((3, 1), bool), frozen=True)
+    error = _error_of(lambda: keras.saving.load_model(path))
+    failed = private.failed_object(error)
+    assert failed is not None, changed("failed_object", f"how a .keras load failure reads: {one_line(error)}")
+    assert failed[:2] == ("MaskedDense", "out")
+    assert failed[2] == "Layer 'out': `kernel_pin_mask` has the wrong shape. Expected: (3, 2). Received: (3, 1)"
+    assert private.assigned_shapes(failed[2]) is None
+
+
+def test_failed_object_is_none_for_other_errors():
+    assert private.failed_object(ValueError("Shape mismatch")) is None
+    assert private.assigned_shapes("nothing here") is None
+
+
+def test_is_safe_mode_refusal_recognizes_keras_refusing_code(tmp_path):
+    inputs = keras.Input((2,))
+    model = keras.Model(inputs, keras.layers.Lambda(lambda t: t + 1.0)(inputs))
+    path = tmp_path / "lambda.keras"
+    model.save(path)
+    error = _error_of(lambda: keras.saving.load_model(path, safe_mode=True))
+    assert private.is_safe_mode_refusal(error), changed(
+        "is_safe_mode_refusal", f"how safe mode refuses code: {one_line(error)}")
+    assert not private.is_safe_mode_refusal(ValueError("Shape mismatch"))
+
+
+@pytest.mark.parametrize("config, marker", [
+    (_dense_config(bogus=1), "config="),
+    ({"module": "mymodule", "class_name": "NoSuch", "registered_name": "NoSuch", "config": {}},
+     "Full object config"),
+    ({**_dense_config(), "config": 3}, "Full config:"),
+])
+def test_config_start_finds_the_config_keras_appends(config, marker):
+    error = _error_of(lambda: keras.saving.deserialize_keras_object(config))
+    text = " ".join(str(error).split())
+    start = private.config_start(text)
+    assert start is not None and text[start:].startswith(marker), changed(
+        "config_start", f"how Keras appends a config to an error: {text[:200]}")
+    assert "{" not in one_line(error)
+
+
+# -- nothing else names a private Keras attribute ------------------------------
+
+_PRIVATE_USES = re.compile(
+    r"(?:from|import)\s+keras\.src"
+    r"|\.(?:_tracker|_untrack_variable|_layers|_keras_history|_run_through_graph"
+    r"|_trainable_variables|_non_trainable_variables|_modules|_kernel|_embeddings)\b"
+    r"|[\"'](?:_tracker|_layers|_keras_history|_run_through_graph|_trainable_variables"
+    r"|_non_trainable_variables|_modules)[\"']"
+    r"|\b(?:global_state|SafeModeScope|saving_utils)\b"
+)
+
+
+def test_no_module_but_keras_private_names_a_private_keras_attribute():
+    found = [
+        f"{path.relative_to(PACKAGE.parent)}:{number}: {line.strip()}"
+        for path in sorted(PACKAGE.rglob("*.py")) if path.name != "_keras_private.py"
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if _PRIVATE_USES.search(line)
+    ]
+    assert not found, "use kerasurgery/_keras_private.py instead:\n" + "\n".join(found)
