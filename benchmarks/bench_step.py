@@ -229,7 +229,7 @@ def _main_model(args: argparse.Namespace) -> dict:
     import numpy as np
 
     import kerasurgery as ks
-    from kerasurgery.model.surgery import walk_layers
+    from kerasurgery.model.walk import walk_layers
 
     keras.config.set_dtype_policy(args.dtype)
     variants = [v.strip() for v in (args.variants or ",".join(MODEL_VARIANTS)).split(",") if v.strip()]

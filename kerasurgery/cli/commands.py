@@ -364,9 +364,10 @@ def _freeze_with_keras(
 ) -> tuple[list[dict[str, Any]], bool]:
     with ui.tensorflow():
         from kerasurgery.model import surgery
+        from kerasurgery.model.walk import pinnable_layers
 
         model, compiled = _load(source, args, ui)
-        if not surgery.pinnable_layers(model):
+        if not pinnable_layers(model):
             from kerasurgery.layers import supported_class_names
 
             raise KerasurgeryError(
@@ -448,7 +449,7 @@ def _dense_rows(model: Any) -> list[dict[str, Any]]:
     import numpy as np
 
     from kerasurgery import layers as layers_lib
-    from kerasurgery.model.surgery import pinnable_layers
+    from kerasurgery.model.walk import pinnable_layers
 
     rows = []
     for path, layer in pinnable_layers(model).items():
