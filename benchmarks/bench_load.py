@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     import keras
 
     import kerasurgery as ks
-    from kerasurgery.guards import budget as _budget
+    from kerasurgery.model import budget as _budget
     from kerasurgery.files import formats
 
     info = _common.machine()

@@ -197,7 +197,7 @@ def variables_left_uninitialized() -> Iterator[None]:
 
     A deferred variable is appended to a global list
     (keras/src/backend/common/variables.py:556) that the next scope to
-    initialize variables fills in; the counting build of `guards/budget.py`
+    initialize variables fills in; the counting build of `model/budget.py`
     only wants their shapes, and must leave nothing behind that a later scope
     would allocate. Keras' global state has no public API.
     """

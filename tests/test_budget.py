@@ -1,4 +1,4 @@
-"""`kerasurgery.guards.budget`: the counting build's sum of weights and metric state."""
+"""`kerasurgery.model.budget`: the counting build's sum of weights and metric state."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from kerasurgery.errors import ModelFileError
-from kerasurgery.guards import budget
+from kerasurgery.model import budget
 
 
 def _compiled(metric: dict) -> dict:

@@ -714,7 +714,7 @@ def test_the_counting_build_is_exact_and_leaves_nothing_for_keras_to_initialize(
     import keras_hub
     from keras.src.backend.common import global_state
 
-    from kerasurgery.guards import budget as _budget
+    from kerasurgery.model import budget as _budget
 
     models = [
         keras.applications.MobileNetV3Small(weights=None, input_shape=(64, 64, 3)),
@@ -755,7 +755,7 @@ def test_the_counting_build_is_exact_and_leaves_nothing_for_keras_to_initialize(
 def test_the_counting_build_leaves_the_config_as_it_was(built_sizes):
     import copy
 
-    from kerasurgery.guards import budget as _budget
+    from kerasurgery.model import budget as _budget
 
     config = json.loads(_members(built_sizes["small"][0])["config.json"])
     before = copy.deepcopy(config)
@@ -814,7 +814,7 @@ def _survey_models():
 def test_the_counting_build_covers_tasks_wrappers_lora_and_quantized_layers():
     import keras
 
-    from kerasurgery.guards import budget as _budget
+    from kerasurgery.model import budget as _budget
 
     for model in _survey_models():
         config = json.loads(json.dumps(keras.saving.serialize_keras_object(model)))

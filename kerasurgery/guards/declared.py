@@ -58,7 +58,7 @@ def check_declared_weights(path: Path, config: Any, stored: int, declared: int |
     `Dense` would make it allocate 2.5 GB. The declared entries are a lower
     bound, counted for the kinds whose sizes the config states (Dense, the
     convolutions, Embedding), unless `declared` gives the exact count (from
-    `kerasurgery.guards.budget`, which builds the model without allocating it).
+    `kerasurgery.model.budget`, which builds the model without allocating it).
 
     Raises:
         ModelFileError: the declared entries exceed `DECLARED_SLACK` times

@@ -4,7 +4,7 @@ Each is checked before the bytes it bounds are read or the memory it bounds is
 allocated: by the container checks (`kerasurgery.files.formats`), the layout
 reader (`kerasurgery.files.layout`), the declared-size checks
 (`kerasurgery.guards.declared`) and the counting build
-(`kerasurgery.guards.budget`).
+(`kerasurgery.model.budget`).
 """
 
 # DEFLATE cannot expand data by more than about 1032:1.

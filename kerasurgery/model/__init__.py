@@ -4,5 +4,7 @@
 - `surgery`: `freeze`, `strip`;
 - `subclassed`: subclassed models, re-created from their config and pinned in place;
 - `saving`: `load_model` / `save_model` with the pin record;
-- `load_checks`: why a file does not load, decided by checks rather than Keras' messages.
+- `load_checks`: why a file does not load, decided by checks rather than Keras' messages;
+- `budget`: the counting build: a model built with its variables deferred, to size
+  hostile configs that `kerasurgery.guards` cannot size from the config alone.
 """

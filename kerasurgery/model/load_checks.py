@@ -8,7 +8,7 @@ Keras says why a file does not load in prose that changes between releases.
 - when Keras has refused the file, `Failure` says why: the config does not
   rebuild, or an `.h5` file's weights do not fit the variables the config
   builds. It builds the config once more for that, with its variables as
-  shapes only (`guards.budget.dry_build`), once loading has failed with and
+  shapes only (`model.budget.dry_build`), once loading has failed with and
   without the training configuration: only files that do not load pay for
   the build.
 
@@ -29,7 +29,7 @@ import keras
 from kerasurgery import _keras_private
 from kerasurgery.errors import KerasurgeryError, ModelFileError, one_line
 from kerasurgery.files.formats import H5, open_model_file, read_h5_list
-from kerasurgery.guards import budget
+from kerasurgery.model import budget
 from kerasurgery.guards.declared import json_dicts
 
 # Model classes that Keras' loaders know besides `keras.layers`

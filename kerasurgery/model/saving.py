@@ -17,7 +17,7 @@ import numpy as np
 from keras import ops
 
 from kerasurgery.files import atomic as _atomic
-from kerasurgery.guards import budget as _budget
+from kerasurgery.model import budget as _budget
 from kerasurgery.files import pin_record as _pin_record
 from kerasurgery import layers as _layers  # also registers the pinned layers with Keras
 from kerasurgery import pins as _pins
