@@ -450,7 +450,8 @@ class _Subclassed(keras.Model):
         return self.second(self.first(x))
 
 
-def test_sequential_nested_and_subclassed_models_prune_alike():
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_sequential_nested_and_subclassed_models_prune_alike(method):
     model, x = _mlp(), _x()
     seq = _sequential(model)
     inputs = keras.Input((16,), name="x")
@@ -460,14 +461,56 @@ def test_sequential_nested_and_subclassed_models_prune_alike():
     sub.first.set_weights(model.get_layer("a").get_weights())
     sub.second.set_weights(model.get_layer("b").get_weights())
 
-    expected = _masks(ks.prune(seq, x, sparsity=0.5))
+    expected = _masks(ks.prune(seq, x, method=method, sparsity=0.5))
     assert list(expected) == ["a", "b"]
-    got_nested = _masks(ks.prune(nested, x, sparsity=0.5, layers="seq/*"))
-    got_sub = _masks(ks.prune(sub, x, sparsity=0.5))
+    got_nested = _masks(ks.prune(nested, x, method=method, sparsity=0.5, layers="seq/*"))
     assert list(got_nested) == ["seq/a", "seq/b"]
+    # A subclassed model is one block: SparseGPT still goes layer by layer;
+    # Wanda takes both layers' norms from the dense block (as `prune_wanda`).
+    got_sub = _masks(ks.prune(sub, x, method=method, sparsity=0.5))
+    dense_b = _expected("wanda", model.get_layer("b").get_weights()[0],
+                        [_np(model.get_layer("a")(x[i:i + 32])) for i in range(0, 100, 32)],
+                        sparsity=0.5)[1]
     for name in ("a", "b"):
         np.testing.assert_array_equal(got_nested[f"seq/{name}"], expected[name])
-        np.testing.assert_array_equal(got_sub[name], expected[name])
+        if method == "wanda" and name == "b":
+            np.testing.assert_array_equal(got_sub[name], dense_b)
+            assert not np.array_equal(dense_b, expected["b"])
+        else:
+            np.testing.assert_array_equal(got_sub[name], expected[name])
+
+
+class _TwoStep(keras.layers.Layer):
+    """A custom block whose Dense layers are made in build(), the second one first."""
+
+    def build(self, input_shape):
+        self.second = keras.layers.Dense(12, name="second")
+        self.first = keras.layers.Dense(24, activation="relu", name="first")
+        self.first.build(input_shape)
+        self.second.build((None, 24))
+
+    def call(self, x):
+        return self.second(self.first(x)) + self.second(self.first(-x))
+
+
+def test_sparsegpt_goes_through_a_custom_block_in_call_order_layer_by_layer():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((16,), name="x")
+    model = keras.Model(inputs, _TwoStep(name="block")(inputs))
+    x = _x()
+    pruned = ks.prune(model, x, method="sparsegpt", sparsity=0.5, batch_size=50)
+
+    block, original = pruned.get_layer("block"), model.get_layer("block")
+    assert [p for p in _masks(pruned)] == ["block/second", "block/first"]  # model order
+    # `first` is called twice per pass (on x and -x): both inputs count.
+    first_in = [x[:50], -x[:50], x[50:], -x[50:]]
+    weights, mask = _expected("sparsegpt", original.first.get_weights()[0], first_in, sparsity=0.5)
+    np.testing.assert_array_equal(block.first.pins().kernel, mask)
+    # `second` sees what the pruned `first` gives.
+    second_in = [_np(block.first(b)) for b in first_in]
+    weights, mask = _expected("sparsegpt", original.second.get_weights()[0], second_in, sparsity=0.5)
+    np.testing.assert_array_equal(block.second.pins().kernel, mask)
+    np.testing.assert_array_equal(bits(_np(block.second.kernel)), bits(weights))
 
 
 def test_calibration_as_generator_dataset_pydataset_and_xy_pairs_prunes_the_same():

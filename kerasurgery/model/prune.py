@@ -16,19 +16,22 @@ How a layer's inputs are captured, for any Keras 3 model (one mechanism):
    after the last step that reads it. A Sequential model is a chain of such
    steps; a nested Functional or Sequential model (a KerasHub task's
    backbone) is walked the same way, inside its parent's step.
-2. **A block, run with one layer intercepted.** A step that holds layers to
-   prune and has no graph of its own (a custom layer such as KerasHub's
-   `TransformerDecoder`, a subclassed model, or a selected layer itself) is a
-   block. Layers that a custom layer creates itself are not nodes of any
-   graph, so they are reached through their `call`: for one layer at a
-   time, `call` is replaced on that layer instance only (never on its
-   class), the block is run on each cached batch, and the replacement adds
-   the layer's input to the layer's statistics and, at the layer's last call
-   in the block, stops the forward pass (the rest of the block is not
-   needed yet). The layer is pruned, and the next one in the block sees its
-   pruned output. The order of the layers is the order of their first call
-   in the block (found by running the block once on the first batch).
-   Finally the pruned block is run to give the next steps their inputs.
+2. **A block, run with its layers intercepted.** A step that holds layers
+   to prune and has no graph of its own (a custom layer such as KerasHub's
+   `TransformerDecoder`, a subclassed model, or a selected layer itself) is
+   a block. Layers that a custom layer creates itself are not nodes of any
+   graph, so they are reached through their `call`: `call` is replaced on
+   that layer instance only (never on its class), the block is run on each
+   cached batch, and the replacement adds the layer's input to the layer's
+   statistics before calling the layer. SparseGPT takes one layer at a time,
+   in the order the block first calls them (found by running the block once
+   on the first batch): the replacement stops the forward pass at the
+   layer's last call in the block (the rest is not needed yet), the layer is
+   pruned, and the next one sees its pruned output; one Hessian is in
+   memory at a time. Wanda, as `prune_wanda` does, takes the input norms of
+   every layer of the block from one pass over the block, then prunes them
+   all (a vector per layer). Finally the pruned block is run to give the
+   next steps their inputs.
 
 This needs Keras' node list of a Functional model (`_nodes_by_depth`, each
 node's `arguments.fill_in`, `input_tensors`, `outputs`), the same private
@@ -162,7 +165,7 @@ def prune(
         for target in targets.values():
             target.prune()
         return pruned
-    run = _Run(targets)
+    run = _Run(targets, together=method == "wanda")
     run.walk_model(pruned, _batches(calibration, batch_size))
     if run.pending:
         names = ", ".join(t.path for t in run.pending.values())
@@ -304,8 +307,10 @@ class _Target:
         # The rows of the kernel matrix: every axis but the units.
         self.inputs = int(np.prod([n for i, n in enumerate(shape) if i not in units]))
         self.statistics: Any = None
+        self.seen = 0
 
     def start(self) -> None:
+        self.seen = 0
         if self.method == "wanda":
             self.statistics = calibrated.RunningNorms(self.inputs)
         else:
@@ -313,6 +318,7 @@ class _Target:
 
     def add(self, x: Any) -> None:
         """Adds one call's input `x` to the statistics."""
+        self.seen += 1
         rows = ops.convert_to_numpy(_rows(self.layer, x, self.inputs))
         if self.method == "sparsegpt":
             # Samples as the reference counts them: the leading axis of the input.
@@ -381,8 +387,9 @@ Calls = list[tuple[tuple, dict]]
 class _Run:
     """One `prune` call: the layers still to prune, and the walk that reaches them."""
 
-    def __init__(self, targets: dict[int, _Target]) -> None:
+    def __init__(self, targets: dict[int, _Target], *, together: bool) -> None:
         self.pending = dict(targets)
+        self.together = together
 
     def inside(self, op: Any) -> list[Any]:
         """The layers still to prune in `op` (itself included), at any depth."""
@@ -446,21 +453,38 @@ class _Run:
         return self.block(op, calls)
 
     def block(self, op: Any, calls: Calls) -> list[list[Any]]:
-        """Prunes the layers inside `op` one by one, then runs the pruned `op`."""
+        """Prunes the layers inside `op`, then runs the pruned `op` for the steps after it.
+
+        SparseGPT: one layer at a time, in the order `op` calls them, each
+        from inputs that passed the layers pruned before it (one Hessian in
+        memory). Wanda: every layer of the block from one pass over the
+        dense block, then all pruned, as `prune_wanda` does (a vector per
+        layer; two passes over the calibration data per block).
+        """
         inside = self.inside(op)
-        order = [(op, 1)] if inside == [op] else _call_order(op, calls[0], inside)
-        for layer, count in order:
-            target = self.pending.pop(id(layer), None)
-            if target is None:
-                continue
-            target.start()
+        if self.together:
+            groups = [[(layer, None) for layer in inside]]
+        else:
+            order = [(op, 1)] if inside == [op] else _call_order(op, calls[0], inside)
+            groups = [[item] for item in order]
+        for group in groups:
+            targets = [(layer, count, self.pending.pop(id(layer)))
+                       for layer, count in group if id(layer) in self.pending]
+            for _, _, target in targets:
+                target.start()
             for args, kwargs in calls:
-                with _intercepted(layer, target.add, stop_after=count):
+                with contextlib.ExitStack() as stack:
+                    for layer, count, target in targets:
+                        stack.enter_context(_intercepted(layer, target.add, stop_after=count))
                     try:
                         op(*args, **kwargs)
                     except _Captured:
                         pass
-            target.prune()
+            for layer, _, target in targets:
+                if target.seen:
+                    target.prune()
+                else:  # not called by this block: perhaps by a later step
+                    self.pending[id(layer)] = target
         return [keras.tree.flatten(op(*args, **kwargs)) for args, kwargs in calls]
 
 
