@@ -108,7 +108,7 @@ def wanda_mask(
     score = np.abs(kernel.astype(np.float64)) * np.sqrt(np.asarray(norms, np.float64))[:, None]
     mask = np.zeros(score.shape, dtype=bool)
     if n_of_m is not None:
-        n, m = _checked_n_of_m(n_of_m, kernel.shape[0])
+        n, m = checked_n_of_m(n_of_m, kernel.shape[0])
         if n:
             # Per unit, groups of m consecutive inputs (lib/prune.py: topk over
             # W_metric[:, ii:ii+m], largest=False).
@@ -177,7 +177,7 @@ def sparsegpt(
     W = np.array(kernel, dtype=dtype)  # (inputs, units): the reference's W.T
     inputs = W.shape[0]
     if n_of_m is not None:
-        n, m = _checked_n_of_m(n_of_m, inputs)
+        n, m = checked_n_of_m(n_of_m, inputs)
         if blocksize % m:
             raise PinError(f"SparseGPT's n:m needs m to divide the block size {blocksize}. Received: m={m}")
     else:
@@ -267,7 +267,8 @@ def _checked_sparsity(sparsity: object) -> float:
     return checked_fraction(sparsity, "sparsity")
 
 
-def _checked_n_of_m(n_of_m: object, inputs: int) -> tuple[int, int]:
+def checked_n_of_m(n_of_m: object, inputs: int) -> tuple[int, int]:
+    """`(n, m)` as integers with `0 <= n <= m`, `m >= 1`, `m` dividing `inputs`; or a clear error."""
     try:
         n, m = n_of_m  # type: ignore[misc]
     except (TypeError, ValueError):

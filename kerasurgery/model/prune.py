@@ -158,6 +158,13 @@ def prune(
     if method != "magnitude" and calibration is None:
         raise KerasurgeryError(f"Method {method!r} needs calibration inputs.")
     paths = _chosen_paths(model, layers)
+    if n_of_m is not None:  # every layer's groups, before any copy or calibration pass
+        originals = pinnable_layers(model)
+        for path in paths:
+            try:
+                calibrated.checked_n_of_m(n_of_m, _kernel_axes(originals[path])[1])
+            except PinError as e:
+                raise PinError(f"Layer {path!r}: {e}") from None
     pruned = freeze(model, {path: Pin() for path in paths})
     copies = dict(walk_layers(pruned))
     targets = {id(copies[p]): _Target(copies[p], p, method, sparsity, n_of_m) for p in paths}
@@ -166,7 +173,8 @@ def prune(
             target.prune()
         return pruned
     run = _Run(targets, together=method == "wanda")
-    run.walk_model(pruned, _batches(calibration, batch_size))
+    with _inference():
+        run.walk_model(pruned, _batches(calibration, batch_size))
     if run.pending:
         names = ", ".join(t.path for t in run.pending.values())
         warnings.warn(
@@ -244,6 +252,14 @@ def _einsum_parts(equation: str) -> tuple[str, str, str]:
     return source, kernel, output
 
 
+def _kernel_axes(layer: keras.layers.Layer) -> tuple[tuple[int, ...], int]:
+    """The kernel's units axes, and the number of rows of its matrix (every other axis)."""
+    units = layers_lib.pinned_class_for(layer).pin_axes(layer, "kernel").units
+    shape = tuple(layer.kernel.shape)
+    axes = {u % len(shape) for u in units}
+    return units, int(np.prod([n for i, n in enumerate(shape) if i not in axes]))
+
+
 def _rows(layer: keras.layers.Layer, x: Any, inputs: int) -> Any:
     """The matrix `X` (rows, `inputs`) that the layer's kernel matrix multiplies, for input `x`."""
     x = ops.cast(ops.convert_to_tensor(x), "float32")
@@ -301,11 +317,7 @@ class _Target:
                  n_of_m: tuple[int, int] | None) -> None:
         self.layer, self.path, self.method = layer, path, method
         self.sparsity, self.n_of_m = sparsity, n_of_m
-        self.units = type(layer).pin_axes(layer, "kernel").units
-        shape = tuple(layer.raw_variable("kernel").shape)
-        units = {u % len(shape) for u in self.units}
-        # The rows of the kernel matrix: every axis but the units.
-        self.inputs = int(np.prod([n for i, n in enumerate(shape) if i not in units]))
+        self.units, self.inputs = _kernel_axes(layer)
         self.statistics: Any = None
         self.seen = 0
 
@@ -343,7 +355,7 @@ class _Target:
                     matrix, self.statistics.value, sparsity=self.sparsity, n_of_m=self.n_of_m
                 )
             elif self.n_of_m is not None:
-                n, m = calibrated._checked_n_of_m(self.n_of_m, matrix.shape[0])
+                n, m = calibrated.checked_n_of_m(self.n_of_m, matrix.shape[0])
                 mask = pruning.n_of_m_mask(matrix, n, m, (0,))
             else:
                 mask = pruning.smallest_entries([matrix], round(self.sparsity * matrix.size))[0]
@@ -488,6 +500,16 @@ class _Run:
         return [keras.tree.flatten(op(*args, **kwargs)) for args, kwargs in calls]
 
 
+def _inference() -> Any:
+    """No gradient bookkeeping while calibrating: under torch, cached activations
+    would otherwise keep the autograd graph of every block before them alive."""
+    if keras.backend.backend() == "torch":
+        import torch
+
+        return torch.no_grad()
+    return contextlib.nullcontext()
+
+
 @contextlib.contextmanager
 def _intercepted(
     layer: Any, on_input: Callable[[Any], None], stop_after: int | None = None
@@ -548,7 +570,7 @@ def _graph_nodes(model: keras.Model) -> list[Any]:
 def _model_inputs(model: keras.Model, batch: Any) -> list[Any]:
     """One batch as the flat values of `model.inputs`, converted as `Functional.call` converts them."""
     if isinstance(model, keras.Sequential):
-        return [batch]
+        return [np.asarray(batch) if _host(batch) else batch]
     structure = model.input
     if isinstance(structure, dict) and isinstance(batch, dict):
         missing = [k for k in structure if k not in batch]
