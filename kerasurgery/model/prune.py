@@ -67,7 +67,7 @@ from keras import ops
 
 from kerasurgery import _plan, calibrated, pruning
 from kerasurgery import layers as layers_lib
-from kerasurgery.errors import KerasurgeryError, LayerSelectionError, PinError
+from kerasurgery.errors import KerasurgeryError, LayerSelectionError, PinError, one_line
 from kerasurgery.model.subclassed import is_subclassed
 from kerasurgery.model.surgery import (
     _require_rewritable,
@@ -586,8 +586,17 @@ def _model_inputs(model: keras.Model, batch: Any) -> list[Any]:
             f"Expected calibration batches with {len(model.inputs)} inputs for model "
             f"{model.name!r}. Received: {len(flat)}"
         )
-    return [ops.convert_to_tensor(np.asarray(v) if _host(v) else v, dtype=t.dtype)
-            for v, t in zip(flat, model.inputs)]
+    values = []
+    for value, tensor in zip(flat, model.inputs):
+        try:
+            values.append(ops.convert_to_tensor(np.asarray(value) if _host(value) else value,
+                                                dtype=tensor.dtype))
+        except (TypeError, ValueError) as e:
+            raise KerasurgeryError(
+                f"Cannot feed the calibration data to input {tensor.name!r} of model "
+                f"{model.name!r} ({tensor.dtype}): {one_line(e)}"
+            ) from None
+    return values
 
 
 def _host(value: Any) -> bool:
