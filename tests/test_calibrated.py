@@ -14,6 +14,7 @@ They work on torch's `W` of shape (out, in); Keras kernels are (in, out).
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import subprocess
@@ -721,3 +722,36 @@ def test_prune_on_jax_and_torch_gives_the_tensorflow_masks(tmp_path):
             for name, mask in masks.items():
                 np.testing.assert_array_equal(got[f"{method}/{name}"], mask,
                                               err_msg=f"{backend} {method} {name}")
+
+
+def test_the_prune_command_writes_what_the_library_prunes(tmp_path, capsys):
+    from kerasurgery.cli import main
+
+    model, x = _mlp(), _x()
+    model.save(tmp_path / "mlp.keras")
+    np.save(tmp_path / "x.npy", x)
+    np.savez(tmp_path / "x.npz", x=x)
+    expected = _masks(ks.prune(model, x, method="sparsegpt", n_of_m=(2, 4)))
+
+    code = main(["prune", str(tmp_path / "mlp.keras"), "--method", "sparsegpt", "--n-of-m", "2:4",
+                 "--calibration", str(tmp_path / "x.npy"), "--json"])
+    assert code == 0
+    document = json.loads(capsys.readouterr().out)
+    assert document["output"] == str(tmp_path / "mlp.pruned.keras")
+    assert [layer["pinned_kernel"] for layer in document["layers"]] == [256, 512, 128]
+    loaded = ks.load_model(tmp_path / "mlp.pruned.keras")
+    for name, mask in expected.items():
+        np.testing.assert_array_equal(loaded.get_layer(name).pins().kernel, mask)
+
+    assert main(["prune", str(tmp_path / "mlp.keras"), "--sparsity", "0.5", "--layer", "a",
+                 "--calibration", str(tmp_path / "x.npz"), "-o", str(tmp_path / "a.h5")]) == 0
+    assert list(_masks(ks.load_model(tmp_path / "a.h5"))) == ["a"]
+    capsys.readouterr()
+    assert main(["prune", str(tmp_path / "mlp.keras"), "--sparsity", "0.5"]) == 2  # wanda needs data
+    assert "--method wanda needs --calibration" in capsys.readouterr().err
+    assert main(["prune", str(tmp_path / "mlp.keras"), "--calibration", str(tmp_path / "x.npy")]) == 2
+    assert main(["prune", str(tmp_path / "mlp.keras"), "--sparsity", "0.5", "--calibration",
+                 str(tmp_path / "mlp.keras"), "-o", str(tmp_path / "b.keras")]) == 1
+    assert "not a .npy or .npz" in capsys.readouterr().err
+    assert main(["prune", str(tmp_path / "mlp.keras"), "--method", "magnitude", "--sparsity", "0.5",
+                 "-o", str(tmp_path / "m.keras")]) == 0
