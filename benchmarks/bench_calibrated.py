@@ -23,8 +23,8 @@ forward passes.
 (4) `--memory`: the peak memory (VmHWM) of a fresh process that builds a
 ~100M-parameter GPT-2 (12 blocks, hidden 768; 124M with its embeddings)
 and runs `kerasurgery.prune` on `--memory-sequences` sequences of
-`--memory-tokens` tokens, against the same process's peak after one
-`predict` over the same data.
+`--memory-tokens` tokens, against one `predict` over the same data and
+against `kerasurgery.freeze` alone (the copy `prune` returns).
 
     python benchmarks/bench_calibrated.py                 # 4096 x 4096, 128 x 2048 tokens
     python benchmarks/bench_calibrated.py --quick         # 1024 x 1024, 16 x 512 tokens
@@ -315,6 +315,8 @@ reset_peak()
 start = time.perf_counter()
 if what == "predict":
     model.predict(data, batch_size={batch}, verbose=0)
+elif what == "freeze":  # the copy that prune returns, alone
+    ks.freeze(model, {{"*transformer_layer_*": ks.Pin()}})
 else:
     ks.prune(model, data, method=what, sparsity=0.5, batch_size={batch}, layers="*transformer_layer_*")
 print(json.dumps({{"what": what, "parameters": model.count_params(), "rss_before": base,
@@ -325,7 +327,7 @@ print(json.dumps({{"what": what, "parameters": model.count_params(), "rss_before
 def _memory_benchmark(args) -> dict:
     here = str(Path(__file__).resolve().parent)
     results = {}
-    for what in ("predict", "wanda", "sparsegpt"):
+    for what in ("predict", "freeze", "wanda", "sparsegpt"):
         code = _MEMORY_CHILD.format(root=str(_common.ROOT), here=here, tokens=args.memory_tokens,
                                     sequences=args.memory_sequences, batch=args.memory_batch, what=what)
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

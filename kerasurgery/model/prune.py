@@ -416,7 +416,9 @@ class _Run:
         else:
             self.step(model, [((b,), {}) for b in batches])
 
-    def walk(self, model: keras.Model, inputs: list[list[Any]], *, outputs: bool) -> list[list[Any]] | None:
+    def walk(
+        self, model: keras.Model, inputs: list[list[Any]], *, outputs: bool
+    ) -> list[list[Any]] | None:
         """Runs a Sequential or Functional `model` step by step on every batch.
 
         Args:
@@ -449,10 +451,13 @@ class _Run:
             ]
             results = self.step(node.operation, calls)
             for i, t in enumerate(node.outputs):
-                values[id(t)] = [flat[i] for flat in results]
+                if id(t) in last_use or id(t) in keep:  # else nothing reads it
+                    values[id(t)] = [flat[i] for flat in results]
             for t in node.input_tensors:
                 if last_use[id(t)] == k and id(t) not in keep:
                     values.pop(id(t), None)
+        if not outputs:
+            return None
         return [[values[id(t)][b] for t in model.outputs] for b in range(len(inputs))]
 
     def step(self, op: Any, calls: Calls) -> list[list[Any]]:
@@ -460,7 +465,8 @@ class _Run:
         if not self.inside(op):
             return [keras.tree.flatten(op(*args, **kwargs)) for args, kwargs in calls]
         if isinstance(op, keras.Model) and (isinstance(op, keras.Sequential) or not is_subclassed(op)):
-            inputs = [keras.tree.flatten(args[0] if args else kwargs["inputs"]) for args, kwargs in calls]
+            inputs = [keras.tree.flatten(args[0] if args else kwargs["inputs"])
+                      for args, kwargs in calls]
             return self.walk(op, inputs, outputs=True)
         return self.block(op, calls)
 
