@@ -161,7 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
         "  kerasurgery prune lm.keras --method sparsegpt --n-of-m 2:4 --calibration batch.npz\n",
     )
     prune.add_argument("input", metavar="IN", help="model file (.keras or .h5)")
-    prune.add_argument("--method", choices=("wanda", "sparsegpt", "magnitude"), default="wanda")
+    prune.add_argument("--method", choices=("wanda", "sparsegpt", "magnitude"), default="wanda",
+                       help="wanda (default): |w| x input norm; sparsegpt: also updates the kept weights")
     amount = prune.add_mutually_exclusive_group(required=True)
     amount.add_argument("--sparsity", type=_float, metavar="F", help="prune the fraction F of each layer")
     amount.add_argument("--n-of-m", type=_n_of_m, metavar="N:M", help="N of every M consecutive inputs (2:4)")
