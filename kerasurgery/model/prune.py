@@ -3,7 +3,8 @@
 Wanda and SparseGPT prune a layer from statistics of its own inputs
 (`kerasurgery.calibrated`). Like the papers, `prune` goes through the model
 in order, and each layer's statistics come from inputs that already passed
-through the layers pruned before it. Memory holds the activations at one
+through the blocks pruned before it (with SparseGPT, also through the layers
+pruned before it in its own block). Memory holds the activations at one
 point of the model for every calibration batch (the papers' `inps`) and the
 statistics of one layer (a running `X^T X`, or running squared norms), never
 the stacked inputs of a layer.
@@ -38,7 +39,7 @@ node's `arguments.fill_in`, `input_tensors`, `outputs`), the same private
 structure `Functional.call` walks: Keras has no public way to run one node
 of a graph on given values. A layer used at several places of a graph is
 calibrated at its first use. `calibration` batches are run eagerly
-(`training` left unset: inference).
+(`training` left unset: inference; under torch, without autograd).
 
 A kernel is seen as a matrix (inputs, units) (`calibrated.as_matrix`), and a
 layer's input as the matrix `X` of the rows it multiplies: the last axis of
