@@ -11,6 +11,9 @@ entries it is asked for, by smallest magnitude, NaN counting as the largest;
 among equal magnitudes the lower flat index (C order) is picked first, and
 across layers the earlier layer.
 
+The selections that look at calibration inputs (Wanda, SparseGPT) are in
+`kerasurgery.calibrated`; `kerasurgery.prune` applies them to a whole model.
+
 This module needs numpy only.
 """
 

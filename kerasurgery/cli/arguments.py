@@ -163,6 +163,27 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("candidate", metavar="CANDIDATE", help="the model to check")
     verify.add_argument("--against", required=True, metavar="FROZEN", help="the frozen model whose pins must hold")
     verify.set_defaults(parser=verify)
+
+    prune = commands.add_parser(
+        "prune", parents=[common, writing], formatter_class=formatter,
+        help="prune in one shot from calibration inputs (Wanda, SparseGPT)",
+        description="Prune every Dense, EinsumDense and convolution (or --layer) block by block\n"
+        "from the inputs in --calibration, pinned at 0. Default output: IN.pruned.SUFFIX.",
+        epilog="examples:\n  kerasurgery prune model.keras --method wanda --sparsity 0.5 --calibration x.npy\n"
+        "  kerasurgery prune lm.keras --method sparsegpt --n-of-m 2:4 --calibration batch.npz\n",
+    )
+    prune.add_argument("input", metavar="IN", help="model file (.keras or .h5)")
+    prune.add_argument("--method", choices=("wanda", "sparsegpt", "magnitude"), default="wanda",
+                       help="wanda (default): |w| x input norm; sparsegpt: also updates the kept weights")
+    amount = prune.add_mutually_exclusive_group(required=True)
+    amount.add_argument("--sparsity", type=_float, metavar="F", help="prune the fraction F of each layer")
+    amount.add_argument("--n-of-m", type=_n_of_m, metavar="N:M", help="N of every M consecutive inputs (2:4)")
+    prune.add_argument("--calibration", metavar="X.npy|X.npz",
+                       help="model inputs: an array, or arrays keyed by input name (not needed for magnitude)")
+    prune.add_argument("--layer", action="append", metavar="PATTERN", dest="layers",
+                       help="layer path, name or glob, repeatable (default: every supported layer)")
+    prune.add_argument("--batch-size", type=int, default=32, metavar="B", help="calibration batch size")
+    prune.set_defaults(parser=prune)
     return parser
 
 

@@ -553,4 +553,46 @@ def _verify(args: argparse.Namespace, ui: Ui) -> int:
     return OK if result.ok else FAILED
 
 
-_COMMANDS = {"freeze": _freeze, "inspect": _inspect, "strip": _strip, "verify": _verify}
+def _prune(args: argparse.Namespace, ui: Ui) -> int:
+    """`kerasurgery prune`: `kerasurgery.prune` from a calibration file, written beside IN."""
+    import numpy as np
+
+    if args.method != "magnitude" and args.calibration is None:
+        raise UsageError(f"--method {args.method} needs --calibration X.npy|X.npz")
+    source, output = _source_and_output(args, "pruned")
+    calibration = None
+    if args.calibration is not None:
+        try:
+            loaded = np.load(args.calibration, allow_pickle=False)
+            if isinstance(loaded, np.lib.npyio.NpzFile):
+                with loaded:
+                    loaded = dict(loaded)
+                if not all(isinstance(v, np.ndarray) for v in loaded.values()):
+                    raise ValueError("it holds members that are not arrays")
+            calibration = loaded
+        except (OSError, ValueError) as e:
+            raise KerasurgeryError(f"{args.calibration}: not a .npy or .npz of arrays ({one_line(e)}).") from None
+    with ui.tensorflow():
+        from kerasurgery.model.prune import prune
+
+        model, compiled = _load(source, args, ui)
+        with ui.status(f"Pruning with {args.method}"), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            pruned = prune(model, calibration, method=args.method, sparsity=args.sparsity,
+                           n_of_m=args.n_of_m, layers=args.layers or "*", batch_size=args.batch_size)
+        for warning in caught:
+            if issubclass(warning.category, UserWarning):
+                ui.warn(str(warning.message))
+        _save(pruned, output, args, ui)
+        layers = [row for row in _dense_rows(pruned) if row["pinned"]]
+    document = _written(args, "prune", source, output, compiled, ui, layers=layers)
+    if ui.json_output:
+        ui.print_json(document)
+        return OK
+    ui.layer_table(layers, title=str(output))
+    kernel = sum(layer["pinned_kernel"] for layer in layers)
+    ui.say(f"pruned {source} -> {output} with {args.method}: {kernel:,} kernel entries pinned at 0.")
+    return OK
+
+
+_COMMANDS = {"freeze": _freeze, "inspect": _inspect, "strip": _strip, "verify": _verify, "prune": _prune}
