@@ -165,6 +165,39 @@ def producing_layer(tensor: Any) -> Any:
     return tensor._keras_history.operation
 
 
+def graph_nodes(model: Any) -> list:
+    """A Functional model's nodes in the order `Functional.call` runs them, inputs left out.
+
+    `ks.prune` feeds calibration batches through a graph node by node, so each
+    layer's statistics come from inputs that already passed the layers pruned
+    before it. Keras keeps the run order only as `Function._nodes_by_depth`
+    (keras/src/ops/function.py:82, read by `_run_through_graph` at :188);
+    the public `model.layers` lists layers, not the calls of a shared layer.
+    """
+    by_depth = model._nodes_by_depth
+    return [
+        node for depth in sorted(by_depth, reverse=True) for node in by_depth[depth]
+        if node.operation is not None and not node.is_input
+    ]
+
+
+@contextlib.contextmanager
+def intercepted_call(layer: Any, call: Callable) -> Iterator[None]:
+    """Routes `layer`'s calls through `call` inside the block, on that one instance.
+
+    `Layer.__call__` runs `self.call(...)` (keras/src/layers/layer.py:1188),
+    so an instance attribute `call` takes over for that layer alone; it goes
+    into the instance's `__dict__`, not through `Layer.__setattr__` (which
+    tracks attributes) nor torch's `Module.__setattr__`. No public hook sees
+    the inputs of a layer that a custom layer calls inside its own `call`.
+    """
+    layer.__dict__["call"] = call
+    try:
+        yield
+    finally:
+        layer.__dict__.pop("call", None)
+
+
 # -- building configs ------------------------------------------------------------
 
 

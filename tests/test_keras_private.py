@@ -381,7 +381,7 @@ def test_config_start_finds_the_config_keras_appends(config, marker):
 _PRIVATE_USES = re.compile(
     r"(?:from|import)\s+keras\.src"
     r"|\.(?:_tracker|_untrack_variable|_layers|_keras_history|_run_through_graph"
-    r"|_trainable_variables|_non_trainable_variables|_modules|_kernel|_embeddings)\b"
+    r"|_trainable_variables|_non_trainable_variables|_modules|_kernel|_embeddings|_nodes_by_depth)\b"
     r"|[\"'](?:_tracker|_layers|_keras_history|_run_through_graph|_trainable_variables"
     r"|_non_trainable_variables|_modules)[\"']"
     r"|\b(?:global_state|SafeModeScope|saving_utils)\b"
@@ -396,3 +396,39 @@ def test_no_module_but_keras_private_names_a_private_keras_attribute():
         if _PRIVATE_USES.search(line)
     ]
     assert not found, "use kerasurgery/_keras_private.py instead:\n" + "\n".join(found)
+
+
+def test_graph_nodes_run_in_call_order_and_leave_out_inputs():
+    import keras
+
+    inputs = keras.Input((3,), name="x")
+    shared = keras.layers.Dense(3, name="shared")
+    first = shared(inputs)
+    out = keras.layers.Add(name="add")([shared(first), first])
+    model = keras.Model(inputs, out)
+    nodes = private.graph_nodes(model)
+    assert [node.operation.name for node in nodes] == ["shared", "shared", "add"], changed(
+        "graph_nodes", "Function._nodes_by_depth no longer lists the calls in run order")
+
+
+def test_intercepted_call_sees_a_layers_inputs_and_restores_it():
+    import keras
+    import numpy as np
+
+    layer = keras.layers.Dense(2, kernel_initializer="ones", name="d")
+    seen = []
+    original = layer.call
+
+    def call(*args, **kwargs):
+        seen.append(np.asarray(args[0]))
+        return original(*args, **kwargs)
+
+    x = np.ones((1, 3), "float32")
+    with private.intercepted_call(layer, call):
+        y = np.asarray(layer(x))
+    assert [a.tolist() for a in seen] == [[[1.0, 1.0, 1.0]]], changed(
+        "intercepted_call", "Layer.__call__ no longer calls the instance's `call`")
+    assert y.tolist() == [[3.0, 3.0]]
+    assert "call" not in layer.__dict__
+    layer(x)
+    assert len(seen) == 1

@@ -17,7 +17,8 @@ PACKAGE = ROOT / "kerasurgery"
 # The parts that read, check and rewrite model files without Keras: `inspect`,
 # `verify`, `--help` and the TF-free freeze/strip start in a fraction of a
 # second because of it.
-KERAS_FREE = ["kerasurgery", "kerasurgery.errors", "kerasurgery.pins", "kerasurgery._plan",
+KERAS_FREE = ["kerasurgery", "kerasurgery.errors", "kerasurgery.kinds", "kerasurgery.pins", "kerasurgery._plan",
+              "kerasurgery.pruning", "kerasurgery.calibrated",
               "kerasurgery.cli", "kerasurgery.guards.limits", "kerasurgery.guards.declared",
               "kerasurgery.guards.shapes"]
 HEAVY = ("keras", "tensorflow", "jax", "torch")

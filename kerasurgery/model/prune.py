@@ -66,7 +66,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from kerasurgery import _plan, calibrated, pruning
+from kerasurgery import _keras_private, _plan, calibrated, pruning
 from kerasurgery import layers as layers_lib
 from kerasurgery.errors import KerasurgeryError, LayerSelectionError, PinError, one_line
 from kerasurgery.model.subclassed import is_subclassed
@@ -374,9 +374,9 @@ class _Target:
         )
         plan.add([("kernel", calibrated.from_matrix(mask, shape, self.units), 0.0)], self.path)
         storage = plan.storage()
-        if storage != dict(layer._pin_storage):
+        if storage != dict(layer.pin_storage):
             # Pinned values that no longer share one value are stored per entry.
-            in_config = layer._in_config
+            in_config = layer.in_config
             cls = type(layer)
             layers_lib.unpin_in_place(layer)
             layers_lib.pin_in_place(layer, cls, storage, in_config=in_config)
@@ -437,7 +437,7 @@ class _Run:
                     return None
                 xs = [out[0] for out in self.step(layer, [((x,), {}) for x in xs])]
             return [[x] for x in xs]
-        nodes = _graph_nodes(model)
+        nodes = _keras_private.graph_nodes(model)
         values = {id(t): [flat[i] for flat in inputs] for i, t in enumerate(model.inputs)}
         last_use = {id(t): k for k, node in enumerate(nodes) for t in node.input_tensors}
         keep = {id(t) for t in model.outputs} if outputs else set()
@@ -536,13 +536,8 @@ def _intercepted(
             raise _Captured()
         return original(*args, **kwargs)
 
-    # In the instance's __dict__, not through the layer's __setattr__ (which
-    # tracks attributes); Keras reads `self.call` at every call.
-    layer.__dict__["call"] = call
-    try:
+    with _keras_private.intercepted_call(layer, call):
         yield
-    finally:
-        layer.__dict__.pop("call", None)
 
 
 def _call_order(op: Any, call: tuple[tuple, dict], inside: list[Any]) -> list[tuple[Any, int]]:
@@ -563,15 +558,6 @@ def _call_order(op: Any, call: tuple[tuple, dict], inside: list[Any]) -> list[tu
             stack.enter_context(_intercepted(layer, recorder(layer)))
         op(*args, **kwargs)
     return [(layer, counts[id(layer)]) for layer in order]
-
-
-def _graph_nodes(model: keras.Model) -> list[Any]:
-    """A Functional model's nodes in the order `Functional.call` runs them (Keras' private list)."""
-    by_depth = model._nodes_by_depth
-    return [
-        node for depth in sorted(by_depth, reverse=True) for node in by_depth[depth]
-        if node.operation is not None and not node.is_input
-    ]
 
 
 def _model_inputs(model: keras.Model, batch: Any) -> list[Any]:
