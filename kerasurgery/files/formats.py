@@ -222,7 +222,10 @@ def open_model_file(
         ModelFileError: the file is missing, damaged, or not a saved model.
     """
     path = Path(path)
-    fmt = detect_format(path) if fmt is None else fmt
+    detected = detect_format(path)  # always: it refuses a file that is two containers
+    if fmt is not None and fmt != detected:
+        raise ModelFileError(f"{path}: is not a {'.keras archive' if fmt == KERAS else '.h5 file'}.")
+    fmt = detected
     with contextlib.ExitStack() as stack:
         if fmt == KERAS:
             yield _open_keras(path, stack, check_crc)
@@ -384,7 +387,7 @@ def _check_members(path: Path, archive: zipfile.ZipFile) -> None:
     for info in infos:
         if info.file_size > MAX_EXPANSION * max(info.compress_size, 1):
             raise ModelFileError(
-                f"{path}: {info.filename} claims {info.file_size:,} bytes but only "
+                f"{path}: {info.filename!r} claims {info.file_size:,} bytes but only "
                 f"{info.compress_size:,} are stored (more than compression can expand "
                 "to): the archive is damaged or hostile."
             )
@@ -571,6 +574,17 @@ def h5_text(value: Any) -> str | None:
     return str(value)
 
 
+def shown(text: Any) -> str:
+    """Text read from a file, safe to put in a message: each character that is
+    not printable (an escape sequence, a newline) as Python writes it in a
+    string literal. Names are data: a message must not let them move the
+    terminal's cursor or recolour it."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def _parse_config(path: Path, raw: bytes | str, where: str) -> dict[str, Any]:
     try:
         config = parse_json(raw, where)
@@ -685,6 +699,11 @@ def _owned_entries(model: ModelFile, entries: dict[str, int]) -> int:
     """
     if model.weights is None:
         return 0
+    from kerasurgery.files.layout import layer_entries  # layout reads this module
+
+    # The walk also refuses a file whose weights Keras would load into other
+    # layers than their names say: `load_model` refuses what the readers refuse.
+    layers = layer_entries(model)
     names: set[str] = set()
     if model.format == H5:
         root = model.weights.get("model_weights")
@@ -693,9 +712,7 @@ def _owned_entries(model: ModelFile, entries: dict[str, int]) -> int:
             if group is not None and hasattr(group, "attrs"):
                 names.update(f"model_weights/{layer}/{w}" for w in read_h5_list(group, "weight_names"))
     else:
-        from kerasurgery.files.layout import layer_entries  # layout reads this module
-
-        groups = ["/"] + [entry.group for entry in layer_entries(model) if entry.group]
+        groups = ["/"] + [entry.group for entry in layers if entry.group]
         for group in groups:
             variables = model.weights.get(f"{group.rstrip('/')}/vars")
             if variables is not None and hasattr(variables, "keys"):
