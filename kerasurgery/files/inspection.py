@@ -577,7 +577,7 @@ class _ModelFile:
 
     def stored(self, entry: Entry) -> list[_Stored] | None:
         """A layer's weights and pins, checked against its config; `None` if never built."""
-        where = f"layer {entry.path!r} ({entry.class_name})"
+        where = f"layer {entry.path!r} ({formats.shown(entry.class_name)})"
         if entry.uncertain is not None and entry.variables:
             raise self.error(
                 f"layer {entry.path!r}: {entry.uncertain}; refused (load it with "

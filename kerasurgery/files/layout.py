@@ -533,7 +533,7 @@ class _Walk:
                 if node.variables:
                     node.uncertain = (
                         f"its weights sit in the `.h5` group of {top.name!r} "
-                        f"({top.class_name}), whose variables Keras pairs with the stored "
+                        f"({formats.shown(top.class_name)}), whose variables Keras pairs with the stored "
                         "datasets in an order only the layer's code knows"
                     )
             return

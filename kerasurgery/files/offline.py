@@ -302,7 +302,7 @@ class _Archive:
         if class_name not in _MODELS or model.get("module") not in _MODEL_MODULES or model.get(
             "registered_name") not in (None, class_name):
             where = f"model {prefix[:-1]!r}" if prefix else "the model"
-            raise NotOffline(f"{where} is a {class_name} ({model.get('module')}), not a "
+            raise NotOffline(f"{where} is a {class_name!r} ({model.get('module')!r}), not a "
                              "Sequential or Functional model")
         if depth > 32:
             raise NotOffline("models nest too deeply")
@@ -645,7 +645,7 @@ def _kind(entry: dict, path: str) -> str | None:
             return None
     elif (pinned := kinds.pinned_kind(entry)) is not None:
         return pinned.name
-    raise NotOffline(f"layer {path!r} is a {cls} ({module}), which needs Keras to rewrite")
+    raise NotOffline(f"layer {path!r} is a {cls!r} ({module!r}), which needs Keras to rewrite")
 
 
 def _check_sizes(layer: _Layer, vars_group: h5py.Group) -> None:
