@@ -591,3 +591,46 @@ def test_json_and_errors_show_names_as_data(tmp_path):
     assert "(\\x1b[2J\\x1b[31mBlock)" in str(error)
     code, out, err = _cli(["inspect", str(broken), "--json"])
     assert code == 1 and "\x1b" not in out + err
+
+
+def test_a_class_keras_would_make_otherwise_is_refused(corpus, tmp_path):
+    """Keras makes the class a config's `registered_name` names, and finds its
+    weights under that class's group: a `class_name` that says otherwise is refused."""
+    plain, _ = corpus["twins plain"]
+
+    def disguise(config):
+        layer = config["config"]["layers"][1]
+        layer["registered_name"] = "kerasurgery>MaskedDense"
+    path = _config_edit(plain, tmp_path / "disguised.keras", disguise)
+    for read in (inspect_file, read_weights, lambda p: check_pins(p, corpus["twins frozen"][0])):
+        with pytest.raises(ModelFileError, match=r"layer 'a' is a Dense by its `class_name` but a "
+                           r"kerasurgery>MaskedDense by its `registered_name`"):
+            read(path)
+
+
+def test_overlapping_zip_members_are_refused(corpus, tmp_path):
+    """Members that share their stored bytes (one stream, many members) claim more
+    than the file holds: every reader would inflate the shared bytes once per member."""
+    plain, _ = corpus["twins plain"]
+    data = plain.read_bytes()
+    with zipfile.ZipFile(plain) as archive:
+        infos = archive.infolist()
+    # A second central directory entry for the first member, under another name.
+    end = data.rindex(b"PK\x05\x06")
+    start = int.from_bytes(data[end + 16:end + 20], "little")
+    first = data[start:data.index(b"PK\x01\x02", start + 4)]
+    name = infos[0].filename.encode()
+    copy = first.replace(name, b"x" * len(name), 1)
+    directory = data[start:end] + copy
+    record = bytearray(data[end:])
+    count = int.from_bytes(record[10:12], "little") + 1
+    record[8:10] = record[10:12] = count.to_bytes(2, "little")
+    record[12:16] = len(directory).to_bytes(4, "little")
+    path = tmp_path / "overlap.keras"
+    path.write_bytes(data[:start] + directory + bytes(record))
+    with zipfile.ZipFile(path) as archive:
+        assert len(archive.infolist()) == len(infos) + 1
+    for read in (inspect_file, read_weights):
+        with pytest.raises(ModelFileError, match=r"the members '(x+|metadata.json)' and "
+                           r"'(x+|metadata.json)' share stored bytes"):
+            read(path)

@@ -346,7 +346,12 @@ def _open_h5(path: Path, stack: contextlib.ExitStack) -> ModelFile:
     entries = _check_hdf5(path, h5, path.stat().st_size, "")
     check_sequential_depth(path, config)
     opened = ModelFile(path, H5, config, version, h5)
-    stored = _owned_entries(opened, entries)
+    try:
+        stored = _owned_entries(opened, entries)
+    except ModelFileError:
+        raise
+    except Exception as e:  # h5py on damaged attributes
+        raise ModelFileError(f"{path}: is a damaged HDF5 file ({one_line(e)}).") from None
     check_declared_weights(path, config, stored)
     return dataclasses.replace(opened, stored_entries=stored)
 
@@ -370,6 +375,7 @@ def _check_members(path: Path, archive: zipfile.ZipFile) -> None:
         raise ModelFileError(
             f"{path}: is a zip archive of {len(infos):,} members; a Keras model has a few."
         )
+    _check_spans(path, infos)
     names: set[str] = set()
     for info in infos:
         if info.filename in names:
@@ -390,6 +396,29 @@ def _check_members(path: Path, archive: zipfile.ZipFile) -> None:
                 f"{path}: {info.filename!r} claims {info.file_size:,} bytes but only "
                 f"{info.compress_size:,} are stored (more than compression can expand "
                 "to): the archive is damaged or hostile."
+            )
+
+
+def _check_spans(path: Path, infos: list[zipfile.ZipInfo]) -> None:
+    """Refuses members whose stored bytes overlap: one compressed stream behind
+    many members would be inflated once for each (a reader checks each CRC)."""
+    spans = []
+    with open(path, "rb") as f:
+        for info in infos:
+            f.seek(info.header_offset)
+            header = f.read(30)
+            if len(header) < 30 or header[:4] != b"PK\x03\x04":
+                raise ModelFileError(
+                    f"{path}: is a damaged zip archive (bad header of {info.filename!r}).")
+            name, extra = int.from_bytes(header[26:28], "little"), int.from_bytes(header[28:30], "little")
+            end = info.header_offset + 30 + name + extra + info.compress_size
+            spans.append((info.header_offset, end, info.filename))
+    spans.sort()
+    for (_, end, first), (start, _, second) in zip(spans, spans[1:]):
+        if start < end:
+            raise ModelFileError(
+                f"{path}: the members {first!r} and {second!r} share stored bytes "
+                "(overlapping members, as in a zip bomb): refused."
             )
 
 

@@ -659,6 +659,15 @@ def _model_layers(config: Any, model: _Walk, *, nested: bool = False) -> list | 
         if name is None:
             raise model.error(f"has a layer without a name in its config: {one_line(layer)}")
         layer_class = layer["class_name"].rpartition(">")[2]  # "kerasurgery>MaskedDense"
+        registered = layer.get("registered_name")
+        if isinstance(registered, str) and registered.startswith(f"{kinds.PACKAGE}>") and (
+                registered.rpartition(">")[2] != layer_class):
+            # Keras makes the class registered under `registered_name`, and
+            # names the layer's group after that class, not `class_name`.
+            raise model.error(
+                f"layer {name!r} is a {formats.shown(layer_class)} by its `class_name` but a "
+                f"{formats.shown(registered)} by its `registered_name`, which Keras makes: refused."
+            )
         if sequential and layer_class == "InputLayer":
             continue  # not one of `Sequential.layers`
         if not sequential and order.is_operation(layer):
