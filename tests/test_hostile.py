@@ -860,3 +860,221 @@ def test_assets_and_sequential_depth_are_capped_before_anything_is_built(frozen_
     code, _, err = _run_main(["inspect", str(path)], capsys)
     assert code == 1 and f"a Sequential model of {len(deep['config']['layers']):,} layers, more than the 512" in err
     assert inner  # the frozen model itself is far below the cap
+
+
+# --- Issue 21: every dataset any reader touches is sized; the stored allowance is the layers' ----
+
+
+def build_record_never_written(path: Path, source: Path, shape=(30000, 60000)) -> Path:
+    """`source` with a pin record whose mask is a chunked boolean dataset of
+    `shape` (1.8 GB) that was never written: about 8 KB on disk."""
+    import h5py
+
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as f:
+        f.attrs["format"], f.attrs["version"] = "kerasurgery-pins", 1
+        layer = f.create_group("layers/0")
+        layer.attrs["path"], layer.attrs["class_name"] = "hidden", "MaskedDense"
+        layer.attrs["weights"] = ["kernel"]
+        layer.create_dataset("kernel_pin_mask", shape=shape, dtype=bool, chunks=(1000, 1000))
+        layer.create_dataset("kernel_pin_value", data=np.float32(0))
+    return _write_zip(path, {**_members(source), "kerasurgery.pins.h5": buffer.getvalue()})
+
+
+def build_vlen_kernel(path: Path, source: Path, shape=(4000, 4000)) -> Path:
+    """`source` whose first kernel is a never-written variable-length dataset of
+    `shape` (16M entries, each read as a Python object): about 31 KB."""
+    import h5py
+
+    members = _members(source)
+    buffer = io.BytesIO(members["model.weights.h5"])
+    with h5py.File(buffer, "a") as h5:
+        name = next(n for n in ("layers/dense/vars/0", "layers/masked_dense/vars/kernel") if n in h5)
+        del h5[name]
+        h5.create_dataset(name, shape=shape, dtype=h5py.vlen_dtype(np.float32), chunks=(100, 100))
+    members["model.weights.h5"] = buffer.getvalue()
+    return _write_zip(path, members)
+
+
+def build_linked_levels(path: Path, source: Path, levels: int = 16) -> Path:
+    """`source` with `levels` groups that each link the next one twice: one
+    dataset, reached by 2**levels paths."""
+    import h5py
+
+    members = _members(source)
+    buffer = io.BytesIO(members["model.weights.h5"])
+    with h5py.File(buffer, "a") as h5:
+        last = h5.create_group(f"extra/g{levels}")
+        last.create_dataset("d", data=np.zeros(1000, "float32"))
+        for level in range(levels - 1, -1, -1):
+            group = h5.create_group(f"extra/g{level}")
+            group["a"], group["b"] = last, last
+            last = group
+    members["model.weights.h5"] = buffer.getvalue()
+    return _write_zip(path, members)
+
+
+def build_unowned_gzip(path: Path, units: int = 25000, inputs: int = 20000,
+                       entries: int = 125_000_000) -> Path:
+    """A `.keras` whose config declares an `inputs x units` Dense (500M entries,
+    2 GB), and whose weights hold a gzip dataset of `entries` zeros that no layer
+    owns: about 0.6 MB. Counted as stored, it raised the allowance past the Dense."""
+    import zlib
+
+    import h5py
+
+    buffer = io.BytesIO()
+    chunk = 1 << 20
+    with h5py.File(buffer, "w") as h5:
+        h5.create_group("layers/dense/vars").attrs["name"] = "big"
+        h5.create_group("vars").attrs["name"] = "s"
+        dataset = h5.create_dataset("padding", shape=(entries,), dtype="float32", chunks=(chunk,),
+                                    compression="gzip")
+        zeros = zlib.compress(bytes(4 * chunk), 9)
+        for start in range(0, entries, chunk):
+            dataset.id.write_direct_chunk((start,), zeros)
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("metadata.json", json.dumps({"keras_version": "3.15.1"}))
+        archive.writestr("config.json", json.dumps(_dense_config(units, inputs)))
+        archive.writestr("model.weights.h5", buffer.getvalue())
+    return path
+
+
+@pytest.fixture(scope="module")
+def issue21(tmp_path_factory, frozen_keras) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("issue21")
+    plain = ks.save_model(make_mlp(), d / "plain.keras")
+    return {
+        "plain": plain,
+        "frozen": frozen_keras,
+        "record never written": build_record_never_written(d / "record.keras", plain),
+        "vlen kernel": build_vlen_kernel(d / "vlen.keras", plain),
+        "vlen frozen kernel": build_vlen_kernel(d / "vlen_frozen.keras", frozen_keras),
+        "linked levels": build_linked_levels(d / "linked.keras", frozen_keras),
+        "unowned gzip": build_unowned_gzip(d / "gzip.keras"),
+    }
+
+
+def test_issue21_small_files_are_refused_within_the_budget(issue21, tmp_path):
+    """The issue's attacks, through every command that reads them without Keras:
+    one line, exit 1, within the child's memory budget, in seconds."""
+    out = tmp_path / "out.keras"
+    # What each attack adds to the model it starts from (a few KB of model each).
+    added = {name: issue21[name].stat().st_size - issue21[base].stat().st_size for name, base in (
+        ("record never written", "plain"), ("vlen kernel", "plain"), ("linked levels", "frozen"))}
+    assert added["record never written"] < 16 << 10 and added["vlen kernel"] < 48 << 10, added
+    assert added["linked levels"] < 64 << 10 and issue21["unowned gzip"].stat().st_size < 1 << 20
+    cases = [
+        ("record never written", ["inspect", "--json"], r"kerasurgery\.pins\.h5 dataset .*kernel_pin_mask.* claims 1800000000 bytes.*never written"),
+        ("record never written", ["verify", "--against", str(issue21["frozen"])], r"claims 1800000000 bytes.*never written"),
+        ("vlen kernel", ["verify", "--against", str(issue21["frozen"])], r"dataset 'layers/dense/vars/0' holds variable-length data"),
+        ("vlen kernel", ["inspect", "--show"], r"holds variable-length data"),
+        ("vlen kernel", ["freeze", "-o", str(out)], r"holds variable-length data"),
+        ("vlen frozen kernel", ["strip", "-o", str(out)], r"holds variable-length data"),
+        ("linked levels", ["freeze", "-o", str(out)], r"object 'extra/g0/a' is reached by 3 links"),
+        ("linked levels", ["strip", "-o", str(out)], r"is reached by 3 links"),
+        ("linked levels", ["inspect"], r"is reached by 3 links"),
+        ("unowned gzip", ["inspect", "--json"], r"declares weights of 500,025,000 entries, but the file stores 0"),
+        ("unowned gzip", ["freeze", "-o", str(out)], r"declares weights of 500,025,000 entries"),
+    ]
+    before = {name: path.read_bytes() for name, path in issue21.items()}
+    argvs = [[argv[0], str(issue21[name]), *argv[1:]] for name, argv, _ in cases]
+    results = _run_batch(argvs)
+    for (name, _, pattern), result in zip(cases, results):
+        _assert_refused(result, issue21[name], pattern)
+        assert result["seconds"] < 5, result
+        assert not result["tensorflow"], result["argv"]
+    assert max(r["peak_mb"] for r in results) < PEAK_MB, [(r["argv"][:2], r["peak_mb"]) for r in results]
+    assert not out.exists()
+    assert {name: path.read_bytes() for name, path in issue21.items()} == before
+
+
+# `kerasurgery.load_model` in a child with TensorFlow loaded: how much its peak grows.
+_LOAD_DRIVER = r"""
+import json, sys, time
+import keras
+import kerasurgery as ks
+
+def peak_mb():
+    with open("/proc/self/status") as status:
+        return next(int(l.split()[1]) for l in status if l.startswith("VmHWM:")) / 1024
+
+ks.load_model(sys.argv[2])  # warm up: what a first load imports
+results = []
+for path in json.loads(sys.argv[1]):
+    before, started = peak_mb(), time.monotonic()
+    try:
+        ks.load_model(path)
+        error = None
+    except ks.KerasurgeryError as e:
+        error = str(e)
+    results.append({"error": error, "grew_mb": peak_mb() - before,
+                    "seconds": time.monotonic() - started})
+print(json.dumps(results))
+"""
+
+
+def test_issue21_load_model_refuses_before_allocating(issue21):
+    """The pin record's never-written mask, and a config whose allowance came from
+    a dataset no layer owns: refused before the reader or Keras allocates."""
+    names = ["record never written", "unowned gzip"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-c", _LOAD_DRIVER,
+                             json.dumps([str(issue21[n]) for n in names]), str(issue21["plain"])],
+                            env=env, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-2000:]
+    record, gzip = json.loads(result.stdout.splitlines()[-1])
+    assert record["error"] is not None and "never written" in record["error"], record
+    assert gzip["error"] is not None and "declares weights of 500,025,000 entries, but the file stores 0" in (
+        gzip["error"]), gzip
+    for outcome in (record, gzip):
+        assert outcome["grew_mb"] < 64 and outcome["seconds"] < 5, outcome
+
+
+def test_issue21_an_npz_key_held_twice_is_refused_before_either_is_read(tmp_path):
+    """`hidden` and `hidden.npy`: the size check read one, numpy the other (512 MB here)."""
+    import tracemalloc
+
+    from kerasurgery.cli import spec
+
+    small = io.BytesIO()
+    np.lib.format.write_array(small, np.zeros((4, 3), bool))
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "|u1", "fortran_order": False,
+                                                  "shape": (512 << 20,)})
+    path = tmp_path / "twice.npz"
+    with zipfile.ZipFile(path, "w") as archive:
+        _streamed(archive, "hidden", header.getvalue(), b"\0" * 4096,
+                  len(header.getvalue()) + (512 << 20), b"")
+        archive.writestr("hidden.npy", small.getvalue())
+    assert path.stat().st_size < 1 << 20
+    tracemalloc.start()
+    try:
+        with pytest.raises(ks.KerasurgeryError, match=r"holds two arrays for the key 'hidden' "
+                           r"\('hidden' and 'hidden.npy'\)"):
+            spec.pins_for("mask", str(path), patterns=["hidden"], max_array_bytes=1 << 20)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20, peak
+
+
+def test_issue21_errors_never_show_the_bytes_of_the_file_they_refuse(tmp_path, frozen_keras, capsys):
+    """A `--spec` or `--mask` naming another file (a model, a script) says it is
+    not TOML or not numpy; it never shows what the file holds."""
+    secret = tmp_path / "notes.txt"
+    secret.write_bytes(b"SECRET-TOKEN=abc123\n")
+    h5 = ks.save_model(make_mlp(), tmp_path / "model.h5")
+    out = tmp_path / "o.keras"
+    cases = [
+        (["--spec", str(h5)], f"error: {h5}: is not valid TOML (not UTF-8 text at byte 0).\n"),
+        (["--mask", str(secret)], f"error: {secret}: cannot read it as an .npy or .npz array file "
+                                  "(no numpy array header where one must be).\n"),
+        (["--mask", str(h5)], f"error: {h5}: cannot read it as an .npy or .npz array file "
+                              "(no numpy array header where one must be).\n"),
+    ]
+    for argv, message in cases:
+        code, _, err = _run_main(["freeze", str(frozen_keras), *argv, "-o", str(out)], capsys)
+        assert (code, err) == (1, message)
+        assert "SECRET" not in err and "HDF" not in err
+    assert not out.exists()

@@ -344,19 +344,26 @@ def test_compressed_archive_reads_the_same(tmp_path):
     _assert_same_weights(read_dense_weights(repacked), read_dense_weights(src))
 
 
-def test_groups_found_by_recorded_name_and_by_class_order(tmp_path):
+def test_groups_are_found_by_class_order_and_a_renamed_group_is_refused(tmp_path):
     src = FIXTURES / "pruned_mlp.keras"
-    # Swapped group names: the `name` attribute Keras records wins.
+    # No `name` attributes (files of older Keras 3): the class order is all there is,
+    # and all Keras uses.
+    old = _repack(src, tmp_path / "old.keras", edit_weights=_drop_names)
+    assert inspect_file(old).layers == inspect_file(src).layers
+    _assert_same_weights(read_dense_weights(old), read_dense_weights(src))
+
+    # Swapped groups: Keras loads `layers/dense` into the first Dense whatever
+    # name is recorded there (issue 21), so reading by the recorded name would
+    # not read what Keras loads: refused (this test once expected the name to win).
     def swap(f):
         f.move("layers/dense", "layers/tmp")
         f.move("layers/dense_1", "layers/dense")
         f.move("layers/tmp", "layers/dense_1")
     swapped = _repack(src, tmp_path / "swapped.keras", edit_weights=swap)
-    # No `name` attributes (files of older Keras 3): the class-order path is used.
-    old = _repack(src, tmp_path / "old.keras", edit_weights=_drop_names)
-    for path in (swapped, old):
-        assert inspect_file(path).layers == inspect_file(src).layers
-        _assert_same_weights(read_dense_weights(path), read_dense_weights(src))
+    for reader in (inspect_file, read_dense_weights):
+        with pytest.raises(ModelFileError, match=r"Keras loads the weights stored for layer "
+                           r"'dense_2' \(group '/layers/dense'\) into layer 'dense_1'"):
+            reader(swapped)
 
 
 def test_operations_in_a_functional_graph_are_not_layers(tmp_path):
@@ -395,7 +402,8 @@ def test_use_bias_false_and_unbuilt_layers(tmp_path):
 
 
 def test_no_tensorflow_or_keras_is_imported(deep):
-    deep_files = [str(deep[name]) for name in ("frozen", "plain.keras", "plain.h5")]
+    # (plain.h5 is refused: see test_h5_layers_inside_a_custom_layer_are_refused.)
+    deep_files = [str(deep[name]) for name in ("frozen", "plain.keras")]
     code = (
         "import json, sys\n"
         "from kerasurgery.files.inspection import check_pins, inspect_file, read_dense_weights, read_weights\n"
@@ -574,7 +582,9 @@ def _broken_files(tmp_path):
                 _delete("layers/masked_dense_1/vars/kernel_pin_mask")(f),
                 f.__setitem__("layers/masked_dense_1/vars/kernel_pin_mask",
                               h5py.SoftLink("/" + KERAS_MASK)))),
-            "`kernel_pin_mask` is missing"),
+            # Keras refuses to follow a soft link: so does every reader, up front
+            # (issue 21; this case once expected the linked mask read as missing).
+            "holds a soft link at 'layers/masked_dense_1/vars/kernel_pin_mask'"),
         "value shape keras": (
             _repack(src, t / "vshape.keras", edit_weights=_replace(per_entry, shape=())),
             "`kernel_pin_value` must be floating point of shape"),
@@ -827,7 +837,7 @@ def _info(path):
 def test_layers_inside_a_custom_layer_are_listed_by_path(deep):
     model = deep["model"]
     dense, proj = model.get_layer("block").inner_dense, model.get_layer("block").proj
-    for suffix in (".keras", ".h5"):
+    for suffix in (".keras",):
         info = inspect_file(deep[f"plain{suffix}"])
         # Only the weights show the sublayers: their class is not known.
         assert [(l.path, l.class_name, l.kernel_shape) for l in info.layers] == [
@@ -849,6 +859,25 @@ def test_layers_inside_a_custom_layer_are_listed_by_path(deep):
                               if suffix == ".h5" else weights["block/inner_dense"].weights["1"].effective,
                               _np(dense.bias))
         assert list(read_weights(deep[f"plain{suffix}"])) == ["head"]  # known kinds only
+
+
+def test_h5_layers_inside_a_custom_layer_are_refused(deep):
+    # `.h5` pairs a custom layer's variables with the datasets of its group by
+    # position, in an order only the layer's code knows; reading them by their
+    # recorded names could read other weights than Keras loads (issue 21), so
+    # the readers refuse (this test once expected them listed as in `.keras`).
+    message = (r"layer 'block/inner_dense': its weights sit in the `.h5` group of 'block' "
+               r"\(DeepBlock\), whose variables Keras pairs with the stored datasets in an "
+               r"order only the layer's code knows; refused")
+    for read in (inspect_file, lambda p: read_weights(p, ["block/inner_dense"]),
+                 lambda p: check_pins(p, deep["frozen"])):
+        with pytest.raises(ModelFileError, match=message):
+            read(deep["plain.h5"])
+    # The layers whose weights Keras pairs by a known order are read.
+    assert list(read_weights(deep["plain.h5"])) == list(read_dense_weights(deep["plain.h5"])) == ["head"]
+    model = ks.load_model(deep["plain.h5"])  # Keras itself loads it
+    assert np.array_equal(_np(model.get_layer("block").proj.kernel),
+                          _np(deep["model"].get_layer("block").proj.kernel))
 
 
 def test_pin_record_pins_layers_that_the_config_does_not_name(deep):
@@ -880,25 +909,30 @@ def test_pin_record_pins_layers_that_the_config_does_not_name(deep):
     assert not dense["block/inner_dense"].bias_mask.any()
 
 
-def test_pinned_value_wins_over_the_stored_weight(deep, tmp_path):
-    # A record whose pinned value differs from the stored weight: the layer
-    # computes with the pinned value, so that is the effective weight.
+def test_a_record_whose_pinned_values_the_weights_do_not_hold_is_refused(deep, tmp_path):
+    # A record whose pinned value differs from the stored weight: plain Keras
+    # loads the stored weight, and `kerasurgery.load_model` refuses the file,
+    # so every reader refuses it too (issue 21; this test once expected the
+    # pinned value to be read as the effective weight).
     mask = np.zeros((5, 4), bool)
     mask[:, 1] = True
     path = _with_record(deep["plain.keras"], tmp_path / "half.keras",
                         [("block/inner_dense", "MaskedDense",
                           {"kernel": (mask, 0.5), "bias": (np.zeros(4, bool), 0.0)})])
-    kernel = _np(deep["model"].get_layer("block").inner_dense.kernel)
-    effective = read_weights(path)["block/inner_dense"].weights["kernel"].effective
-    assert np.array_equal(effective, np.where(mask, np.float32(0.5), kernel))
-    # Column 1 held one of the 4 zeros of row 0; it is 0.5 now.
-    assert _info(path)["block/inner_dense"].zeros == int(np.count_nonzero(effective == 0)) == 3
+    message = (r"layer 'block/inner_dense': the stored `kernel` disagrees with its pinned "
+               r"values in the pin record")
+    for read in (inspect_file, read_weights, lambda p: check_pins(p, p),
+                 lambda p: check_pins(deep["plain.keras"], p)):
+        with pytest.raises(ModelFileError, match=message):
+            read(path)
+    with pytest.raises(ModelFileError, match=r"disagrees with its pinned values in the pin record"):
+        ks.load_model(path)
 
 
 def test_verify_compares_pins_at_every_depth_with_masked_and_stripped_files(deep, tmp_path):
     frozen = deep["frozen"]
     pinned = inspect_file(frozen).pinned
-    for candidate in (frozen, deep["plain.keras"], deep["plain.h5"]):
+    for candidate in (frozen, deep["plain.keras"]):
         result = check_pins(candidate, frozen)
         assert (result.ok, result.checked, result.violations) == (True, pinned, []), candidate
     model = deep["model"]
@@ -911,7 +945,7 @@ def test_verify_compares_pins_at_every_depth_with_masked_and_stripped_files(deep
     moved[tuple(free)] -= 1.0  # a free entry may change
     proj.set_weights([moved, bias])
     try:
-        for suffix in (".keras", ".h5"):
+        for suffix in (".keras",):  # `.h5`: refused (test_h5_layers_inside_a_custom_layer_are_refused)
             tampered = ks.save_model(model, tmp_path / f"tampered{suffix}")
             result = check_pins(tampered, frozen)
             assert result.checked == pinned
@@ -945,24 +979,19 @@ def _h5_add_pins(f, group, owner, pins):
     f[group].attrs["weight_names"] = names
 
 
-def test_h5_pins_of_layers_inside_a_custom_layer_are_raw(deep, tmp_path):
-    # In `.h5` a pinned sublayer's datasets are its raw variables and pins.
-    (_, _, dense_pins), _ = deep["pins"]
+def test_h5_pins_of_layers_inside_a_custom_layer_are_refused_too(deep, tmp_path):
+    # Raw-layout pins beside a custom layer's variables in `.h5` (which Keras
+    # cannot load: the layer has 4 variables, the group 6 datasets) do not
+    # make the order of its datasets known: refused, as without pins (issue 21;
+    # this test once expected them read by name).
     mask = np.zeros((5, 4), bool)
     mask[2] = True
     path = _edit_h5(deep["plain.h5"], tmp_path / "deep.h5", lambda f: _h5_add_pins(
         f, "model_weights/block", "block/inner_dense", {"kernel": (mask, -1.0)}))
-    info = _info(path)["block/inner_dense"]
-    assert (info.class_name, info.kernel_shape, info.pinned_kernel, info.pinned_bias) == ("?", (5, 4), 4, 0)
-    weights = read_weights(path)  # pinned: read although its class is not known
-    assert list(weights) == ["block/inner_dense", "head"]
-    raw = _np(deep["model"].get_layer("block").inner_dense.kernel)
-    assert np.array_equal(weights["block/inner_dense"].weights["kernel"].effective,
-                          np.where(mask, np.float32(-1.0), raw))
-    assert check_pins(path, path).ok
-    result = check_pins(deep["plain.keras"], path)  # stripped: its row 2 is not -1
-    assert [(v["layer"], v["weight"], v["violations"]) for v in result.violations] == [
-        ("block/inner_dense", "kernel", 4)]
+    for read in (inspect_file, read_weights, lambda p: check_pins(p, p),
+                 lambda p: check_pins(deep["plain.keras"], p)):
+        with pytest.raises(ModelFileError, match=r"order only the layer's code knows"):
+            read(path)
 
 
 # Pinned classes that the config names, of every kind (the named layout).
@@ -1018,7 +1047,7 @@ def _pinned_kinds_files(model, pins, t):
         config = _pin_config(json.loads(archive.read("config.json")), pins)
 
     def named(f):
-        for group in f["layers"].values():
+        for key, group in list(f["layers"].items()):
             name = group["vars"].attrs.get("name")
             if name not in pins:
                 continue
@@ -1027,6 +1056,8 @@ def _pinned_kinds_files(model, pins, t):
                 variables.move(str(i), weight)
                 variables[f"{weight}_pin_mask"] = mask
                 variables[f"{weight}_pin_value"] = value
+            # Keras finds a layer's group by its class: `conv2d` is now `masked_conv2d`.
+            f["layers"].move(key, f"masked_{key}")
 
     frozen_keras = _repack(plain_keras, t / "kinds.frozen.keras", config=config, edit_weights=named)
 
@@ -1327,7 +1358,7 @@ def test_a_named_layout_sublayer_needs_no_record(deep, tmp_path):
     (_, _, proj_pins) = deep["pins"][1]
     assert (info.class_name, info.pinned_kernel, info.pinned_bias) == (
         "?", int(proj_pins["kernel"][0].sum()), 1)
-    assert check_pins(deep["plain.h5"], path).ok
+    assert check_pins(deep["plain.keras"], path).ok
 
 
 # Counting is bounded; drawing handles every rank.
@@ -1425,18 +1456,23 @@ def test_paths_agree_between_keras_and_h5_at_every_depth(tmp_path):
     inputs = keras.Input((5,), name="x")
     model = keras.Model(inputs, inner(inputs))
     listings = {}
-    for suffix in (".keras", ".h5"):
+    for suffix in (".keras",):
         path = ks.save_model(model, tmp_path / f"nested{suffix}")
         listings[suffix] = [(l.path, l.class_name, l.kernel_shape, l.size)
                             for l in inspect_file(path).layers]
-    assert listings[".keras"] == listings[".h5"] == [
+    # `.h5` keeps the custom layer's weights in the group of `inner`, in an order
+    # only its code knows: refused (issue 21; this test once compared both listings).
+    h5 = ks.save_model(model, tmp_path / "nested.h5")
+    with pytest.raises(ModelFileError, match=r"group of 'inner' \(Functional\).*only the layer's code"):
+        inspect_file(h5)
+    assert listings[".keras"] == [
         ("x", "InputLayer", None, 0), ("inner", "Functional", None, 0),
         ("inner/inner_in", "InputLayer", None, 0), ("inner/block", "DeepBlock", None, 0),
         ("inner/block/inner_dense", "?", (5, 4), 20), ("inner/block/proj", "?", (4, 2, 3), 24),
         # The wrapper's config names its layer: its class is known.
         ("inner/td", "TimeDistributed", None, 0), ("inner/td/tdd", "Dense", (3, 2), 6),
     ]
-    weights = read_weights(tmp_path / "nested.h5", "inner/block/proj")  # one path
+    weights = read_weights(tmp_path / "nested.keras", "inner/block/proj")  # one path
     assert list(weights) == ["inner/block/proj"]
     assert np.array_equal(weights["inner/block/proj"].kernel.effective,
                           _np(inner.get_layer("block").proj.kernel))

@@ -442,6 +442,41 @@ def test_files_that_need_keras_take_the_keras_path(corpus, capsys, tmp_path):
     assert ks.load_model(tmp_path / "d.keras").get_layer("mha")._query_dense.pins().kernel is not None
 
 
+def test_weights_keras_would_cast_take_the_keras_path_so_both_pin_the_same(corpus, capsys, tmp_path):
+    """A float64 kernel whose float32 zeros are stored as 1e-300 (issue 21): Keras
+    loads them as 0.0, so `--zeros` pins them on the Keras path; the TF-free path
+    saw 1e-300 and pinned none. It hands such files (float64, big-endian, another
+    dtype than the layer's policy) to the Keras path."""
+    _, files = corpus
+    with zipfile.ZipFile(files["mlp"]) as archive:
+        members = {member: archive.read(member) for member in archive.namelist()}
+    buffer = io.BytesIO(members["model.weights.h5"])
+    with h5py.File(buffer, "a") as f:
+        name = "layers/dense/vars/0"
+        kernel = f[name][()]
+        del f[name]
+        f[name] = np.where(kernel == 0, 1e-300, kernel.astype("float64"))
+    zeros = int(np.count_nonzero(kernel == 0))
+    assert zeros > 0
+    cases = {"float64": buffer.getvalue()}
+    buffer = io.BytesIO(members["model.weights.h5"])
+    with h5py.File(buffer, "a") as f:
+        kernel = f[name][()]
+        del f[name]
+        f[name] = kernel.astype(">f4")
+    cases["big-endian"] = buffer.getvalue()
+    for label, weights in cases.items():
+        source = tmp_path / f"{label}.keras"
+        with zipfile.ZipFile(source, "w") as archive:
+            for member, data in members.items():
+                archive.writestr(member, weights if member == "model.weights.h5" else data)
+        line = _cli(["freeze", str(source), "-o", str(tmp_path / f"{label}.frozen.keras")], capsys)
+        assert KERAS_PATH in line and "which Keras casts to its float32 variable" in line, line
+        pinned = read_weights(tmp_path / f"{label}.frozen.keras")["dense"].weights["kernel"]
+        assert pinned.pinned == zeros and pinned.effective.dtype == np.float32
+        assert not np.signbit(pinned.effective[pinned.mask]).any()
+
+
 @pytest.mark.parametrize("optimizer", [
     lambda: keras.optimizers.RMSprop(0.01, momentum=0.5, centered=True),
     lambda: keras.optimizers.Adamax(),

@@ -301,7 +301,7 @@ def array_names(path: str | os.PathLike) -> list[str] | None:
         return None
     try:
         with zipfile.ZipFile(path) as archive:
-            return [_key(name) for name in archive.namelist()]
+            return list(_npz_members(path, archive))
     except (OSError, zipfile.BadZipFile, ValueError) as e:
         raise _unreadable(path, e) from None
 
@@ -331,7 +331,7 @@ def load_arrays(
                 _check_header(path, f, os.fstat(f.fileno()).st_size, max_bytes, "")
             return np.load(path, allow_pickle=False)
         with zipfile.ZipFile(path) as archive:
-            members = {_key(name): name for name in archive.namelist()}
+            members = _npz_members(path, archive)
             wanted = list(members) if keys is None else list(keys)
             for key in wanted:
                 info = archive.getinfo(members[key])
@@ -362,10 +362,32 @@ def _key(member: str) -> str:
     return member[:-4] if member.endswith(".npy") else member
 
 
+def _npz_members(path: Path, archive: zipfile.ZipFile) -> dict[str, str]:
+    """`{key: member}` of an `.npz` archive, refusing two members for one key:
+    numpy reads `d1` for the key `d1` where `d1.npy` is there too, so the
+    member whose header was checked must be the only one."""
+    members: dict[str, str] = {}
+    for name in archive.namelist():
+        key = _key(name)
+        if key in members:
+            raise KerasurgeryError(
+                f"{path}: holds two arrays for the key {key!r} ({members[key]!r} and "
+                f"{name!r}); which one numpy reads is not defined, so the file is refused."
+            )
+        members[key] = name
+    return members
+
+
 def _unreadable(path: Path, error: Exception) -> KerasurgeryError:
-    return KerasurgeryError(
-        f"{path}: cannot read it as an .npy or .npz array file ({one_line(error)})."
-    )
+    # Never the library's message: numpy's quotes the bytes it found
+    # (another file's first bytes, a header of any length).
+    if isinstance(error, OSError) and error.strerror:
+        reason = error.strerror
+    elif isinstance(error, zipfile.BadZipFile):
+        reason = "a damaged zip archive"
+    else:
+        reason = "no numpy array header where one must be"
+    return KerasurgeryError(f"{path}: cannot read it as an .npy or .npz array file ({reason}).")
 
 
 def _check_header(path: Path, f: Any, size: int, max_bytes: int | None, what: str) -> None:
@@ -436,7 +458,9 @@ def load_spec(path: str | os.PathLike, *, max_array_bytes: int | None = None) ->
         raise KerasurgeryError(f"{path}: is a folder, not a spec file.") from None
     except OSError as e:
         raise KerasurgeryError(f"{path}: cannot read: {e.strerror}.") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+    except UnicodeDecodeError as e:  # not the bytes: it may be any file
+        raise KerasurgeryError(f"{path}: is not valid TOML (not UTF-8 text at byte {e.start}).") from None
+    except tomllib.TOMLDecodeError as e:  # says where, never what
         raise KerasurgeryError(f"{path}: is not valid TOML ({one_line(e)}).") from None
     except RecursionError:
         raise KerasurgeryError(f"{path}: nests arrays or tables too deeply to read.") from None

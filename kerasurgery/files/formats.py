@@ -22,8 +22,8 @@ from typing import Any
 
 from kerasurgery.guards.declared import check_declared_weights, check_sequential_depth
 from kerasurgery.guards.limits import (
-    MAX_ASSET_BYTES, MAX_CONFIG_BYTES, MAX_EXPANSION, MAX_JSON_CONTAINERS, MAX_JSON_DEPTH,
-    MAX_MEMBERS, MAX_METADATA_BYTES,
+    MAX_ASSET_BYTES, MAX_CHUNK_BYTES, MAX_CONFIG_BYTES, MAX_EXPANSION, MAX_JSON_CONTAINERS,
+    MAX_JSON_DEPTH, MAX_MEMBERS, MAX_METADATA_BYTES,
 )
 from kerasurgery.files.zipwindow import open_member
 from kerasurgery.errors import KerasurgeryError, ModelFileError, one_line
@@ -32,8 +32,8 @@ KERAS = "keras"  # a zip archive: config.json, metadata.json, model.weights.h5
 H5 = "h5"  # an HDF5 file written by Keras 3's or Keras 2's model.save
 
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
-# HDF5 allows a user block before the superblock: the signature may sit at 0,
-# 512, 1024, 2048, ... bytes.
+# HDF5 allows a user block before the superblock: the library looks for the
+# signature at 0, 512, 1024, 2048, ... (every power of two) bytes.
 _HDF5_OFFSETS = (0, 512, 1024, 2048, 4096, 8192)
 _ZIP_SIGNATURES = (b"PK\x03\x04", b"PK\x05\x06")
 
@@ -83,18 +83,68 @@ def detect_format(path: str | os.PathLike) -> str:
         raise ModelFileError(f"{path}: cannot read: {e.strerror}.") from None
     if not head:
         raise ModelFileError(f"{path}: is empty.")
+    hdf5 = _hdf5_signatures(path)
+    is_zip = zipfile.is_zipfile(path)
     # Zip first: a `.keras` archive stores `model.weights.h5` uncompressed, so
     # an HDF5 signature sits wherever that member starts, 512 or 4096 bytes
     # in as often as anywhere else. An HDF5 file starts with its signature or
     # with a user block, which no model writer fills with a zip header.
     if head.startswith(_ZIP_SIGNATURES):
-        if not zipfile.is_zipfile(path):
+        if not is_zip:
             raise ModelFileError(f"{path}: is a damaged or truncated zip archive.")
+        stray = sorted(set(hdf5) - _hdf5_members(path))
+        if stray:
+            raise _polyglot(path, stray[0])
         return KERAS
-    if any(head[o : o + len(_HDF5_SIGNATURE)] == _HDF5_SIGNATURE for o in _HDF5_OFFSETS):
+    if hdf5:
+        if is_zip:
+            raise _polyglot(path, hdf5[0])
         return H5
     raise ModelFileError(
         f"{path}: is neither a `.keras` archive nor an HDF5 file."
+    )
+
+
+def _hdf5_signatures(path: Path) -> list[int]:
+    """The offsets at which the HDF5 library would find a file's superblock:
+    0, 512, 1024, ... (each power of two), up to the file's end."""
+    found = []
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        offset = 0
+        while offset + len(_HDF5_SIGNATURE) <= size:
+            f.seek(offset)
+            if f.read(len(_HDF5_SIGNATURE)) == _HDF5_SIGNATURE:
+                found.append(offset)
+            offset = 512 if offset == 0 else offset * 2
+    return found
+
+
+def _hdf5_members(path: Path) -> set[int]:
+    """Where the data of the archive's stored HDF5 members starts (the weights,
+    the pin record): an HDF5 signature there is that member's, not a second
+    container."""
+    starts = set()
+    try:
+        with zipfile.ZipFile(path) as archive, open(path, "rb") as f:
+            for info in archive.infolist():
+                if info.filename not in (WEIGHTS_MEMBER, PIN_RECORD_MEMBER) or (
+                        info.compress_type != zipfile.ZIP_STORED):
+                    continue
+                f.seek(info.header_offset + 26)
+                lengths = f.read(4)
+                if len(lengths) == 4:
+                    name, extra = int.from_bytes(lengths[:2], "little"), int.from_bytes(lengths[2:], "little")
+                    starts.add(info.header_offset + 30 + name + extra)
+    except (OSError, ValueError, zipfile.BadZipFile):
+        pass  # the container checks say what is wrong
+    return starts
+
+
+def _polyglot(path: Path, offset: int) -> ModelFileError:
+    return ModelFileError(
+        f"{path}: is both a zip archive and an HDF5 file (an HDF5 superblock at byte "
+        f"{offset:,}): Keras reads it as one or the other by its name, so it is refused."
     )
 
 
@@ -131,8 +181,9 @@ class ModelFile:
             `.keras` archive's `model.weights.h5` (`None` if it has none), or
             the `.h5` file itself.
         members: The names in a `.keras` archive; empty for `.h5`.
-        stored_entries: The entries of all weight datasets, each checked to
-            be backed by bytes stored in the file.
+        stored_entries: The entries of the weight datasets Keras loads into
+            the model's layers (`_owned_entries`), each checked to be backed
+            by bytes stored in the file.
     """
 
     path: Path
@@ -171,7 +222,10 @@ def open_model_file(
         ModelFileError: the file is missing, damaged, or not a saved model.
     """
     path = Path(path)
-    fmt = detect_format(path) if fmt is None else fmt
+    detected = detect_format(path)  # always: it refuses a file that is two containers
+    if fmt is not None and fmt != detected:
+        raise ModelFileError(f"{path}: is not a {'.keras archive' if fmt == KERAS else '.h5 file'}.")
+    fmt = detected
     with contextlib.ExitStack() as stack:
         if fmt == KERAS:
             yield _open_keras(path, stack, check_crc)
@@ -229,8 +283,16 @@ def _open_keras(path: Path, stack: contextlib.ExitStack, check_crc: bool) -> Mod
             info = archive.getinfo(WEIGHTS_MEMBER)
             member = stack.enter_context(contextlib.closing(open_member(archive, info, path)))
             weights = _open_hdf5(path, member, info.file_size, f"{WEIGHTS_MEMBER} ", stack)
-            stored = _check_hdf5(path, weights, info.file_size, f"{WEIGHTS_MEMBER} ")
+            entries = _check_hdf5(path, weights, info.file_size, f"{WEIGHTS_MEMBER} ")
+            if "model_config" in weights.attrs:  # an `.h5` model inside: a second reading
+                raise ModelFileError(
+                    f"{path}: its {WEIGHTS_MEMBER} is a whole `.h5` model (it has a "
+                    "`model_config`), which Keras reads instead of the archive when the file "
+                    "is named `.h5`: refused."
+                )
         check_sequential_depth(path, config)
+        opened = ModelFile(path, KERAS, config, version, weights, names)
+        stored = _owned_entries(opened, entries) if weights is not None else 0
         check_declared_weights(path, config, stored)
     except ModelFileError:
         raise
@@ -238,7 +300,7 @@ def _open_keras(path: Path, stack: contextlib.ExitStack, check_crc: bool) -> Mod
         raise ModelFileError(
             f"{path}: is a damaged or truncated zip archive ({one_line(e)})."
         ) from None
-    return ModelFile(path, KERAS, config, version, weights, names, stored)
+    return dataclasses.replace(opened, stored_entries=stored)
 
 
 def _open_h5(path: Path, stack: contextlib.ExitStack) -> ModelFile:
@@ -281,10 +343,17 @@ def _open_h5(path: Path, stack: contextlib.ExitStack) -> ModelFile:
             f"{MAX_CONFIG_BYTES >> 20} MB a model config may take."
         )
     config = _parse_config(path, raw, "model_config")
-    stored = _check_hdf5(path, h5, path.stat().st_size, "")
+    entries = _check_hdf5(path, h5, path.stat().st_size, "")
     check_sequential_depth(path, config)
+    opened = ModelFile(path, H5, config, version, h5)
+    try:
+        stored = _owned_entries(opened, entries)
+    except ModelFileError:
+        raise
+    except Exception as e:  # h5py on damaged attributes
+        raise ModelFileError(f"{path}: is a damaged HDF5 file ({one_line(e)}).") from None
     check_declared_weights(path, config, stored)
-    return ModelFile(path, H5, config, version, h5, stored_entries=stored)
+    return dataclasses.replace(opened, stored_entries=stored)
 
 
 def _open_hdf5(path: Path, source: Any, size: int, what: str, stack: contextlib.ExitStack) -> Any:
@@ -306,6 +375,15 @@ def _check_members(path: Path, archive: zipfile.ZipFile) -> None:
         raise ModelFileError(
             f"{path}: is a zip archive of {len(infos):,} members; a Keras model has a few."
         )
+    _check_spans(path, infos)
+    names: set[str] = set()
+    for info in infos:
+        if info.filename in names:
+            raise ModelFileError(
+                f"{path}: holds two members named {info.filename!r}; which one a reader "
+                "takes is not defined, so the archive is refused."
+            )
+        names.add(info.filename)
     assets = sum(info.file_size for info in infos if info.filename.startswith("assets/"))
     if assets > MAX_ASSET_BYTES:
         raise ModelFileError(
@@ -315,9 +393,32 @@ def _check_members(path: Path, archive: zipfile.ZipFile) -> None:
     for info in infos:
         if info.file_size > MAX_EXPANSION * max(info.compress_size, 1):
             raise ModelFileError(
-                f"{path}: {info.filename} claims {info.file_size:,} bytes but only "
+                f"{path}: {info.filename!r} claims {info.file_size:,} bytes but only "
                 f"{info.compress_size:,} are stored (more than compression can expand "
                 "to): the archive is damaged or hostile."
+            )
+
+
+def _check_spans(path: Path, infos: list[zipfile.ZipInfo]) -> None:
+    """Refuses members whose stored bytes overlap: one compressed stream behind
+    many members would be inflated once for each (a reader checks each CRC)."""
+    spans = []
+    with open(path, "rb") as f:
+        for info in infos:
+            f.seek(info.header_offset)
+            header = f.read(30)
+            if len(header) < 30 or header[:4] != b"PK\x03\x04":
+                raise ModelFileError(
+                    f"{path}: is a damaged zip archive (bad header of {info.filename!r}).")
+            name, extra = int.from_bytes(header[26:28], "little"), int.from_bytes(header[28:30], "little")
+            end = info.header_offset + 30 + name + extra + info.compress_size
+            spans.append((info.header_offset, end, info.filename))
+    spans.sort()
+    for (_, end, first), (start, _, second) in zip(spans, spans[1:]):
+        if start < end:
+            raise ModelFileError(
+                f"{path}: the members {first!r} and {second!r} share stored bytes "
+                "(overlapping members, as in a zip bomb): refused."
             )
 
 
@@ -502,6 +603,17 @@ def h5_text(value: Any) -> str | None:
     return str(value)
 
 
+def shown(text: Any) -> str:
+    """Text read from a file, safe to put in a message: each character that is
+    not printable (an escape sequence, a newline) as Python writes it in a
+    string literal. Names are data: a message must not let them move the
+    terminal's cursor or recolour it."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def _parse_config(path: Path, raw: bytes | str, where: str) -> dict[str, Any]:
     try:
         config = parse_json(raw, where)
@@ -512,61 +624,88 @@ def _parse_config(path: Path, raw: bytes | str, where: str) -> dict[str, Any]:
     return config
 
 
-def _check_hdf5(path: Path, h5: Any, size: int, what: str) -> int:
-    """Checks that every dataset of an open HDF5 file is stored in its `size` bytes.
+def _check_hdf5(path: Path, h5: Any, size: int, what: str) -> dict[str, int]:
+    """Checks that every object of an open HDF5 file can be read within its `size` bytes.
 
     Refused: data outside the file (external storage, virtual datasets,
-    external links), data beyond the end of the file, and data that was never
-    written (it would read as the fill value, from no bytes at all) or that
-    claims more than its stored bytes can expand to.
+    external or soft links), data beyond the end of the file, data that was
+    never written (it would read as the fill value, from no bytes at all) or
+    that claims more than its stored bytes can expand to, chunks larger than
+    the data they hold (a reader inflates a whole chunk), variable-length
+    data (strings, lists: each entry a Python object, stored anywhere in the
+    file), and an object reached by more than one link (a walk that follows
+    links would read it again for each: `K` groups that each link the next
+    twice reach the last one `2**K` times). Each is checked once, before any
+    reader reads a byte of data; no model writer makes any of them.
 
     Returns:
-        The entries of all datasets (each now backed by stored bytes).
+        The entries of each dataset, by its path (each dataset has one).
     """
     import h5py
 
-    total = 0
+    entries: dict[str, int] = {}
+
+    def refuse(name: str, problem: str) -> ModelFileError:
+        return ModelFileError(f"{path}: {what}dataset {name!r} {problem}")
 
     def outside(name: str) -> ModelFileError:
-        return ModelFileError(
-            f"{path}: {what}dataset {name!r} keeps its data outside the file (an external "
-            "or virtual dataset, or an external link), which a model file never does; refused."
-        )
+        return refuse(name, "keeps its data outside the file (an external or virtual dataset, "
+                      "or an external link), which a model file never does; refused.")
+
+    def linked(name: str, item: Any) -> None:
+        links = h5py.h5o.get_info(item.id).rc
+        if links > 1:
+            raise ModelFileError(
+                f"{path}: {what}object {name!r} is reached by {links} links; a model file "
+                "links each object once, and a reader following links would read it again "
+                "for each: refused."
+            )
 
     def visit(name: str, item: Any) -> None:
-        nonlocal total
+        linked(name, item)
         if not isinstance(item, h5py.Dataset):
             return
         plist = item.id.get_create_plist()
         if item.is_virtual or plist.get_external_count() > 0:
             raise outside(name)
-        if item.dtype.kind == "O" or h5py.check_vlen_dtype(item.dtype) is not None:
-            return  # variable-length: stored in the file's heap, read as it is
-        declared = math.prod(item.shape or ()) * item.dtype.itemsize
+        kind = item.id.get_type()
+        if item.dtype.kind == "O" or any(
+                kind.detect_class(c) for c in (h5py.h5t.VLEN, h5py.h5t.REFERENCE)):
+            raise refuse(name, "holds variable-length data (strings or lists), which no "
+                         "model's weights are: refused before reading it.")
+        count = math.prod(item.shape or ())
+        declared = count * item.dtype.itemsize
         storage = item.id.get_storage_size()
         offset = item.id.get_offset()
         if offset is not None and offset + storage > size:
-            raise ModelFileError(
-                f"{path}: {what}dataset {name!r} claims {declared} bytes, more than "
-                "the file holds: the file is truncated or damaged."
-            )
+            raise refuse(name, f"claims {declared} bytes, more than the file holds: the file "
+                         "is truncated or damaged.")
         capacity = storage * (MAX_EXPANSION if plist.get_nfilters() else 1)
         if declared > capacity:
-            raise ModelFileError(
-                f"{path}: {what}dataset {name!r} claims {declared} bytes, more than "
-                f"the file holds ({storage} stored for it): it was never written, or "
-                "the file is truncated or damaged."
-            )
-        total += math.prod(item.shape or ())
+            raise refuse(name, f"claims {declared} bytes, more than the file holds ({storage} "
+                         "stored for it): it was never written, or the file is truncated or "
+                         "damaged.")
+        if plist.get_layout() == h5py.h5d.CHUNKED:
+            chunk = math.prod(plist.get_chunk()) * item.dtype.itemsize
+            if chunk > max(declared, MAX_CHUNK_BYTES):
+                raise refuse(name, f"holds {declared} bytes in chunks of {chunk}; a reader "
+                             "inflates a whole chunk, so the file is refused.")
+        entries[name] = count
 
     def link(name: str, info: Any) -> ModelFileError | None:
         # Returned, not raised: h5py turns an error raised in this callback into another.
-        return outside(name) if isinstance(info, h5py.ExternalLink) else None
+        if isinstance(info, h5py.ExternalLink):
+            return outside(name)
+        if isinstance(info, h5py.SoftLink):
+            return ModelFileError(f"{path}: {what}holds a soft link at {name!r}, which a model "
+                                  "file never does (Keras refuses to follow it); refused.")
+        return None
 
     try:
         refused = h5.visititems_links(link)
         if refused is not None:
             raise refused
+        linked("/", h5)
         h5.visititems(visit)
     except ModelFileError:
         raise
@@ -574,4 +713,37 @@ def _check_hdf5(path: Path, h5: Any, size: int, what: str) -> int:
         raise ModelFileError(
             f"{path}: {what}is a damaged HDF5 file ({one_line(e)})."
         ) from None
-    return total
+    return entries
+
+
+def _owned_entries(model: ModelFile, entries: dict[str, int]) -> int:
+    """The entries of the datasets Keras loads into the model's layers.
+
+    Only these count toward what a file stores (`check_declared_weights`):
+    a dataset that no layer loads (beside the layers, inside a built-in
+    layer's group, the optimizer's) would otherwise raise the allowance for
+    what the config may make Keras build. `.h5`: the datasets each group of
+    `layer_names` lists in `weight_names`. `.keras`: the `vars` of each layer
+    group Keras loads (`layout.layer_entries`), and the model's own.
+    """
+    if model.weights is None:
+        return 0
+    from kerasurgery.files.layout import layer_entries  # layout reads this module
+
+    # The walk also refuses a file whose weights Keras would load into other
+    # layers than their names say: `load_model` refuses what the readers refuse.
+    layers = layer_entries(model)
+    names: set[str] = set()
+    if model.format == H5:
+        root = model.weights.get("model_weights")
+        for layer in [*read_h5_list(root, "layer_names"), "top_level_model_weights"] if root else []:
+            group = root.get(layer)
+            if group is not None and hasattr(group, "attrs"):
+                names.update(f"model_weights/{layer}/{w}" for w in read_h5_list(group, "weight_names"))
+    else:
+        groups = ["/"] + [entry.group for entry in layers if entry.group]
+        for group in groups:
+            variables = model.weights.get(f"{group.rstrip('/')}/vars")
+            if variables is not None and hasattr(variables, "keys"):
+                names.update(f"{variables.name.strip('/')}/{key}" for key in variables.keys())
+    return sum(entries.get(name.strip("/"), 0) for name in names)

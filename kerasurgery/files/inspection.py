@@ -30,7 +30,7 @@ import contextlib
 import dataclasses
 import math
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import h5py
@@ -46,6 +46,7 @@ from kerasurgery.files.layout import (
     UNKNOWN,
     Entry,
     layer_entries,
+    loaded_as,
 )
 from kerasurgery.files.pin_record import open_record as open_pin_record
 from kerasurgery.guards import shapes as _shapes
@@ -463,9 +464,13 @@ def _compare(want: np.ndarray, got: np.ndarray) -> dict | None:
 
 
 def _bit_equal(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Entry by entry: the same bits (floats of one dtype: -0.0 is not 0.0, NaN
+    payloads count); across float dtypes, the same number and sign."""
     if a.dtype == b.dtype and a.dtype.kind == "f":
         unsigned = np.dtype(f"u{a.dtype.itemsize}")
         return a.view(unsigned) == b.view(unsigned)
+    if a.dtype.kind == "f" and b.dtype.kind == "f":
+        return (a == b) & (np.signbit(a) == np.signbit(b))
     return a == b
 
 
@@ -512,6 +517,7 @@ class _ModelFile:
         self.format = opened.format
         self.keras_version = opened.keras_version
         self.entries = layer_entries(opened, record=record)
+        self._agreed: set[str] = set()  # record layers whose stored weights hold their pins
 
     def error(self, message: str) -> ModelFileError:
         return ModelFileError(f"{self.path}: {message}")
@@ -529,7 +535,7 @@ class _ModelFile:
         pinned_bias = sum(_count_true(s.mask) for s in stored
                           if s.mask is not None and s.name == BIAS)
         size = sum(int(s.dataset.size) for s in main)
-        zeros = sum(_count_zeros(s) for s in main) if count_zeros else None
+        zeros = sum(_count_zeros(s, self.loader(entry, s.name)) for s in main) if count_zeros else None
         return LayerInfo(entry.name, entry.class_name, shape, pinned_kernel, pinned_bias,
                          entry.path, zeros, size)
 
@@ -549,6 +555,7 @@ class _ModelFile:
                     f"layer {entry.path!r} has a {_dtype_name(s.dataset)} {s.name} "
                     "(quantized?); only floating-point kernels are supported."
                 )
+            array = self.loader(entry, s.name)(array)
             if s.mask is None:
                 mask, effective = np.zeros(array.shape, bool), array
             else:
@@ -559,6 +566,7 @@ class _ModelFile:
                     raise self.error(
                         f"layer {entry.path!r}: `{s.name}_pin_value` holds a non-finite value."
                     )
+                value = self.loader(entry, f"{s.name}_pin_value")(value)
                 effective = np.where(mask, value.astype(array.dtype), array)
             for a in (mask, effective):
                 a.setflags(write=False)
@@ -569,7 +577,12 @@ class _ModelFile:
 
     def stored(self, entry: Entry) -> list[_Stored] | None:
         """A layer's weights and pins, checked against its config; `None` if never built."""
-        where = f"layer {entry.path!r} ({entry.class_name})"
+        where = f"layer {entry.path!r} ({formats.shown(entry.class_name)})"
+        if entry.uncertain is not None and entry.variables:
+            raise self.error(
+                f"layer {entry.path!r}: {entry.uncertain}; refused (load it with "
+                "`kerasurgery.load_model`, or save it as `.keras`)."
+            )
         config = entry.layer_config.get("config")
         config = config if isinstance(config, dict) else None
         kind = kinds.find(entry.class_name)
@@ -610,7 +623,43 @@ class _ModelFile:
                 raise self.error(f"{where}: `{key}` pins no weight of the layer.")
         if any(s.mask is not None for s in stored):
             self._check_pins(entry, stored, config, where)
+        if entry.pins_from_record and entry.path not in self._agreed:
+            self._check_record(entry, stored)
+            self._agreed.add(entry.path)
         return stored
+
+    def loader(self, entry: Entry, name: str) -> Callable[[np.ndarray], np.ndarray]:
+        """Turns a stored array of `entry` into what Keras loads (`layout.loaded_as`)."""
+        def load(array: np.ndarray) -> np.ndarray:
+            try:
+                return loaded_as(array, entry.dtype, exact=entry.source == CONFIG)
+            except ValueError as e:
+                raise self.error(f"layer {entry.path!r}: `{name}` {e}; refused.") from None
+        return load
+
+    def _check_record(self, entry: Entry, stored: list[_Stored]) -> None:
+        """Refuses a pin record whose pinned values the stored weights do not hold.
+
+        Keras loads such a layer as a plain layer holding the stored weights,
+        and `kerasurgery.load_model` pins it from the record only if those
+        already hold the pinned values at the pins (bit for bit, in the
+        layer's dtype): the same check, block by block."""
+        for s in stored:
+            if s.mask is None:
+                continue
+            load, load_value = self.loader(entry, s.name), self.loader(entry, f"{s.name}_pin_value")
+            shared = load_value(np.asarray(s.value[()])) if s.value.ndim == 0 else None
+            for index in _slabs(s.dataset.shape):
+                block = load(np.asarray(s.dataset[index]))
+                mask = np.asarray(s.mask[index])
+                pinned = shared if shared is not None else load_value(np.asarray(s.value[index]))
+                pinned = np.broadcast_to(np.asarray(pinned).astype(block.dtype), block.shape)
+                if not _bit_equal(pinned[mask], block[mask]).all():
+                    raise self.error(
+                        f"layer {entry.path!r}: the stored `{s.name}` disagrees with its pinned "
+                        f"values in the pin record ({formats.PIN_RECORD_MEMBER}); refused, as "
+                        "`kerasurgery.load_model` refuses it."
+                    )
 
     def _require(self, entry: Entry, names: Iterable[str], where: str) -> None:
         for name in names:
@@ -765,8 +814,8 @@ def _count_true(dataset: h5py.Dataset) -> int:
     return sum(int(np.count_nonzero(dataset[index])) for index in _slabs(dataset.shape))
 
 
-def _count_zeros(stored: _Stored) -> int:
-    """Counts the exact zeros of an effective weight block by block."""
+def _count_zeros(stored: _Stored, load: Callable[[np.ndarray], np.ndarray]) -> int:
+    """Counts the exact zeros of an effective weight block by block, as Keras loads it."""
     dataset = stored.dataset
     bfloat16 = _dtype_name(dataset) == "bfloat16" and dataset.dtype.itemsize == 2
     if dataset.size == 0 or not (bfloat16 or dataset.dtype.kind in "biufc"):
@@ -778,6 +827,8 @@ def _count_zeros(stored: _Stored) -> int:
     total = 0
     for index in _slabs(dataset.shape):
         block = np.asarray(dataset[index])
+        if not bfloat16:
+            block = load(block)
         if mask is not None:
             pinned = shared if shared is not None else np.asarray(value[index])
             if pinned.dtype == block.dtype or not bfloat16:

@@ -42,7 +42,7 @@ import numpy as np
 from kerasurgery import _plan, kinds
 from kerasurgery.guards import shapes as _shapes
 from kerasurgery.files import formats
-from kerasurgery.files.layout import _snake_case
+from kerasurgery.files import layout, order
 from kerasurgery.files.atomic import atomic_path
 from kerasurgery.files.zipwrite import CheckedMember, ZipWriter, member_start
 from kerasurgery.errors import KerasurgeryError, ModelFileError, PinError, one_line
@@ -264,6 +264,11 @@ class _Archive:
                 contextlib.closing(CheckedMember(self.path, start, info.file_size, info.CRC))
             )
             self.h5 = self._stack.enter_context(h5py.File(self.member, "r"))
+        # Which group Keras loads each layer from: the one reading of the file
+        # that `inspect` and `verify` make too (it refuses a group Keras would
+        # load into another layer than its recorded name says).
+        self.groups = {entry.path: entry.group for entry in layout.layer_entries(opened)
+                       if entry.source == layout.CONFIG and entry.group}
         self.config = copy.deepcopy(opened.config)
         _drop_policy_sharing(self.config)
         self.model_name = str(self.config.get("config", {}).get("name", ""))
@@ -297,7 +302,7 @@ class _Archive:
         if class_name not in _MODELS or model.get("module") not in _MODEL_MODULES or model.get(
             "registered_name") not in (None, class_name):
             where = f"model {prefix[:-1]!r}" if prefix else "the model"
-            raise NotOffline(f"{where} is a {class_name} ({model.get('module')}), not a "
+            raise NotOffline(f"{where} is a {class_name!r} ({model.get('module')!r}), not a "
                              "Sequential or Functional model")
         if depth > 32:
             raise NotOffline("models nest too deeply")
@@ -322,12 +327,11 @@ class _Archive:
             layer = _Layer(path, name, entry, kind, "", pinned=kind is not None and cls != kind)
             container.append(layer)
         self._models.append((group, container))
-        # Keras names a layer's group after its class, numbered per class.
-        counters: dict[str, int] = {}
         for layer in container:
-            layer.source = _join(group, "layers", _unique(_snake_case(layer.class_name), counters))
-            node = self.h5.get(layer.source)
+            layer.source = (self.groups.get(layer.path) or "").strip("/")
+            node = self.h5.get(layer.source) if layer.source else None
             vars_group = node.get("vars") if isinstance(node, h5py.Group) else None
+            # A group without the layer's recorded name comes from another Keras.
             if not isinstance(vars_group, h5py.Group) or formats.h5_text(
                 vars_group.attrs.get("name")
             ) != layer.name:
@@ -374,12 +378,19 @@ class _Archive:
                     () if config["pin_storage"][w] == SHARED else shape
                 ):
                     raise NotOffline(f"layer {layer.path!r}: the pins of `{w}` do not fit it")
+        variables = layout.variable_dtype(layer.entry)
         for key in stored:
             dataset = group["vars"][key]
             if not isinstance(dataset, h5py.Dataset) or "dtype" in dataset.attrs:
                 raise NotOffline(f"layer {layer.path!r} stores `{key}` in a form Keras reads itself")
             if dataset.dtype.kind not in ("b" if key.endswith("_pin_mask") else "f"):
                 raise NotOffline(f"layer {layer.path!r} stores `{key}` as {dataset.dtype}")
+            # Keras casts a weight to its variable's dtype (float64 to float32,
+            # big-endian to native) before a rule sees it: only Keras casts.
+            if dataset.dtype.kind == "f" and (
+                    variables not in ("float16", "float32", "float64") or dataset.dtype != np.dtype(variables)):
+                raise NotOffline(f"layer {layer.path!r} stores `{key}` as {dataset.dtype}, "
+                                 f"which Keras casts to its {variables} variable")
 
     def _check_training(self) -> bool:
         """Whether a training config is kept; refuses what a fresh compile might change."""
@@ -493,10 +504,10 @@ class _Archive:
         """Each layer's group in the output: named after its (new) class, numbered per class."""
         targets: dict[str, str] = {"": ""}
         for group, container in self._models:
-            counters: dict[str, int] = {}
             parent = targets[group]
-            for layer in container:
-                layer.target = _join(parent, "layers", _unique(_snake_case(layer.class_name), counters))
+            keys = order.container_keys(layer.class_name for layer in container)
+            for layer, key in zip(container, keys):
+                layer.target = _join(parent, "layers", key)
                 targets[layer.source] = layer.target
 
     def write(self, target: Path, rewrite: dict[str, Any], order: list[str]) -> None:
@@ -634,7 +645,7 @@ def _kind(entry: dict, path: str) -> str | None:
             return None
     elif (pinned := kinds.pinned_kind(entry)) is not None:
         return pinned.name
-    raise NotOffline(f"layer {path!r} is a {cls} ({module}), which needs Keras to rewrite")
+    raise NotOffline(f"layer {path!r} is a {cls!r} ({module!r}), which needs Keras to rewrite")
 
 
 def _check_sizes(layer: _Layer, vars_group: h5py.Group) -> None:
@@ -771,14 +782,6 @@ def _copy_attrs(source: Any, target: Any) -> None:
 def _copy_dataset(dataset: h5py.Dataset, group: h5py.Group, name: str) -> None:
     """Copies a dataset's bytes and attributes, block by block (HDF5 copies it in place)."""
     group.copy(dataset, name)
-
-
-def _unique(name: str, counters: dict[str, int]) -> str:
-    if name in counters:
-        counters[name] += 1
-        return f"{name}_{counters[name]}"
-    counters[name] = 0
-    return name
 
 
 def _join(*parts: str) -> str:

@@ -39,12 +39,20 @@ def open_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) -> 
             fields = _ZIP_LOCAL_HEADER.unpack(header)
         if fields is None or fields[0] != b"PK\x03\x04":
             raise ModelFileError(
-                f"{path}: is a damaged zip archive (bad header of {info.filename})."
+                f"{path}: is a damaged zip archive (bad header of {info.filename!r})."
+            )
+        # `zipfile` (and so Keras) refuses a member whose local name is not
+        # its directory name: the bytes here could be another member's.
+        local = raw.read(fields[10])
+        if local.decode("utf-8" if fields[3] & 0x800 else "cp437", "replace") != info.orig_filename:
+            raise ModelFileError(
+                f"{path}: is a damaged zip archive (the header of {info.filename!r} names "
+                "another member)."
             )
         start = info.header_offset + _ZIP_LOCAL_HEADER.size + fields[10] + fields[11]
         if start + info.file_size > os.fstat(raw.fileno()).st_size:
             raise ModelFileError(
-                f"{path}: is a truncated zip archive ({info.filename} is cut short)."
+                f"{path}: is a truncated zip archive ({info.filename!r} is cut short)."
             )
     except BaseException:
         raw.close()

@@ -33,6 +33,10 @@ MAX_SEQUENTIAL_LAYERS = 512
 # Deeper than this, a file is built to exhaust the reader, not to hold a model.
 MAX_LAYER_DEPTH = 64
 MAX_MEMBERS = 10_000
+# A reader of a chunked HDF5 dataset inflates a whole chunk at a time: a chunk
+# may hold more bytes than its dataset's data only up to this (writers size
+# chunks to the data; h5py's largest automatic chunk is 1 MB).
+MAX_CHUNK_BYTES = 1 << 20
 # Weight entries a config may declare beyond 4x those the file stores (e.g.
 # the packed kernels of int4 layers) before it is refused: what Keras then
 # allocates stays within 64 MB (float32) plus a small multiple of the file.
