@@ -113,9 +113,9 @@ def weight_order(class_name: str, names: Iterable[str] = ()) -> tuple[str, ...]:
     if kind is not None:
         return kind.weights
     names = set(names)
-    for order in kinds.saved_orders():
-        if names and names <= set(order):
-            return order
+    for saved in kinds.saved_orders():
+        if names and names <= set(saved):
+            return saved
     return ()
 
 
