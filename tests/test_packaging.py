@@ -36,7 +36,7 @@ def wheel(tmp_path_factory) -> Path:
     # Built from a copy: setuptools keeps a `build/` folder beside the sources,
     # and a module removed since an earlier build would stay in its wheel.
     source = tmp_path_factory.mktemp("source")
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
         shutil.copy(ROOT / name, source / name)
     shutil.copytree(PACKAGE, source / "kerasurgery", ignore=shutil.ignore_patterns("__pycache__"))
     out = tmp_path_factory.mktemp("dist")

@@ -168,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
         "prune", parents=[common, writing], formatter_class=formatter,
         help="prune in one shot from calibration inputs (Wanda, SparseGPT)",
         description="Prune every Dense, EinsumDense and convolution (or --layer) block by block\n"
-        "from the inputs in --calibration, pinned at 0. Default output: IN.pruned.SUFFIX.",
+        "from the inputs in --calibration, pinned at 0. Default output: <stem>.pruned<suffix> beside IN.",
         epilog="examples:\n  kerasurgery prune model.keras --method wanda --sparsity 0.5 --calibration x.npy\n"
         "  kerasurgery prune lm.keras --method sparsegpt --n-of-m 2:4 --calibration batch.npz\n",
     )
