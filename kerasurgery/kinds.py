@@ -154,20 +154,21 @@ class Kind:
 # --- sizing: the formulas of the Keras 3.15 layers' `build` methods -------------
 
 
-def _is_size(value: Any) -> bool:
+def is_size(value: Any) -> bool:
+    """A size a config may state: a non-negative int (not a bool)."""
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def _size(value: Any) -> int:
-    """A size the config states: a non-negative int."""
-    if not _is_size(value):
+def size(value: Any) -> int:
+    """A size the config states: a non-negative int; else `ValueError`."""
+    if not is_size(value):
         raise ValueError(value)
     return value
 
 
 def _dim(value: Any) -> int | None:
     """A size the input gives: `None` where unknown."""
-    return None if value is None else _size(value)
+    return None if value is None else size(value)
 
 
 def _times(a: int | None, b: int | None) -> int | None:
@@ -175,12 +176,12 @@ def _times(a: int | None, b: int | None) -> int | None:
 
 
 def _dense(config: Mapping, shape: Sequence) -> list[Shape]:
-    units = _size(config["units"])
+    units = size(config["units"])
     return [(_dim(shape[-1]), units), *([(units,)] if _use_bias(config) else [])]
 
 
 def _embedding(config: Mapping, shape: Sequence) -> list[Shape]:
-    return [(_size(config["input_dim"]), _size(config["output_dim"]))]
+    return [(size(config["input_dim"]), size(config["output_dim"]))]
 
 
 def _channels(config: Mapping, shape: Sequence) -> int | None:
@@ -188,17 +189,17 @@ def _channels(config: Mapping, shape: Sequence) -> int | None:
 
 
 def _window(config: Mapping, rank: int) -> tuple[int, ...]:
-    size = config["kernel_size"]
-    size = [size] * rank if _is_size(size) else size
-    if not isinstance(size, list) or len(size) != rank:
-        raise ValueError(size)
-    return tuple(_size(n) for n in size)
+    window = config["kernel_size"]
+    window = [window] * rank if is_size(window) else window
+    if not isinstance(window, list) or len(window) != rank:
+        raise ValueError(window)
+    return tuple(size(n) for n in window)
 
 
 def _conv(rank: int, transpose: bool = False) -> Callable:
     def sizes(config: Mapping, shape: Sequence) -> list[Shape]:
-        filters, channels = _size(config["filters"]), _channels(config, shape)
-        groups = 1 if transpose else _size(config.get("groups", 1))
+        filters, channels = size(config["filters"]), _channels(config, shape)
+        groups = 1 if transpose else size(config.get("groups", 1))
         if groups == 0 or (channels is not None and channels % groups):
             raise ValueError(groups)
         pair = (filters, channels) if transpose else (
@@ -209,7 +210,7 @@ def _conv(rank: int, transpose: bool = False) -> Callable:
 
 def _depthwise(rank: int) -> Callable:
     def sizes(config: Mapping, shape: Sequence) -> list[Shape]:
-        channels, multiplier = _channels(config, shape), _size(config.get("depth_multiplier", 1))
+        channels, multiplier = _channels(config, shape), size(config.get("depth_multiplier", 1))
         bias = [(_times(channels, multiplier),)] if _use_bias(config) else []
         return [_window(config, rank) + (channels, multiplier), *bias]
     return sizes
@@ -217,8 +218,8 @@ def _depthwise(rank: int) -> Callable:
 
 def _separable(rank: int) -> Callable:
     def sizes(config: Mapping, shape: Sequence) -> list[Shape]:
-        channels, multiplier = _channels(config, shape), _size(config.get("depth_multiplier", 1))
-        filters = _size(config["filters"])
+        channels, multiplier = _channels(config, shape), size(config.get("depth_multiplier", 1))
+        filters = size(config["filters"])
         return [_window(config, rank) + (channels, multiplier),
                 (1,) * rank + (_times(channels, multiplier), filters),
                 *([(filters,)] if _use_bias(config) else [])]

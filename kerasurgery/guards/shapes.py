@@ -113,25 +113,15 @@ def entries(shapes: list[Shape]) -> int:
 def _shape(value: Any) -> list[int | None] | None:
     if not isinstance(value, list) or not value or len(value) > 16:
         return None
-    if all(d is None or (_is_size(d)) for d in value):
+    if all(d is None or (kinds.is_size(d)) for d in value):
         return value
     return None
-
-
-def _is_size(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def _size(value: Any) -> int:
-    if not _is_size(value):
-        raise ValueError(value)
-    return value
 
 
 def _axis_size(shape: list, axis: Any) -> int:
     if not isinstance(axis, int) or isinstance(axis, bool) or not -len(shape) <= axis < len(shape):
         raise ValueError(axis)
-    return _size(shape[axis])
+    return kinds.size(shape[axis])
 
 
 def _batch_normalization(config: dict, shape: list) -> list[Shape]:
@@ -190,8 +180,8 @@ def constant_entries(kind: str, config: dict, input_shape: Any) -> int:
 def _prelu(config: dict, shape: list) -> list[Shape]:
     alpha = list(shape[1:])
     for axis in config.get("shared_axes") or ():
-        alpha[_size(axis) - 1] = 1
-    return [tuple(_size(d) for d in alpha)]
+        alpha[kinds.size(axis) - 1] = 1
+    return [tuple(kinds.size(d) for d in alpha)]
 
 
 # The pinnable kinds size themselves (`kinds.Kind.sizes`); the layers below
