@@ -30,7 +30,9 @@ __all__ = [
     "layers",
     "load_model",
     "rules",
+    "prune_units",
     "save_model",
+    "shrink",
     "strip",
     *sorted(_kinds.pinned_class_names()),
 ]
@@ -43,6 +45,8 @@ _LAZY = {
     "strip": "kerasurgery.model.surgery",
     "load_model": "kerasurgery.model.saving",
     "save_model": "kerasurgery.model.saving",
+    "shrink": "kerasurgery.model.shrink",
+    "prune_units": "kerasurgery.model.units",
     "rules": "kerasurgery.rules",
     "callbacks": "kerasurgery.callbacks",
     "layers": "kerasurgery.layers",
