@@ -67,7 +67,8 @@ def prune_units(
     live = dict(walk_layers(model))
     masks: dict[tuple[str, str], np.ndarray] = {}
     zeroed: dict[tuple[str, str], list[int]] = {}
-    for group in dependency_groups(model):
+    groups = dependency_groups(model)
+    for group in groups:
         if not group.prunable or not _selected(group, patterns, live):
             continue
         count = round(fraction * group.units)
@@ -88,10 +89,11 @@ def prune_units(
                 where[member.axis] = indices
                 mask[tuple(where)] = True
     if not masks and not zeroed:
-        warnings.warn(
-            f"prune_units({fraction}): round(fraction * units) is 0 in every group; "
-            "nothing is pruned.", NothingPinnedWarning, stacklevel=2,
-        )
+        selected = [g for g in groups if g.prunable and _selected(g, patterns, live)]
+        warnings.warn(NothingPinnedWarning(
+            ", ".join(patterns), f"prune_units({fraction})",
+            sum(len(g.producers) for g in selected),
+        ), stacklevel=2)
         return model
     from kerasurgery.model.surgery import freeze
 
