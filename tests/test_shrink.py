@@ -189,10 +189,17 @@ def test_shrink_removes_units_that_are_zero_by_value_in_a_plain_model():
     _close(model.predict(x, verbose=0), small.predict(x, verbose=0))
 
 
-def test_a_shrunk_application_saves_and_reloads_with_plain_keras(tmp_path):
-    model = keras.applications.MobileNetV2(
-        weights=None, input_shape=(32, 32, 3), classes=10, alpha=0.35, classifier_activation=None,
-    )
+APPLICATIONS = {
+    "MobileNetV2": lambda: keras.applications.MobileNetV2(
+        weights=None, input_shape=(32, 32, 3), classes=10, alpha=0.35, classifier_activation=None),
+    "ResNet50": lambda: keras.applications.ResNet50(
+        weights=None, input_shape=(32, 32, 3), classes=10, classifier_activation=None),
+}
+
+
+@pytest.mark.parametrize("name", sorted(APPLICATIONS))
+def test_a_shrunk_application_saves_and_reloads_with_plain_keras(tmp_path, name):
+    model = APPLICATIONS[name]()
     _randomize(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
