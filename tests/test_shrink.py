@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import warnings
 
 import keras
@@ -214,3 +217,39 @@ def test_a_shrunk_application_saves_and_reloads_with_plain_keras(tmp_path, name)
     small.save(path)
     reloaded = keras.saving.load_model(path)
     assert np.array_equal(reloaded.predict(x, verbose=0), got)
+
+
+_RELOAD = """
+import sys, numpy as np, keras
+x = np.load(sys.argv[2])
+for path in sys.argv[3:]:
+    model = keras.saving.load_model(path, compile=False)
+    out = model.predict(x, verbose=0)
+    assert np.array_equal(out, np.load(sys.argv[1])), path
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
+    kernels = {l.name: np.array(l.kernel) for l in model.layers if hasattr(l, "kernel")}
+    losses = model.fit(x, np.zeros_like(out), epochs=3, batch_size=len(x), verbose=0).history["loss"]
+    assert losses[-1] < losses[0], (path, losses)
+    still = [n for n, k in kernels.items() if np.array_equal(k, np.array(model.get_layer(n).kernel))]
+    assert not still, (path, still)
+assert not any(name.startswith("kerasurgery") for name in sys.modules)
+print("ok")
+"""
+
+
+def test_a_shrunk_model_saves_as_keras_and_h5_and_trains_without_kerasurgery(tmp_path):
+    model = _residual()
+    _randomize(model)
+    small = ks.shrink(ks.prune_units(model, 0.5))
+    x = _inputs(model)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "out.npy", small.predict(x, verbose=0))
+    paths = [str(tmp_path / "small.keras"), str(tmp_path / "small.h5")]
+    for path in paths:
+        small.save(path)
+    done = subprocess.run(
+        [sys.executable, "-c", _RELOAD, str(tmp_path / "out.npy"), str(tmp_path / "x.npy"), *paths],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": ""},
+    )
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]
