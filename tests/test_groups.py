@@ -70,7 +70,7 @@ def test_a_residual_add_makes_the_branches_one_group():
 
 def test_an_add_with_a_model_input_leaves_the_channels():
     x = keras.Input((3,))
-    s = L.Add()([x, L.Dense(3, name="a")(x)])
+    s = L.Add(name="add")([x, L.Dense(3, name="a")(x)])
     model = keras.Model(x, L.Dense(2, name="out")(s))
     assert dependency_groups(model).of("a").left == (
         "merged by 'add' with a channel no layer here makes",)

@@ -299,18 +299,18 @@ class _Walk:
 
 def _group(producers: tuple[str, ...], units: list[list[_Unit]]) -> Group:
     keys: dict[tuple[str, str, int], None] = {}
+    per_unit: list[dict[tuple[str, str, int], set[int]]] = []
     for parts in units:
+        entries: dict[tuple[str, str, int], set[int]] = {}
         for part in parts:
-            for path, weight, axis, _ in part.members:
+            for path, weight, axis, indices in part.members:
                 keys[(path, weight, axis)] = None
-    members = []
-    for key in keys:
-        per_unit = []
-        for parts in units:
-            found = sorted({i for part in parts for (*k, idx) in part.members if tuple(k) == key
-                            for i in idx})
-            per_unit.append(tuple(found))
-        members.append(Member(*key, tuple(per_unit)))
+                entries.setdefault((path, weight, axis), set()).update(indices)
+        per_unit.append(entries)
+    members = [
+        Member(*key, tuple(tuple(sorted(entries.get(key, ()))) for entries in per_unit))
+        for key in keys
+    ]
     reads = [[r for part in parts for r in part.reads] for parts in units]
     left = tuple(dict.fromkeys(why for parts in units for part in parts for why in part.left))
     return Group(
