@@ -120,7 +120,7 @@ def test_layer_normalization_and_unknown_layers_are_reported_not_guessed():
     }
 
 
-def test_a_sigmoid_keeps_a_zero_unit_from_being_removable():
+def test_a_constant_unit_is_folded_into_a_dense_bias():
     model = keras.Sequential([
         keras.Input((3,)), L.Dense(2, activation="sigmoid", name="s"),
         L.Dense(2, activation="relu", name="r"), L.Dense(1, name="out"),
@@ -128,8 +128,30 @@ def test_a_sigmoid_keeps_a_zero_unit_from_being_removable():
     for layer in model.layers[:2]:
         layer.kernel.assign(np.zeros(layer.kernel.shape))
     groups = dependency_groups(model)
-    assert groups.of("s").removable == (False, False) and not groups.of("s").prunable
-    assert groups.of("r").removable == (True, True) and groups.of("r").prunable
+    # sigmoid(0) = 0.5 in each unit, which `r`'s bias absorbs; relu(0) = 0.
+    assert groups.of("s").removable == (True, True) and groups.of("s").prunable
+    assert [[f.values for f in unit] for unit in groups.of("s").folds] == [[(0.5,)], [(0.5,)]]
+    assert repr(groups.of("s")) == (
+        "Group(s: 2 units, 2 removable)\n"
+        "  s:kernel[axis 1] [0, 1]\n"
+        "  s:bias[axis 0] [0, 1]\n"
+        "  r:kernel[axis 0] [0, 1]\n"
+        "  unit 0: r:bias += [0] x [0.5]\n"
+        "  unit 1: r:bias += [1] x [0.5]"
+    )
+    assert groups.of("r").removable == (True, True) and groups.of("r").folds == ((), ())
+
+
+def test_a_constant_unit_read_with_same_padding_is_not_removable():
+    x = keras.Input((6, 6, 1))
+    y = L.Conv2D(2, 1, activation="sigmoid", name="s")(x)
+    y = L.Conv2D(2, 3, padding="same", name="same")(y)
+    model = keras.Model(x, L.GlobalAveragePooling2D()(L.Conv2D(1, 1, name="out")(y)))
+    layer = model.get_layer("s")
+    layer.kernel.assign(np.zeros(layer.kernel.shape))
+    group = dependency_groups(model).of("s")
+    # The border of `same` sees zero padding, not 0.5: no bias can absorb it.
+    assert group.removable == (False, False) and not group.prunable
 
 
 def test_a_layer_called_twice_is_left_alone():

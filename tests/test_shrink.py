@@ -259,3 +259,40 @@ def test_a_shrunk_model_saves_as_keras_and_h5_and_trains_without_kerasurgery(tmp
         env={**os.environ, "PYTHONPATH": ""},
     )
     assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]
+
+
+def _constant_units():
+    x = keras.Input((7, 7, 2))
+    y = L.Conv2D(4, 1, activation="sigmoid", name="s")(x)
+    y = L.MaxPooling2D(name="pool")(L.Conv2D(5, 3, name="valid", activation="relu")(y))
+    d = L.Dense(3, activation="softplus", name="soft")(L.Flatten()(y))
+    return keras.Model(x, L.Dense(2, name="out")(L.Dense(4, name="hidden")(d)))
+
+
+def test_shrink_folds_constant_units_into_the_consumers_bias():
+    model = _constant_units()
+    _randomize(model)
+    for name, units in (("s", [0, 2]), ("soft", [1])):
+        layer = model.get_layer(name)
+        kernel = keras.ops.convert_to_numpy(layer.kernel)
+        kernel[..., units] = 0.0
+        layer.kernel.assign(kernel)
+    groups = dependency_groups(model)
+    assert groups.of("s").removable_units() == [0, 2]  # sigmoid(b) into `valid`'s bias
+    assert groups.of("soft").removable_units() == [1]  # softplus(b) into `hidden`'s bias
+    small = ks.shrink(model)
+    assert small.get_layer("valid").kernel.shape == (3, 3, 2, 5)
+    assert small.get_layer("hidden").kernel.shape == (2, 4)
+    x = _inputs(model)
+    _close(model.predict(x, verbose=0), small.predict(x, verbose=0))
+
+
+def test_prune_units_prunes_units_whose_constant_a_bias_absorbs():
+    model = _constant_units()
+    _randomize(model)
+    pruned = ks.prune_units(model, 0.5)
+    assert dict(walk_layers(pruned))["s"].pins().bias.sum() == 2
+    small = ks.shrink(pruned)
+    assert small.get_layer("s").filters == 2
+    x = _inputs(model)
+    _close(pruned.predict(x, verbose=0), small.predict(x, verbose=0))

@@ -68,6 +68,25 @@ class Member:
 
 
 @dataclasses.dataclass(frozen=True)
+class Fold:
+    """A removed unit's constant output, which a consumer's bias absorbs.
+
+    Attributes:
+        layer: The consumer's path (a `Dense`, or a convolution with `valid`
+            padding, with a bias).
+        positions: The consumer's input rows / channels the unit holds.
+        values: The constant at each of those positions.
+    """
+
+    layer: str
+    positions: tuple[int, ...]
+    values: tuple[float, ...]
+
+    def __repr__(self) -> str:
+        return f"{self.layer}:bias += {_format_indices([self.positions])} x {list(self.values)[:8]}"
+
+
+@dataclasses.dataclass(frozen=True)
 class Group:
     """The coupled output units of one set of producers, with everything they own.
 
@@ -80,6 +99,8 @@ class Group:
         prunable: Whether pinning the producers' units (and setting the
             normalizations' gamma and beta) at 0.0 makes a unit removable.
         left: Why no unit of the group can be removed (empty when they can).
+        folds: For each unit, the constants its consumers' biases absorb when
+            it is removed (empty where it is zero wherever it is read).
     """
 
     producers: tuple[str, ...]
@@ -87,6 +108,7 @@ class Group:
     removable: tuple[bool, ...]
     prunable: bool
     left: tuple[str, ...] = ()
+    folds: tuple[tuple[Fold, ...], ...] = ()
 
     @property
     def units(self) -> int:
@@ -103,6 +125,9 @@ class Group:
             f"{len(self.removable_units())} removable")
         lines = [f"Group({' + '.join(self.producers)}: {self.units} units, {state})"]
         lines += [f"  {member!r}" for member in self.members]
+        removable = set(self.removable_units())
+        lines += [f"  unit {unit}: {fold!r}" for unit, folds in enumerate(self.folds)
+                  if unit in removable for fold in folds]
         return "\n".join(lines)
 
 
@@ -176,12 +201,18 @@ class _Value:
     """A tensor's last axis, channel by channel: which unit it carries (or None)."""
 
     units: list[int | None]
-    zero: np.ndarray  # exactly zero now
-    can_zero: np.ndarray  # zero once its units are pinned at zero
+    # Each channel's value where it does not depend on the input (NaN where
+    # it does): now, and once its units are pinned at zero.
+    const: np.ndarray
+    can_const: np.ndarray
 
     @classmethod
     def opaque(cls, size: int) -> _Value:
-        return cls([None] * size, np.zeros(size, bool), np.zeros(size, bool))
+        return cls([None] * size, np.full(size, np.nan), np.full(size, np.nan))
+
+    def only_zero(self) -> _Value:
+        """The same channels through a layer that keeps 0.0 but no other constant."""
+        return _Value(list(self.units), _zero_or_nan(self.const), _zero_or_nan(self.can_const))
 
     def positions(self) -> dict[int, list[int]]:
         found: dict[int, list[int]] = {}
@@ -196,8 +227,10 @@ class _Unit:
     producer: str
     index: int
     members: list[tuple[str, str, int, tuple[int, ...]]] = dataclasses.field(default_factory=list)
-    # (reader, zero now, zero once pinned) for every consumer that reads it.
-    reads: list[tuple[str, bool, bool]] = dataclasses.field(default_factory=list)
+    # Every consumer that reads it: (reader, its bias can absorb a constant,
+    # positions, the constants now, the constants once pinned).
+    reads: list[tuple[str, bool, tuple[int, ...], np.ndarray, np.ndarray]] = dataclasses.field(
+        default_factory=list)
     left: list[str] = dataclasses.field(default_factory=list)
 
 
@@ -244,10 +277,10 @@ class _Walk:
         for unit, positions in value.positions().items():
             self.units[unit].members.append((path, weight, axis, tuple(spread(positions))))
 
-    def read(self, value: _Value, reader: str) -> None:
+    def read(self, value: _Value, reader: str, *, folds: bool = False) -> None:
         for unit, positions in value.positions().items():
             self.units[unit].reads.append(
-                (reader, bool(value.zero[positions].all()), bool(value.can_zero[positions].all()))
+                (reader, folds, tuple(positions), value.const[positions], value.can_const[positions])
             )
 
     def run(self) -> DependencyGroups:
@@ -316,10 +349,24 @@ def _group(producers: tuple[str, ...], units: list[list[_Unit]]) -> Group:
     return Group(
         producers=producers,
         members=tuple(members),
-        removable=tuple(all(zero for _, zero, _ in r) for r in reads),
-        prunable=not left and all(all(can for *_, can in r) for r in reads),
+        removable=tuple(all(_absorbed(r[3], r[1]) for r in unit) for unit in reads),
+        prunable=not left and all(_absorbed(r[4], r[1]) for unit in reads for r in unit),
         left=left,
+        folds=tuple(
+            tuple(Fold(reader, positions, tuple(float(v) for v in const))
+                  for reader, _, positions, const, _ in unit if np.any(const != 0.0))
+            for unit in reads
+        ),
     )
+
+
+def _absorbed(const: np.ndarray, folds: bool) -> bool:
+    """A read that removing the unit leaves exact: of zeros, or of constants a bias absorbs."""
+    return bool(np.all(const == 0.0) or (folds and np.all(np.isfinite(const))))
+
+
+def _zero_or_nan(const: np.ndarray) -> np.ndarray:
+    return np.where(const == 0.0, 0.0, np.nan)
 
 
 def _flat_calls(model: keras.Model) -> list[tuple[str, Any, list, list]]:
@@ -377,49 +424,56 @@ def _channels_last(layer: Any) -> None:
         raise _Unsupported("channels first")
 
 
-def _activation(layer: Any) -> tuple[bool, bool]:
-    """(acts entry by entry, maps 0.0 to exactly 0.0) for the layer's activation."""
+def _activation(layer: Any) -> Callable | None:
+    """The layer's activation if it acts entry by entry (identity without one), else None."""
     fn = getattr(layer, "activation", None)
     if fn is None:
-        return True, True
+        return lambda x: x
     name = getattr(fn, "__name__", "")
     try:
         known = name in _ELEMENTWISE and keras.activations.get(name) is fn
     except ValueError:
         known = False
-    if not known:
-        return False, False
-    return True, _keeps_zero(fn)
+    return fn if known else None
 
 
-def _keeps_zero(fn: Callable) -> bool:
-    out = ops.convert_to_numpy(fn(ops.zeros((1, 4))))
-    return bool(np.all(out == 0.0))
+def _apply(fn: Callable, const: np.ndarray) -> np.ndarray:
+    """`fn` on the constant channels, in float32 as the model computes; NaN stays NaN."""
+    out = np.full(const.shape, np.nan)
+    known = np.isfinite(const)
+    if known.any():
+        values = ops.convert_to_tensor(const[known].astype("float32")[None, :])
+        out[known] = ops.convert_to_numpy(fn(values))[0]
+    return out
 
 
 # -- what each kind does to channels ----------------------------------------------
 
 
 def _consume(walk: _Walk, layer: Any, path: str, value: _Value, weight: str) -> np.ndarray:
-    """A layer that reads channels along its kernel's input axis (second to last)."""
+    """A layer that reads channels along its kernel's input axis (second to last).
+
+    Its bias absorbs a constant channel when every output sees the whole
+    kernel window on it: a `Dense`, or a convolution with `valid` padding.
+    """
     kernel = _numpy(layer, weight)
     if kernel.shape[-2] != len(value.units):
         raise _Unsupported(f"{weight} reads {kernel.shape[-2]} inputs of {len(value.units)}")
     walk.member(value, path, weight, kernel.ndim - 2)
-    walk.read(value, path)
+    folds = bool(getattr(layer, "use_bias", False)) and getattr(layer, "padding", "valid") == "valid"
+    walk.read(value, path, folds=folds)
     return kernel
 
 
 def _produce(walk: _Walk, layer: Any, path: str, kernel: np.ndarray, weight: str) -> _Value:
-    elementwise, keeps_zero = _activation(layer)
-    if not elementwise:
+    activation = _activation(layer)
+    if activation is None:
         raise _Unsupported("an activation across units")
     bias = _numpy(layer, "bias")
     count = kernel.shape[-1]
     columns = kernel.reshape(-1, count)
-    zero = np.all(columns == 0.0, axis=0) & keeps_zero
-    if bias is not None:
-        zero &= bias == 0.0
+    pre = np.zeros(count) if bias is None else bias.astype(np.float64)
+    pre[~np.all(columns == 0.0, axis=0)] = np.nan
     units: list[int | None] = []
     for index in range(count):
         unit = walk.new_unit(path, index)
@@ -427,7 +481,7 @@ def _produce(walk: _Walk, layer: Any, path: str, kernel: np.ndarray, weight: str
         if bias is not None:
             walk.units[unit].members.append((path, "bias", 0, (index,)))
         units.append(unit)
-    return _Value(units, zero, np.full(count, keeps_zero))
+    return _Value(units, _apply(activation, pre), _apply(activation, np.zeros(count)))
 
 
 def _dense_or_conv(walk, layer, path, values, inputs, outputs):
@@ -464,19 +518,25 @@ def _depthwise(walk, layer, path, values, inputs, outputs):
     bias = _numpy(layer, "bias")
     if bias is not None:
         walk.member(value, path, "bias", 0, spread)
-    elementwise, keeps_zero = _activation(layer)
-    if not elementwise:
+    activation = _activation(layer)
+    if activation is None:
         raise _Unsupported("an activation across units")
-    filters = kernel.reshape(-1, kernel.shape[-2] * multiplier)
-    zero = (np.repeat(value.zero, multiplier) | np.all(filters == 0.0, axis=0)) & keeps_zero
-    if bias is not None:
-        zero &= bias == 0.0
-    can_zero = np.repeat(value.can_zero, multiplier) & keeps_zero
+    count = kernel.shape[-2] * multiplier
+    filters = kernel.reshape(-1, count)
+    inputs_now = np.repeat(value.const, multiplier)
+    offset = np.zeros(count) if bias is None else bias.astype(np.float64)
+    # A zero channel (or a zero filter) leaves the bias; another constant
+    # stays constant only where no output sees padding.
+    through = inputs_now * filters.sum(axis=0) + offset if layer.padding == "valid" else np.nan
+    pre = np.where((inputs_now == 0.0) | np.all(filters == 0.0, axis=0), offset, through)
+    # Pinned: the input channel at zero and the bias on it at zero.
+    can = np.where(np.repeat(value.can_const, multiplier) == 0.0, 0.0, np.nan)
     units = [u for u in value.units for _ in range(multiplier)]
-    return [_Value(units, zero, can_zero)]
+    return [_Value(units, _apply(activation, pre), _apply(activation, can))]
 
 
 def _batch_norm(walk, layer, path, values, inputs, outputs):
+    """Zero where gamma and beta are: other constants depend on training or inference."""
     value = values[0]
     rank = len(inputs[0].shape)
     axes = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
@@ -486,25 +546,32 @@ def _batch_norm(walk, layer, path, values, inputs, outputs):
         if getattr(layer, weight, None) is not None:
             walk.member(value, path, weight, 0)
     gamma, beta = _numpy(layer, "gamma"), _numpy(layer, "beta")
-    both = gamma is not None and beta is not None
-    zero = (gamma == 0.0) & (beta == 0.0) if both else np.zeros(len(value.units), bool)
-    return [_Value(list(value.units), zero, np.full(len(value.units), both))]
+    size = len(value.units)
+    if gamma is None or beta is None:
+        return [_Value(list(value.units), np.full(size, np.nan), np.full(size, np.nan))]
+    const = np.where((gamma == 0.0) & (beta == 0.0), 0.0, np.nan)
+    return [_Value(list(value.units), const, np.zeros(size))]
 
 
 def _elementwise(walk, layer, path, values, inputs, outputs):
-    """Channel by channel, zero kept at zero: pooling, padding, dropout, ReLU."""
+    """Channel by channel: activations, pooling, padding, dropout."""
     _channels_last(layer)
     value = values[0]
     if len(value.units) != (_channels(outputs[0]) or 0):
         raise _Unsupported("changes the channel count")
-    keeps_zero = True
     if isinstance(layer, keras.layers.Activation):
-        elementwise, keeps_zero = _activation(layer)
-        if not elementwise:
+        activation = _activation(layer)
+        if activation is None:
             raise _Unsupported("an activation across units")
-    elif not isinstance(layer, _ZERO_KEEPING):
-        keeps_zero = _keeps_zero(layer)
-    return [_Value(list(value.units), value.zero & keeps_zero, value.can_zero & keeps_zero)]
+    elif isinstance(layer, _CONSTANT_KEEPING) and getattr(layer, "padding", "valid") == "valid":
+        return [value]
+    elif isinstance(layer, _ZERO_KEEPING + _CONSTANT_KEEPING):
+        # Padding (or dropout in training) changes a constant, never a zero.
+        return [value.only_zero()]
+    else:
+        activation = layer
+    return [_Value(list(value.units), _apply(activation, value.const),
+                   _apply(activation, value.can_const))]
 
 
 def _flatten(walk, layer, path, values, inputs, outputs):
@@ -515,7 +582,7 @@ def _flatten(walk, layer, path, values, inputs, outputs):
     if any(size is None for size in spatial):
         raise _Unsupported("spatial size unknown")
     times = math.prod(spatial)
-    return [_Value(value.units * times, np.tile(value.zero, times), np.tile(value.can_zero, times))]
+    return [_Value(value.units * times, np.tile(value.const, times), np.tile(value.can_const, times))]
 
 
 def _merge(walk, layer, path, values, inputs, outputs):
@@ -536,9 +603,18 @@ def _merge(walk, layer, path, values, inputs, outputs):
         for other in known[1:]:
             root = walk.union(root, other)
         units.append(root)
-    zero = np.logical_and.reduce([v.zero for v in values])
-    can_zero = np.logical_and.reduce([v.can_zero for v in values])
-    return [_Value(units, zero, can_zero)]
+    combine = _MERGES[_keras_class(layer)]
+    return [_Value(units, combine([v.const for v in values]), combine([v.can_const for v in values]))]
+
+
+_MERGES: dict[type, Callable[[list[np.ndarray]], np.ndarray]] = {
+    keras.layers.Add: lambda xs: np.sum(xs, axis=0),
+    keras.layers.Subtract: lambda xs: xs[0] - xs[1],
+    keras.layers.Multiply: lambda xs: np.prod(xs, axis=0),
+    keras.layers.Average: lambda xs: np.mean(xs, axis=0),
+    keras.layers.Maximum: lambda xs: np.max(xs, axis=0),
+    keras.layers.Minimum: lambda xs: np.min(xs, axis=0),
+}
 
 
 def _concatenate(walk, layer, path, values, inputs, outputs):
@@ -547,21 +623,26 @@ def _concatenate(walk, layer, path, values, inputs, outputs):
         raise _Unsupported("concatenates another axis than the last")
     return [_Value(
         [u for v in values for u in v.units],
-        np.concatenate([v.zero for v in values]),
-        np.concatenate([v.can_zero for v in values]),
+        np.concatenate([v.const for v in values]),
+        np.concatenate([v.can_const for v in values]),
     )]
 
 
 _L = keras.layers
-_ZERO_KEEPING = (
-    _L.Dropout, _L.SpatialDropout1D, _L.SpatialDropout2D, _L.SpatialDropout3D, _L.GaussianDropout,
+# A constant channel stays that constant (max pooling pads with -inf; with
+# `valid` padding nothing is padded).
+_CONSTANT_KEEPING = (
     _L.MaxPooling1D, _L.MaxPooling2D, _L.MaxPooling3D,
     _L.AveragePooling1D, _L.AveragePooling2D, _L.AveragePooling3D,
     _L.GlobalAveragePooling1D, _L.GlobalAveragePooling2D, _L.GlobalAveragePooling3D,
     _L.GlobalMaxPooling1D, _L.GlobalMaxPooling2D, _L.GlobalMaxPooling3D,
-    _L.ZeroPadding1D, _L.ZeroPadding2D, _L.ZeroPadding3D,
     _L.Cropping1D, _L.Cropping2D, _L.Cropping3D,
     _L.UpSampling1D, _L.UpSampling2D, _L.UpSampling3D,
+)
+# Zero stays zero, other constants do not (padding, dropout while training).
+_ZERO_KEEPING = (
+    _L.Dropout, _L.SpatialDropout1D, _L.SpatialDropout2D, _L.SpatialDropout3D, _L.GaussianDropout,
+    _L.ZeroPadding1D, _L.ZeroPadding2D, _L.ZeroPadding3D,
 )
 
 # One handler per Keras class (exact classes: a subclass may compute otherwise).
@@ -573,10 +654,9 @@ _HANDLERS: dict[type, Callable[..., list[_Value]]] = {
     _L.BatchNormalization: _batch_norm,
     _L.Activation: _elementwise, _L.ReLU: _elementwise, _L.LeakyReLU: _elementwise,
     _L.ELU: _elementwise,
-    **{kind: _elementwise for kind in _ZERO_KEEPING},
+    **{kind: _elementwise for kind in _ZERO_KEEPING + _CONSTANT_KEEPING},
     _L.Flatten: _flatten,
-    _L.Add: _merge, _L.Subtract: _merge, _L.Multiply: _merge, _L.Average: _merge,
-    _L.Maximum: _merge, _L.Minimum: _merge,
+    **{kind: _merge for kind in _MERGES},
     _L.Concatenate: _concatenate,
 }
 

@@ -9,9 +9,13 @@ topology with smaller layers: `Dense` layers with fewer `units`,
 convolutions with fewer `filters`, and the layers that read them built on
 fewer channels.
 
-Removed units with a non-zero constant output (a sigmoid of a zero input)
-are not folded into their consumers' bias in this release: `groups` marks
-them not removable and they stay.
+A removed unit whose output is a non-zero constant (the sigmoid of a zero
+input, a bias pinned at a non-zero value) is folded: the bias of each
+consumer that reads it (a `Dense`, or a convolution with `valid` padding,
+whose every output sees the whole window) gains the constant times the
+removed kernel rows. Where a consumer cannot absorb it (`same` padding sees
+zeros at the border, no bias, a normalization whose output depends on
+training), the unit stays.
 """
 
 from __future__ import annotations
@@ -64,6 +68,7 @@ def shrink(model: keras.Model) -> keras.Model:
     removed = removed_units(groups)
     source = _plain(model)
     deletions = _deletions(groups, removed)
+    folds = _folded_biases(source, groups, removed)
     sizes = _new_sizes(source, groups, removed)
     config = keras.saving.serialize_keras_object(source)
     _edit_layers(config["config"]["layers"], "", sizes)
@@ -73,7 +78,7 @@ def shrink(model: keras.Model) -> keras.Model:
         small = keras.saving.deserialize_keras_object(config, safe_mode=False)
     except Exception as e:
         raise KerasurgeryError(f"Could not rebuild model {model.name!r} smaller: {e}") from None
-    _copy_weights(source, small, deletions)
+    _copy_weights(source, small, deletions, folds)
     return small
 
 
@@ -121,6 +126,23 @@ def _deletions(
     }
 
 
+def _folded_biases(
+    model: keras.Model, groups: DependencyGroups, removed: dict[tuple[str, ...], list[int]]
+) -> dict[str, np.ndarray]:
+    """Consumer path -> what its bias gains from the constants of the removed units."""
+    layers = dict(walk_layers(model))
+    gains: dict[str, np.ndarray] = {}
+    for group in groups:
+        for unit in removed.get(group.producers, []):
+            for fold in group.folds[unit]:
+                kernel = ops.convert_to_numpy(layers[fold.layer].kernel).astype(np.float64)
+                rows = np.take(kernel, list(fold.positions), axis=kernel.ndim - 2)
+                values = np.asarray(fold.values).reshape(-1, 1)
+                gain = (rows * values).sum(axis=tuple(range(kernel.ndim - 1)))
+                gains[fold.layer] = gains.get(fold.layer, 0.0) + gain
+    return gains
+
+
 def _new_sizes(
     model: keras.Model, groups: Iterable[Group], removed: dict[tuple[str, ...], list[int]]
 ) -> dict[str, dict[str, int]]:
@@ -153,7 +175,10 @@ def _edit_layers(entries: list[dict], prefix: str, sizes: dict[str, dict[str, in
 
 
 def _copy_weights(
-    source: keras.Model, small: keras.Model, deletions: dict[tuple[str, str], dict[int, list[int]]]
+    source: keras.Model,
+    small: keras.Model,
+    deletions: dict[tuple[str, str], dict[int, list[int]]],
+    folds: dict[str, np.ndarray],
 ) -> None:
     old = dict(walk_layers(source))
     done: list[str] = []
@@ -164,6 +189,8 @@ def _copy_weights(
         arrays = []
         for variable in old[path].weights:
             array = ops.convert_to_numpy(variable)
+            if variable.name == "bias" and path in folds:
+                array = (array.astype(np.float64) + folds[path]).astype(array.dtype)
             for axis, indices in deletions.get((path, variable.name), {}).items():
                 array = np.delete(array, indices, axis=axis)
             arrays.append(array)
