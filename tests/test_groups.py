@@ -110,10 +110,10 @@ def test_layer_normalization_and_unknown_layers_are_reported_not_guessed():
     x = keras.Input((4,))
     a = L.Dense(3, name="a")(x)
     b = L.Dense(3, name="b")(L.LayerNormalization(name="ln")(a))
-    model = keras.Model(x, L.Dense(1, name="out")(L.Reshape((3,), name="rs")(b)))
+    model = keras.Model(x, L.Dense(1, name="out")(L.RepeatVector(2, name="rs")(b)))
     groups = dependency_groups(model)
     assert groups.of("a").left == ("read by 'ln' (LayerNormalization: normalizes across channels)",)
-    assert groups.of("b").left[0].startswith("read by 'rs' (Reshape")
+    assert groups.of("b").left[0].startswith("read by 'rs' (RepeatVector")
     assert dict(groups.unknown) == {
         "ln": "normalizes across channels",
         "rs": "a kind whose channels the graph does not follow",
@@ -152,6 +152,30 @@ def test_a_constant_unit_read_with_same_padding_is_not_removable():
     group = dependency_groups(model).of("s")
     # The border of `same` sees zero padding, not 0.5: no bias can absorb it.
     assert group.removable == (False, False) and not group.prunable
+
+
+def test_squeeze_and_excitation_couples_the_scale_with_the_features_it_multiplies():
+    x = keras.Input((4, 4, 2))
+    y = L.Conv2D(3, 1, name="conv")(x)
+    se = L.Reshape((1, 1, 3), name="reshape")(L.GlobalAveragePooling2D()(y))
+    se = L.Conv2D(3, 1, activation="sigmoid", name="expand")(L.Conv2D(1, 1, name="reduce")(se))
+    y = L.Multiply(name="excite")([y, se])
+    model = keras.Model(x, L.GlobalAveragePooling2D()(L.Conv2D(1, 1, name="out")(y)))
+    groups = dependency_groups(model)
+    assert groups.of("conv").producers == ("conv", "expand") and groups.reshapes == ("reshape",)
+    assert set(_members(groups.of("conv"))) == {
+        ("conv", "kernel", 3), ("conv", "bias", 0), ("reduce", "kernel", 2),
+        ("expand", "kernel", 3), ("expand", "bias", 0), ("out", "kernel", 2),
+    }
+    # Pinned, the features are 0 and the scale sigmoid(0) = 0.5: the product is 0.
+    assert groups.of("conv").prunable
+
+
+def test_a_reshape_that_moves_the_channels_is_not_followed():
+    x = keras.Input((4,))
+    y = L.Reshape((2, 2), name="rs")(L.Dense(4, name="a")(x))
+    model = keras.Model(x, L.Flatten()(L.Dense(1, name="out")(y)))
+    assert dict(dependency_groups(model).unknown) == {"rs": "moves the channel axis"}
 
 
 def test_a_layer_called_twice_is_left_alone():

@@ -87,9 +87,21 @@ def _nested():
     return keras.Model(x, L.Dense(2, name="out")(inner(x)))
 
 
+def _squeeze_excite():
+    x = keras.Input((8, 8, 3))
+    y = L.BatchNormalization(name="bn")(L.Conv2D(8, 3, padding="same", name="conv")(x))
+    y = L.Activation("swish")(y)
+    se = L.Reshape((1, 1, 8), name="se_reshape")(L.GlobalAveragePooling2D(name="se_pool")(y))
+    se = L.Conv2D(2, 1, activation="swish", name="se_reduce")(se)
+    se = L.Conv2D(8, 1, activation="sigmoid", name="se_expand")(se)
+    y = L.Multiply(name="excite")([y, se])  # (8, 8, 8) times (1, 1, 8)
+    return keras.Model(x, L.Dense(2, name="out")(L.GlobalAveragePooling2D()(y)))
+
+
 MODELS = {
     "dense_chain": _dense_chain, "conv_bn": _conv_bn, "residual": _residual,
     "concatenate": _concatenate, "flatten": _flatten, "depthwise": _depthwise, "nested": _nested,
+    "squeeze_excite": _squeeze_excite,
 }
 
 

@@ -137,6 +137,8 @@ class DependencyGroups:
 
     groups: tuple[Group, ...]
     unknown: tuple[tuple[str, str], ...]  # (layer path, why)
+    # The `Reshape` layers that keep the channel axis last (and its count in their config).
+    reshapes: tuple[str, ...] = ()
 
     def __iter__(self):
         return iter(self.groups)
@@ -242,6 +244,7 @@ class _Walk:
         self.parent: list[int] = []
         self.values: dict[int, _Value] = {}
         self.unknown: dict[str, str] = {}
+        self.reshapes: list[str] = []
 
     # union-find over units: a residual sum makes its branches' units one
     def find(self, unit: int) -> int:
@@ -316,7 +319,7 @@ class _Walk:
                 self.values[id(tensor)] = value
         for tensor in self.model.outputs:
             self.leave(self.value(tensor), "a model output")
-        return DependencyGroups(self._groups(), tuple(self.unknown.items()))
+        return DependencyGroups(self._groups(), tuple(self.unknown.items()), tuple(self.reshapes))
 
     def _groups(self) -> tuple[Group, ...]:
         roots: dict[int, list[int]] = {}
@@ -586,10 +589,13 @@ def _flatten(walk, layer, path, values, inputs, outputs):
 
 
 def _merge(walk, layer, path, values, inputs, outputs):
-    """A residual merge: channel c of every input is one unit."""
-    shapes = {tuple(t.shape[1:]) for t in inputs}
-    if len(shapes) != 1:
-        raise _Unsupported("broadcasts")
+    """A residual merge: channel c of every input is one unit.
+
+    Inputs may broadcast over the other axes (a squeeze-and-excitation scale
+    of shape (1, 1, C) times the (H, W, C) features), not over channels.
+    """
+    if len({_channels(t) for t in inputs} | {_channels(outputs[0])}) != 1:
+        raise _Unsupported("broadcasts over channels")
     units: list[int | None] = []
     for position in range(len(values[0].units)):
         found = [v.units[position] for v in values]
@@ -615,6 +621,20 @@ _MERGES: dict[type, Callable[[list[np.ndarray]], np.ndarray]] = {
     keras.layers.Maximum: lambda xs: np.max(xs, axis=0),
     keras.layers.Minimum: lambda xs: np.min(xs, axis=0),
 }
+
+
+def _reshape(walk, layer, path, values, inputs, outputs):
+    """A reshape that keeps the last axis keeps every entry's channel (C order).
+
+    Its config names the channel count; `shrink` writes -1 there instead,
+    which needs no other -1 in the target shape.
+    """
+    if _channels(inputs[0]) != _channels(outputs[0]) or _channels(outputs[0]) is None:
+        raise _Unsupported("moves the channel axis")
+    if -1 in tuple(layer.target_shape)[:-1]:
+        raise _Unsupported("infers another axis")
+    walk.reshapes.append(path)
+    return [values[0]]
 
 
 def _concatenate(walk, layer, path, values, inputs, outputs):
@@ -656,6 +676,7 @@ _HANDLERS: dict[type, Callable[..., list[_Value]]] = {
     _L.ELU: _elementwise,
     **{kind: _elementwise for kind in _ZERO_KEEPING + _CONSTANT_KEEPING},
     _L.Flatten: _flatten,
+    _L.Reshape: _reshape,
     **{kind: _merge for kind in _MERGES},
     _L.Concatenate: _concatenate,
 }

@@ -21,6 +21,7 @@ training), the unit stays.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import keras
 import numpy as np
@@ -70,6 +71,9 @@ def shrink(model: keras.Model) -> keras.Model:
     deletions = _deletions(groups, removed)
     folds = _folded_biases(source, groups, removed)
     sizes = _new_sizes(source, groups, removed)
+    for path in groups.reshapes:  # (1, 1, C) -> (1, 1, -1): whatever C becomes
+        target = list(dict(walk_layers(source))[path].target_shape)
+        sizes[path] = {"target_shape": (*target[:-1], -1)}
     config = keras.saving.serialize_keras_object(source)
     _edit_layers(config["config"]["layers"], "", sizes)
     try:
@@ -145,7 +149,7 @@ def _folded_biases(
 
 def _new_sizes(
     model: keras.Model, groups: Iterable[Group], removed: dict[tuple[str, ...], list[int]]
-) -> dict[str, dict[str, int]]:
+) -> dict[str, dict[str, Any]]:
     """Layer path -> the config entries that say its new unit count."""
     layers = dict(walk_layers(model))
     sizes = {}
@@ -160,7 +164,7 @@ def _new_sizes(
     return sizes
 
 
-def _edit_layers(entries: list[dict], prefix: str, sizes: dict[str, dict[str, int]]) -> None:
+def _edit_layers(entries: list[dict], prefix: str, sizes: dict[str, dict[str, Any]]) -> None:
     """Puts the new sizes into a serialized model's layer list, nested models included."""
     for entry in entries:
         # Built on the old shapes: Keras builds each layer again when the
