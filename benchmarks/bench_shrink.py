@@ -1,11 +1,13 @@
 """Parameters, FLOPs and CPU latency of `ks.shrink` after `ks.prune_units`, side by side.
 
-    python benchmarks/bench_shrink.py [--fraction 0.5] [--size 224] [--rounds 10]
+    python benchmarks/bench_shrink.py [--models ResNet50,MobileNetV2]
+        [--fractions 0.25,0.5,0.75] [--size 224] [--rounds 10]
 
-ResNet50 (`weights=None`, random weights) at `fraction` of each prunable
-group's units pruned, then shrunk. FLOPs count the multiply-adds of the
+Keras Applications (`weights=None`, their initial weights) with each
+fraction of every prunable group's units pruned (`ks.prune_units`), then
+shrunk (`ks.shrink`); `rel err` compares the pruned and shrunk outputs. FLOPs count the multiply-adds of the
 convolutions and Dense layers (2 FLOPs each) from the built shapes. Latency
-is the median of `rounds` calls of `model(x, training=False)` on a batch of
+is the median of `rounds` calls of `model.predict_on_batch(x)` on a batch of
 one after a warm-up, on the CPU.
 """
 
@@ -41,44 +43,56 @@ def flops(model: keras.Model) -> int:
 
 
 def latency(model: keras.Model, x: np.ndarray, rounds: int) -> float:
-    model(x, training=False)
+    # The compiled predict function (a graph on TensorFlow, jit on JAX): an
+    # eager call spends most of its time in Python, layer by layer.
+    model.predict_on_batch(x)
     times = []
     for _ in range(rounds):
         start = time.perf_counter()
-        model(x, training=False)
+        model.predict_on_batch(x)
         times.append(time.perf_counter() - start)
     return statistics.median(times) * 1000
 
 
+MODELS = {
+    "ResNet50": lambda size: keras.applications.ResNet50(weights=None, input_shape=(size, size, 3)),
+    "MobileNetV2": lambda size: keras.applications.MobileNetV2(weights=None, input_shape=(size, size, 3)),
+    "EfficientNetB0": lambda size: keras.applications.EfficientNetB0(
+        weights=None, input_shape=(size, size, 3)),
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--fraction", type=float, default=0.5)
+    parser.add_argument("--models", default="ResNet50,MobileNetV2")
+    parser.add_argument("--fractions", default="0.25,0.5,0.75")
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--rounds", type=int, default=10)
     args = parser.parse_args()
-    model = keras.applications.ResNet50(weights=None, input_shape=(args.size, args.size, 3))
-    start = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        pruned = ks.prune_units(model, args.fraction)
-    prune_s = time.perf_counter() - start
-    start = time.perf_counter()
-    small = ks.shrink(pruned)
-    shrink_s = time.perf_counter() - start
     x = np.random.default_rng(0).normal(size=(1, args.size, args.size, 3)).astype("float32")
-    a, b = np.asarray(pruned(x, training=False)), np.asarray(small(x, training=False))
-    rows = [
-        ("parameters", model.count_params(), small.count_params()),
-        ("GFLOPs", flops(model) / 1e9, flops(small) / 1e9),
-        ("CPU latency ms (median)", latency(model, x, args.rounds), latency(small, x, args.rounds)),
-    ]
-    print(f"ResNet50 {args.size}x{args.size}, {args.fraction:.0%} of units, keras {keras.__version__} "
-          f"({keras.backend.backend()})")
-    print(f"{'':26}{'original':>14}{'shrunk':>14}{'ratio':>8}")
-    for name, before, after in rows:
-        print(f"{name:26}{before:14.4g}{after:14.4g}{after / before:8.3f}")
-    print(f"prune_units {prune_s:.1f} s, shrink {shrink_s:.1f} s, "
-          f"max |pruned - shrunk| / max |pruned| = {np.abs(a - b).max() / np.abs(a).max():.2e}")
+    print(f"{args.size}x{args.size}, batch 1, keras {keras.__version__} ({keras.backend.backend()}), "
+          f"CPU latency = median of {args.rounds} predict_on_batch calls")
+    print(f"{'model':16}{'units':>6}{'params':>12}{'ratio':>7}{'GFLOPs':>9}{'ratio':>7}"
+          f"{'ms':>9}{'ratio':>7}{'prune s':>9}{'shrink s':>9}{'rel err':>10}")
+    for name in args.models.split(","):
+        model = MODELS[name](args.size)
+        params, gflops = model.count_params(), flops(model) / 1e9
+        ms = latency(model, x, args.rounds)
+        print(f"{name:16}{'0%':>6}{params:12,d}{1:7.3f}{gflops:9.3f}{1:7.3f}{ms:9.1f}{1:7.3f}")
+        for fraction in (float(f) for f in args.fractions.split(",")):
+            start = time.perf_counter()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                pruned = ks.prune_units(model, fraction)
+            prune_s = time.perf_counter() - start
+            start = time.perf_counter()
+            small = ks.shrink(pruned)
+            shrink_s = time.perf_counter() - start
+            a, b = np.asarray(pruned(x, training=False)), np.asarray(small(x, training=False))
+            error = np.abs(a - b).max() / np.abs(a).max()
+            p, g, t = small.count_params(), flops(small) / 1e9, latency(small, x, args.rounds)
+            print(f"{'':16}{fraction:>6.0%}{p:12,d}{p / params:7.3f}{g:9.3f}{g / gflops:7.3f}"
+                  f"{t:9.1f}{t / ms:7.3f}{prune_s:9.1f}{shrink_s:9.1f}{error:10.1e}")
 
 
 if __name__ == "__main__":
