@@ -42,16 +42,23 @@ def flops(model: keras.Model) -> int:
     return total
 
 
-def latency(model: keras.Model, x: np.ndarray, rounds: int) -> float:
-    # The compiled predict function (a graph on TensorFlow, jit on JAX): an
-    # eager call spends most of its time in Python, layer by layer.
-    model.predict_on_batch(x)
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
+def latencies(models: list[keras.Model], x: np.ndarray, rounds: int) -> list[float]:
+    """Median ms of each model's compiled predict, the models called in turn.
+
+    Taking turns, each round of the models sees the same load from whatever
+    else runs on the machine, so their ratio holds even where the times move.
+    `predict_on_batch` runs the compiled function (a graph on TensorFlow, jit
+    on JAX): an eager call spends most of its time in Python, layer by layer.
+    """
+    for model in models:
         model.predict_on_batch(x)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1000
+    times: list[list[float]] = [[] for _ in models]
+    for _ in range(rounds):
+        for model, kept in zip(models, times):
+            start = time.perf_counter()
+            model.predict_on_batch(x)
+            kept.append(time.perf_counter() - start)
+    return [statistics.median(kept) * 1000 for kept in times]
 
 
 MODELS = {
@@ -71,14 +78,14 @@ def main() -> None:
     args = parser.parse_args()
     x = np.random.default_rng(0).normal(size=(1, args.size, args.size, 3)).astype("float32")
     print(f"{args.size}x{args.size}, batch 1, keras {keras.__version__} ({keras.backend.backend()}), "
-          f"CPU latency = median of {args.rounds} predict_on_batch calls")
+          f"CPU latency = median of {args.rounds} predict_on_batch calls, each shrunk model in turn with the original")
     print(f"{'model':16}{'units':>6}{'params':>12}{'ratio':>7}{'GFLOPs':>9}{'ratio':>7}"
           f"{'ms':>9}{'ratio':>7}{'prune s':>9}{'shrink s':>9}{'rel err':>10}")
     for name in args.models.split(","):
         model = MODELS[name](args.size)
         params, gflops = model.count_params(), flops(model) / 1e9
-        ms = latency(model, x, args.rounds)
-        print(f"{name:16}{'0%':>6}{params:12,d}{1:7.3f}{gflops:9.3f}{1:7.3f}{ms:9.1f}{1:7.3f}")
+        print(f"{name:16}{'0%':>6}{params:12,d}{1:7.3f}{gflops:9.3f}{1:7.3f}"
+              f"{latencies([model], x, args.rounds)[0]:9.1f}{1:7.3f}")
         for fraction in (float(f) for f in args.fractions.split(",")):
             start = time.perf_counter()
             with warnings.catch_warnings():
@@ -90,7 +97,8 @@ def main() -> None:
             shrink_s = time.perf_counter() - start
             a, b = np.asarray(pruned(x, training=False)), np.asarray(small(x, training=False))
             error = np.abs(a - b).max() / np.abs(a).max()
-            p, g, t = small.count_params(), flops(small) / 1e9, latency(small, x, args.rounds)
+            p, g = small.count_params(), flops(small) / 1e9
+            ms, t = latencies([model, small], x, args.rounds)
             print(f"{'':16}{fraction:>6.0%}{p:12,d}{p / params:7.3f}{g:9.3f}{g / gflops:7.3f}"
                   f"{t:9.1f}{t / ms:7.3f}{prune_s:9.1f}{shrink_s:9.1f}{error:10.1e}")
 

@@ -16,8 +16,9 @@ stage's convolutions count once), each `Member` saying which entries of which
 weight each unit owns. A group also says which of its units are removable
 now: a unit is, when its channel is exactly zero wherever a consumer reads it
 (a producer's column and bias at 0.0 with an activation that keeps 0 at 0, or a
-`BatchNormalization` whose gamma and beta are 0.0), so that removing it
-changes no output. Units the graph cannot remove exactly (a model output, a
+`BatchNormalization` whose gamma and beta are 0.0), or a constant that the
+consumer's bias absorbs (`Fold`: a `Dense`, or a convolution with `valid`
+padding), so that removing it changes no output. Units the graph cannot remove exactly (a model output, a
 channel read by a layer whose channels it does not follow, such as
 `LayerNormalization`, a layer called twice) are left alone, with why.
 """
