@@ -339,3 +339,28 @@ def config_start(text: str) -> int | None:
     """Where the config that Keras appended to an error message starts, if it did."""
     match = _CONFIG_TAIL.search(text)
     return None if match is None else match.start()
+
+
+# -- the calls of a model's graph ------------------------------------------------
+
+
+def graph_calls(model: Any) -> list[tuple[Any, list, list]]:
+    """(operation, input tensors, output tensors) of every call in a Functional
+    or Sequential model's graph, producers before their consumers.
+
+    A layer records each call as a `Node` in `layer._inbound_nodes`
+    (keras/src/ops/node.py:67), and a Functional model keeps the nodes of its
+    own graph by depth in `_nodes_by_depth` (keras/src/ops/function.py:82;
+    a built Sequential model holds such a Functional model in `_functional`,
+    keras/src/models/sequential.py:235). The public `layer.input` and
+    `layer.output` give only a layer's first call, which may belong to
+    another model, and say nothing of a layer called twice; the dependency
+    groups of `model/groups.py` need every call of this graph. The node's
+    `input_tensors` and `outputs` are public attributes of the private class.
+    """
+    import keras
+
+    graph = model._functional if isinstance(model, keras.Sequential) else model
+    if graph is None:
+        return []
+    return [(node.operation, list(node.input_tensors), list(node.outputs)) for node in graph_nodes(graph)]

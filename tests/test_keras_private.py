@@ -432,3 +432,44 @@ def test_intercepted_call_sees_a_layers_inputs_and_restores_it():
     assert "call" not in layer.__dict__
     layer(x)
     assert len(seen) == 1
+
+
+# -- the calls of a model's graph ----------------------------------------------
+
+
+def _names(calls):
+    return [(op.name, [private.producing_layer(t).name for t in inputs], len(outputs))
+            for op, inputs, outputs in calls]
+
+
+def test_graph_calls_lists_every_call_of_this_graph_producers_first():
+    inputs = keras.Input((4,), name="x")
+    shared = keras.layers.Dense(4, name="shared")
+    a = shared(inputs)
+    b = shared(a)  # the same layer called twice: two calls
+    out = keras.layers.Add(name="add")([a, b])
+    model = keras.Model(inputs, out)
+    keras.layers.Dense(2, name="elsewhere")(out)  # a call outside the model's graph
+    calls = private.graph_calls(model)
+    assert _names(calls) == [("shared", ["x"], 1), ("shared", ["shared"], 1), ("add", ["shared", "shared"], 1)], \
+        changed("graph_calls", "how a Functional model keeps its nodes (`_nodes_by_depth`)")
+    assert calls[2][1] == [a, b] and calls[2][2] == [out]
+
+
+def test_graph_calls_reads_a_sequential_model_as_a_chain():
+    model = keras.Sequential([keras.Input((3,), name="x"), keras.layers.Dense(2, name="d1"),
+                              keras.layers.ReLU(name="r")])
+    assert _names(private.graph_calls(model)) == [("d1", ["x"], 1), ("r", ["d1"], 1)], \
+        changed("graph_calls", "where a Sequential model keeps its graph (`_functional`)")
+    assert private.graph_calls(keras.Sequential([keras.layers.Dense(2)])) == []
+
+
+def test_no_module_but_keras_private_reads_a_graph_node():
+    uses = re.compile(r"\.(?:_nodes_by_depth|_inbound_nodes|_functional|_nodes)\b")
+    found = [
+        f"{path.relative_to(PACKAGE.parent)}:{number}"
+        for path in sorted(PACKAGE.rglob("*.py")) if path.name != "_keras_private.py"
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if uses.search(line)
+    ]
+    assert not found, "use kerasurgery/_keras_private.py instead:\n" + "\n".join(found)

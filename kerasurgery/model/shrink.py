@@ -1,0 +1,207 @@
+"""`shrink`: remove every unit whose channel is exactly zero, with its whole group.
+
+A unit pinned at zero (its kernel column and bias entry at 0.0, or a following
+`BatchNormalization`'s gamma and beta at 0.0) adds exactly nothing wherever it
+is read, so removing it and every entry of its dependency group
+(`model/groups.py`) leaves every output as it was, up to the order in which
+float32 sums are added. The result is a plain Keras model of the same
+topology with smaller layers: `Dense` layers with fewer `units`,
+convolutions with fewer `filters`, and the layers that read them built on
+fewer channels.
+
+A removed unit whose output is a non-zero constant (the sigmoid of a zero
+input, a bias pinned at a non-zero value) is folded: the bias of each
+consumer that reads it (a `Dense`, or a convolution with `valid` padding,
+whose every output sees the whole window) gains the constant times the
+removed kernel rows. Where a consumer cannot absorb it (`same` padding sees
+zeros at the border, no bias, a normalization whose output depends on
+training), the unit stays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import keras
+import numpy as np
+from keras import ops
+
+from kerasurgery import layers as layers_lib
+from kerasurgery.errors import KerasurgeryError
+from kerasurgery.model.groups import DependencyGroups, Group, dependency_groups
+from kerasurgery.model.walk import walk_layers
+
+
+def shrink(model: keras.Model) -> keras.Model:
+    """Returns a smaller plain Keras model without the units that are exactly zero.
+
+    Every unit of a dependency group that is exactly zero wherever it is read
+    is removed with its group: the producers' kernel columns and bias
+    entries, the normalizations' entries, the consumers' input rows or
+    channels, across residual sums and concatenations. One unit of each group
+    stays even when all are zero, so that no layer has zero units. Units the
+    graph cannot remove exactly (model outputs, channels read by layers whose
+    channels it does not follow) stay.
+
+    Args:
+        model: A built Functional or Sequential model, pinned (`ks.freeze`,
+            `ks.prune_units`) or plain.
+
+    Returns:
+        A new, uncompiled Keras model of the same topology and layer names,
+        with no pinned layers (it loads with plain Keras), that computes what
+        `model` computes up to float32 reassociation.
+
+    Raises:
+        KerasurgeryError: `model` is not a built Functional or Sequential model,
+            or its config cannot be rebuilt.
+
+    Example:
+
+    ```python
+    pruned = ks.prune_units(model, 0.5)
+    small = ks.shrink(pruned)
+    small.count_params() < model.count_params()  # True
+    ```
+    """
+    groups = dependency_groups(model)
+    removed = removed_units(groups)
+    source = _plain(model)
+    deletions = _deletions(groups, removed)
+    folds = _folded_biases(source, groups, removed)
+    sizes = _new_sizes(source, groups, removed)
+    for path in groups.reshapes:  # (1, 1, C) -> (1, 1, -1): whatever C becomes
+        target = list(dict(walk_layers(source))[path].target_shape)
+        sizes[path] = {"target_shape": (*target[:-1], -1)}
+    config = keras.saving.serialize_keras_object(source)
+    _edit_layers(config["config"]["layers"], "", sizes)
+    try:
+        # The config comes from the live model, whose own code it names:
+        # nothing untrusted is deserialized.
+        small = keras.saving.deserialize_keras_object(config, safe_mode=False)
+    except Exception as e:
+        raise KerasurgeryError(f"Could not rebuild model {model.name!r} smaller: {e}") from None
+    _copy_weights(source, small, deletions, folds)
+    return small
+
+
+def removed_units(groups: DependencyGroups) -> dict[tuple[str, ...], list[int]]:
+    """The units `shrink` removes from each group (keyed by its producers).
+
+    All the removable units of a group but, when every unit is removable, the
+    last one, which stays so that the producers keep a unit.
+    """
+    removed = {}
+    for group in groups:
+        units = group.removable_units()
+        if len(units) == group.units:
+            units = units[:-1]
+        if units:
+            removed[group.producers] = units
+    return removed
+
+
+def _plain(model: keras.Model) -> keras.Model:
+    if any(layers_lib.is_pinned(layer) for _, layer in walk_layers(model)):
+        from kerasurgery.model.surgery import strip
+
+        return strip(model)
+    return model
+
+
+def _deletions(
+    groups: DependencyGroups, removed: dict[tuple[str, ...], list[int]]
+) -> dict[tuple[str, str], dict[int, list[int]]]:
+    """(layer path, weight) -> {axis: indices to delete} over every removed unit.
+
+    A weight may be cut along two axes: a residual branch's kernel reads the
+    group it also writes.
+    """
+    found: dict[tuple[str, str], dict[int, set[int]]] = {}
+    for group in groups:
+        for unit in removed.get(group.producers, []):
+            for member in group.members:
+                axes = found.setdefault((member.layer, member.weight), {})
+                axes.setdefault(member.axis, set()).update(member.indices[unit])
+    return {
+        key: {axis: sorted(indices) for axis, indices in axes.items()}
+        for key, axes in found.items()
+    }
+
+
+def _folded_biases(
+    model: keras.Model, groups: DependencyGroups, removed: dict[tuple[str, ...], list[int]]
+) -> dict[str, np.ndarray]:
+    """Consumer path -> what its bias gains from the constants of the removed units."""
+    layers = dict(walk_layers(model))
+    gains: dict[str, np.ndarray] = {}
+    for group in groups:
+        for unit in removed.get(group.producers, []):
+            for fold in group.folds[unit]:
+                kernel = ops.convert_to_numpy(layers[fold.layer].kernel).astype(np.float64)
+                rows = np.take(kernel, list(fold.positions), axis=kernel.ndim - 2)
+                values = np.asarray(fold.values).reshape(-1, 1)
+                gain = (rows * values).sum(axis=tuple(range(kernel.ndim - 1)))
+                gains[fold.layer] = gains.get(fold.layer, 0.0) + gain
+    return gains
+
+
+def _new_sizes(
+    model: keras.Model, groups: Iterable[Group], removed: dict[tuple[str, ...], list[int]]
+) -> dict[str, dict[str, Any]]:
+    """Layer path -> the config entries that say its new unit count."""
+    layers = dict(walk_layers(model))
+    sizes = {}
+    for group in groups:
+        cut = len(removed.get(group.producers, []))
+        if not cut:
+            continue
+        for path in group.producers:
+            config = layers[path].get_config()
+            key = "units" if "units" in config else "filters"
+            sizes[path] = {key: config[key] - cut}
+    return sizes
+
+
+def _edit_layers(entries: list[dict], prefix: str, sizes: dict[str, dict[str, Any]]) -> None:
+    """Puts the new sizes into a serialized model's layer list, nested models included."""
+    for entry in entries:
+        # Built on the old shapes: Keras builds each layer again when the
+        # model calls it on the smaller inputs.
+        entry.pop("build_config", None)
+        config = entry.get("config", {})
+        path = prefix + config.get("name", "")
+        if path in sizes:
+            config.update(sizes[path])
+        if isinstance(config.get("layers"), list):
+            _edit_layers(config["layers"], path + "/", sizes)
+
+
+def _copy_weights(
+    source: keras.Model,
+    small: keras.Model,
+    deletions: dict[tuple[str, str], dict[int, list[int]]],
+    folds: dict[str, np.ndarray],
+) -> None:
+    old = dict(walk_layers(source))
+    done: list[str] = []
+    for path, layer in walk_layers(small):
+        if isinstance(layer, keras.Model) or any(path.startswith(d + "/") for d in done):
+            continue
+        done.append(path)  # a layer's set_weights covers the layers it holds
+        arrays = []
+        for variable in old[path].weights:
+            array = ops.convert_to_numpy(variable)
+            if variable.name == "bias" and path in folds:
+                array = (array.astype(np.float64) + folds[path]).astype(array.dtype)
+            for axis, indices in deletions.get((path, variable.name), {}).items():
+                array = np.delete(array, indices, axis=axis)
+            arrays.append(array)
+        shapes = [tuple(v.shape) for v in layer.weights]
+        if shapes != [a.shape for a in arrays]:
+            raise KerasurgeryError(
+                f"Layer {path!r}: the smaller layer holds weights of shapes {shapes}, "
+                f"the cut weights have {[a.shape for a in arrays]}."
+            )
+        layer.set_weights(arrays)

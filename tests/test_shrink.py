@@ -1,0 +1,310 @@
+"""`ks.prune_units` and `ks.shrink`: the smaller model computes what the pruned one computes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import warnings
+
+import keras
+import numpy as np
+import pytest
+
+import kerasurgery as ks
+from kerasurgery import layers as layers_lib
+from kerasurgery.errors import NothingPinnedWarning, PinError
+from kerasurgery.model.groups import dependency_groups
+from kerasurgery.model.walk import walk_layers
+
+L = keras.layers
+RTOL = 1e-5  # float32 reassociation: fewer terms, summed in another order
+
+
+def _randomize(model: keras.Model, seed: int = 0) -> None:
+    rng = np.random.default_rng(seed)
+    for w in model.weights:
+        values = rng.normal(size=w.shape) * 0.5
+        if "variance" in w.name:
+            values = np.abs(values) + 0.5
+        w.assign(values.astype("float32"))
+
+
+def _dense_chain():
+    return keras.Sequential([
+        keras.Input((6,)), L.Dense(8, activation="relu", name="d1"),
+        L.Dropout(0.5), L.Dense(6, activation="tanh", name="d2"), L.Dense(3, name="out"),
+    ])
+
+
+def _conv_bn():
+    x = keras.Input((8, 8, 3))
+    y = L.Conv2D(6, 3, padding="same", name="conv")(x)
+    y = L.BatchNormalization(name="bn")(y)
+    y = L.ReLU()(y)
+    y = L.MaxPooling2D()(y)
+    y = L.Conv2D(4, 3, name="conv2", activation="relu")(y)
+    return keras.Model(x, L.Dense(2, name="out")(L.GlobalAveragePooling2D()(y)))
+
+
+def _residual():
+    x = keras.Input((8, 8, 3))
+    a = L.Activation("relu")(L.BatchNormalization(name="bn0")(L.Conv2D(6, 3, padding="same", name="c0")(x)))
+    b = L.BatchNormalization(name="bn1")(L.Conv2D(6, 1, name="c1")(a))
+    c = L.ZeroPadding2D()(L.Conv2D(6, 3, name="c2", padding="same")(a))
+    s = L.Add()([a, b, L.Cropping2D(1)(c)])
+    s = L.Maximum()([s, L.Subtract()([s, b])])
+    return keras.Model(x, L.Dense(2, name="out")(L.GlobalAveragePooling2D()(L.ReLU()(s))))
+
+
+def _concatenate():
+    x = keras.Input((5,))
+    a = L.Dense(4, activation="relu", name="a")(x)
+    b = L.Dense(6, activation="gelu", name="b")(x)
+    return keras.Model(x, L.Dense(2, name="out")(L.Concatenate()([a, b, x])))
+
+
+def _flatten():
+    x = keras.Input((6, 6, 2))
+    y = L.Conv2D(5, 3, name="conv", activation="relu")(x)
+    y = L.Flatten()(L.AveragePooling2D(2)(y))
+    return keras.Model(x, L.Dense(3, name="out")(L.Dense(7, name="hidden", activation="silu")(y)))
+
+
+def _depthwise():
+    x = keras.Input((8, 8, 3))
+    y = L.Conv2D(6, 1, name="expand", activation="relu6")(x)
+    y = L.DepthwiseConv2D(3, padding="same", depth_multiplier=2, name="dw")(y)
+    y = L.SeparableConv2D(5, 3, name="sep", activation="relu")(y)
+    y = L.DepthwiseConv2D(3, name="dw_bn")(y)
+    y = L.BatchNormalization(name="bn")(y)
+    return keras.Model(x, L.Dense(2, name="out")(L.GlobalAveragePooling2D()(y)))
+
+
+def _nested():
+    inner = keras.Sequential([keras.Input((4,)), L.Dense(6, activation="relu", name="d")], name="inner")
+    x = keras.Input((4,))
+    return keras.Model(x, L.Dense(2, name="out")(inner(x)))
+
+
+def _squeeze_excite():
+    x = keras.Input((8, 8, 3))
+    y = L.BatchNormalization(name="bn")(L.Conv2D(8, 3, padding="same", name="conv")(x))
+    y = L.Activation("swish")(y)
+    se = L.Reshape((1, 1, 8), name="se_reshape")(L.GlobalAveragePooling2D(name="se_pool")(y))
+    se = L.Conv2D(2, 1, activation="swish", name="se_reduce")(se)
+    se = L.Conv2D(8, 1, activation="sigmoid", name="se_expand")(se)
+    y = L.Multiply(name="excite")([y, se])  # (8, 8, 8) times (1, 1, 8)
+    return keras.Model(x, L.Dense(2, name="out")(L.GlobalAveragePooling2D()(y)))
+
+
+MODELS = {
+    "dense_chain": _dense_chain, "conv_bn": _conv_bn, "residual": _residual,
+    "concatenate": _concatenate, "flatten": _flatten, "depthwise": _depthwise, "nested": _nested,
+    "squeeze_excite": _squeeze_excite,
+}
+
+
+def _inputs(model: keras.Model, n: int = 4) -> np.ndarray:
+    return np.random.default_rng(1).normal(size=(n, *model.input_shape[1:])).astype("float32")
+
+
+def _close(a: np.ndarray, b: np.ndarray) -> None:
+    scale = max(float(np.abs(a).max()), 1e-30)
+    assert float(np.abs(a - b).max()) <= RTOL * scale, float(np.abs(a - b).max()) / scale
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_shrink_after_prune_units_computes_the_same_with_fewer_parameters(name):
+    model = MODELS[name]()
+    _randomize(model)
+    pruned = ks.prune_units(model, 0.5)
+    small = ks.shrink(pruned)
+    x = _inputs(model)
+    _close(pruned.predict(x, verbose=0), small.predict(x, verbose=0))
+    assert small.count_params() < model.count_params()
+    assert not any(layers_lib.is_pinned(layer) for _, layer in walk_layers(small))
+    # Every pruned unit was removable, and is gone: what is left is not zero.
+    for group in dependency_groups(small):
+        assert len(group.removable_units()) in (0, group.units), group
+
+
+def test_prune_units_pins_exactly_round_fraction_units_of_each_group():
+    model = _residual()
+    _randomize(model)
+    pruned = ks.prune_units(model, 0.5)  # 6 units a group: 3
+    layers = dict(walk_layers(pruned))
+    for path in ("c0", "c1", "c2"):  # one residual group: the same 3 channels in each
+        pins = layers[path].pins()
+        columns = np.flatnonzero(pins.kernel.all(axis=(0, 1, 2)))
+        assert pins.kernel.sum() == 3 * np.prod(pins.kernel.shape[:-1])
+        assert np.array_equal(columns, np.flatnonzero(pins.bias))
+        assert np.all(pins.kernel_value[..., columns] == 0.0)
+        assert np.all(pins.bias_value[columns] == 0.0)
+    chosen = np.flatnonzero(layers["c0"].pins().bias)
+    assert np.array_equal(chosen, np.flatnonzero(layers["c1"].pins().bias))
+    for bn in ("bn0", "bn1"):
+        assert np.all(keras.ops.convert_to_numpy(layers[bn].gamma)[chosen] == 0.0)
+        assert np.all(keras.ops.convert_to_numpy(layers[bn].beta)[chosen] == 0.0)
+    # The output layer's units are a model output: not pruned.
+    assert not layers_lib.is_pinned(layers["out"])
+    assert [len(g.removable_units()) for g in dependency_groups(pruned)] == [3, 0]
+
+
+def test_prune_units_ranks_units_by_the_norm_of_the_whole_group():
+    model = keras.Sequential([keras.Input((2,)), L.Dense(3, name="d1"), L.Dense(1, name="out")])
+    model.layers[0].kernel.assign(np.array([[1.0, 0.1, 0.5], [0.0, 0.0, 0.0]]))
+    model.layers[0].bias.assign(np.zeros(3))
+    # Unit 0 has the largest column but the smallest row in the next layer.
+    model.layers[1].kernel.assign(np.array([[0.01], [1.0], [1.0]]))
+    pins = dict(walk_layers(ks.prune_units(model, 1 / 3)))["d1"].pins()
+    assert np.array_equal(pins.bias, [True, False, False])
+
+
+def test_prune_units_with_layers_prunes_only_the_matching_groups():
+    model = _dense_chain()
+    _randomize(model)
+    layers = dict(walk_layers(ks.prune_units(model, 0.5, layers="d2")))
+    assert not layers_lib.is_pinned(layers["d1"])
+    assert layers["d2"].pins().bias.sum() == 3
+
+
+def test_prune_units_refuses_a_bad_fraction_or_norm_and_warns_when_nothing_is_pruned():
+    model = _dense_chain()
+    with pytest.raises(PinError, match="between 0 and 1"):
+        ks.prune_units(model, 1.5)
+    with pytest.raises(PinError, match="norm 1 or 2"):
+        ks.prune_units(model, 0.5, norm=3)
+    with pytest.warns(NothingPinnedWarning):
+        assert ks.prune_units(model, 0.01) is model
+
+
+def test_shrink_keeps_one_unit_of_a_group_that_is_all_zero():
+    model = _dense_chain()
+    _randomize(model)
+    small = ks.shrink(ks.prune_units(model, 1.0))
+    assert [layer.units for layer in small.layers if isinstance(layer, L.Dense)] == [1, 1, 3]
+    x = _inputs(model)
+    _close(ks.prune_units(model, 1.0).predict(x, verbose=0), small.predict(x, verbose=0))
+
+
+def test_shrink_removes_units_that_are_zero_by_value_in_a_plain_model():
+    model = _dense_chain()
+    _randomize(model)
+    d1 = model.get_layer("d1")
+    kernel = keras.ops.convert_to_numpy(d1.kernel)
+    kernel[:, [1, 4]] = 0.0
+    d1.kernel.assign(kernel)
+    bias = keras.ops.convert_to_numpy(d1.bias)
+    bias[[1, 4]] = 0.0
+    d1.bias.assign(bias)
+    small = ks.shrink(model)
+    assert small.get_layer("d1").units == 6 and small.get_layer("d2").kernel.shape == (6, 6)
+    x = _inputs(model)
+    _close(model.predict(x, verbose=0), small.predict(x, verbose=0))
+
+
+APPLICATIONS = {
+    "MobileNetV2": lambda: keras.applications.MobileNetV2(
+        weights=None, input_shape=(32, 32, 3), classes=10, alpha=0.35, classifier_activation=None),
+    "ResNet50": lambda: keras.applications.ResNet50(
+        weights=None, input_shape=(32, 32, 3), classes=10, classifier_activation=None),
+    # Dense blocks: each layer's BatchNormalization reads the concatenation of
+    # every earlier layer's channels.
+    "DenseNet121": lambda: keras.applications.DenseNet121(
+        weights=None, input_shape=(32, 32, 3), classes=10, classifier_activation=None),
+}
+
+
+@pytest.mark.parametrize("name", sorted(APPLICATIONS))
+def test_a_shrunk_application_computes_the_same_and_reloads_with_plain_keras(tmp_path, name):
+    model = APPLICATIONS[name]()
+    _randomize(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pruned = ks.prune_units(model, 0.5)
+    small = ks.shrink(pruned)
+    x = _inputs(model, 2)
+    expected = pruned.predict(x, verbose=0)
+    got = small.predict(x, verbose=0)
+    _close(expected, got)
+    assert small.count_params() < 0.6 * model.count_params()
+    if name != "MobileNetV2":
+        return  # saving is the same code for every application: once keeps the suite quick
+    path = tmp_path / "small.keras"
+    small.save(path)
+    reloaded = keras.saving.load_model(path)
+    assert np.array_equal(reloaded.predict(x, verbose=0), got)
+
+
+_RELOAD = """
+import sys, numpy as np, keras
+x = np.load(sys.argv[2])
+for path in sys.argv[3:]:
+    model = keras.saving.load_model(path, compile=False)
+    out = model.predict(x, verbose=0)
+    assert np.array_equal(out, np.load(sys.argv[1])), path
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
+    kernels = {l.name: np.array(l.kernel) for l in model.layers if hasattr(l, "kernel")}
+    losses = model.fit(x, np.zeros_like(out), epochs=3, batch_size=len(x), verbose=0).history["loss"]
+    assert losses[-1] < losses[0], (path, losses)
+    still = [n for n, k in kernels.items() if np.array_equal(k, np.array(model.get_layer(n).kernel))]
+    assert not still, (path, still)
+assert not any(name.startswith("kerasurgery") for name in sys.modules)
+print("ok")
+"""
+
+
+def test_a_shrunk_model_saves_as_keras_and_h5_and_trains_without_kerasurgery(tmp_path):
+    model = _residual()
+    _randomize(model)
+    small = ks.shrink(ks.prune_units(model, 0.5))
+    x = _inputs(model)
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "out.npy", small.predict(x, verbose=0))
+    paths = [str(tmp_path / "small.keras"), str(tmp_path / "small.h5")]
+    for path in paths:
+        small.save(path)
+    done = subprocess.run(
+        [sys.executable, "-c", _RELOAD, str(tmp_path / "out.npy"), str(tmp_path / "x.npy"), *paths],
+        capture_output=True, text=True, timeout=300,
+        env={**os.environ, "PYTHONPATH": ""},
+    )
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-2000:]
+
+
+def _constant_units():
+    x = keras.Input((7, 7, 2))
+    y = L.Conv2D(4, 1, activation="sigmoid", name="s")(x)
+    y = L.MaxPooling2D(name="pool")(L.Conv2D(5, 3, name="valid", activation="relu")(y))
+    d = L.Dense(3, activation="softplus", name="soft")(L.Flatten()(y))
+    return keras.Model(x, L.Dense(2, name="out")(L.Dense(4, name="hidden")(d)))
+
+
+def test_shrink_folds_constant_units_into_the_consumers_bias():
+    model = _constant_units()
+    _randomize(model)
+    for name, units in (("s", [0, 2]), ("soft", [1])):
+        layer = model.get_layer(name)
+        kernel = keras.ops.convert_to_numpy(layer.kernel)
+        kernel[..., units] = 0.0
+        layer.kernel.assign(kernel)
+    groups = dependency_groups(model)
+    assert groups.of("s").removable_units() == [0, 2]  # sigmoid(b) into `valid`'s bias
+    assert groups.of("soft").removable_units() == [1]  # softplus(b) into `hidden`'s bias
+    small = ks.shrink(model)
+    assert small.get_layer("valid").kernel.shape == (3, 3, 2, 5)
+    assert small.get_layer("hidden").kernel.shape == (2, 4)
+    x = _inputs(model)
+    _close(model.predict(x, verbose=0), small.predict(x, verbose=0))
+
+
+def test_prune_units_prunes_units_whose_constant_a_bias_absorbs():
+    model = _constant_units()
+    _randomize(model)
+    pruned = ks.prune_units(model, 0.5)
+    assert dict(walk_layers(pruned))["s"].pins().bias.sum() == 2
+    small = ks.shrink(pruned)
+    assert small.get_layer("s").filters == 2
+    x = _inputs(model)
+    _close(pruned.predict(x, verbose=0), small.predict(x, verbose=0))
