@@ -396,27 +396,3 @@ def test_stripped_causal_lm_quantizes_and_generates():
     assert quantized >= 8
     assert _generate(stripped).shape == (2, MAX_LEN)
 
-
-def test_stripped_model_file_carries_no_zero_optimizer_slots(tmp_path):
-    def make():
-        keras.utils.set_random_seed(0)
-        return keras.Sequential([keras.Input((64,)), keras.layers.Dense(128, name="a"),
-                                 keras.layers.Dense(4, name="b")])
-
-    x = np.random.default_rng(0).normal(size=(16, 64)).astype("float32")
-    y = np.random.default_rng(1).normal(size=(16, 4)).astype("float32")
-    model = make()
-    model.compile(optimizer="adam", loss="mse")
-    model.fit(x, y, verbose=0)
-    frozen = ks.freeze(model, {"*": ks.rules.smallest(0.5)})
-    frozen.compile(optimizer="adam", loss="mse")
-    frozen.fit(x, y, verbose=0)
-    stripped = ks.strip(frozen)
-    assert stripped.compiled and not stripped.optimizer.built
-    ks.save_model(stripped, tmp_path / "stripped.keras")
-    ks.save_model(make(), tmp_path / "plain.keras")  # the weights alone, no compile state
-    size = (tmp_path / "stripped.keras").stat().st_size
-    assert size <= (tmp_path / "plain.keras").stat().st_size + 16 * 1024
-    loaded = ks.load_model(tmp_path / "stripped.keras")
-    assert np.array_equal(bits(_np(loaded.predict(x, verbose=0))), bits(_np(stripped.predict(x, verbose=0))))
-    loaded.fit(x, y, verbose=0)  # the optimizer builds on the first fit

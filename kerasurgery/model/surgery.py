@@ -152,8 +152,6 @@ def strip(model: keras.Model, *, in_place: bool = False) -> keras.Model:
     """
     _require_rewritable(model, "strip")
     stripped = model if in_place else copy_model(model)
-    if not in_place:
-        _unbuild_optimizer(stripped)
     unpinned = False
     for _, layer in walk_layers(stripped):
         if layers_lib.is_pinned(layer):
@@ -162,26 +160,6 @@ def strip(model: keras.Model, *, in_place: bool = False) -> keras.Model:
     if in_place and unpinned:
         _forget_traced_functions(stripped)
     return stripped
-
-
-def _unbuild_optimizer(model: keras.Model) -> None:
-    """Compiles a copy again so that its fresh optimizer holds no slots yet.
-
-    A copy is compiled with a fresh optimizer, which Keras builds at once
-    (`compile_from_config`): zero slots as large as the trainable weights
-    (two per weight for Adam). A stripped model is a deployment model; saved,
-    those zeros would make its file three times the size of the weights
-    while carrying nothing. Unbuilt, the optimizer builds on the first
-    `fit`, as any freshly compiled model's does.
-    """
-    optimizer = getattr(model, "optimizer", None)
-    if not getattr(model, "compiled", False) or optimizer is None or not optimizer.built:
-        return
-    sampler = getattr(model, "sampler", None)
-    config = keras.saving.deserialize_keras_object(model.get_compile_config())
-    model.compile(**config)
-    if sampler is not None:
-        model.sampler = sampler
 
 
 def copy_model(model: keras.Model) -> keras.Model:
