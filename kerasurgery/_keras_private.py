@@ -48,6 +48,43 @@ def unlocked_state(layer: Any) -> Iterator[None]:
             tracker.lock()
 
 
+def variable_layout(variable: Any) -> Any:
+    """The layout a variable was created with under a distribution (`None` without one).
+
+    Keras keeps it in `Variable._layout` (keras/src/backend/common/variables.py,
+    set from the `layout` argument or from the distribution's layout map
+    when the variable is made); Keras' own optimizers read it there to lay
+    out their slots like the weights they follow
+    (`BaseOptimizer.add_variable_from_reference`,
+    keras/src/optimizers/base_optimizer.py:324). No public API returns it.
+    """
+    return getattr(variable, "_layout", None)
+
+
+def add_weight_with_layout(
+    layer: Any, *, name: str, shape: tuple, dtype: str, layout: Any, initializer: str = "zeros"
+) -> Any:
+    """`layer.add_weight(..., trainable=False)`, the variable created with `layout`.
+
+    `Layer.add_weight` takes no layout (keras/src/layers/layer.py:524): it
+    makes a `Variable` in the layer's name scope and tracks it
+    (layer.py:620-635). This does the same with the `layout` argument that
+    `Variable` takes, as the optimizers do for their slots, so a pin
+    variable is sharded like the weight it pins whatever the layout map
+    says (its keys are matched on variable paths, and `kernel_pin_mask`
+    matches no key written for `kernel`).
+    """
+    import keras
+
+    with keras.name_scope(layer.name, caller=layer):
+        variable = keras.Variable(
+            initializer=keras.initializers.get(initializer), shape=shape, dtype=dtype,
+            trainable=False, name=name, layout=layout,
+        )
+    layer._track_variable(variable)
+    return variable
+
+
 def untrack_variable(layer: Any, variable: Any) -> None:
     """Removes `variable` from `layer.weights` (and, on PyTorch, its parameters).
 
@@ -153,6 +190,21 @@ def is_functional(model: Any) -> bool:
     from keras.src.models.functional import Functional
 
     return isinstance(model, Functional)
+
+
+def clones_as_graph(model: Any) -> bool:
+    """Whether `keras.models.clone_model` gives back `model`'s own class.
+
+    Keras re-creates a Functional model's class from the cloned graph only
+    when its constructor takes `(inputs, outputs)`
+    (`functional_like_constructor`, keras/src/models/functional.py, used by
+    `_clone_functional_model`, keras/src/models/cloning.py:413); any other
+    Functional subclass (a KerasHub backbone or task) comes back as a plain
+    `Functional`. Such a model is copied from its own config instead.
+    """
+    from keras.src.models.functional import functional_like_constructor
+
+    return bool(functional_like_constructor(type(model)))
 
 
 def producing_layer(tensor: Any) -> Any:

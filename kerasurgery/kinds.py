@@ -94,6 +94,10 @@ class Kind:
             last axis): what its rows and columns are, where that says more
             than "inputs × units".
         note: What the pinned class's docstring adds for this kind.
+        optional: Weights (not the bias) that a layer has only when
+            `optional[weight](config)` holds.
+        aliases: Other classes of this kind, as `"module:Name"`, pinned with
+            the same pinned class (a module not imported yet is not looked at).
     """
 
     name: str
@@ -105,6 +109,13 @@ class Kind:
     rank: int = 0
     grid: Mapping[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
     note: str = ""
+    # Weights other than the bias that only some configs create, each with
+    # the test of its config (ReversibleEmbedding's `reverse_embeddings`).
+    optional: Mapping[str, Callable[[Mapping[str, Any]], bool]] = dataclasses.field(
+        default_factory=dict)
+    # Other public classes of this kind ("module:Name"): exact subclasses of
+    # the Keras class that add nothing (KerasHub re-exports Keras layers).
+    aliases: tuple[str, ...] = ()
 
     @property
     def pinned(self) -> str:
@@ -129,7 +140,10 @@ class Kind:
     def present(self, config: Mapping[str, Any]) -> list[str]:
         """The weights a layer of this config has, in saved order."""
         bias = BIAS in self.weights and self.has_bias(config)
-        return [w for w in self.weights if w != BIAS or bias]
+        return [
+            w for w in self.weights
+            if (w != BIAS or bias) and (w not in self.optional or self.optional[w](config))
+        ]
 
     def axes_of(self, weight: str, config: Mapping[str, Any] | None = None) -> Axes:
         """The input and unit axes of `weight` (a kernel) of a layer with `config`."""
@@ -182,6 +196,15 @@ def _dense(config: Mapping, shape: Sequence) -> list[Shape]:
 
 def _embedding(config: Mapping, shape: Sequence) -> list[Shape]:
     return [(size(config["input_dim"]), size(config["output_dim"]))]
+
+
+def _untied(config: Mapping) -> bool:
+    return config.get("tie_weights", True) is False
+
+
+def _reversible_embedding(config: Mapping, shape: Sequence) -> list[Shape]:
+    rows, features = size(config["input_dim"]), size(config["output_dim"])
+    return [(rows, features), *([(features, rows)] if _untied(config) else [])]
 
 
 def _channels(config: Mapping, shape: Sequence) -> int | None:
@@ -329,6 +352,21 @@ KINDS: dict[str, Kind] = {kind.name: kind for kind in (
     _conv_transpose_kind("Conv3DTranspose", 3),
     _depthwise_kind("DepthwiseConv1D", 1), _depthwise_kind("DepthwiseConv2D", 2),
     _separable_kind("SeparableConv1D", 1), _separable_kind("SeparableConv2D", 2),
+    # The tied input/output embedding of KerasHub's language models (GPT-2,
+    # Gemma, Llama): tied, the logits projection reads the table itself, so a
+    # pinned token row is pinned for both; untied, its `reverse_embeddings`
+    # (features x tokens) has the tokens on its columns.
+    Kind("ReversibleEmbedding", ("embeddings", "reverse_embeddings"), _reversible_embedding,
+         {"embeddings": Axes(inputs=(0,), units=(1,), contracted=False),
+          "reverse_embeddings": Axes(inputs=(1,), units=(0,), contracted=False)},
+         grid={"embeddings": ("token ids", "features"),
+               "reverse_embeddings": ("features", "token ids")},
+         optional={"reverse_embeddings": _untied},
+         aliases=("keras_hub.layers:ReversibleEmbedding",),
+         note="Its inputs are the token ids: the rows of `embeddings` and the columns of "
+              "`reverse_embeddings` (present when `tie_weights=False`). With tied weights "
+              "the logits projection reads `embeddings` too, so a pinned token row is pinned "
+              "for the lookup and the projection alike."),
 )}
 """Every supported Keras class, by name, in the order messages list them."""
 

@@ -113,6 +113,7 @@ _BUILT = {
     "DepthwiseConv2D": ((3,), {}, (None, 8, 8, 3)),
     "SeparableConv1D": ((2, 3), {}, (None, 8, 3)),
     "SeparableConv2D": ((2, 3), {}, (None, 8, 8, 3)),
+    "ReversibleEmbedding": ((5, 2), {"tie_weights": False}, (None, 4)),
 }
 
 
@@ -209,6 +210,32 @@ def test_is_functional_tells_graphs_from_subclassed_models():
     except ImportError as e:
         pytest.fail(changed("is_functional", f"the module of the `Functional` class ({e!r})"))
     assert verdicts == [True, True, False, False], changed("is_functional", "what `keras.Model(...)` returns")
+
+
+class _ConfiguredFunctional(keras.Model):
+    """A Functional subclass built by its own constructor, as a KerasHub backbone is."""
+
+    def __init__(self, units=2, **kwargs):
+        inputs = keras.Input((3,))
+        super().__init__(inputs, keras.layers.Dense(units)(inputs), **kwargs)
+        self.units = units
+
+    def get_config(self):
+        return {"units": self.units, "name": self.name}
+
+
+def test_clones_as_graph_tells_which_functional_models_clone_model_keeps():
+    inputs = keras.Input((3,))
+    functional = keras.Model(inputs, keras.layers.Dense(2)(inputs))
+    configured = _ConfiguredFunctional()
+    try:
+        verdicts = [private.clones_as_graph(m) for m in (functional, configured)]
+    except ImportError as e:
+        pytest.fail(changed("clones_as_graph", f"the module of `functional_like_constructor` ({e!r})"))
+    assert verdicts == [True, False], changed("clones_as_graph", "which constructors look functional")
+    # What the verdict stands for: clone_model keeps one class and loses the other.
+    assert type(keras.models.clone_model(functional)) is type(functional)
+    assert type(keras.models.clone_model(configured)) is not _ConfiguredFunctional
 
 
 def test_producing_layer_is_the_input_layer_of_an_input():
@@ -473,3 +500,24 @@ def test_no_module_but_keras_private_reads_a_graph_node():
         if uses.search(line)
     ]
     assert not found, "use kerasurgery/_keras_private.py instead:\n" + "\n".join(found)
+
+
+# -- layouts (issue 19) ---------------------------------------------------------------
+
+
+def test_variable_layout_is_where_keras_keeps_a_variables_layout():
+    variable = keras.Variable(np.zeros((2, 3), "float32"))
+    assert "_layout" in vars(variable), changed("variable_layout", "where a Variable keeps its layout")
+    assert private.variable_layout(variable) is None  # no distribution here
+    # (tests/test_distribution.py checks real layouts on simulated devices.)
+
+
+def test_add_weight_with_layout_tracks_the_variable_as_add_weight_does():
+    layer = keras.layers.Dense(3, name="d")
+    layer.build((None, 2))
+    with private.unlocked_state(layer):
+        made = private.add_weight_with_layout(
+            layer, name="kernel_pin_mask", shape=(2, 3), dtype="bool", layout=None)
+    assert made.path == "d/kernel_pin_mask" and not made.trainable
+    assert made is layer.weights[-1] and made in layer.non_trainable_weights
+    assert not np.any(ops.convert_to_numpy(made))

@@ -57,6 +57,9 @@ CASES = [
     (lambda: L.DepthwiseConv2D(3, depth_multiplier=2, use_bias=False), (8, 8, 3), "float32"),
     (lambda: L.SeparableConv1D(4, 3, depth_multiplier=2), (10, 3), "float32"),
     (lambda: L.SeparableConv2D(4, 3, use_bias=False), (8, 8, 3), "float32"),
+    # Issue 19: the tied input/output embedding (untied: two tables).
+    (lambda: L.ReversibleEmbedding(20, 4), (7,), "int32"),
+    (lambda: L.ReversibleEmbedding(20, 4, tie_weights=False), (7,), "int32"),
 ]
 IDS = [f"{type(make()).__name__}-{i}" for i, (make, _, _) in enumerate(CASES)]
 
@@ -321,3 +324,40 @@ print(len(module.KINDS))
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert int(result.stdout) == len(kinds.KINDS)
+
+
+# --- ReversibleEmbedding (issue 19) ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tie_weights", [True, False])
+def test_pinned_token_rows_hold_for_the_lookup_and_the_logits_projection(tie_weights):
+    keras.utils.set_random_seed(3)
+    layer = L.ReversibleEmbedding(20, 4, tie_weights=tie_weights, name="tokens")
+    tokens = keras.Input((5,), dtype="int32")
+    features = keras.Input((4,))
+    model = keras.Model([tokens, features], [layer(tokens), layer(features, reverse=True)])
+    frozen = ks.freeze(model, {"tokens": ks.rules.inputs([3, 7], value=0.0)})
+    pinned = frozen.get_layer("tokens")
+    assert type(pinned).__name__ == "MaskedReversibleEmbedding"
+    assert pinned.present_weights() == (["embeddings"] if tie_weights else ["embeddings", "reverse_embeddings"])
+    x = np.array([[3, 7, 1, 2, 3]], "int32")
+    f = np.random.default_rng(0).normal(size=(2, 4)).astype("float32")
+    looked_up, logits = (ops.convert_to_numpy(t) for t in frozen([x, f]))
+    assert np.all(looked_up[0, [0, 1, 4]] == 0) and np.all(looked_up[0, [2, 3]] != 0)
+    # Token 3 and 7 get a zero logit whatever the features: their rows are pinned at zero.
+    assert np.all(logits[:, [3, 7]] == 0) and np.all(logits[:, [1, 2]] != 0)
+    assert np.array_equal(
+        ops.convert_to_numpy(pinned.embeddings)[[3, 7]], np.zeros((2, 4), "float32"))
+
+
+def test_keras_hubs_reversible_embedding_is_the_same_kind():
+    keras_hub = pytest.importorskip("keras_hub")
+    layer = keras_hub.layers.ReversibleEmbedding(20, 4)
+    assert type(layer) is not L.ReversibleEmbedding
+    assert layers_lib.is_pinnable(layer)
+    assert layers_lib.pinned_class_for(layer) is layers_lib.MaskedReversibleEmbedding
+    layer.build()
+    layers_lib.pin_in_place(layer, layers_lib.MaskedReversibleEmbedding, {}, in_config=False)
+    assert isinstance(layer, L.ReversibleEmbedding)
+    layers_lib.unpin_in_place(layer)
+    assert type(layer) is keras_hub.layers.ReversibleEmbedding  # its own class back

@@ -290,7 +290,8 @@ def test_config_round_trip():
     [
         ({"units": 0}, "positive integer"),
         ({"units": 2, "pinned_kernel_values": "some"}, "pinned_kernel_values"),
-        ({"units": 2, "lora_rank": 4}, "Received: lora_rank=4"),
+        # (`lora_rank` was refused here until issue 19: LoRA composes with pins now.)
+        ({"units": 2, "quantization_config": "int8"}, "Received: quantization_config='int8'"),
     ],
 )
 def test_constructor_validates_arguments(kwargs, match):

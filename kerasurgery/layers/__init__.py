@@ -10,16 +10,20 @@ its weights in ways the mixin does not know.
 
 from __future__ import annotations
 
+import sys
+
 import keras
 
 from kerasurgery.layers._classes import PINNED_CLASSES
-from kerasurgery.layers._mechanism import PER_ENTRY, SHARED, PinMixin, pin_in_place, unpin_in_place
+from kerasurgery.layers._mechanism import (
+    PER_ENTRY, SHARED, PinMixin, keyed_as_plain, pin_in_place, unpin_in_place,
+)
 
 # The pinned classes by name, here where files say they are (`kerasurgery.layers`).
 globals().update({cls.__name__: cls for cls in PINNED_CLASSES})
 
 __all__ = [
-    "PER_ENTRY", "PINNED_CLASSES", "SHARED", "PinMixin", "is_pinnable", "is_pinned",
+    "PER_ENTRY", "PINNED_CLASSES", "SHARED", "PinMixin", "is_pinnable", "is_pinned", "keyed_as_plain",
     "pin_in_place", "pinned_class_for", "supported_class_names", "unpin_in_place",
     *(cls.__name__ for cls in PINNED_CLASSES),
 ]
@@ -31,7 +35,21 @@ def pinned_class_for(layer: keras.layers.Layer) -> type | None:
     """The pinned class for `layer`'s exact Keras class (its own class if pinned), else `None`."""
     if isinstance(layer, PinMixin):
         return type(layer)
-    return _REGISTRY.get(type(layer))
+    return _REGISTRY.get(type(layer)) or _alias_of(type(layer))
+
+
+def _alias_of(cls: type) -> type | None:
+    """The pinned class of a kind's alias (`keras_hub.layers.ReversibleEmbedding`).
+
+    Only modules already imported are looked at: a layer of KerasHub's class
+    means KerasHub is imported, and nothing here imports it.
+    """
+    for pinned in PINNED_CLASSES:
+        for alias in pinned.kind.aliases:
+            module, _, name = alias.partition(":")
+            if module in sys.modules and getattr(sys.modules[module], name, None) is cls:
+                return pinned
+    return None
 
 
 def is_pinned(layer: object) -> bool:
@@ -40,7 +58,7 @@ def is_pinned(layer: object) -> bool:
 
 def is_pinnable(layer: object) -> bool:
     """A layer of a supported kind: pinned already, or of an exact supported Keras class."""
-    return isinstance(layer, PinMixin) or type(layer) in _REGISTRY
+    return pinned_class_for(layer) is not None
 
 
 def supported_class_names() -> list[str]:

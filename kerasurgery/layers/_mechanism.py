@@ -35,6 +35,9 @@ its pins travel in the file's pin record instead (`saving.py`).
 
 from __future__ import annotations
 
+import contextlib
+import functools
+from collections.abc import Iterable, Iterator
 from typing import Any, ClassVar
 
 import keras
@@ -49,8 +52,12 @@ SHARED = _pins.SHARED
 PER_ENTRY = _pins.PER_ENTRY
 
 # Arguments of the Keras classes that change what a weight means; a pinned
-# layer accepts them (Keras configs carry them) only when unset.
-_UNSUPPORTED_ARGS = ("lora_rank", "lora_alpha", "quantization_config")
+# layer accepts them (Keras configs carry them) only when unset. LoRA
+# (`lora_rank`) composes with pins: `where(mask, value, raw + lora)`.
+_UNSUPPORTED_ARGS = ("quantization_config",)
+# The LoRA factors Keras adds (Dense, EinsumDense, convolutions: kernel;
+# Embedding: embeddings).
+_LORA_FACTORS = ("lora_kernel_a", "lora_kernel_b", "lora_embeddings_a", "lora_embeddings_b")
 
 
 class PinMixin:
@@ -158,14 +165,12 @@ class PinMixin:
                 kind = storage.get(weight, SHARED if weight != "bias" else PER_ENTRY)
                 self._pin_storage[weight] = kind
                 shape = tuple(raw.shape)
-                # Variables that must never train are created non-trainable.
-                mask = self.add_weight(
-                    name=f"{weight}_pin_mask", shape=shape, initializer="zeros",
-                    dtype="bool", trainable=False,
-                )
-                value = self.add_weight(
-                    name=f"{weight}_pin_value", shape=() if kind == SHARED else shape,
-                    initializer="zeros", dtype=raw.dtype, trainable=False,
+                # Variables that must never train are created non-trainable,
+                # and laid out like the weight they pin (as optimizers lay
+                # out their slots); a shared value is one replicated scalar.
+                mask = _pin_variable(self, f"{weight}_pin_mask", shape, "bool", raw)
+                value = _pin_variable(
+                    self, f"{weight}_pin_value", () if kind == SHARED else shape, raw.dtype, raw
                 )
                 object.__setattr__(self, f"{weight}_pin_mask", mask)
                 object.__setattr__(self, f"{weight}_pin_value", value)
@@ -183,8 +188,14 @@ class PinMixin:
         return [w for w in self.pinned_weights if self.raw_variable(w) is not None]
 
     def effective(self, weight: str, raw: Any = None) -> Any:
-        """The effective tensor of `weight` (of `raw`, if given, instead of the variable)."""
-        raw = self.raw_variable(weight) if raw is None else raw
+        """The effective tensor of `weight` (of `raw`, if given, instead of the variable).
+
+        With LoRA enabled, the main weight's raw tensor is `raw + lora` (the
+        Keras class's own property composes it), so pinned entries stay at
+        their values while the LoRA factors train.
+        """
+        if raw is None:
+            raw = self._lora_composed(weight)
         if f"{weight}_pin_mask" not in self.__dict__:
             return raw  # while the Keras class builds its own weights
         mask, value = self.pin_variables(weight)
@@ -192,6 +203,23 @@ class PinMixin:
         return _pinned(
             ops.convert_to_tensor(mask), ops.convert_to_tensor(value), ops.convert_to_tensor(raw)
         )
+
+    def _lora_composed(self, weight: str) -> Any:
+        raw = self.raw_variable(weight)
+        if getattr(self, "lora_enabled", False) and weight == self.pinned_weights[0] \
+                and self._raw_attrs[weight] == f"_{weight}":
+            # Keras' property: the raw variable plus the scaled LoRA product.
+            return getattr(self.keras_class, weight).fget(self)
+        return raw
+
+    def _zero_lora(self) -> None:
+        # As Keras does after loading a LoRA layer's merged weights
+        # (Dense.load_own_variables): the loaded raw weight is the effective
+        # one, so the factors start from zero.
+        for name in _LORA_FACTORS:
+            factor = self.__dict__.get(name)
+            if factor is not None:
+                factor.assign(ops.zeros(factor.shape, factor.dtype))
 
     def pins(self) -> _pins.Pin:
         """Returns the layer's current pins as numpy arrays.
@@ -255,6 +283,8 @@ class PinMixin:
                 assignments.append((raw_var, weights))
         for variable, value in assignments:
             variable.assign(value)
+        if raw and getattr(self, "lora_enabled", False):
+            self._zero_lora()  # the raw weights assigned are the effective ones
 
     def set_pinned_weights(
         self,
@@ -350,6 +380,8 @@ class PinMixin:
                 raw.assign(_pins.checked_stored_weight(
                     store[str(i)][...], tuple(raw.shape), raw.dtype, f"Layer {self.name!r}: `{w}`"
                 ))
+            if getattr(self, "lora_enabled", False):
+                self._zero_lora()
             return
         elif not keys:
             # Keras keys a weights file by layer class (`layers/dense`), so a
@@ -393,10 +425,13 @@ class PinMixin:
         )
 
     def enable_lora(self, *args: Any, **kwargs: Any) -> None:
-        raise KerasurgeryError(
-            f"Layer {self.name!r} has pins; LoRA would redefine its weights. "
-            "Enable LoRA on `kerasurgery.strip(model)` instead."
-        )
+        """Keras' LoRA, composed with the pins: `where(mask, value, raw + lora)`.
+
+        The raw weight stops training and the LoRA factors train, as for the
+        Keras class; a pinned entry keeps its value whatever they learn.
+        `kerasurgery.strip` merges the factors into the plain weight.
+        """
+        super().enable_lora(*args, **kwargs)
 
     def _require_built(self, method: str) -> None:
         if not self.built:
@@ -411,12 +446,23 @@ class PinMixin:
         return {**base_config, **config}
 
 
+def _pin_variable(layer: PinMixin, name: str, shape: tuple, dtype: Any, raw: keras.Variable) -> keras.Variable:
+    """A non-trainable zero variable of `layer`, sharded like `raw` where `raw` is sharded."""
+    layout = _keras_private.variable_layout(raw)
+    if layout is not None:
+        if shape != tuple(raw.shape):  # a shared scalar value: replicated
+            layout = keras.distribution.TensorLayout(
+                (None,) * len(shape), getattr(layout, "device_mesh", None))
+        return _keras_private.add_weight_with_layout(
+            layer, name=name, shape=shape, dtype=dtype, layout=layout)
+    return layer.add_weight(name=name, shape=shape, initializer="zeros", dtype=dtype, trainable=False)
+
+
 def _effective_property(weight: str, raw_attr: str, *, settable: bool) -> property:
     def fget(self: PinMixin) -> Any:
-        raw = self.__dict__.get(raw_attr)
-        if raw is None:
+        if self.__dict__.get(raw_attr) is None:
             return None
-        return self.effective(weight, raw)
+        return self.effective(weight)
 
     def fset(self: PinMixin, value: Any) -> None:
         # The Keras class's own `build` assigns its raw variable here.
@@ -446,21 +492,62 @@ def pin_in_place(layer: keras.layers.Layer, cls: type, storage: dict[str, str], 
     # Keras wraps `quantize` per instance when the layer is created; its
     # wrapper would call the plain class's method. Kept for `unpin_in_place`.
     object.__setattr__(layer, "_keras_quantize", _keras_private.keras_quantize(layer))
+    # Unpinned, the layer gets its own class back (KerasHub's subclass of a
+    # Keras class, a kind's alias), not the Keras class of its kind.
+    object.__setattr__(layer, "_plain_class", type(layer))
     layer.__class__ = cls
     _keras_private.set_quantize(layer, cls.quantize.__get__(layer))
     object.__setattr__(layer, "_in_config", in_config)
     layer._add_pin_variables(storage)
 
 
+@contextlib.contextmanager
+def keyed_as_plain(layers: Iterable[PinMixin]) -> Iterator[None]:
+    """Inside the block, Keras saves each of `layers` under its plain class's key.
+
+    A `.keras` file keys the weights of the layers that a list holds (a
+    model's `layers`, a block's list of layers) by their class names
+    (`layers/embedding_1`, keras/src/saving/saving_lib.py:983), and the
+    model that loads it looks them up under the names of the layers it
+    makes. A pinned layer whose parent re-creates it as a plain Keras layer
+    (a KerasHub backbone's `segment_embedding`) must be found under the
+    plain name: while saving, it wears a subclass of its pinned class named
+    as its Keras class.
+    """
+    worn = []
+    try:
+        for layer in layers:
+            cls = type(layer)
+            layer.__class__ = _plain_named(cls)
+            worn.append((layer, cls))
+        yield
+    finally:
+        for layer, cls in worn:
+            layer.__class__ = cls
+
+
+@functools.cache
+def _plain_named(cls: type) -> type:
+    plain = cls.keras_class
+    return type(plain.__name__, (cls,), {"__module__": cls.__module__, "__qualname__": plain.__name__})
+
+
 def _merge_lora(layer: keras.layers.Layer) -> None:
-    """Folds a LoRA layer's adapters into its kernel, as a plain layer of the same config."""
-    merged = ops.convert_to_numpy(layer.kernel)  # Keras' property composes the adapters
-    kernel = layer.__dict__[_keras_private.property_attribute(type(layer), "kernel")]
-    for name in ("lora_kernel_a", "lora_kernel_b"):
-        _keras_private.untrack_variable(layer, getattr(layer, name))
-        layer.__dict__.pop(name, None)
-    kernel.trainable = layer.trainable
-    kernel.assign(merged)
+    """Folds a LoRA layer's adapters into its weight, as a plain layer of the same config."""
+    weight = "kernel" if "lora_kernel_a" in layer.__dict__ else "embeddings"
+    merged = ops.convert_to_numpy(getattr(layer, weight))  # Keras' property composes the adapters
+    layer.__dict__[f"_{weight}"].assign(merged)
+    _drop_lora(layer)
+
+
+def _drop_lora(layer: keras.layers.Layer) -> None:
+    """Removes a LoRA layer's adapters (already merged) and lets its weight train again."""
+    for name in _LORA_FACTORS:
+        if name in layer.__dict__:
+            _keras_private.untrack_variable(layer, layer.__dict__.pop(name))
+    for name in ("_kernel", "_embeddings"):
+        if isinstance(layer.__dict__.get(name), keras.Variable):
+            layer.__dict__[name].trainable = layer.trainable
     object.__setattr__(layer, "lora_enabled", False)
     object.__setattr__(layer, "lora_rank", None)
     object.__setattr__(layer, "lora_alpha", None)
@@ -469,7 +556,7 @@ def _merge_lora(layer: keras.layers.Layer) -> None:
 def unpin_in_place(layer: PinMixin) -> None:
     """Turns a pinned layer back into its plain Keras class, holding the effective weights."""
     effective = {w: ops.convert_to_numpy(layer.effective(w)) for w in layer.present_weights()}
-    cls = layer.keras_class
+    cls = layer.__dict__.pop("_plain_class", None) or layer.keras_class
     for weight in layer.present_weights():
         for variable in layer.pin_variables(weight):
             _keras_private.untrack_variable(layer, variable)
@@ -479,6 +566,8 @@ def unpin_in_place(layer: PinMixin) -> None:
         raw.assign(effective[weight])
         if isinstance(raw.regularizer, _OnEffective):
             raw.regularizer = raw.regularizer.fn
+    if getattr(layer, "lora_enabled", False):
+        _drop_lora(layer)  # merged: the effective weight holds raw + lora
     raw_attrs = type(layer)._raw_attrs
     if "_keras_quantize" in layer.__dict__:
         # Pinned in place: Keras' own wrapper of the plain class's `quantize`

@@ -298,7 +298,9 @@ def save_model(
     record = _record_of(model, path)
     # Keras raises all kinds of errors while saving: each is a failed save.
     with _atomic.atomic_path(path, overwrite, _temp_suffix(path), wrapped=(Exception,)) as tmp:
-        with _quiet():  # Keras calls .h5 "legacy" on every save.
+        hidden = [layer for _, layer in walk_layers(model)
+                  if _layers.is_pinned(layer) and not layer.in_config]
+        with _quiet(), _layers.keyed_as_plain(hidden):  # Keras calls .h5 "legacy" on every save.
             model.save(tmp, overwrite=True)
         if record:
             _pin_record.append(tmp, record)

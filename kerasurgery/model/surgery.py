@@ -1,11 +1,20 @@
-"""`freeze` and `strip`: one copy of the model, then pins changed in place.
+"""`freeze` and `strip`: pins changed in place, on the model or on its copy.
 
-Both copy the model with `keras.models.clone_model` (recursively, so nested
-models and shared layers keep their structure; subclassed models are
-re-created from their config, `_subclassed.py`), copy every weight, trainable
-or not, and then pin (or unpin) the chosen layers of the copy in place, at any
-depth (`layers.pin_in_place`). The original model is left untouched and
-shares no variable with the result.
+One mechanism serves both paths: the chosen layers are pinned (or unpinned)
+in place, at any depth (`layers.pin_in_place`), as Keras' `enable_lora` and
+`quantize` change layers. With `in_place=True` that happens to the model's
+own layers: nothing is copied, the model's variables stay the same objects
+(with their layouts) and only mask and value variables are added. Without
+it, the model is first copied as its own class (`copy_model`) and the copy
+is changed: the original is left untouched and shares no variable with the
+result.
+
+A copy keeps the model's class: Sequential and Functional models (nested
+ones and shared layers included) are cloned with `keras.models.clone_model`;
+a Functional subclass that clone would turn into a plain `Functional` (a
+KerasHub backbone or task) is re-created from its own `get_config()`; a
+subclassed model from its config too (`subclassed.py`). Every weight,
+trainable or not, is copied, and so is the compile state.
 """
 
 from __future__ import annotations
@@ -32,8 +41,14 @@ from kerasurgery.pins import Axes, Pin, Rule
 PinSpec = Union[Pin, np.ndarray, Rule]
 
 
-def freeze(model: keras.Model, pins: Mapping[str, PinSpec], *, exclude: Sequence[str] = ()) -> keras.Model:
-    """Returns a copy of `model` with the selected weight entries pinned.
+def freeze(
+    model: keras.Model,
+    pins: Mapping[str, PinSpec],
+    *,
+    exclude: Sequence[str] = (),
+    in_place: bool = False,
+) -> keras.Model:
+    """Returns `model` (or a copy of it) with the selected weight entries pinned.
 
     Every supported layer can be pinned (`Dense`, `EinsumDense`, the
     convolutions, `Embedding`; see `kerasurgery.layers`), wherever it sits:
@@ -59,9 +74,16 @@ def freeze(model: keras.Model, pins: Mapping[str, PinSpec], *, exclude: Sequence
             `LayerSkippedWarning`; a key that names the layer raises.
         exclude: Layer paths, names or globs (read as keys are) to leave
             out of every key's selection.
+        in_place: Pin the model's own layers and return `model` itself: no
+            copy, its variables stay the same objects (a sharded model keeps
+            its layouts), only mask and value variables are added. Its
+            compiled train/predict functions are dropped so that the next
+            call traces the pinned layers.
 
     Returns:
-        A new model of the same structure, names, trainable flags and dtype
+        `model` itself with `in_place`, else a new model of `model`'s class
+        (a KerasHub task keeps its backbone, preprocessor, `generate()` and
+        sampler) with the same structure, names, trainable flags and dtype
         policies, whose selected layers are pinned (`MaskedDense`, ...). With
         values left at their current values it computes exactly what `model`
         computes. A compiled model's compile configuration is carried over
@@ -93,7 +115,7 @@ def freeze(model: keras.Model, pins: Mapping[str, PinSpec], *, exclude: Sequence
         lambda path: pinnable[path].name,
         exclude=exclude,
     )
-    frozen = _rebuild(model, _copy_state)
+    frozen = model if in_place else copy_model(model)
     copies = dict(walk_layers(frozen))
     visible = _config_visible(frozen)
     for path, plan in plans.items():
@@ -107,25 +129,114 @@ def freeze(model: keras.Model, pins: Mapping[str, PinSpec], *, exclude: Sequence
         # The raw weights start equal to the effective ones, so the file and
         # the variables agree until training moves raw entries under the pins.
         layer.set_pin_state(plan.state())
+    if in_place and plans:
+        _forget_traced_functions(frozen)
     return frozen
 
 
-def strip(model: keras.Model) -> keras.Model:
-    """Returns a copy of `model` with every pinned layer turned back into its Keras class.
+def strip(model: keras.Model, *, in_place: bool = False) -> keras.Model:
+    """Returns a copy of `model` (or `model`) with every pinned layer turned back into its Keras class.
 
     Each layer keeps its name and configuration and holds the effective
     weights (pinned entries at their pinned values), so the result predicts
     exactly what `model` predicts and loads with plain Keras.
 
+    Args:
+        model: A built Keras model.
+        in_place: Unpin the model's own layers and return `model` itself: its
+            raw variables stay the same objects and take the effective
+            weights; the mask and value variables are dropped.
+
     Raises:
         KerasurgeryError: if `model` is not a built Keras model.
     """
     _require_rewritable(model, "strip")
-    stripped = _rebuild(model, _copy_state)
+    stripped = model if in_place else copy_model(model)
+    unpinned = False
     for _, layer in walk_layers(stripped):
         if layers_lib.is_pinned(layer):
             layers_lib.unpin_in_place(layer)
+            unpinned = True
+    if in_place and unpinned:
+        _forget_traced_functions(stripped)
     return stripped
+
+
+def copy_model(model: keras.Model) -> keras.Model:
+    """A copy of `model` as its own class, sharing no variable with it.
+
+    Its layers are pinned where `model`'s are. See the module docstring for
+    how each kind of model is copied.
+
+    Raises:
+        KerasurgeryError: `model` cannot be re-created from its config.
+    """
+    if _keras_private.is_functional(model) and not _keras_private.clones_as_graph(model):
+        return _copy_as_own_class(model)
+    return _rebuild(model, _copy_state)
+
+
+def _forget_traced_functions(model: keras.Model) -> None:
+    """Drops what a model traced before its layers changed class.
+
+    Keras caches its compiled train/test/predict functions (and KerasHub its
+    `generate_function`) after the first call; they would keep computing
+    with the layers as they were traced. Each is rebuilt on the next call.
+    """
+    for attr in ("train_function", "test_function", "predict_function", "generate_function"):
+        if getattr(model, attr, None) is not None:
+            setattr(model, attr, None)
+
+
+def _copy_as_own_class(model: keras.Model) -> keras.Model:
+    """A Functional subclass (a KerasHub backbone or task) re-created from its own config.
+
+    `clone_model` would return a plain `Functional` (no `generate()`, no
+    `backbone`), and cloning layer by layer would call the `get_config()` of
+    every block, which some KerasHub blocks do not implement; the model's own
+    config re-creates all of them as its constructor makes them. A KerasHub
+    task's preprocessor is shared, not re-created: it holds no weights, and
+    its vocabulary lives in assets that its config leaves out.
+    """
+    config = model.get_config()
+    preprocessor = getattr(model, "preprocessor", None)
+    shared = isinstance(config, dict) and "preprocessor" in config and preprocessor is not None
+    if shared:
+        config = {**config, "preprocessor": None}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            new = type(model).from_config(config)
+    except Exception as e:
+        raise KerasurgeryError(
+            f"Could not copy model {model.name!r} ({type(model).__name__}) from its "
+            f"config: {e}. Use `in_place=True` to pin the model itself."
+        ) from None
+    if shared:
+        new.preprocessor = preprocessor
+    _copy_state(model, new)
+    olds = [model] + [layer for _, layer in walk_layers(model)]
+    news = [new] + [layer for _, layer in walk_layers(new)]
+    for old, layer in zip(olds, news):  # parents first: a child's own flag wins
+        if layer.trainable != old.trainable:
+            layer.trainable = old.trainable
+    _copy_compile_state(model, new)
+    return new
+
+
+def _copy_compile_state(old: keras.Model, new: keras.Model) -> None:
+    """Compiles `new` as `old` was compiled (a fresh optimizer), custom `compile` included.
+
+    Keras' `compile_from_config` refuses a class that overrides `compile`
+    (a KerasHub task); its `compile` takes Keras' arguments, and a KerasHub
+    causal LM's sampler, which its compile config leaves out, is carried too.
+    """
+    if not getattr(old, "compiled", False):
+        return
+    config = keras.saving.deserialize_keras_object(old.get_compile_config())
+    new.compile(**config)
+    if getattr(old, "sampler", None) is not None and hasattr(new, "sampler"):
+        new.sampler = old.sampler
 
 
 def _copy_state(old: keras.layers.Layer, new: keras.layers.Layer) -> None:
@@ -148,6 +259,9 @@ def _copy_state(old: keras.layers.Layer, new: keras.layers.Layer) -> None:
             layers_lib.pin_in_place(
                 target, type(source), source.pin_storage, in_config=source.in_config
             )
+        if getattr(source, "lora_enabled", False) and not getattr(target, "lora_enabled", False):
+            # LoRA enabled after the model was made (`backbone.enable_lora`).
+            target.enable_lora(source.lora_rank, lora_alpha=source.lora_alpha)
     new.set_weights(_raw_weights(old))
 
 
@@ -188,7 +302,9 @@ def _config_visible(model: keras.Model) -> set[int]:
 
 def _named_by_config(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
     """The layers that `layer`'s own config names (and Keras rebuilds from it)."""
-    if isinstance(layer, keras.Model) and not is_subclassed(layer):
+    if isinstance(layer, keras.Sequential) or (
+        _keras_private.is_functional(layer) and _keras_private.clones_as_graph(layer)
+    ):
         return sublayers(layer)
     if isinstance(layer, keras.layers.Wrapper):
         held = [getattr(layer, a, None) for a in ("layer", "forward_layer", "backward_layer")]
@@ -294,7 +410,10 @@ def _clone(
         if id(layer) in clones:
             return clones[id(layer)][1]
         if isinstance(layer, keras.Model) and not is_subclassed(layer):
-            new: keras.layers.Layer = _clone(layer, replace, clones)
+            new: keras.layers.Layer = (
+                _clone(layer, replace, clones) if isinstance(layer, keras.Sequential)
+                or _keras_private.clones_as_graph(layer) else _copy_as_own_class(layer)
+            )
         else:
             new = replace(layer) or copy_layer(layer)
         clones[id(layer)] = (layer, new)

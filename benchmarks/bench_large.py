@@ -1,0 +1,191 @@
+"""A pinned KerasHub causal LM against the plain one (issue 19).
+
+Three measurements, each side by side in one run (ratios pinned / plain):
+
+    generate    greedy `generate` tokens per second: the task frozen with half
+                of every supported weight pinned at zero (rules.smallest(0.5))
+                against the same task unpinned
+    lora_step   one LoRA fine-tuning step (`train_on_batch` after
+                `backbone.enable_lora(4)`): pinned + LoRA against LoRA alone
+    freeze      `ks.freeze(..., in_place=True)` against the copy path: wall
+                time and the growth of the process's peak resident memory,
+                each in a fresh process (peak RSS only grows)
+
+The default model is GPT-2 base sized (~124M parameters: 12 layers, hidden
+768, vocabulary 50257); `--size medium` (~30M) fits a shared CPU; `--size small` only checks the script.
+Pins cost one byte per pinned-weight entry (the mask; shared zero values are
+one scalar), reported as `pin_bytes`; the target for in-place freezing is a
+peak growth <= pin_bytes + 64 MB.
+
+    KERAS_BACKEND=jax python benchmarks/bench_large.py            # ~10 min on CPU
+    KERAS_BACKEND=jax python benchmarks/bench_large.py --size small
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+SIZES = {
+    "base": dict(vocabulary_size=50257, num_layers=12, num_heads=12, hidden_dim=768,
+                 intermediate_dim=3072, max_sequence_length=256),
+    "medium": dict(vocabulary_size=32000, num_layers=4, num_heads=8, hidden_dim=512,
+                   intermediate_dim=2048, max_sequence_length=128),
+    "small": dict(vocabulary_size=1000, num_layers=2, num_heads=2, hidden_dim=64,
+                  intermediate_dim=128, max_sequence_length=64),
+}
+
+
+def _lm(size: str):
+    import keras
+    import keras_hub
+
+    keras.utils.set_random_seed(0)
+    backbone = keras_hub.models.GPT2Backbone(**SIZES[size])
+    return keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=None)
+
+
+def _prompt(size: str, batch: int, prompt: int, length: int):
+    import numpy as np
+
+    vocab = SIZES[size]["vocabulary_size"]
+    tokens = np.zeros((batch, length), "int32")
+    tokens[:, :prompt] = np.random.default_rng(0).integers(1, vocab, size=(batch, prompt))
+    mask = np.zeros((batch, length), bool)
+    mask[:, :prompt] = True
+    return {"token_ids": tokens, "padding_mask": mask}
+
+
+def _time(fn, repeats: int) -> float:
+    fn()  # compile
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def bench_generate(size: str, repeats: int) -> dict:
+    import kerasurgery as ks
+
+    plain = _lm(size)
+    pinned = ks.freeze(plain, {"*": ks.rules.smallest(0.5)})
+    length = 32
+    x = _prompt(size, 1, 8, length)
+    out = {}
+    for name, lm in (("plain", plain), ("pinned", pinned)):
+        lm.compile(sampler="greedy")
+        seconds = _time(lambda lm=lm: lm.generate(x, stop_token_ids=None), repeats)
+        out[name] = (length - 8) / seconds
+    out["ratio"] = out["plain"] / out["pinned"]  # time pinned / time plain
+    return out
+
+
+def bench_lora_step(size: str, repeats: int) -> dict:
+    import keras
+    import numpy as np
+
+    import kerasurgery as ks
+
+    batch, length = 4, 64
+    vocab = SIZES[size]["vocabulary_size"]
+    tokens = np.random.default_rng(1).integers(1, vocab, size=(batch, length + 1)).astype("int32")
+    x = {"token_ids": tokens[:, :-1], "padding_mask": np.ones((batch, length), bool)}
+    y = tokens[:, 1:]
+    out = {}
+    for name in ("plain", "pinned"):
+        lm = _lm(size)
+        if name == "pinned":
+            ks.freeze(lm, {"*": ks.rules.smallest(0.5)}, in_place=True)
+        lm.backbone.enable_lora(4)
+        lm.compile(optimizer=keras.optimizers.Adam(1e-3),
+                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        out[name] = _time(lambda lm=lm: lm.train_on_batch(x, y), repeats)
+    out["ratio"] = out["pinned"] / out["plain"]
+    return out
+
+
+def _reset_peak() -> int:
+    """Resets the peak resident memory (Linux: /proc/self/clear_refs) and returns the current RSS."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+    return _status("VmRSS") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _peak() -> int:
+    return _status("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _status(field: str) -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _freeze_child(size: str, in_place: bool) -> dict:
+    import kerasurgery as ks
+
+    lm = _lm(size)
+    before = _reset_peak()
+    start = time.perf_counter()
+    frozen = ks.freeze(lm, {"*": ks.rules.smallest(0.5)}, in_place=in_place)
+    seconds = time.perf_counter() - start
+    peak = _peak()
+    pin_bytes = sum(int(v.numpy().nbytes) if hasattr(v, "numpy") else 0 for v in frozen.variables
+                    if v.path.endswith(("_pin_mask", "_pin_value")))
+    return {"seconds": seconds, "peak_growth_bytes": peak - before, "pin_bytes": pin_bytes}
+
+
+def bench_freeze(size: str) -> dict:
+    out = {}
+    for name, in_place in (("in_place", True), ("copy", False)):
+        done = subprocess.run(
+            [sys.executable, __file__, "--size", size, "--child-freeze", str(int(in_place))],
+            capture_output=True, text=True, check=True,
+        )
+        out[name] = json.loads(done.stdout.strip().splitlines()[-1])
+    out["time_ratio"] = out["in_place"]["seconds"] / out["copy"]["seconds"]
+    out["in_place_over_pins_mb"] = (
+        out["in_place"]["peak_growth_bytes"] - out["in_place"]["pin_bytes"]) / 2**20
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", choices=sorted(SIZES), default="base")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--only", choices=("generate", "lora_step", "freeze"))
+    parser.add_argument("--child-freeze", type=int, choices=(0, 1), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child_freeze is not None:
+        print(json.dumps(_freeze_child(args.size, bool(args.child_freeze))))
+        return
+    import keras
+
+    result = {"backend": keras.backend.backend(), "size": args.size}
+    if args.only in (None, "generate"):
+        result["generate_tokens_per_s"] = bench_generate(args.size, args.repeats)
+    if args.only in (None, "lora_step"):
+        result["lora_step_s"] = bench_lora_step(args.size, args.repeats)
+    if args.only in (None, "freeze"):
+        result["freeze"] = bench_freeze(args.size)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    main()
