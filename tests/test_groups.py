@@ -202,3 +202,35 @@ def test_a_subclassed_model_is_refused():
 
     with pytest.raises(KerasurgeryError, match="Expected a Functional or Sequential model"):
         dependency_groups(Net())
+
+
+def test_a_grouped_convolution_keeps_its_groups_equal():
+    x = keras.Input((4, 4, 4))
+    y = L.Conv2D(8, 1, name="stem")(x)
+    y = L.Conv2D(6, 3, groups=2, name="g")(y)  # kernel (3, 3, 4, 6)
+    groups = dependency_groups(keras.Model(x, L.Dense(2, name="out")(y)))
+    # A unit of the stem is one input row of every group of `g`.
+    assert _members(groups.of("stem")) == {
+        ("stem", "kernel", 3): ((0, 4), (1, 5), (2, 6), (3, 7)),
+        ("stem", "bias", 0): ((0, 4), (1, 5), (2, 6), (3, 7)),
+        ("g", "kernel", 2): ((0,), (1,), (2,), (3,)),
+    }
+    # A unit of `g` is one filter of each group.
+    assert _members(groups.of("g"))[("g", "kernel", 3)] == ((0, 3), (1, 4), (2, 5))
+    assert [m.output for m in groups.of("g").members] == [True, True, False]
+
+
+def test_a_transposed_convolution_reads_its_last_axis_and_writes_the_one_before():
+    x = keras.Input((4, 4, 3))
+    c = L.Conv2D(4, 1, name="c", activation="sigmoid")
+    y = L.Conv2DTranspose(5, 3, name="up")(c(x))  # kernel (3, 3, 5, 4)
+    model = keras.Model(x, L.Dense(2, name="out")(y))
+    kernel = keras.ops.convert_to_numpy(c.kernel)
+    kernel[..., 1] = 0.0
+    c.kernel.assign(kernel)
+    groups = dependency_groups(model)
+    assert _members(groups.of("c"))[("up", "kernel", 3)] == ((0,), (1,), (2,), (3,))
+    assert _members(groups.of("up"))[("up", "kernel", 2)] == tuple((i,) for i in range(5))
+    # Unit 1 is the constant sigmoid(bias), which the border outputs of a
+    # transposed convolution see only in part: its bias cannot absorb it.
+    assert groups.of("c").removable == (False,) * 4

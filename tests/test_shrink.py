@@ -98,10 +98,28 @@ def _squeeze_excite():
     return keras.Model(x, L.Dense(2, name="out")(L.GlobalAveragePooling2D()(y)))
 
 
+def _transposed():
+    x = keras.Input((5, 5, 3))
+    y = L.Conv2DTranspose(6, 3, strides=2, name="up", activation="relu")(x)
+    y = L.Conv2DTranspose(4, 2, padding="same", name="up2")(y)
+    y = L.Conv1DTranspose(5, 3, name="up1d", activation="tanh")(L.Reshape((121, 4))(y))
+    return keras.Model(x, L.Dense(2, name="out")(L.GlobalMaxPooling1D()(y)))
+
+
+def _grouped():
+    # Unit j of a grouped convolution is filter j of each group; its input
+    # channels couple row by row across the groups.
+    x = keras.Input((6, 6, 4))
+    y = L.Conv2D(8, 1, name="stem", activation="relu")(x)
+    y = L.Conv2D(12, 3, groups=4, padding="same", name="g1", activation="relu")(y)
+    y = L.Conv1D(6, 3, groups=2, name="g2")(L.Reshape((36, 12))(y))
+    return keras.Model(x, L.Dense(2, name="out")(L.GlobalAveragePooling1D()(y)))
+
+
 MODELS = {
     "dense_chain": _dense_chain, "conv_bn": _conv_bn, "residual": _residual,
     "concatenate": _concatenate, "flatten": _flatten, "depthwise": _depthwise, "nested": _nested,
-    "squeeze_excite": _squeeze_excite,
+    "squeeze_excite": _squeeze_excite, "transposed": _transposed, "grouped": _grouped,
 }
 
 

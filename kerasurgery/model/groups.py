@@ -63,6 +63,9 @@ class Member:
     weight: str
     axis: int
     indices: tuple[tuple[int, ...], ...]
+    # A producer's own output entries (kernel columns / filters / heads and
+    # their bias): what `prune_units` pins at zero.
+    output: bool = False
 
     def __repr__(self) -> str:
         return f"{self.layer}:{self.weight}[axis {self.axis}] {_format_indices(self.indices)}"
@@ -140,6 +143,8 @@ class DependencyGroups:
     unknown: tuple[tuple[str, str], ...]  # (layer path, why)
     # The `Reshape` layers that keep the channel axis last (and its count in their config).
     reshapes: tuple[str, ...] = ()
+    # Producer path -> the config entry that counts its output entries.
+    sizes: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def __iter__(self):
         return iter(self.groups)
@@ -246,6 +251,10 @@ class _Walk:
         self.values: dict[int, _Value] = {}
         self.unknown: dict[str, str] = {}
         self.reshapes: list[str] = []
+        self.outputs: set[tuple[str, str, int]] = set()
+        # Producer path -> the config entry that counts its output entries,
+        # which `shrink` lowers.
+        self.sizes: dict[str, str] = {}
 
     # union-find over units: a residual sum makes its branches' units one
     def find(self, unit: int) -> int:
@@ -320,7 +329,8 @@ class _Walk:
                 self.values[id(tensor)] = value
         for tensor in self.model.outputs:
             self.leave(self.value(tensor), "a model output")
-        return DependencyGroups(self._groups(), tuple(self.unknown.items()), tuple(self.reshapes))
+        return DependencyGroups(self._groups(), tuple(self.unknown.items()), tuple(self.reshapes),
+                                dict(self.sizes))
 
     def _groups(self) -> tuple[Group, ...]:
         roots: dict[int, list[int]] = {}
@@ -330,11 +340,12 @@ class _Walk:
         for root in sorted(roots):
             producers = tuple(dict.fromkeys(self.units[u].producer for u in roots[root]))
             by_producers.setdefault(producers, []).append(roots[root])
-        return tuple(_group(producers, [[self.units[u] for u in unit] for unit in units])
+        return tuple(_group(producers, [[self.units[u] for u in unit] for unit in units], self.outputs)
                      for producers, units in by_producers.items())
 
 
-def _group(producers: tuple[str, ...], units: list[list[_Unit]]) -> Group:
+def _group(producers: tuple[str, ...], units: list[list[_Unit]],
+           outputs: set[tuple[str, str, int]]) -> Group:
     keys: dict[tuple[str, str, int], None] = {}
     per_unit: list[dict[tuple[str, str, int], set[int]]] = []
     for parts in units:
@@ -345,7 +356,8 @@ def _group(producers: tuple[str, ...], units: list[list[_Unit]]) -> Group:
                 entries.setdefault((path, weight, axis), set()).update(indices)
         per_unit.append(entries)
     members = [
-        Member(*key, tuple(tuple(sorted(entries.get(key, ()))) for entries in per_unit))
+        Member(*key, tuple(tuple(sorted(entries.get(key, ()))) for entries in per_unit),
+               output=key in outputs)
         for key in keys
     ]
     reads = [[r for part in parts for r in part.reads] for parts in units]
@@ -454,46 +466,90 @@ def _apply(fn: Callable, const: np.ndarray) -> np.ndarray:
 # -- what each kind does to channels ----------------------------------------------
 
 
-def _consume(walk: _Walk, layer: Any, path: str, value: _Value, weight: str) -> np.ndarray:
-    """A layer that reads channels along its kernel's input axis (second to last).
+def _consume(walk: _Walk, layer: Any, path: str, value: _Value, weight: str,
+             axis: int = -2, groups: int = 1, folds: bool = True) -> np.ndarray:
+    """A layer that reads channels along one axis of its kernel (`axis`).
 
     Its bias absorbs a constant channel when every output sees the whole
-    kernel window on it: a `Dense`, or a convolution with `valid` padding.
+    kernel window on it: a `Dense`, or a convolution with `valid` padding
+    (`folds`: not a transposed one, whose border outputs see fewer taps). A
+    grouped convolution reads channel `c` with row `c % (channels / groups)`
+    of group `c // (channels / groups)`: the channels at the same row of
+    every group are one unit, so that removing it keeps the groups equal.
     """
     kernel = _numpy(layer, weight)
-    if kernel.shape[-2] != len(value.units):
-        raise _Unsupported(f"{weight} reads {kernel.shape[-2]} inputs of {len(value.units)}")
-    walk.member(value, path, weight, kernel.ndim - 2)
-    folds = bool(getattr(layer, "use_bias", False)) and getattr(layer, "padding", "valid") == "valid"
+    axis %= kernel.ndim
+    per = kernel.shape[axis]
+    if per * groups != len(value.units):
+        raise _Unsupported(f"{weight} reads {per * groups} inputs of {len(value.units)}")
+    if groups > 1:
+        _couple(walk, value, path, [[row + g * per for g in range(groups)] for row in range(per)])
+    walk.member(value, path, weight, axis, lambda p: sorted({i % per for i in p}))
+    folds = (folds and groups == 1 and bool(getattr(layer, "use_bias", False))
+             and getattr(layer, "padding", "valid") == "valid")
     walk.read(value, path, folds=folds)
     return kernel
 
 
-def _produce(walk: _Walk, layer: Any, path: str, kernel: np.ndarray, weight: str) -> _Value:
+def _couple(walk: _Walk, value: _Value, path: str, sets: list[list[int]]) -> None:
+    """Makes the units at each set of positions of `value` one unit."""
+    for positions in sets:
+        known = [value.units[p] for p in positions if value.units[p] is not None]
+        if known and len(known) < len(positions):
+            walk.units[known[0]].left.append(
+                f"coupled by {path!r} with a channel no layer here makes")
+        for other in known[1:]:
+            walk.union(known[0], other)
+
+
+def _produce(walk: _Walk, layer: Any, path: str, kernel: np.ndarray, weight: str,
+             axis: int = -1, groups: int = 1, size_key: str | None = None) -> _Value:
+    """Output units along `axis` of the kernel; with `groups`, unit `j` is
+    entry `j` of every group (the groups' outputs are contiguous)."""
     activation = _activation(layer)
     if activation is None:
         raise _Unsupported("an activation across units")
+    axis %= kernel.ndim
     bias = _numpy(layer, "bias")
-    count = kernel.shape[-1]
-    columns = kernel.reshape(-1, count)
+    if bias is not None and bias.shape != (kernel.shape[axis],):
+        raise _Unsupported("a bias over other axes than the units")
+    count = kernel.shape[axis]
+    per = count // groups
+    columns = np.moveaxis(kernel, axis, -1).reshape(-1, count)
     pre = np.zeros(count) if bias is None else bias.astype(np.float64)
     pre[~np.all(columns == 0.0, axis=0)] = np.nan
-    units: list[int | None] = []
-    for index in range(count):
+    walk.outputs.update({(path, weight, axis), (path, "bias", 0)})
+    walk.sizes[path] = size_key or _size_key(layer)
+    made = []
+    for index in range(per):
         unit = walk.new_unit(path, index)
-        walk.units[unit].members.append((path, weight, kernel.ndim - 1, (index,)))
+        entries = tuple(index + g * per for g in range(groups))
+        walk.units[unit].members.append((path, weight, axis, entries))
         if bias is not None:
-            walk.units[unit].members.append((path, "bias", 0, (index,)))
-        units.append(unit)
+            walk.units[unit].members.append((path, "bias", 0, entries))
+        made.append(unit)
+    units: list[int | None] = [made[f % per] for f in range(count)]
     return _Value(units, _apply(activation, pre), _apply(activation, np.zeros(count)))
 
 
+def _size_key(layer: Any) -> str:
+    config = layer.get_config()
+    return "units" if "units" in config else "filters"
+
+
 def _dense_or_conv(walk, layer, path, values, inputs, outputs):
+    """`Dense` and convolutions: kernel `(..., inputs / groups, filters)`."""
     _channels_last(layer)
-    if getattr(layer, "groups", 1) != 1:
-        raise _Unsupported("grouped")
-    kernel = _consume(walk, layer, path, values[0], "kernel")
-    return [_produce(walk, layer, path, kernel, "kernel")]
+    groups = getattr(layer, "groups", 1)
+    kernel = _consume(walk, layer, path, values[0], "kernel", groups=groups)
+    return [_produce(walk, layer, path, kernel, "kernel", groups=groups)]
+
+
+def _conv_transpose(walk, layer, path, values, inputs, outputs):
+    """Transposed convolutions: kernel `(..., filters, inputs)`."""
+    _channels_last(layer)
+    kernel = _consume(walk, layer, path, values[0], "kernel", axis=-1, folds=False)
+    return [_produce(walk, layer, path, kernel, "kernel", axis=-2)]
 
 
 def _separable(walk, layer, path, values, inputs, outputs):
@@ -506,7 +562,7 @@ def _separable(walk, layer, path, values, inputs, outputs):
     walk.member(value, path, "pointwise_kernel", pointwise.ndim - 2,
                 lambda p: [i * multiplier + k for i in p for k in range(multiplier)])
     walk.read(value, path)  # a zero channel adds nothing through both kernels
-    return [_produce(walk, layer, path, pointwise, "pointwise_kernel")]
+    return [_produce(walk, layer, path, pointwise, "pointwise_kernel", size_key="filters")]
 
 
 def _depthwise(walk, layer, path, values, inputs, outputs):
@@ -670,6 +726,8 @@ _ZERO_KEEPING = (
 _HANDLERS: dict[type, Callable[..., list[_Value]]] = {
     _L.Dense: _dense_or_conv, _L.Conv1D: _dense_or_conv, _L.Conv2D: _dense_or_conv,
     _L.Conv3D: _dense_or_conv,
+    _L.Conv1DTranspose: _conv_transpose, _L.Conv2DTranspose: _conv_transpose,
+    _L.Conv3DTranspose: _conv_transpose,
     _L.DepthwiseConv1D: _depthwise, _L.DepthwiseConv2D: _depthwise,
     _L.SeparableConv1D: _separable, _L.SeparableConv2D: _separable,
     _L.BatchNormalization: _batch_norm,

@@ -148,19 +148,28 @@ def _folded_biases(
 
 
 def _new_sizes(
-    model: keras.Model, groups: Iterable[Group], removed: dict[tuple[str, ...], list[int]]
+    model: keras.Model, groups: DependencyGroups, removed: dict[tuple[str, ...], list[int]]
 ) -> dict[str, dict[str, Any]]:
-    """Layer path -> the config entries that say its new unit count."""
+    """Layer path -> the config entries that say its new unit count.
+
+    The count falls by the producer's output entries the removed units hold
+    (a unit coupled across a grouped convolution's groups holds several); a
+    shape entry (`EinsumDense`'s `output_shape`) counts them in its last entry.
+    """
     layers = dict(walk_layers(model))
     sizes = {}
     for group in groups:
-        cut = len(removed.get(group.producers, []))
-        if not cut:
-            continue
-        for path in group.producers:
-            config = layers[path].get_config()
-            key = "units" if "units" in config else "filters"
-            sizes[path] = {key: config[key] - cut}
+        units = removed.get(group.producers, [])
+        for member in group.members:
+            if not units or not member.output or member.weight == "bias":
+                continue
+            key = groups.sizes[member.layer]
+            cut = sum(len(member.indices[unit]) for unit in units)
+            old = layers[member.layer].get_config()[key]
+            if isinstance(old, (list, tuple)):
+                sizes[member.layer] = {key: [*old[:-1], old[-1] - cut]}
+            else:
+                sizes[member.layer] = {key: old - cut}
     return sizes
 
 
