@@ -234,3 +234,17 @@ def test_a_transposed_convolution_reads_its_last_axis_and_writes_the_one_before(
     # Unit 1 is the constant sigmoid(bias), which the border outputs of a
     # transposed convolution see only in part: its bias cannot absorb it.
     assert groups.of("c").removable == (False,) * 4
+
+
+def test_einsum_dense_is_followed_where_one_axis_maps_cleanly_and_left_alone_elsewhere():
+    x = keras.Input((4, 6))
+    y = L.EinsumDense("abc,cd->abd", (4, 5), bias_axes="d", name="e1")(x)
+    y = L.EinsumDense("abc,bd->adc", (3, 5), name="mix")(y)  # mixes tokens, keeps channels
+    groups = dependency_groups(keras.Model(x, L.Dense(2, name="out")(y)))
+    assert _members(groups.of("e1")) == {
+        ("e1", "kernel", 1): tuple((i,) for i in range(5)),
+        ("e1", "bias", 0): tuple((i,) for i in range(5)),
+    }
+    assert groups.of("e1").left == ("read by 'mix' (EinsumDense: equation 'abc,bd->adc' "
+                                    "does not read the input's last axis along one kernel axis)",)
+    assert dict(groups.unknown)["mix"].startswith("equation 'abc,bd->adc'")

@@ -116,10 +116,21 @@ def _grouped():
     return keras.Model(x, L.Dense(2, name="out")(L.GlobalAveragePooling1D()(y)))
 
 
+def _einsum():
+    x = keras.Input((4, 6))
+    y = L.EinsumDense("abc,cd->abd", (4, 8), bias_axes="d", activation="relu", name="e1")(x)
+    y = L.EinsumDense("...b,bc->...c", 5, bias_axes="c", activation="gelu", name="e2")(y)
+    y = L.EinsumDense("abc,cde->abde", (4, 2, 3), name="heads")(y)  # reads cleanly, writes (2, 3)
+    y = L.Dense(6, name="d")(L.Reshape((4, 6))(y))
+    y = L.EinsumDense("abc,cd->ad", (3,), name="e3")(y)  # reads `c` at every `b`
+    return keras.Model(x, L.Dense(2, name="out")(y))
+
+
 MODELS = {
     "dense_chain": _dense_chain, "conv_bn": _conv_bn, "residual": _residual,
     "concatenate": _concatenate, "flatten": _flatten, "depthwise": _depthwise, "nested": _nested,
     "squeeze_excite": _squeeze_excite, "transposed": _transposed, "grouped": _grouped,
+    "einsum": _einsum,
 }
 
 

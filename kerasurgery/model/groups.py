@@ -485,7 +485,7 @@ def _consume(walk: _Walk, layer: Any, path: str, value: _Value, weight: str,
     if groups > 1:
         _couple(walk, value, path, [[row + g * per for g in range(groups)] for row in range(per)])
     walk.member(value, path, weight, axis, lambda p: sorted({i % per for i in p}))
-    folds = (folds and groups == 1 and bool(getattr(layer, "use_bias", False))
+    folds = (folds and groups == 1 and getattr(layer, "bias", None) is not None
              and getattr(layer, "padding", "valid") == "valid")
     walk.read(value, path, folds=folds)
     return kernel
@@ -510,26 +510,37 @@ def _produce(walk: _Walk, layer: Any, path: str, kernel: np.ndarray, weight: str
     if activation is None:
         raise _Unsupported("an activation across units")
     axis %= kernel.ndim
-    bias = _numpy(layer, "bias")
-    if bias is not None and bias.shape != (kernel.shape[axis],):
-        raise _Unsupported("a bias over other axes than the units")
     count = kernel.shape[axis]
     per = count // groups
     columns = np.moveaxis(kernel, axis, -1).reshape(-1, count)
-    pre = np.zeros(count) if bias is None else bias.astype(np.float64)
+    pre = _bias_constant(_numpy(layer, "bias"), count)
     pre[~np.all(columns == 0.0, axis=0)] = np.nan
-    walk.outputs.update({(path, weight, axis), (path, "bias", 0)})
+    bias_axis = _numpy(layer, "bias").ndim - 1 if getattr(layer, "bias", None) is not None else None
+    walk.outputs.add((path, weight, axis))
+    if bias_axis is not None:
+        walk.outputs.add((path, "bias", bias_axis))
     walk.sizes[path] = size_key or _size_key(layer)
     made = []
     for index in range(per):
         unit = walk.new_unit(path, index)
         entries = tuple(index + g * per for g in range(groups))
         walk.units[unit].members.append((path, weight, axis, entries))
-        if bias is not None:
-            walk.units[unit].members.append((path, "bias", 0, entries))
+        if bias_axis is not None:
+            walk.units[unit].members.append((path, "bias", bias_axis, entries))
         made.append(unit)
     units: list[int | None] = [made[f % per] for f in range(count)]
     return _Value(units, _apply(activation, pre), _apply(activation, np.zeros(count)))
+
+
+def _bias_constant(bias: np.ndarray | None, count: int) -> np.ndarray:
+    """What a unit with a zero kernel column outputs: its bias, where that is
+    one number for the whole channel (a bias over other axes too may vary)."""
+    if bias is None:
+        return np.zeros(count)
+    if bias.shape[-1] != count:
+        raise _Unsupported("a bias over other axes than the units")
+    rows = bias.reshape(-1, count).astype(np.float64)
+    return np.where(np.all(rows == rows[0], axis=0), rows[0], np.nan)
 
 
 def _size_key(layer: Any) -> str:
@@ -550,6 +561,38 @@ def _conv_transpose(walk, layer, path, values, inputs, outputs):
     _channels_last(layer)
     kernel = _consume(walk, layer, path, values[0], "kernel", axis=-1, folds=False)
     return [_produce(walk, layer, path, kernel, "kernel", axis=-2)]
+
+
+def _einsum_dense(walk, layer, path, values, inputs, outputs):
+    """`EinsumDense` whose equation reads the input's last axis along one
+    kernel axis and writes the output's last axis from another (`ab,bc->ac`,
+    `abc,cd->abd`, `...b,bc->...c`, `abc,cde->abde`); other equations are
+    left alone. Only a two-axis kernel with a bias on its units folds a
+    constant channel (what `shrink` adds to a bias is rows times constants)."""
+    equation = layer.equation
+    source, kernel_labels, output = _einsum_parts(equation)
+    read, written = source[-1], output[-1]
+    if not read.isalpha() or kernel_labels.count(read) != 1 or read in output:
+        raise _Unsupported(f"equation {equation!r} does not read the input's last axis "
+                           f"along one kernel axis")
+    if not written.isalpha() or kernel_labels.count(written) != 1 or written in source:
+        raise _Unsupported(f"equation {equation!r} does not write the output's last axis "
+                           f"from one kernel axis")
+    bias_axes = layer.bias_axes or ""
+    if bias_axes and bias_axes[-1] != written:
+        raise _Unsupported(f"bias axes {bias_axes!r} do not end with the units' axis")
+    folds = len(kernel_labels) == 2 and bias_axes == written
+    kernel = _consume(walk, layer, path, values[0], "kernel", axis=kernel_labels.index(read),
+                      folds=folds)
+    return [_produce(walk, layer, path, kernel, "kernel", axis=kernel_labels.index(written),
+                     size_key="output_shape")]
+
+
+def _einsum_parts(equation: str) -> tuple[str, str, str]:
+    """`"abc,cd->abd"` -> ("abc", "cd", "abd"); an ellipsis reads as one "." label."""
+    inputs, output = equation.replace("...", ".").split("->")
+    source, kernel = inputs.split(",")
+    return source.strip(), kernel.strip(), output.strip()
 
 
 def _separable(walk, layer, path, values, inputs, outputs):
@@ -726,6 +769,7 @@ _ZERO_KEEPING = (
 _HANDLERS: dict[type, Callable[..., list[_Value]]] = {
     _L.Dense: _dense_or_conv, _L.Conv1D: _dense_or_conv, _L.Conv2D: _dense_or_conv,
     _L.Conv3D: _dense_or_conv,
+    _L.EinsumDense: _einsum_dense,
     _L.Conv1DTranspose: _conv_transpose, _L.Conv2DTranspose: _conv_transpose,
     _L.Conv3DTranspose: _conv_transpose,
     _L.DepthwiseConv1D: _depthwise, _L.DepthwiseConv2D: _depthwise,
