@@ -126,11 +126,20 @@ def _einsum():
     return keras.Model(x, L.Dense(2, name="out")(y))
 
 
+def _attention():
+    x = keras.Input((5, 6))
+    h = L.Dense(8, activation="relu", name="embed")(x)
+    a = L.MultiHeadAttention(4, 3, value_dim=2, name="mha")(h, h)
+    h = L.Add()([h, a])  # the attention output's channels join the residual group
+    m = L.MultiHeadAttention(3, 2, name="cross")(h, x)  # reads `x` as key and value
+    return keras.Model(x, L.Dense(2, name="out")(L.GlobalAveragePooling1D()(L.Concatenate()([h, m]))))
+
+
 MODELS = {
     "dense_chain": _dense_chain, "conv_bn": _conv_bn, "residual": _residual,
     "concatenate": _concatenate, "flatten": _flatten, "depthwise": _depthwise, "nested": _nested,
     "squeeze_excite": _squeeze_excite, "transposed": _transposed, "grouped": _grouped,
-    "einsum": _einsum,
+    "einsum": _einsum, "attention": _attention,
 }
 
 

@@ -143,8 +143,9 @@ class DependencyGroups:
     unknown: tuple[tuple[str, str], ...]  # (layer path, why)
     # The `Reshape` layers that keep the channel axis last (and its count in their config).
     reshapes: tuple[str, ...] = ()
-    # Producer path -> the config entry that counts its output entries.
-    sizes: dict[str, str] = dataclasses.field(default_factory=dict)
+    # Producer path -> (the path of the layer whose config counts its output
+    # entries, that config entry): `mha/attention_output` -> (`mha`, `output_shape`).
+    sizes: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
 
     def __iter__(self):
         return iter(self.groups)
@@ -254,7 +255,7 @@ class _Walk:
         self.outputs: set[tuple[str, str, int]] = set()
         # Producer path -> the config entry that counts its output entries,
         # which `shrink` lowers.
-        self.sizes: dict[str, str] = {}
+        self.sizes: dict[str, tuple[str, str]] = {}
 
     # union-find over units: a residual sum makes its branches' units one
     def find(self, unit: int) -> int:
@@ -503,9 +504,11 @@ def _couple(walk: _Walk, value: _Value, path: str, sets: list[list[int]]) -> Non
 
 
 def _produce(walk: _Walk, layer: Any, path: str, kernel: np.ndarray, weight: str,
-             axis: int = -1, groups: int = 1, size_key: str | None = None) -> _Value:
+             axis: int = -1, groups: int = 1, size: tuple[str, str] | None = None) -> _Value:
     """Output units along `axis` of the kernel; with `groups`, unit `j` is
-    entry `j` of every group (the groups' outputs are contiguous)."""
+    entry `j` of every group (the groups' outputs are contiguous). `size`:
+    the layer path and config entry that count them (the layer's own
+    `units` or `filters` by default)."""
     activation = _activation(layer)
     if activation is None:
         raise _Unsupported("an activation across units")
@@ -519,7 +522,7 @@ def _produce(walk: _Walk, layer: Any, path: str, kernel: np.ndarray, weight: str
     walk.outputs.add((path, weight, axis))
     if bias_axis is not None:
         walk.outputs.add((path, "bias", bias_axis))
-    walk.sizes[path] = size_key or _size_key(layer)
+    walk.sizes[path] = size or (path, _size_key(layer))
     made = []
     for index in range(per):
         unit = walk.new_unit(path, index)
@@ -585,7 +588,7 @@ def _einsum_dense(walk, layer, path, values, inputs, outputs):
     kernel = _consume(walk, layer, path, values[0], "kernel", axis=kernel_labels.index(read),
                       folds=folds)
     return [_produce(walk, layer, path, kernel, "kernel", axis=kernel_labels.index(written),
-                     size_key="output_shape")]
+                     size=(path, "output_shape"))]
 
 
 def _einsum_parts(equation: str) -> tuple[str, str, str]:
@@ -593,6 +596,49 @@ def _einsum_parts(equation: str) -> tuple[str, str, str]:
     inputs, output = equation.replace("...", ".").split("->")
     source, kernel = inputs.split(",")
     return source.strip(), kernel.strip(), output.strip()
+
+
+def _attention(walk, layer, path, values, inputs, outputs):
+    """`MultiHeadAttention`: heads are units, and so are its output channels.
+
+    Head `h` owns its query, key and value kernel columns and biases and the
+    output kernel's rows for it; it adds nothing to the output when its value
+    projection is zero (what `prune_units` pins) or its output rows are.
+    Removing it leaves every other head's softmax as it was. The query, key
+    and value inputs are read along the kernels' first axis, and the output
+    projection makes channels like a `Dense`.
+    """
+    if len(inputs) > 3 or (len(inputs) == 3 and inputs[2] is not inputs[1]):
+        raise _Unsupported("called with a key or mask other than the value")
+    parts = {name: getattr(layer, f"_{name}_dense") for name in ("query", "key", "value", "output")}
+    paths = {name: f"{path}/{sub.name}" for name, sub in parts.items()}
+    for name, value in (("query", values[0]), ("key", values[1]), ("value", values[1])):
+        _consume(walk, parts[name], paths[name], value, "kernel", axis=0, folds=False)
+    heads = _numpy(parts["value"], "kernel").shape[1]
+    zero_value = _zero_slices(parts["value"], "kernel", 1) & _zero_slices(parts["value"], "bias", 0)
+    zero_rows = _zero_slices(parts["output"], "kernel", 0)
+    walk.outputs.update({(paths["value"], "kernel", 1), (paths["value"], "bias", 0)})
+    walk.sizes[paths["value"]] = (path, "num_heads")
+    for head in range(heads):
+        unit = walk.new_unit(path, head)
+        for name in ("query", "key", "value"):
+            walk.units[unit].members += [(paths[name], "kernel", 1, (head,)),
+                                         (paths[name], "bias", 0, (head,))]
+        walk.units[unit].members.append((paths["output"], "kernel", 0, (head,)))
+        now = 0.0 if zero_value[head] or zero_rows[head] else np.nan
+        walk.units[unit].reads.append(
+            (paths["output"], False, (head,), np.array([now]), np.array([0.0])))
+    kernel = _numpy(parts["output"], "kernel")
+    return [_produce(walk, parts["output"], paths["output"], kernel, "kernel",
+                     size=(path, "output_shape"))]
+
+
+def _zero_slices(layer: Any, weight: str, axis: int) -> np.ndarray:
+    """For each index along `axis`, whether the weight's slice there is all 0.0."""
+    values = _numpy(layer, weight)
+    if values is None:
+        return np.ones(1, bool)
+    return np.all(np.moveaxis(values, axis, 0).reshape(values.shape[axis], -1) == 0.0, axis=1)
 
 
 def _separable(walk, layer, path, values, inputs, outputs):
@@ -605,7 +651,7 @@ def _separable(walk, layer, path, values, inputs, outputs):
     walk.member(value, path, "pointwise_kernel", pointwise.ndim - 2,
                 lambda p: [i * multiplier + k for i in p for k in range(multiplier)])
     walk.read(value, path)  # a zero channel adds nothing through both kernels
-    return [_produce(walk, layer, path, pointwise, "pointwise_kernel", size_key="filters")]
+    return [_produce(walk, layer, path, pointwise, "pointwise_kernel", size=(path, "filters"))]
 
 
 def _depthwise(walk, layer, path, values, inputs, outputs):
@@ -769,7 +815,7 @@ _ZERO_KEEPING = (
 _HANDLERS: dict[type, Callable[..., list[_Value]]] = {
     _L.Dense: _dense_or_conv, _L.Conv1D: _dense_or_conv, _L.Conv2D: _dense_or_conv,
     _L.Conv3D: _dense_or_conv,
-    _L.EinsumDense: _einsum_dense,
+    _L.EinsumDense: _einsum_dense, _L.MultiHeadAttention: _attention,
     _L.Conv1DTranspose: _conv_transpose, _L.Conv2DTranspose: _conv_transpose,
     _L.Conv3DTranspose: _conv_transpose,
     _L.DepthwiseConv1D: _depthwise, _L.DepthwiseConv2D: _depthwise,

@@ -157,19 +157,18 @@ def _new_sizes(
     shape entry (`EinsumDense`'s `output_shape`) counts them in its last entry.
     """
     layers = dict(walk_layers(model))
-    sizes = {}
+    sizes: dict[str, dict[str, Any]] = {}
     for group in groups:
         units = removed.get(group.producers, [])
         for member in group.members:
             if not units or not member.output or member.weight == "bias":
                 continue
-            key = groups.sizes[member.layer]
-            cut = sum(len(member.indices[unit]) for unit in units)
-            old = layers[member.layer].get_config()[key]
-            if isinstance(old, (list, tuple)):
-                sizes[member.layer] = {key: [*old[:-1], old[-1] - cut]}
-            else:
-                sizes[member.layer] = {key: old - cut}
+            path, key = groups.sizes[member.layer]
+            weight = getattr(layers[member.layer], member.weight)
+            count = weight.shape[member.axis] - sum(len(member.indices[u]) for u in units)
+            old = layers[path].get_config()[key]
+            sizes.setdefault(path, {})[key] = (
+                [*old[:-1], count] if isinstance(old, (list, tuple)) else count)
     return sizes
 
 
@@ -194,6 +193,9 @@ def _copy_weights(
     folds: dict[str, np.ndarray],
 ) -> None:
     old = dict(walk_layers(source))
+    # Each variable under the path of the innermost layer that holds it
+    # (`mha/value` for a head's kernel): the walk gives holders first.
+    owner = {id(v): path for path, layer in old.items() for v in layer.weights}
     done: list[str] = []
     for path, layer in walk_layers(small):
         if isinstance(layer, keras.Model) or any(path.startswith(d + "/") for d in done):
@@ -202,9 +204,10 @@ def _copy_weights(
         arrays = []
         for variable in old[path].weights:
             array = ops.convert_to_numpy(variable)
-            if variable.name == "bias" and path in folds:
-                array = (array.astype(np.float64) + folds[path]).astype(array.dtype)
-            for axis, indices in deletions.get((path, variable.name), {}).items():
+            holder = owner[id(variable)]
+            if variable.name == "bias" and holder in folds:
+                array = (array.astype(np.float64) + folds[holder]).astype(array.dtype)
+            for axis, indices in deletions.get((holder, variable.name), {}).items():
                 array = np.delete(array, indices, axis=axis)
             arrays.append(array)
         shapes = [tuple(v.shape) for v in layer.weights]
