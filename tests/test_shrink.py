@@ -346,3 +346,39 @@ def test_prune_units_prunes_units_whose_constant_a_bias_absorbs():
     assert small.get_layer("s").filters == 2
     x = _inputs(model)
     _close(pruned.predict(x, verbose=0), small.predict(x, verbose=0))
+
+
+def test_bert_prunes_heads_and_feed_forward_units_exactly_through_fit_and_shrinks_the_feed_forward():
+    import keras_hub
+
+    backbone = keras_hub.models.BertBackbone(
+        vocabulary_size=30, num_layers=2, num_heads=4, hidden_dim=8, intermediate_dim=12,
+        max_sequence_length=6, dropout=0.0)
+    _randomize(backbone)
+    rng = np.random.default_rng(2)
+    x = {"token_ids": rng.integers(0, 30, (4, 6)), "segment_ids": np.zeros((4, 6), "int32"),
+         "padding_mask": np.ones((4, 6), bool)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pruned = ks.prune_units(backbone, 0.5)
+    groups = dependency_groups(pruned)
+    block = "transformer_layer_1"
+    heads = groups.of(f"{block}/self_attention_layer")
+    assert heads.units == 4 and len(heads.removable_units()) == 2
+    assert len(groups.of(f"{block}/feedforward_intermediate_dense").removable_units()) == 6
+    value = dict(walk_layers(pruned))[f"{block}/self_attention_layer/value"]
+    before = keras.ops.convert_to_numpy(value.kernel)
+    pruned.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse", run_eagerly=True)  # no tracing
+    pruned.fit(x, {"sequence_output": np.ones((4, 6, 8)), "pooled_output": np.ones((4, 8))},
+               epochs=1, verbose=0)
+    # Training moved the kept heads; the pruned ones are still exactly zero.
+    assert not np.array_equal(keras.ops.convert_to_numpy(value.kernel), before)
+    assert dependency_groups(pruned).of(f"{block}/self_attention_layer").removable == heads.removable
+    small = ks.shrink(pruned)
+    assert type(small) is type(backbone)
+    # Every block loses the same 6 of 12 feed-forward units; the head count
+    # also sets each head's size (hidden_dim // num_heads): heads stay, pinned.
+    assert (small.get_config()["intermediate_dim"], small.get_config()["num_heads"]) == (6, 4)
+    expected, got = pruned(x), small(x)
+    for key in expected:
+        _close(keras.ops.convert_to_numpy(expected[key]), keras.ops.convert_to_numpy(got[key]))

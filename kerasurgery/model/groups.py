@@ -48,6 +48,10 @@ _ELEMENTWISE = {
 }
 
 
+# KerasHub's entry-by-entry activations (BERT's tanh-approximated GELU).
+_HUB_ELEMENTWISE = {"keras_hub.src.utils.keras_utils.gelu_approximate"}
+
+
 @dataclasses.dataclass(frozen=True)
 class Member:
     """The entries of one weight that the units of a group own.
@@ -144,8 +148,9 @@ class DependencyGroups:
     # The `Reshape` layers that keep the channel axis last (and its count in their config).
     reshapes: tuple[str, ...] = ()
     # Producer path -> (the path of the layer whose config counts its output
-    # entries, that config entry): `mha/attention_output` -> (`mha`, `output_shape`).
-    sizes: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
+    # entries, that config entry): `mha/attention_output` -> (`mha`, `output_shape`);
+    # None where no config can count fewer.
+    sizes: dict[str, tuple[str, str] | None] = dataclasses.field(default_factory=dict)
 
     def __iter__(self):
         return iter(self.groups)
@@ -255,7 +260,7 @@ class _Walk:
         self.outputs: set[tuple[str, str, int]] = set()
         # Producer path -> the config entry that counts its output entries,
         # which `shrink` lowers.
-        self.sizes: dict[str, tuple[str, str]] = {}
+        self.sizes: dict[str, tuple[str, str] | None] = {}
 
     # union-find over units: a residual sum makes its branches' units one
     def find(self, unit: int) -> int:
@@ -451,6 +456,7 @@ def _activation(layer: Any) -> Callable | None:
         known = name in _ELEMENTWISE and keras.activations.get(name) is fn
     except ValueError:
         known = False
+    known = known or f"{getattr(fn, '__module__', '')}.{name}" in _HUB_ELEMENTWISE
     return fn if known else None
 
 
@@ -599,27 +605,41 @@ def _einsum_parts(equation: str) -> tuple[str, str, str]:
 
 
 def _attention(walk, layer, path, values, inputs, outputs):
-    """`MultiHeadAttention`: heads are units, and so are its output channels.
-
-    Head `h` owns its query, key and value kernel columns and biases and the
-    output kernel's rows for it; it adds nothing to the output when its value
-    projection is zero (what `prune_units` pins) or its output rows are.
-    Removing it leaves every other head's softmax as it was. The query, key
-    and value inputs are read along the kernels' first axis, and the output
-    projection makes channels like a `Dense`.
+    """`MultiHeadAttention`: heads are units (`_heads`), and so are its output
+    channels. The query input is read along the query kernel's first axis,
+    the value input along the key and value kernels' first axis, and the
+    output projection makes channels like a `Dense`.
     """
     if len(inputs) > 3 or (len(inputs) == 3 and inputs[2] is not inputs[1]):
         raise _Unsupported("called with a key or mask other than the value")
-    parts = {name: getattr(layer, f"_{name}_dense") for name in ("query", "key", "value", "output")}
-    paths = {name: f"{path}/{sub.name}" for name, sub in parts.items()}
+    parts = _keras_private.attention_projections(layer)
     for name, value in (("query", values[0]), ("key", values[1]), ("value", values[1])):
-        _consume(walk, parts[name], paths[name], value, "kernel", axis=0, folds=False)
-    heads = _numpy(parts["value"], "kernel").shape[1]
+        _consume(walk, parts[name], f"{path}/{parts[name].name}", value, "kernel", axis=0,
+                 folds=False)
+    _heads(walk, layer, path, path)
+    output = parts["output"]
+    kernel = _numpy(output, "kernel")
+    return [_produce(walk, output, f"{path}/{output.name}", kernel, "kernel",
+                     size=(path, "output_shape"))]
+
+
+def _heads(walk: _Walk, layer: Any, path: str, sized_by: str | None) -> None:
+    """Head `h` of an attention layer is one unit: its query, key and value
+    kernel columns and biases and the output kernel's rows for it.
+
+    It adds nothing to the output when its value projection is zero (what
+    `prune_units` pins) or its output rows are, and removing it leaves every
+    other head's softmax as it was. `sized_by`: the layer whose config
+    `num_heads` counts the heads, or None where no config can say fewer heads
+    of the same size (`shrink` then keeps them, pinned at zero).
+    """
+    parts = _keras_private.attention_projections(layer)
+    paths = {name: f"{path}/{sub.name}" for name, sub in parts.items()}
     zero_value = _zero_slices(parts["value"], "kernel", 1) & _zero_slices(parts["value"], "bias", 0)
     zero_rows = _zero_slices(parts["output"], "kernel", 0)
     walk.outputs.update({(paths["value"], "kernel", 1), (paths["value"], "bias", 0)})
-    walk.sizes[paths["value"]] = (path, "num_heads")
-    for head in range(heads):
+    walk.sizes[paths["value"]] = None if sized_by is None else (sized_by, "num_heads")
+    for head in range(_numpy(parts["value"], "kernel").shape[1]):
         unit = walk.new_unit(path, head)
         for name in ("query", "key", "value"):
             walk.units[unit].members += [(paths[name], "kernel", 1, (head,)),
@@ -628,9 +648,24 @@ def _attention(walk, layer, path, values, inputs, outputs):
         now = 0.0 if zero_value[head] or zero_rows[head] else np.nan
         walk.units[unit].reads.append(
             (paths["output"], False, (head,), np.array([now]), np.array([0.0])))
-    kernel = _numpy(parts["output"], "kernel")
-    return [_produce(walk, parts["output"], paths["output"], kernel, "kernel",
-                     size=(path, "output_shape"))]
+
+
+def _transformer_encoder(walk, layer, path, values, inputs, outputs):
+    """KerasHub's `TransformerEncoder`: heads, and feed-forward units from the
+    intermediate dense into the output dense. Its input and output channels
+    pass a residual sum and a `LayerNormalization` across channels: left alone.
+    """
+    parts = _keras_private.encoder_parts(layer)
+    walk.leave(values[0], f"normalized across channels in {path!r}")
+    # Its config sizes each head as hidden_dim // num_heads: fewer heads
+    # would make them larger.
+    _heads(walk, parts["attention"], f"{path}/{parts['attention'].name}", None)
+    intermediate, output = parts["intermediate"], parts["output"]
+    kernel = _numpy(intermediate, "kernel")
+    hidden = _produce(walk, intermediate, f"{path}/{intermediate.name}", kernel, "kernel",
+                      size=(path, "intermediate_dim"))
+    _consume(walk, output, f"{path}/{output.name}", hidden, "kernel")
+    return [_Value.opaque(_channels(t) or 0) for t in outputs]
 
 
 def _zero_slices(layer: Any, weight: str, axis: int) -> np.ndarray:
@@ -831,10 +866,19 @@ _HANDLERS: dict[type, Callable[..., list[_Value]]] = {
 }
 
 
+# KerasHub's layers by qualified name: nothing here imports KerasHub.
+_HUB_HANDLERS: dict[str, Callable[..., list[_Value]]] = {
+    "keras_hub.src.layers.modeling.transformer_encoder.TransformerEncoder": _transformer_encoder,
+    "keras_hub.src.layers.modeling.cached_multi_head_attention.CachedMultiHeadAttention":
+        _attention,
+}
+
+
 def _handler_for(op: Any) -> Callable[..., list[_Value]] | None:
     if not isinstance(op, keras.layers.Layer):
         return None
-    return _HANDLERS.get(_keras_class(op))
+    kind = _keras_class(op)
+    return _HANDLERS.get(kind) or _HUB_HANDLERS.get(f"{kind.__module__}.{kind.__qualname__}")
 
 
 def _format_indices(indices: Sequence[tuple[int, ...]], limit: int = 8) -> str:

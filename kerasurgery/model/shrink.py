@@ -66,16 +66,17 @@ def shrink(model: keras.Model) -> keras.Model:
     ```
     """
     groups = dependency_groups(model)
-    removed = removed_units(groups)
     source = _plain(model)
+    holders = _config_holders(source, groups)
+    removed = _same_counts(groups, removed_units(groups), holders)
     deletions = _deletions(groups, removed)
     folds = _folded_biases(source, groups, removed)
-    sizes = _new_sizes(source, groups, removed)
+    sizes = _new_sizes(source, groups, removed, holders)
     for path in groups.reshapes:  # (1, 1, C) -> (1, 1, -1): whatever C becomes
         target = list(dict(walk_layers(source))[path].target_shape)
         sizes[path] = {"target_shape": (*target[:-1], -1)}
     config = keras.saving.serialize_keras_object(source)
-    _edit_layers(config["config"]["layers"], "", sizes)
+    _edit_config(config["config"], "", sizes)
     try:
         # The config comes from the live model, whose own code it names:
         # nothing untrusted is deserialized.
@@ -100,6 +101,62 @@ def removed_units(groups: DependencyGroups) -> dict[tuple[str, ...], list[int]]:
         if units:
             removed[group.producers] = units
     return removed
+
+
+def _config_holders(
+    model: keras.Model, groups: DependencyGroups
+) -> dict[str, tuple[str, str] | None]:
+    """Producer path -> (the path of the config that sizes it, the entry), or
+    None where no config can say its new size.
+
+    A layer's own config sizes it, unless the innermost model holding it is
+    rebuilt from its own arguments (a KerasHub backbone: `intermediate_dim`
+    and `num_heads` for every `TransformerEncoder` it makes), which then
+    must name the entry. The model itself is the path "".
+    """
+    layers = {"": model, **dict(walk_layers(model))}
+    found: dict[str, tuple[str, str] | None] = {}
+    for producer, sized in groups.sizes.items():
+        if sized is None:
+            found[producer] = None
+            continue
+        path, key = sized
+        holder = path
+        parts = path.split("/")
+        for depth in range(len(parts) - 1, -1, -1):
+            enclosing = layers.get("/".join(parts[:depth]))
+            if isinstance(enclosing, keras.Model):
+                if not isinstance(enclosing.get_config().get("layers"), list):
+                    holder = "/".join(parts[:depth])
+                break
+        found[producer] = (holder, key) if key in layers[holder].get_config() else None
+    return found
+
+
+def _same_counts(
+    groups: DependencyGroups,
+    removed: dict[tuple[str, ...], list[int]],
+    holders: dict[str, tuple[str, str] | None],
+) -> dict[tuple[str, ...], list[int]]:
+    """Removes from each group only what one config entry can say for all.
+
+    Groups sized by the same entry (every block of a backbone) lose the
+    fewest units any of them can lose; a group no config can size loses none.
+    Keeping a removable unit is always exact: it stays zero.
+    """
+    keys = {group.producers: {holders[m.layer] for m in group.members if m.layer in holders}
+            for group in groups}
+    fewest: dict[tuple[str, str] | None, int] = {}
+    for producers, found in keys.items():
+        for key in found:
+            fewest[key] = min(fewest.get(key, 1 << 62), len(removed.get(producers, [])))
+    fewest[None] = 0
+    kept = {}
+    for producers, units in removed.items():
+        count = min([fewest[key] for key in keys[producers]], default=len(units))
+        if count:
+            kept[producers] = units[:count]
+    return kept
 
 
 def _plain(model: keras.Model) -> keras.Model:
@@ -148,11 +205,14 @@ def _folded_biases(
 
 
 def _new_sizes(
-    model: keras.Model, groups: DependencyGroups, removed: dict[tuple[str, ...], list[int]]
+    model: keras.Model,
+    groups: DependencyGroups,
+    removed: dict[tuple[str, ...], list[int]],
+    holders: dict[str, tuple[str, str] | None],
 ) -> dict[str, dict[str, Any]]:
-    """Layer path -> the config entries that say its new unit count.
+    """Config path -> the entries that say the new unit counts.
 
-    The count falls by the producer's output entries the removed units hold
+    A count falls by the producer's output entries the removed units hold
     (a unit coupled across a grouped convolution's groups holds several); a
     shape entry (`EinsumDense`'s `output_shape`) counts them in its last entry.
     """
@@ -163,27 +223,31 @@ def _new_sizes(
         for member in group.members:
             if not units or not member.output or member.weight == "bias":
                 continue
-            path, key = groups.sizes[member.layer]
+            path, key = holders[member.layer]
             weight = getattr(layers[member.layer], member.weight)
             count = weight.shape[member.axis] - sum(len(member.indices[u]) for u in units)
-            old = layers[path].get_config()[key]
+            old = (layers[path] if path else model).get_config()[key]
             sizes.setdefault(path, {})[key] = (
                 [*old[:-1], count] if isinstance(old, (list, tuple)) else count)
     return sizes
 
 
-def _edit_layers(entries: list[dict], prefix: str, sizes: dict[str, dict[str, Any]]) -> None:
-    """Puts the new sizes into a serialized model's layer list, nested models included."""
-    for entry in entries:
+def _edit_config(config: dict, path: str, sizes: dict[str, dict[str, Any]]) -> None:
+    """Puts the new sizes into a serialized model's config, at any depth:
+    the layer lists of Functional and Sequential models, and the serialized
+    objects a model's arguments hold (a KerasHub task's `backbone`)."""
+    if path in sizes:
+        config.update(sizes[path])
+    nested = [entry for entry in config.get("layers", None) or [] if isinstance(entry, dict)]
+    nested += [value for key, value in config.items() if key != "layers" and isinstance(value, dict)]
+    for entry in nested:
+        inner = entry.get("config")
+        if not (isinstance(inner, dict) and "class_name" in entry and "name" in inner):
+            continue
         # Built on the old shapes: Keras builds each layer again when the
         # model calls it on the smaller inputs.
         entry.pop("build_config", None)
-        config = entry.get("config", {})
-        path = prefix + config.get("name", "")
-        if path in sizes:
-            config.update(sizes[path])
-        if isinstance(config.get("layers"), list):
-            _edit_layers(config["layers"], path + "/", sizes)
+        _edit_config(inner, f"{path}/{inner['name']}" if path else inner["name"], sizes)
 
 
 def _copy_weights(
