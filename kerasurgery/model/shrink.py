@@ -144,7 +144,8 @@ def _same_counts(
     fewest units any of them can lose; a group no config can size loses none.
     Keeping a removable unit is always exact: it stays zero.
     """
-    keys = {group.producers: {holders[m.layer] for m in group.members if m.layer in holders}
+    keys = {group.producers: {holders[m.layer] for m in group.members
+                              if m.output and m.weight != "bias"}
             for group in groups}
     fewest: dict[tuple[str, str] | None, int] = {}
     for producers, found in keys.items():
