@@ -418,6 +418,22 @@ def graph_calls(model: Any) -> list[tuple[Any, list, list]]:
     return [(node.operation, list(node.input_tensors), list(node.outputs)) for node in graph_nodes(graph)]
 
 
+def call_arguments(model: Any) -> list[tuple[tuple, dict]]:
+    """The positional and keyword arguments of each call of `graph_calls(model)`, in its order.
+
+    A node keeps them as `node.arguments.args` / `.kwargs`
+    (`SymbolicArguments`, keras/src/ops/symbolic_arguments.py): tensors and
+    the constants they were called with (the `3.0` of `x + 3.0`), which
+    `input_tensors` leaves out.
+    """
+    import keras
+
+    graph = model._functional if isinstance(model, keras.Sequential) else model
+    if graph is None:
+        return []
+    return [(tuple(node.arguments.args), dict(node.arguments.kwargs)) for node in graph_nodes(graph)]
+
+
 def attention_projections(layer: Any) -> dict[str, Any]:
     """A `MultiHeadAttention`'s query, key, value and output `EinsumDense` layers.
 

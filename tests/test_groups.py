@@ -248,3 +248,18 @@ def test_einsum_dense_is_followed_where_one_axis_maps_cleanly_and_left_alone_els
     assert groups.of("e1").left == ("read by 'mix' (EinsumDense: equation 'abc,bd->adc' "
                                     "does not read the input's last axis along one kernel axis)",)
     assert dict(groups.unknown)["mix"].startswith("equation 'abc,bd->adc'")
+
+
+def test_operations_on_tensors_pass_channels_or_say_why_they_are_left():
+    x = keras.Input((5,))
+    a = L.Dense(4, name="a")(x)
+    b = L.Dense(4, name="b")(x)
+    c = L.Dense(4, name="c")(x)
+    y = keras.ops.relu6(a + 3.0) * (1.0 / 6.0) * b  # entry by entry: a and b are one group
+    z = c * np.arange(4, dtype="float32")  # one constant per channel: no channel can go
+    w = keras.ops.softmax(y + z)  # across channels
+    groups = dependency_groups(keras.Model(x, L.Dense(2, name="out")(w)))
+    assert groups.of("a") is groups.of("b") and groups.of("a").producers == ("a", "b")
+    assert groups.of("c").left == (
+        "read by 'multiply_2' (Multiply: a constant with a value per channel)",)
+    assert dict(groups.unknown)["softmax"] == "a kind whose channels the graph does not follow"

@@ -135,11 +135,24 @@ def _attention():
     return keras.Model(x, L.Dense(2, name="out")(L.GlobalAveragePooling1D()(L.Concatenate()([h, m]))))
 
 
+def _tensor_ops():
+    # MobileNetV3's hard-swish written with operators and keras.ops: operation
+    # nodes in the graph, not layers.
+    x = keras.Input((6, 6, 3))
+    y = L.Conv2D(8, 3, name="conv")(x)
+    y = y * keras.ops.relu6(y + 3.0) * (1.0 / 6.0)
+    y = L.Conv2D(6, 1, name="proj")(keras.ops.maximum(y, -1.0))
+    s = L.Conv2D(6, 1, name="scale")(L.GlobalAveragePooling2D(keepdims=True)(y))
+    y = y * keras.ops.sigmoid(s) - y  # a tensor (1, 1, 6) broadcast over the others
+    return keras.Model(x, L.Dense(2, name="out")(L.GlobalAveragePooling2D()(y)))
+
+
 MODELS = {
     "dense_chain": _dense_chain, "conv_bn": _conv_bn, "residual": _residual,
     "concatenate": _concatenate, "flatten": _flatten, "depthwise": _depthwise, "nested": _nested,
     "squeeze_excite": _squeeze_excite, "transposed": _transposed, "grouped": _grouped,
     "einsum": _einsum, "attention": _attention,
+    "tensor_ops": _tensor_ops,
 }
 
 

@@ -257,6 +257,7 @@ class _Walk:
         self.values: dict[int, _Value] = {}
         self.unknown: dict[str, str] = {}
         self.reshapes: list[str] = []
+        self.arguments: tuple[tuple, dict] = ((), {})
         self.outputs: set[tuple[str, str, int]] = set()
         # Producer path -> the config entry that counts its output entries,
         # which `shrink` lowers.
@@ -308,7 +309,7 @@ class _Walk:
         for kind, op, *_ in calls:
             if kind == "call":
                 counts[id(op)] = counts.get(id(op), 0) + 1
-        for kind, op, inputs, outputs in calls:
+        for kind, op, inputs, outputs, arguments in calls:
             if kind == "alias":
                 for source, target in zip(inputs, outputs):
                     self.values[id(target)] = self.value(source)
@@ -316,6 +317,7 @@ class _Walk:
             path = self.paths.get(id(op), getattr(op, "name", type(op).__name__))
             values = [self.value(t) for t in inputs]
             handler = _handler_for(op)
+            self.arguments = arguments  # what an operation on tensors was called with
             why = None
             if counts[id(op)] > 1 and op.weights:
                 why = f"called {counts[id(op)]} times"
@@ -391,25 +393,25 @@ def _zero_or_nan(const: np.ndarray) -> np.ndarray:
     return np.where(const == 0.0, 0.0, np.nan)
 
 
-def _flat_calls(model: keras.Model) -> list[tuple[str, Any, list, list]]:
+def _flat_calls(model: keras.Model) -> list[tuple[str, Any, list, list, Any]]:
     """The calls of `model`'s graph with nested models opened: ("call", layer,
-    inputs, outputs), and ("alias", None, outer, inner) where a nested model's
-    tensors stand for the outer ones."""
+    inputs, outputs, (args, kwargs)), and ("alias", None, outer, inner, None)
+    where a nested model's tensors stand for the outer ones."""
     nested_counts: dict[int, int] = {}
     raw = _keras_private.graph_calls(model)
     for op, _, _ in raw:
         nested_counts[id(op)] = nested_counts.get(id(op), 0) + 1
-    flat: list[tuple[str, Any, list, list]] = []
-    for op, inputs, outputs in raw:
+    flat: list[tuple[str, Any, list, list, Any]] = []
+    for (op, inputs, outputs), arguments in zip(raw, _keras_private.call_arguments(model)):
         nested = (_keras_private.is_functional(op) or isinstance(op, keras.Sequential))
         if nested and nested_counts[id(op)] == 1 and _keras_private.graph_calls(op):
             inner_inputs, inner_outputs = list(op.inputs), list(op.outputs)
             if len(inner_inputs) == len(inputs) and len(inner_outputs) == len(outputs):
-                flat.append(("alias", None, inputs, inner_inputs))
+                flat.append(("alias", None, inputs, inner_inputs, None))
                 flat += _flat_calls(op)
-                flat.append(("alias", None, inner_outputs, outputs))
+                flat.append(("alias", None, inner_outputs, outputs, None))
                 continue
-        flat.append(("call", op, inputs, outputs))
+        flat.append(("call", op, inputs, outputs, arguments))
     return flat
 
 
@@ -777,6 +779,13 @@ def _merge(walk, layer, path, values, inputs, outputs):
     """
     if len({_channels(t) for t in inputs} | {_channels(outputs[0])}) != 1:
         raise _Unsupported("broadcasts over channels")
+    combine = _MERGES[_keras_class(layer)]
+    return [_Value(_same_channels(walk, path, values), combine([v.const for v in values]),
+                   combine([v.can_const for v in values]))]
+
+
+def _same_channels(walk: _Walk, path: str, values: list[_Value]) -> list[int | None]:
+    """Channel `c` of every input is one unit (the inputs' units made one)."""
     units: list[int | None] = []
     for position in range(len(values[0].units)):
         found = [v.units[position] for v in values]
@@ -790,8 +799,39 @@ def _merge(walk, layer, path, values, inputs, outputs):
         for other in known[1:]:
             root = walk.union(root, other)
         units.append(root)
-    combine = _MERGES[_keras_class(layer)]
-    return [_Value(units, combine([v.const for v in values]), combine([v.can_const for v in values]))]
+    return units
+
+
+def _operation(walk, op, path, values, inputs, outputs):
+    """An operation on tensors in a Functional graph (`x + 3.0`, `keras.ops.relu6(x)`,
+    `x * y`), entry by entry: channel `c` of every tensor argument is one unit,
+    and a constant argument must hold one value for every channel (a scalar,
+    or size 1 on the last axis). The constants of each channel follow by
+    running the operation itself on them."""
+    args, kwargs = walk.arguments
+    if any(isinstance(v, keras.KerasTensor) for v in kwargs.values()):
+        raise _Unsupported("a tensor passed by keyword")
+    channels = _channels(outputs[0])
+    if any(_channels(t) != channels for t in inputs):
+        raise _Unsupported("broadcasts over channels")
+    constants = [a for a in args if not isinstance(a, keras.KerasTensor)]
+    if any(np.ndim(c) and np.shape(c)[-1] != 1 for c in constants):
+        raise _Unsupported("a constant with a value per channel")
+    if len(outputs) != 1 or not channels:
+        raise _Unsupported("not one output with channels")
+
+    def run(consts: list[np.ndarray]) -> np.ndarray:
+        known = np.all([np.isfinite(c) for c in consts], axis=0)
+        out = np.full(channels, np.nan)
+        if known.any():
+            feed = iter(consts)
+            called = [ops.convert_to_tensor(next(feed)[known].astype("float32")[None, :])
+                      if isinstance(a, keras.KerasTensor) else a for a in args]
+            out[known] = ops.convert_to_numpy(op(*called, **kwargs))[0]
+        return out
+
+    return [_Value(_same_channels(walk, path, values), run([v.const for v in values]),
+                   run([v.can_const for v in values]))]
 
 
 _MERGES: dict[type, Callable[[list[np.ndarray]], np.ndarray]] = {
@@ -866,6 +906,17 @@ _HANDLERS: dict[type, Callable[..., list[_Value]]] = {
 }
 
 
+# Operations on tensors that act entry by entry, by qualified name: the
+# classes live in keras.src, which nothing here imports.
+_OPERATIONS = {
+    **{f"keras.src.ops.nn.{name}": _operation for name in (
+        "Relu", "Relu6", "Sigmoid", "HardSigmoid", "Silu", "HardSilu", "Gelu", "LeakyRelu",
+        "Elu", "Selu", "Celu", "Softplus", "Softsign")},
+    **{f"keras.src.ops.numpy.{name}": _operation for name in (
+        "Absolute", "Negative", "Square", "Sqrt", "Exp", "Tanh", "Clip", "Add", "Subtract",
+        "Multiply", "Divide", "TrueDivide", "Maximum", "Minimum", "Power")},
+}
+
 # KerasHub's layers by qualified name: nothing here imports KerasHub.
 _HUB_HANDLERS: dict[str, Callable[..., list[_Value]]] = {
     "keras_hub.src.layers.modeling.transformer_encoder.TransformerEncoder": _transformer_encoder,
@@ -876,7 +927,7 @@ _HUB_HANDLERS: dict[str, Callable[..., list[_Value]]] = {
 
 def _handler_for(op: Any) -> Callable[..., list[_Value]] | None:
     if not isinstance(op, keras.layers.Layer):
-        return None
+        return _OPERATIONS.get(f"{type(op).__module__}.{type(op).__qualname__}")
     kind = _keras_class(op)
     return _HANDLERS.get(kind) or _HUB_HANDLERS.get(f"{kind.__module__}.{kind.__qualname__}")
 
