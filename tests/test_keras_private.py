@@ -544,3 +544,15 @@ def test_encoder_parts_are_a_transformer_encoders_attention_and_feed_forward():
         "encoder_parts", "TransformerEncoder's `_self_attention_layer`")
     assert [tuple(parts[n].kernel.shape) for n in ("intermediate", "output")] == [(4, 5), (5, 4)], (
         changed("encoder_parts", "TransformerEncoder's `_feedforward_*_dense`"))
+
+
+def test_call_arguments_keep_the_constants_an_operation_was_called_with():
+    x = keras.Input((4,))
+    model = keras.Model(x, keras.ops.relu6(x + 3.0) * 0.5)
+    arguments = private.call_arguments(model)
+    ops_called = [type(op).__name__ for op, _, _ in private.graph_calls(model)]
+    assert ops_called == ["Add", "Relu6", "Multiply"], changed("call_arguments", "the graph's nodes")
+    assert [(len(args), args[1:], kwargs) for args, kwargs in arguments] == [
+        (2, (3.0,), {}), (1, (), {}), (2, (0.5,), {})], changed(
+        "call_arguments", "`Node.arguments` (SymbolicArguments.args / .kwargs)")
+    assert arguments[0][0][0] is x

@@ -20,7 +20,6 @@ training), the unit stays.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 import keras
@@ -29,7 +28,7 @@ from keras import ops
 
 from kerasurgery import layers as layers_lib
 from kerasurgery.errors import KerasurgeryError
-from kerasurgery.model.groups import DependencyGroups, Group, dependency_groups
+from kerasurgery.model.groups import DependencyGroups, dependency_groups
 from kerasurgery.model.walk import walk_layers
 
 
