@@ -114,6 +114,13 @@ def _config_holders(
     must name the entry. The model itself is the path "".
     """
     layers = {"": model, **dict(walk_layers(model))}
+    configs: dict[str, dict] = {}  # a Functional model's config lists every layer: once each
+
+    def config(path: str) -> dict:
+        if path not in configs:
+            configs[path] = layers[path].get_config()
+        return configs[path]
+
     found: dict[str, tuple[str, str] | None] = {}
     for producer, sized in groups.sizes.items():
         if sized is None:
@@ -123,12 +130,12 @@ def _config_holders(
         holder = path
         parts = path.split("/")
         for depth in range(len(parts) - 1, -1, -1):
-            enclosing = layers.get("/".join(parts[:depth]))
-            if isinstance(enclosing, keras.Model):
-                if not isinstance(enclosing.get_config().get("layers"), list):
-                    holder = "/".join(parts[:depth])
+            enclosing = "/".join(parts[:depth])
+            if isinstance(layers.get(enclosing), keras.Model):
+                if not isinstance(config(enclosing).get("layers"), list):
+                    holder = enclosing
                 break
-        found[producer] = (holder, key) if key in layers[holder].get_config() else None
+        found[producer] = (holder, key) if key in config(holder) else None
     return found
 
 
@@ -216,7 +223,7 @@ def _new_sizes(
     (a unit coupled across a grouped convolution's groups holds several); a
     shape entry (`EinsumDense`'s `output_shape`) counts them in its last entry.
     """
-    layers = dict(walk_layers(model))
+    layers = {"": model, **dict(walk_layers(model))}
     sizes: dict[str, dict[str, Any]] = {}
     for group in groups:
         units = removed.get(group.producers, [])
@@ -226,7 +233,9 @@ def _new_sizes(
             path, key = holders[member.layer]
             weight = getattr(layers[member.layer], member.weight)
             count = weight.shape[member.axis] - sum(len(member.indices[u]) for u in units)
-            old = (layers[path] if path else model).get_config()[key]
+            old = sizes.get(path, {}).get(key)
+            if old is None:
+                old = layers[path].get_config()[key]
             sizes.setdefault(path, {})[key] = (
                 [*old[:-1], count] if isinstance(old, (list, tuple)) else count)
     return sizes
