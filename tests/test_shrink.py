@@ -129,7 +129,8 @@ def _einsum():
 def _attention():
     x = keras.Input((5, 6))
     h = L.Dense(8, activation="relu", name="embed")(x)
-    a = L.MultiHeadAttention(4, 3, value_dim=2, name="mha")(h, h)
+    # (value_dim != key_dim: Keras 3.15's MultiHeadAttention fails on JAX)
+    a = L.MultiHeadAttention(4, 3, name="mha")(h, h)
     h = L.Add()([h, a])  # the attention output's channels join the residual group
     m = L.MultiHeadAttention(3, 2, name="cross")(h, x)  # reads `x` as key and value
     return keras.Model(x, L.Dense(2, name="out")(L.GlobalAveragePooling1D()(L.Concatenate()([h, m]))))
