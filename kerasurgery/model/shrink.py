@@ -6,8 +6,14 @@ is read, so removing it and every entry of its dependency group
 (`model/groups.py`) leaves every output as it was, up to the order in which
 float32 sums are added. The result is a plain Keras model of the same
 topology with smaller layers: `Dense` layers with fewer `units`,
-convolutions with fewer `filters`, and the layers that read them built on
-fewer channels.
+convolutions with fewer `filters`, `EinsumDense` with a smaller last
+`output_shape` entry, `MultiHeadAttention` with fewer `num_heads`, and the
+layers that read them built on fewer channels. A layer that a model builds
+from its own arguments (a KerasHub backbone's `TransformerEncoder`s) is sized
+in that model's config (`intermediate_dim`), one count for every block: each
+loses the fewest units any of them can lose. Where no config can say the
+smaller size (a `TransformerEncoder`'s heads, whose size is
+`hidden_dim // num_heads`), the units stay, pinned at zero.
 
 A removed unit whose output is a non-zero constant (the sigmoid of a zero
 input, a bias pinned at a non-zero value) is folded: the bias of each
