@@ -607,6 +607,7 @@ def _depthwise(walk, layer, path, values, inputs, outputs):
     bias = _numpy(layer, "bias")
     if bias is not None:
         walk.member(value, path, "bias", 0, spread)
+        walk.outputs.add((path, "bias", 0))  # pinned with the channel it adds to
     activation = _activation(layer)
     if activation is None:
         raise _Unsupported("an activation across units")

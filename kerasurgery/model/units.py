@@ -149,12 +149,14 @@ def group_norms(group: Group, layers: dict[str, keras.layers.Layer], norm: int) 
 
 def _is_pinned_part(member: Member, group: Group, live: dict[str, keras.layers.Layer]) -> bool:
     """A producer's output entries (`Member.output`: kernel columns / filters /
-    heads and their bias), or a depthwise convolution's bias on the channel.
+    a head's value projection, and their bias), or a depthwise convolution's
+    bias on the channel.
 
     A producer that also reads the group (a residual branch) reads it along
-    another axis of the same kernel: that member is not an output.
+    another axis of the same kernel, and a head's query and key need no pin
+    once its values are zero: those members are not outputs.
     """
-    return member.output or member.weight == "bias"
+    return member.output
 
 
 def _main_weight(layer: keras.layers.Layer) -> str:
