@@ -265,3 +265,19 @@ def test_operations_on_tensors_pass_channels_or_say_why_they_are_left():
     assert left.endswith("(Multiply: a constant with a value per channel)"), left
     assert [why for path, why in groups.unknown if path.startswith("softmax")] == [
         "a kind whose channels the graph does not follow"]
+
+
+def test_attention_heads_are_units_and_a_mask_leaves_the_layer_alone():
+    import keras_hub
+
+    x = keras.Input((5, 6))
+    mask = keras.Input((5, 5), dtype="bool")
+    y = keras_hub.layers.CachedMultiHeadAttention(2, 3, name="cached")(x, x)
+    z = L.MultiHeadAttention(2, 3, name="masked")(y, y, attention_mask=mask)
+    groups = dependency_groups(keras.Model([x, mask], L.Dense(2, name="out")(z)))
+    heads = groups.of("cached")
+    assert _members(heads)[("cached/value", "kernel", 1)] == ((0,), (1,))
+    assert _members(heads)[("cached/attention_output", "kernel", 0)] == ((0,), (1,))
+    assert [(m.layer, m.weight) for m in heads.members if m.output] == [
+        ("cached/value", "kernel"), ("cached/value", "bias")]
+    assert dict(groups.unknown)["masked"] == "called with a key or mask other than the value"
