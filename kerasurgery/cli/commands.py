@@ -1,12 +1,13 @@
-"""The command line: `kerasurgery freeze | inspect | strip | verify`.
+"""The command line: `kerasurgery freeze | inspect | strip | verify | prune | shrink`.
 
 Each sub-command is a thin front over the library: it reads its flags
 (`_arguments`), calls `kerasurgery`, renders the result (`_render`: rich
 tables for people, `--json` for scripts) and maps errors to exit codes in one
 place (`main`): 0 success, 1 a clear error or a failed `verify`, 2 a usage
-error, 130 Ctrl-C, 143 SIGTERM, 129 SIGHUP. TensorFlow is imported only by `freeze` and `strip`, inside
-the command, with its start-up log lines kept off the terminal; `--help`,
-`inspect` and `verify` never import it.
+error, 130 Ctrl-C, 143 SIGTERM, 129 SIGHUP. TensorFlow is imported only by
+the commands that load a model (`freeze`, `strip`, `prune`, `shrink`,
+`inspect --units`), inside the command, with its start-up log lines kept off
+the terminal; `--help`, `inspect` and `verify` never import it.
 """
 
 from __future__ import annotations
@@ -200,6 +201,9 @@ def _pins_from_args(args: argparse.Namespace) -> dict[str, Any]:
     # No mask or connections array can need more bytes than this: a weight
     # takes at least 2 bytes an entry, a float64 matrix 8.
     limit = 8 * stored_data_bytes(args.input) + (64 << 20)
+    if args.exclude and args.prune_units is not None:
+        raise UsageError("--exclude cannot be combined with --prune-units: select the "
+                         "groups to prune with --layer")
     if args.spec is not None:
         for flag, given in (("--layer", args.layers), ("--value", args.value is not None),
                             ("--bias", args.bias), ("--seed", args.seed is not None),
@@ -287,7 +291,8 @@ def _freeze(args: argparse.Namespace, ui: Ui) -> int:
     pins = _pins_from_args(args)
     source, output = _source_and_output(args, "frozen")
     with _freeze_warnings(ui) as skipped:
-        written = _offline(args, ui, "freeze", source, output, pins)
+        # Unit pruning needs the dependency groups, which need the live model.
+        written = None if _unit_pruning(pins) else _offline(args, ui, "freeze", source, output, pins)
         if written is not None:
             layers, compiled = written.rows, written.compiled
         else:
@@ -303,6 +308,8 @@ def _freeze(args: argparse.Namespace, ui: Ui) -> int:
         f"froze {source} -> {output}: {kernel:,} kernel and {bias:,} bias entries pinned; "
         + ("training config kept." if compiled else "no training config.")
     )
+    if _unit_pruning(pins):
+        ui.say(f"the pruned units are pinned at 0: `kerasurgery shrink {output}` removes them.")
     return OK
 
 
@@ -376,10 +383,32 @@ def _freeze_with_keras(
             )
         with ui.status("Pinning weights"):
             exclude = {"exclude": args.exclude} if args.exclude else {}
-            frozen = surgery.freeze(model, pins, **exclude)
+            units = _unit_pruning(pins)
+            rules = {key: rule for key, rule in pins.items() if key not in units}
+            frozen = surgery.freeze(model, rules, **exclude) if rules or not units else model
+            frozen = _prune_units(frozen, units)
         _save(frozen, output, args, ui)
         layers = _dense_rows(frozen)
     return layers, compiled
+
+
+def _unit_pruning(pins: dict[str, Any]) -> dict[str, Any]:
+    """The `--prune-units` / `prune_units = F` entries of the pins, by pattern."""
+    from kerasurgery.cli.spec import UnitPruning
+
+    return {key: rule for key, rule in pins.items() if isinstance(rule, UnitPruning)}
+
+
+def _prune_units(model: Any, units: dict[str, Any]) -> Any:
+    """`ks.prune_units` once per (fraction, norm), over the patterns that ask for it."""
+    from kerasurgery.model.units import prune_units
+
+    patterns: dict[tuple[float, int], list[str]] = {}
+    for key, rule in units.items():
+        patterns.setdefault((rule.fraction, rule.norm), []).append(key)
+    for (fraction, norm), keys in patterns.items():
+        model = prune_units(model, fraction, norm=norm, layers=keys)
+    return model
 
 
 def _strip(args: argparse.Namespace, ui: Ui) -> int:
@@ -475,7 +504,9 @@ def _dense_rows(model: Any) -> list[dict[str, Any]]:
     return rows
 
 
-def _load(source: Path, args: argparse.Namespace, ui: Ui) -> tuple[Any, bool]:
+def _load(
+    source: Path, args: argparse.Namespace, ui: Ui, *, compile: bool = True
+) -> tuple[Any, bool]:
     from kerasurgery.model import saving
 
     if args.unsafe:
@@ -484,7 +515,7 @@ def _load(source: Path, args: argparse.Namespace, ui: Ui) -> tuple[Any, bool]:
         ui.warn(f"--unsafe: loading {source} with safe mode off; code stored in it may run.")
     with ui.status(f"Loading {source}"), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        model = saving.load_model(source, safe_mode=not args.unsafe, compile=True)
+        model = saving.load_model(source, safe_mode=not args.unsafe, compile=compile)
     for warning in caught:
         if issubclass(warning.category, UserWarning):
             ui.warn(str(warning.message))
@@ -503,6 +534,8 @@ def _inspect(args: argparse.Namespace, ui: Ui) -> int:
 
     if args.show and args.json:
         raise UsageError("--show draws for people; use --json without --show")
+    if args.show and args.units:
+        raise UsageError("--show and --units are two views; ask for one at a time")
     info = inspect_file(args.file)
     document = info.to_json(totals=True)
     layers = document["layers"]
@@ -514,11 +547,15 @@ def _inspect(args: argparse.Namespace, ui: Ui) -> int:
             raise KerasurgeryError(f"{args.file}: no layer named {args.layer!r}. Layers: {names}")
         document = {k: v for k, v in document.items() if k != "totals"}
         document["layers"] = layers
+    if args.units:
+        document.update(_units_of(args, ui))
     if ui.json_output:
         ui.print_json(document)
         return OK
     ui.say(f"{document['file']}: {document['format']} file written by Keras {document['keras_version'] or 'unknown'}")
     ui.layer_table(layers, title=None, totals=document.get("totals"))
+    if args.units:
+        ui.units_table(document["units"], document["left_alone"])
     if args.show:
         weights = read_weights(args.file, [layer["path"] for layer in layers])
         shown = [layer["path"] for layer in layers if layer["path"] in weights]
@@ -531,6 +568,86 @@ def _inspect(args: argparse.Namespace, ui: Ui) -> int:
         for path in shown:
             ui.pattern(weights[path])
     return OK
+
+
+def _units_of(args: argparse.Namespace, ui: Ui) -> dict[str, Any]:
+    """`inspect --units`: the model loaded with Keras, its units per producing layer.
+
+    `--layer` keeps the rows of that layer (its path or name) and the
+    left-alone entries that name it.
+    """
+    args.unsafe = False  # `inspect` never runs code stored in a file
+    with ui.tensorflow():
+        from kerasurgery.cli.units import left_alone, unit_rows
+        from kerasurgery.model.groups import dependency_groups
+
+        model, _ = _load(Path(args.file), args, ui, compile=False)
+        with ui.status("Finding the dependency groups"):
+            groups = dependency_groups(model)
+        rows, left = unit_rows(model, groups), left_alone(groups)
+    if args.layer is not None:
+        rows = [row for row in rows if args.layer in (row["path"], row["name"])]
+        left = [row for row in left
+                if any(args.layer == path or args.layer == path.rsplit("/", 1)[-1]
+                       for path in row["layers"])]
+    return {"units": rows, "left_alone": left}
+
+
+def _shrink(args: argparse.Namespace, ui: Ui) -> int:
+    """`kerasurgery shrink`: `ks.shrink` of IN, saved as a plain Keras file beside it."""
+    source, output = _source_and_output(args, "shrunk")
+    with ui.tensorflow():
+        from kerasurgery.cli.units import left_alone, shrink_rows
+        from kerasurgery.model.groups import dependency_groups
+        from kerasurgery.model.shrink import removed_units, shrink
+
+        model, compiled = _load(source, args, ui)
+        with ui.status("Finding the dependency groups"):
+            # Pins baked in first (what `shrink` does), so that both models
+            # count parameters alike: no pin masks on one side.
+            model = _stripped(model)
+            groups = dependency_groups(model)
+        if not groups:
+            raise KerasurgeryError(
+                f"{source}: the model has no Dense or convolution layer whose units "
+                "could be removed; there is nothing to shrink."
+            )
+        if not removed_units(groups):
+            raise KerasurgeryError(
+                f"{source}: no unit is exactly zero wherever it is read; there is nothing "
+                "to shrink (prune first: kerasurgery freeze IN --prune-units F)."
+            )
+        with ui.status("Removing the units pinned at zero"):
+            small = shrink(model)
+        _save(small, output, args, ui)
+        layers = shrink_rows(model, small, groups)
+        params = {"before": int(model.count_params()), "after": int(small.count_params())}
+    document = _written(args, "shrink", source, output, False, ui, layers=layers,
+                        parameters=params, left_alone=left_alone(groups))
+    if ui.json_output:
+        ui.print_json(document)
+        return OK
+    ui.shrink_table(layers, document["left_alone"], title=str(output))
+    cut = [row for row in layers if row["units_after"] < row["units_before"]]
+    units = sum(row["units_before"] - row["units_after"] for row in cut)
+    ui.say(
+        f"shrank {source} -> {output}: {units:,} units removed from {len(cut)} "
+        f"layer{'s' if len(cut) != 1 else ''}, parameters "
+        f"{params['before']:,} -> {params['after']:,} ({params['after'] / max(params['before'], 1):.1%}); "
+        "plain Keras layers, no training config"
+        + (" (IN's does not fit the new shapes)." if compiled else ".")
+    )
+    return OK
+
+
+def _stripped(model: Any) -> Any:
+    from kerasurgery import layers as layers_lib
+    from kerasurgery.model import surgery
+    from kerasurgery.model.walk import walk_layers
+
+    if any(layers_lib.is_pinned(layer) for _, layer in walk_layers(model)):
+        return surgery.strip(model)
+    return model
 
 
 def _verify(args: argparse.Namespace, ui: Ui) -> int:
@@ -595,4 +712,7 @@ def _prune(args: argparse.Namespace, ui: Ui) -> int:
     return OK
 
 
-_COMMANDS = {"freeze": _freeze, "inspect": _inspect, "strip": _strip, "verify": _verify, "prune": _prune}
+_COMMANDS = {
+    "freeze": _freeze, "inspect": _inspect, "strip": _strip, "verify": _verify, "prune": _prune,
+    "shrink": _shrink,
+}
