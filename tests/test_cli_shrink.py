@@ -239,3 +239,5 @@ def test_shrink_errors_are_one_line_and_write_nothing(files, tmp_path, capsys, m
     assert not (tmp_path / "i.keras").exists()
     code, _, err = run(capsys, "shrink")
     assert code == 2 and "usage:" in err
+    code, stdout, _ = run(capsys, "shrink", "--help")
+    assert code == 0 and "examples:" in stdout and "130 interrupted" in stdout
