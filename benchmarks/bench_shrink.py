@@ -17,7 +17,7 @@ times one `ks.shrink(pruned)` call, the first in the process (what a script
 pays). Its peak memory is that call's own: `/proc/self/clear_refs` resets
 the high-water mark (VmHWM) just before the call, and the peak increase is
 VmHWM after it minus VmRSS before it (as `bench_clone.py` measures). For
-scale, the pruned model's weights are reported beside it (float32 bytes).
+scale, the original model's weights are reported beside it (float32 bytes).
 """
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ start, start_cpu = time.perf_counter(), time.process_time()
 small = ks.shrink(pruned)
 result = {"shrink_s": time.perf_counter() - start, "shrink_cpu_s": time.process_time() - start_cpu,
           "peak_increase_bytes": status("VmHWM") - before,
-          "pruned_weight_bytes": 4 * pruned.count_params(), "shrunk_params": small.count_params(),
+          "weight_bytes": 4 * model.count_params(), "shrunk_params": small.count_params(),
           "params": model.count_params()}
 print("RESULT " + json.dumps(result))
 """
@@ -146,7 +146,7 @@ def cost(args: argparse.Namespace) -> None:
             m = [r["peak_increase_bytes"] / 1e6 for r in runs]
             first = runs[0]
             print(f"{name:16}{fraction:>6.0%}{first['params']:12,d}{first['shrunk_params']:12,d}"
-                  f"{first['pruned_weight_bytes'] / 1e6:11.1f}"
+                  f"{first['weight_bytes'] / 1e6:11.1f}"
                   f"{f'{statistics.median(s):.2f} [{min(s):.2f}, {max(s):.2f}]':>24}"
                   f"{statistics.median(c):8.2f}"
                   f"{f'{statistics.median(m):.0f} [{min(m):.0f}, {max(m):.0f}]':>22}")
