@@ -87,6 +87,10 @@ def test_freeze_prune_units_pins_what_the_library_pins(files, tmp_path, capsys):
                                   np.asarray(want.get_layer("conv_a").pin_state()["kernel"].mask))
     assert {row["path"]: row["pinned_bias"] for row in document["layers"]}["conv_a"] == 2
     assert "conv_b" not in masks or not masks["conv_b"]["kernel"].any()
+    # A fraction that rounds to no unit pins nothing: a warning, the output as for any rule.
+    code, out, err = run(capsys, "freeze", files["net"], "--prune-units", "0.01", "-o", tmp_path / "no.keras")
+    assert code == 0 and "prune_units(0.01)" in err and "nothing is pinned" in err
+    assert "kerasurgery shrink" not in out and (tmp_path / "no.keras").is_file()
 
 
 def test_spec_key_prune_units_equals_the_flag(files, tmp_path, capsys):

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from kerasurgery.cli import arguments as _arguments
+from kerasurgery.cli import structured as _structured
 from kerasurgery.files import atomic as _atomic
 from kerasurgery.cli.render import Ui, printable
 from kerasurgery.errors import (
@@ -292,7 +293,7 @@ def _freeze(args: argparse.Namespace, ui: Ui) -> int:
     source, output = _source_and_output(args, "frozen")
     with _freeze_warnings(ui) as skipped:
         # Unit pruning needs the dependency groups, which need the live model.
-        written = None if _unit_pruning(pins) else _offline(args, ui, "freeze", source, output, pins)
+        written = None if _structured.unit_pruning(pins) else _offline(args, ui, "freeze", source, output, pins)
         if written is not None:
             layers, compiled = written.rows, written.compiled
         else:
@@ -308,7 +309,7 @@ def _freeze(args: argparse.Namespace, ui: Ui) -> int:
         f"froze {source} -> {output}: {kernel:,} kernel and {bias:,} bias entries pinned; "
         + ("training config kept." if compiled else "no training config.")
     )
-    if _unit_pruning(pins):
+    if _structured.unit_pruning(pins) and kernel:
         ui.say(f"the pruned units are pinned at 0: `kerasurgery shrink {output}` removes them.")
     return OK
 
@@ -383,32 +384,13 @@ def _freeze_with_keras(
             )
         with ui.status("Pinning weights"):
             exclude = {"exclude": args.exclude} if args.exclude else {}
-            units = _unit_pruning(pins)
+            units = _structured.unit_pruning(pins)
             rules = {key: rule for key, rule in pins.items() if key not in units}
             frozen = surgery.freeze(model, rules, **exclude) if rules or not units else model
-            frozen = _prune_units(frozen, units)
+            frozen = _structured.prune_units(frozen, units)
         _save(frozen, output, args, ui)
         layers = _dense_rows(frozen)
     return layers, compiled
-
-
-def _unit_pruning(pins: dict[str, Any]) -> dict[str, Any]:
-    """The `--prune-units` / `prune_units = F` entries of the pins, by pattern."""
-    from kerasurgery.cli.spec import UnitPruning
-
-    return {key: rule for key, rule in pins.items() if isinstance(rule, UnitPruning)}
-
-
-def _prune_units(model: Any, units: dict[str, Any]) -> Any:
-    """`ks.prune_units` once per (fraction, norm), over the patterns that ask for it."""
-    from kerasurgery.model.units import prune_units
-
-    patterns: dict[tuple[float, int], list[str]] = {}
-    for key, rule in units.items():
-        patterns.setdefault((rule.fraction, rule.norm), []).append(key)
-    for (fraction, norm), keys in patterns.items():
-        model = prune_units(model, fraction, norm=norm, layers=keys)
-    return model
 
 
 def _strip(args: argparse.Namespace, ui: Ui) -> int:
@@ -548,7 +530,7 @@ def _inspect(args: argparse.Namespace, ui: Ui) -> int:
         document = {k: v for k, v in document.items() if k != "totals"}
         document["layers"] = layers
     if args.units:
-        document.update(_units_of(args, ui))
+        document.update(_structured.units_of(args, ui))
     if ui.json_output:
         ui.print_json(document)
         return OK
@@ -568,86 +550,6 @@ def _inspect(args: argparse.Namespace, ui: Ui) -> int:
         for path in shown:
             ui.pattern(weights[path])
     return OK
-
-
-def _units_of(args: argparse.Namespace, ui: Ui) -> dict[str, Any]:
-    """`inspect --units`: the model loaded with Keras, its units per producing layer.
-
-    `--layer` keeps the rows of that layer (its path or name) and the
-    left-alone entries that name it.
-    """
-    args.unsafe = False  # `inspect` never runs code stored in a file
-    with ui.tensorflow():
-        from kerasurgery.cli.units import left_alone, unit_rows
-        from kerasurgery.model.groups import dependency_groups
-
-        model, _ = _load(Path(args.file), args, ui, compile=False)
-        with ui.status("Finding the dependency groups"):
-            groups = dependency_groups(model)
-        rows, left = unit_rows(model, groups), left_alone(groups)
-    if args.layer is not None:
-        rows = [row for row in rows if args.layer in (row["path"], row["name"])]
-        left = [row for row in left
-                if any(args.layer == path or args.layer == path.rsplit("/", 1)[-1]
-                       for path in row["layers"])]
-    return {"units": rows, "left_alone": left}
-
-
-def _shrink(args: argparse.Namespace, ui: Ui) -> int:
-    """`kerasurgery shrink`: `ks.shrink` of IN, saved as a plain Keras file beside it."""
-    source, output = _source_and_output(args, "shrunk")
-    with ui.tensorflow():
-        from kerasurgery.cli.units import left_alone, shrink_rows
-        from kerasurgery.model.groups import dependency_groups
-        from kerasurgery.model.shrink import removed_units, shrink
-
-        model, compiled = _load(source, args, ui)
-        with ui.status("Finding the dependency groups"):
-            # Pins baked in first (what `shrink` does), so that both models
-            # count parameters alike: no pin masks on one side.
-            model = _stripped(model)
-            groups = dependency_groups(model)
-        if not groups:
-            raise KerasurgeryError(
-                f"{source}: the model has no Dense or convolution layer whose units "
-                "could be removed; there is nothing to shrink."
-            )
-        if not removed_units(groups):
-            raise KerasurgeryError(
-                f"{source}: no unit is exactly zero wherever it is read; there is nothing "
-                "to shrink (prune first: kerasurgery freeze IN --prune-units F)."
-            )
-        with ui.status("Removing the units pinned at zero"):
-            small = shrink(model)
-        _save(small, output, args, ui)
-        layers = shrink_rows(model, small, groups)
-        params = {"before": int(model.count_params()), "after": int(small.count_params())}
-    document = _written(args, "shrink", source, output, False, ui, layers=layers,
-                        parameters=params, left_alone=left_alone(groups))
-    if ui.json_output:
-        ui.print_json(document)
-        return OK
-    ui.shrink_table(layers, document["left_alone"], title=str(output))
-    cut = [row for row in layers if row["units_after"] < row["units_before"]]
-    units = sum(row["units_before"] - row["units_after"] for row in cut)
-    ui.say(
-        f"shrank {source} -> {output}: {units:,} units removed from {len(cut)} "
-        f"layer{'s' if len(cut) != 1 else ''}, parameters "
-        f"{params['before']:,} -> {params['after']:,} ({params['after'] / max(params['before'], 1):.1%}); "
-        "plain Keras layers, no training config"
-        + (" (IN's does not fit the new shapes)." if compiled else ".")
-    )
-    return OK
-
-
-def _stripped(model: Any) -> Any:
-    from kerasurgery import layers as layers_lib
-    from kerasurgery.model import surgery
-    from kerasurgery.model.walk import walk_layers
-
-    if any(layers_lib.is_pinned(layer) for _, layer in walk_layers(model)):
-        return surgery.strip(model)
-    return model
 
 
 def _verify(args: argparse.Namespace, ui: Ui) -> int:
@@ -714,5 +616,5 @@ def _prune(args: argparse.Namespace, ui: Ui) -> int:
 
 _COMMANDS = {
     "freeze": _freeze, "inspect": _inspect, "strip": _strip, "verify": _verify, "prune": _prune,
-    "shrink": _shrink,
+    "shrink": _structured.shrink,
 }
