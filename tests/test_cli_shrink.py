@@ -136,6 +136,22 @@ def test_prune_units_flag_errors(files, tmp_path, capsys, argv, code, fragment):
     assert listing(tmp_path) == []
 
 
+@pytest.mark.parametrize("entry, fragment", [
+    ("prune_units = 2", "2"),
+    ("prune_units = 0.5\nnorm = 3", "norm 1 or 2"),
+    ("prune_units = 0.5\nvalue = 1.0", "takes no value"),
+    ("prune_units = 0.5\nbias = true", "prunes whole units"),
+    ('prune_units = "half"', "must be a number"),
+])
+def test_spec_prune_units_errors_are_one_line(files, tmp_path, capsys, entry, fragment):
+    spec = tmp_path / "bad.toml"
+    spec.write_text(f'[[layer]]\npattern = "conv_a"\n{entry}\n')
+    code, out, err = run(capsys, "freeze", files["net"], "--spec", spec, "-o", tmp_path / "o.keras")
+    assert code == 1 and out == ""
+    assert_one_error_line(err, "bad.toml", fragment)
+    assert listing(tmp_path) == ["bad.toml"]
+
+
 def test_inspect_units_counts_pins_and_removable_units(files, capsys):
     from kerasurgery.model.groups import dependency_groups
 
