@@ -2,6 +2,7 @@
 
     python benchmarks/bench_shrink.py [--models ResNet50,MobileNetV2,BERT]
         [--fractions 0.25,0.5,0.75] [--size 224] [--rounds 10]
+    python benchmarks/bench_shrink.py --cost [--models ResNet50] [--fractions 0.5] [--rounds 3]
 
 Keras Applications (`weights=None`, their initial weights) with each
 fraction of every prunable group's units pruned (`ks.prune_units`), then
@@ -18,15 +19,28 @@ the backbone's `intermediate_dim`) and keeps the heads pinned, since the
 backbone's `num_heads` also sets each head's size. Its FLOPs count every
 kernel inside the blocks once per token and the attention products
 (`4 * tokens^2 * heads * head size` a block); `params` include the embeddings.
+
+`--cost` measures `ks.shrink` itself instead: each measurement is a whole
+new process that builds the model, prunes it (`ks.prune_units`) and then
+times one `ks.shrink(pruned)` call, the first in the process (what a script
+pays). Its peak memory is that call's own: `/proc/self/clear_refs` resets
+the high-water mark (VmHWM) just before the call, and the peak increase is
+VmHWM after it minus VmRSS before it (as `bench_clone.py` measures). For
+scale, the original model's weights are reported beside it (float32 bytes).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import os
 import statistics
+import subprocess
+import sys
 import time
 import warnings
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -106,13 +120,86 @@ MODELS = {
 }
 
 
+_COST_CHILD = r"""
+import gc, json, os, sys, time, warnings
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, sys.argv[4])
+import kerasurgery as ks
+from bench_shrink import MODELS
+
+name, fraction, size = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
+
+
+def status(key):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(key)
+
+
+model = MODELS[name](size)
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    pruned = ks.prune_units(model, fraction)
+gc.collect()
+before = status("VmRSS")
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # resets VmHWM to the current resident size
+start, start_cpu = time.perf_counter(), time.process_time()
+small = ks.shrink(pruned)
+result = {"shrink_s": time.perf_counter() - start, "shrink_cpu_s": time.process_time() - start_cpu,
+          "peak_increase_bytes": status("VmHWM") - before,
+          "weight_bytes": 4 * model.count_params(), "shrunk_params": small.count_params(),
+          "params": model.count_params()}
+print("RESULT " + json.dumps(result))
+"""
+
+
+def shrink_cost(name: str, fraction: float, size: int) -> dict:
+    """One fresh process: build, prune, then time `ks.shrink` and its peak memory."""
+    here = Path(__file__).resolve().parent
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(here.parent), os.environ.get("PYTHONPATH")]))}
+    completed = subprocess.run([sys.executable, "-c", _COST_CHILD, name, str(fraction), str(size), str(here)],
+                               env=env, capture_output=True, text=True)
+    if completed.returncode != 0:
+        raise RuntimeError(f"{name} at {fraction} exited with {completed.returncode}:\n{completed.stderr[-4000:]}")
+    line = next(line for line in completed.stdout.splitlines() if line.startswith("RESULT "))
+    return json.loads(line[len("RESULT "):])
+
+
+def cost(args: argparse.Namespace) -> None:
+    print(f"ks.shrink itself: a fresh process per measurement, {args.rounds} each, "
+          f"{args.size}x{args.size}, keras {keras.__version__} ({keras.backend.backend()}); "
+          "peak = VmHWM after the call - VmRSS before it (clear_refs reset)")
+    print(f"{'model':16}{'units':>6}{'params':>12}{'shrunk':>12}{'weights MB':>11}"
+          f"{'shrink s [min, max]':>24}{'cpu s':>8}{'peak MB [min, max]':>22}")
+    for name in args.models.split(","):
+        for fraction in (float(f) for f in args.fractions.split(",")):
+            runs = [shrink_cost(name, fraction, args.size) for _ in range(args.rounds)]
+            s = [r["shrink_s"] for r in runs]
+            c = [r["shrink_cpu_s"] for r in runs]
+            m = [r["peak_increase_bytes"] / 1e6 for r in runs]
+            first = runs[0]
+            print(f"{name:16}{fraction:>6.0%}{first['params']:12,d}{first['shrunk_params']:12,d}"
+                  f"{first['weight_bytes'] / 1e6:11.1f}"
+                  f"{f'{statistics.median(s):.2f} [{min(s):.2f}, {max(s):.2f}]':>24}"
+                  f"{statistics.median(c):8.2f}"
+                  f"{f'{statistics.median(m):.0f} [{min(m):.0f}, {max(m):.0f}]':>22}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--models", default="ResNet50,MobileNetV2")
     parser.add_argument("--fractions", default="0.25,0.5,0.75")
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--cost", action="store_true", help="time and peak memory of ks.shrink itself")
     args = parser.parse_args()
+    if args.cost:
+        cost(args)
+        return
     image = np.random.default_rng(0).normal(size=(1, args.size, args.size, 3)).astype("float32")
     print(f"{args.size}x{args.size}, batch 1, keras {keras.__version__} ({keras.backend.backend()}), "
           f"CPU latency = median of {args.rounds} predict_on_batch calls, each shrunk model in turn with the original")

@@ -357,9 +357,12 @@ def test_rules_listed_match_the_library():
     from kerasurgery import rules
 
     # Every rule the spec names maps onto one of the library's rule helpers
-    # (or a plain mask); nothing is reimplemented here.
-    assert set(RULES) - {"mask", "index"} <= set(rules.__all__)
-    assert "entries" in rules.__all__
+    # (or a plain mask); nothing is reimplemented here. `prune_units` is not a
+    # per-layer rule but the library's model-wide `ks.prune_units`.
+    import kerasurgery
+
+    assert set(RULES) - {"mask", "index", "prune_units"} <= set(rules.__all__)
+    assert "entries" in rules.__all__ and "prune_units" in kerasurgery.__all__
 
 
 def test_spec_does_not_import_tensorflow(tmp_path):

@@ -21,6 +21,8 @@ examples:
   kerasurgery inspect pruned.frozen.keras --layer dense_1 --show
   kerasurgery verify finetuned.keras --against pruned.frozen.keras
   kerasurgery strip finetuned.keras               # plain Keras layers, loads without kerasurgery
+  kerasurgery freeze model.keras --prune-units 0.5 -o pruned.keras  # half the units of each group
+  kerasurgery shrink pruned.keras -o small.keras  # remove the units pinned at zero: a smaller model
 """
 
 # The exit codes of `cli.main`, as the README lists them; every --help ends with them.
@@ -41,6 +43,7 @@ examples:
   kerasurgery freeze model.keras --smallest 0.8 --across-layers  # global magnitude pruning, 80%
   kerasurgery freeze model.keras --layer 'conv*' --n-of-m 2:4     # 2:4 sparsity along input channels
   kerasurgery freeze model.keras --smallest-units 0.25 --norm 2   # prune a quarter of the filters
+  kerasurgery freeze model.keras --prune-units 0.5                 # half the units of each dependency group
   kerasurgery freeze model.keras --n-of-m 2:4 --exclude 'stem/*'  # leave the stem dense
 
 A layer that a glob (or the default, every supported layer) selects and the
@@ -51,7 +54,7 @@ A spec file holds one [[layer]] table per layer name or glob:
   [[layer]]
   pattern = "hidden"
   below = 0.01          # the rule: below | mask | connections | index | inputs | units | fraction
-                        #   | smallest | n_of_m | smallest_units
+                        #   | smallest | n_of_m | smallest_units | prune_units
   bias = true           # optional; `value = 0.5` pins to 0.5; no rule key = zeros
 """
 
@@ -114,10 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
     rule.add_argument("--smallest", type=_float, metavar="F", help="prune: the fraction F of entries of smallest |w| in each layer, pinned at 0")
     rule.add_argument("--n-of-m", type=_n_of_m, metavar="N:M", help="prune: the N smallest |w| of every M consecutive inputs, pinned at 0 (2:4)")
     rule.add_argument("--smallest-units", type=_float, metavar="F", help="prune: the fraction F of output units (filters) of smallest norm, pinned at 0")
+    rule.add_argument("--prune-units", type=_float, metavar="F",
+                      help="prune: the fraction F of the units of each dependency group (a layer's "
+                      "units with everything that reads them, residual branches together), "
+                      "pinned at 0 so that `shrink` removes them")
     rule.add_argument("--spec", metavar="FILE.toml", help="several layers with different rules (see below)")
     freeze.add_argument("--seed", type=int, metavar="S", help="seed of --fraction")
     freeze.add_argument("--across-layers", action="store_true", help="--smallest: one ranking over all selected layers (global pruning)")
-    freeze.add_argument("--norm", type=int, choices=(1, 2), help="--smallest-units: rank units by their L1 (default) or L2 norm")
+    freeze.add_argument("--norm", type=int, choices=(1, 2), help="--smallest-units (default 1), --prune-units (default 2): rank units by their L1 or L2 norm")
     freeze.add_argument("--value", type=_float, metavar="V", help="pin to V instead of the current values")
     freeze.add_argument("--bias", action="store_true", help="apply the rule to the bias too")
     freeze.set_defaults(parser=freeze)
@@ -130,11 +137,17 @@ def build_parser() -> argparse.ArgumentParser:
         "models are listed by path, MODEL/NAME (--json: the \"path\" field of each layer).",
         epilog="examples:\n  kerasurgery inspect model.frozen.keras\n"
         "  kerasurgery inspect model.frozen.h5 --json\n"
-        "  kerasurgery inspect model.frozen.keras --layer hidden --show\n\n" + EXIT_CODES,
+        "  kerasurgery inspect model.frozen.keras --layer hidden --show\n"
+        "  kerasurgery inspect pruned.keras --units     # removable units (loads Keras)\n\n" + EXIT_CODES,
     )
     inspect.add_argument("file", metavar="FILE", help="model file (.keras or .h5)")
     inspect.add_argument("--layer", metavar="NAME", help="only this layer: a path (MODEL/NAME inside nested models) or a name")
     inspect.add_argument("--show", action="store_true", help="draw the pin pattern of --layer (or of every pinnable layer)")
+    inspect.add_argument(
+        "--units", action="store_true",
+        help="also load the model with Keras and list, per layer, its units, those pinned whole "
+        "and those `shrink` would remove (slower: imports TensorFlow)",
+    )
     inspect.set_defaults(parser=inspect)
 
     strip = commands.add_parser(
@@ -163,6 +176,22 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("candidate", metavar="CANDIDATE", help="the model to check")
     verify.add_argument("--against", required=True, metavar="FROZEN", help="the frozen model whose pins must hold")
     verify.set_defaults(parser=verify)
+
+    shrink = commands.add_parser(
+        "shrink", parents=[common, writing], formatter_class=formatter,
+        help="remove the units pinned at zero: a smaller plain Keras model",
+        description="Remove every unit (Dense unit, convolution filter) that is exactly zero wherever\n"
+        "it is read, with its dependency group: the following normalization's entries and the\n"
+        "input rows or channels of every layer that reads it, residual branches together.\n"
+        "The result holds plain Keras layers, loads without kerasurgery and computes what IN\n"
+        "computes (up to float32 rounding); it is saved without a training config.\n"
+        "Default output: IN.shrunk.SUFFIX.",
+        epilog="examples:\n  kerasurgery freeze model.keras --prune-units 0.5 -o pruned.keras\n"
+        "  kerasurgery shrink pruned.keras -o small.keras\n"
+        "  kerasurgery shrink finetuned.keras -o small.h5 --force --json\n\n" + EXIT_CODES,
+    )
+    shrink.add_argument("input", metavar="IN", help="model file (.keras or .h5)")
+    shrink.set_defaults(parser=shrink)
 
     prune = commands.add_parser(
         "prune", parents=[common, writing], formatter_class=formatter,

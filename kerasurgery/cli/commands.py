@@ -1,12 +1,13 @@
-"""The command line: `kerasurgery freeze | inspect | strip | verify`.
+"""The command line: `kerasurgery freeze | inspect | strip | verify | prune | shrink`.
 
 Each sub-command is a thin front over the library: it reads its flags
 (`_arguments`), calls `kerasurgery`, renders the result (`_render`: rich
 tables for people, `--json` for scripts) and maps errors to exit codes in one
 place (`main`): 0 success, 1 a clear error or a failed `verify`, 2 a usage
-error, 130 Ctrl-C, 143 SIGTERM, 129 SIGHUP. TensorFlow is imported only by `freeze` and `strip`, inside
-the command, with its start-up log lines kept off the terminal; `--help`,
-`inspect` and `verify` never import it.
+error, 130 Ctrl-C, 143 SIGTERM, 129 SIGHUP. TensorFlow is imported only by
+the commands that load a model (`freeze`, `strip`, `prune`, `shrink`,
+`inspect --units`), inside the command, with its start-up log lines kept off
+the terminal; `--help`, `inspect` and `verify` never import it.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from kerasurgery.cli import arguments as _arguments
+from kerasurgery.cli import structured as _structured
 from kerasurgery.files import atomic as _atomic
 from kerasurgery.cli.render import Ui, printable
 from kerasurgery.errors import (
@@ -200,6 +202,9 @@ def _pins_from_args(args: argparse.Namespace) -> dict[str, Any]:
     # No mask or connections array can need more bytes than this: a weight
     # takes at least 2 bytes an entry, a float64 matrix 8.
     limit = 8 * stored_data_bytes(args.input) + (64 << 20)
+    if args.exclude and args.prune_units is not None:
+        raise UsageError("--exclude cannot be combined with --prune-units: select the "
+                         "groups to prune with --layer")
     if args.spec is not None:
         for flag, given in (("--layer", args.layers), ("--value", args.value is not None),
                             ("--bias", args.bias), ("--seed", args.seed is not None),
@@ -287,7 +292,8 @@ def _freeze(args: argparse.Namespace, ui: Ui) -> int:
     pins = _pins_from_args(args)
     source, output = _source_and_output(args, "frozen")
     with _freeze_warnings(ui) as skipped:
-        written = _offline(args, ui, "freeze", source, output, pins)
+        # Unit pruning needs the dependency groups, which need the live model.
+        written = None if _structured.unit_pruning(pins) else _offline(args, ui, "freeze", source, output, pins)
         if written is not None:
             layers, compiled = written.rows, written.compiled
         else:
@@ -303,6 +309,8 @@ def _freeze(args: argparse.Namespace, ui: Ui) -> int:
         f"froze {source} -> {output}: {kernel:,} kernel and {bias:,} bias entries pinned; "
         + ("training config kept." if compiled else "no training config.")
     )
+    if _structured.unit_pruning(pins) and kernel:
+        ui.say(f"the pruned units are pinned at 0: `kerasurgery shrink {output}` removes them.")
     return OK
 
 
@@ -376,7 +384,10 @@ def _freeze_with_keras(
             )
         with ui.status("Pinning weights"):
             exclude = {"exclude": args.exclude} if args.exclude else {}
-            frozen = surgery.freeze(model, pins, **exclude)
+            units = _structured.unit_pruning(pins)
+            rules = {key: rule for key, rule in pins.items() if key not in units}
+            frozen = surgery.freeze(model, rules, **exclude) if rules or not units else model
+            frozen = _structured.prune_units(frozen, units)
         _save(frozen, output, args, ui)
         layers = _dense_rows(frozen)
     return layers, compiled
@@ -475,7 +486,9 @@ def _dense_rows(model: Any) -> list[dict[str, Any]]:
     return rows
 
 
-def _load(source: Path, args: argparse.Namespace, ui: Ui) -> tuple[Any, bool]:
+def _load(
+    source: Path, args: argparse.Namespace, ui: Ui, *, compile: bool = True
+) -> tuple[Any, bool]:
     from kerasurgery.model import saving
 
     if args.unsafe:
@@ -484,7 +497,7 @@ def _load(source: Path, args: argparse.Namespace, ui: Ui) -> tuple[Any, bool]:
         ui.warn(f"--unsafe: loading {source} with safe mode off; code stored in it may run.")
     with ui.status(f"Loading {source}"), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        model = saving.load_model(source, safe_mode=not args.unsafe, compile=True)
+        model = saving.load_model(source, safe_mode=not args.unsafe, compile=compile)
     for warning in caught:
         if issubclass(warning.category, UserWarning):
             ui.warn(str(warning.message))
@@ -503,6 +516,8 @@ def _inspect(args: argparse.Namespace, ui: Ui) -> int:
 
     if args.show and args.json:
         raise UsageError("--show draws for people; use --json without --show")
+    if args.show and args.units:
+        raise UsageError("--show and --units are two views; ask for one at a time")
     info = inspect_file(args.file)
     document = info.to_json(totals=True)
     layers = document["layers"]
@@ -514,11 +529,15 @@ def _inspect(args: argparse.Namespace, ui: Ui) -> int:
             raise KerasurgeryError(f"{args.file}: no layer named {args.layer!r}. Layers: {names}")
         document = {k: v for k, v in document.items() if k != "totals"}
         document["layers"] = layers
+    if args.units:
+        document.update(_structured.units_of(args, ui))
     if ui.json_output:
         ui.print_json(document)
         return OK
     ui.say(f"{document['file']}: {document['format']} file written by Keras {document['keras_version'] or 'unknown'}")
     ui.layer_table(layers, title=None, totals=document.get("totals"))
+    if args.units:
+        ui.units_table(document["units"], document["left_alone"])
     if args.show:
         weights = read_weights(args.file, [layer["path"] for layer in layers])
         shown = [layer["path"] for layer in layers if layer["path"] in weights]
@@ -595,4 +614,7 @@ def _prune(args: argparse.Namespace, ui: Ui) -> int:
     return OK
 
 
-_COMMANDS = {"freeze": _freeze, "inspect": _inspect, "strip": _strip, "verify": _verify, "prune": _prune}
+_COMMANDS = {
+    "freeze": _freeze, "inspect": _inspect, "strip": _strip, "verify": _verify, "prune": _prune,
+    "shrink": _structured.shrink,
+}

@@ -141,6 +141,44 @@ class Ui:
             table.add_row(*(self._cell(cell, console) for cell in cells))
         console.print(table)
 
+    def units_table(self, rows: list[dict[str, Any]], left: list[dict[str, Any]]) -> None:
+        """`inspect --units`: per producing layer, its units, those pinned whole, the removable ones."""
+        self._rows_table(
+            "units (removable: what `kerasurgery shrink` removes; a group's count, shared by its layers)",
+            [("layer", "left"), ("class", "left"), ("units", "right"), ("pinned whole", "right"),
+             ("removable", "right"), ("group", "left")],
+            [(row["path"], row["class_name"], f"{row['units']:,}", f"{row['pinned_whole']:,}",
+              f"{row['removable']:,}", " + ".join(row["group"]) if len(row["group"]) > 1 else "")
+             for row in rows],
+        )
+        self._left_alone(left)
+
+    def shrink_table(self, rows: list[dict[str, Any]], left: list[dict[str, Any]], title: str) -> None:
+        """`shrink`: per producing layer, units and parameters before -> after, then what stayed and why."""
+        self._rows_table(
+            title,
+            [("layer", "left"), ("class", "left"), ("units", "right"), ("parameters", "right")],
+            [(row["path"], row["class_name"], f"{row['units_before']:,} -> {row['units_after']:,}",
+              f"{row['params_before']:,} -> {row['params_after']:,}") for row in rows],
+        )
+        self._left_alone(left)
+
+    def _left_alone(self, left: list[dict[str, Any]]) -> None:
+        if left:
+            self._rows_table("left as they are", [("layers", "left"), ("why", "left")],
+                             [(" + ".join(row["layers"]), row["reason"]) for row in left])
+
+    def _rows_table(self, title: str, columns: list[tuple[str, str]], rows: list[tuple]) -> None:
+        from rich.table import Table
+
+        console = self._console()
+        table = Table(title=self._cell(title, console, title=True), title_justify="left")
+        for column, justify in columns:
+            table.add_column(column, justify=justify, overflow="fold" if justify == "left" else "ellipsis")
+        for row in rows:
+            table.add_row(*(self._cell(cell, console) for cell in row))
+        console.print(table)
+
     def violation_table(self, rows: list[dict[str, Any]]) -> None:
         from rich.table import Table
 

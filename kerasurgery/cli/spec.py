@@ -27,7 +27,7 @@ connections = "head_connections.npz"   # relative to the spec file's folder
 The rule is named by its argument key (`below`, `mask`, `connections`,
 `index`, `inputs`, `units`, `fraction` with `seed`, `smallest` with an optional
 `across_layers = true`, `n_of_m = "2:4"`, `smallest_units` with an optional
-`norm = 2`) or by `rule = "..."`;
+`norm = 2`, `prune_units` with an optional `norm = 1`) or by `rule = "..."`;
 an entry with neither pins exact zeros. An `index` item of two numbers is a
 kernel entry, of one number a bias entry. An `.npy` file applies to every layer
 the pattern selects; an `.npz` file holds one array per layer name (a mask
@@ -55,7 +55,7 @@ from kerasurgery.pins import Pin
 
 RULES = (
     "zeros", "below", "mask", "connections", "index", "inputs", "units", "fraction",
-    "smallest", "n_of_m", "smallest_units",
+    "smallest", "n_of_m", "smallest_units", "prune_units",
 )
 # The rules whose argument names a file of arrays.
 FILE_RULES = ("mask", "connections")
@@ -67,11 +67,26 @@ _BIAS_HINTS = {
     "connections": "a connections matrix describes the kernel only",
     "inputs": "the bias has no input axis",
     "n_of_m": "n:m groups run along the kernel's input axis",
+    "prune_units": "it prunes whole units, bias entries included",
 }
 _ENTRY_KEYS = ("pattern", "rule", "bias", "value", "seed", "across_layers", "norm", *RULES[1:])
 # An .npz key "LAYER/bias" holds that layer's bias mask ("LAYER" or
 # "LAYER/kernel" its kernel mask); Keras 3 layer names cannot contain "/".
 _KERNEL, _BIAS = "kernel", "bias"
+
+
+@dataclasses.dataclass(frozen=True)
+class UnitPruning:
+    """`prune_units`: not a per-layer rule but `ks.prune_units` over the layers a pattern selects.
+
+    Whole units are pruned by dependency group (a residual stage's
+    convolutions together, with the layers that read them), which only the
+    live model knows: `freeze` applies the other rules first, then calls
+    `kerasurgery.prune_units(model, fraction, norm=norm, layers=patterns)`.
+    """
+
+    fraction: float
+    norm: int = 2
 
 
 def pins_for(
@@ -105,7 +120,7 @@ def pins_for(
         seed: The seed of `fraction` (required there).
         across_layers: `smallest` only: one ranking over every selected
             layer (global magnitude pruning).
-        norm: `smallest_units` only: 1 (default) or 2.
+        norm: `smallest_units` (default 1) and `prune_units` (default 2) only: 1 or 2.
         folder: Where a relative file path is found (default: the working folder).
         max_array_bytes: The most bytes one array of a `mask`/`connections`
             file may declare; larger ones are refused before they are read.
@@ -134,8 +149,10 @@ def pins_for(
         raise UsageError(f"A seed must be a non-negative integer. Received: {_short(seed)}")
     if across_layers and rule != "smallest":
         raise UsageError(f"`across_layers` applies to rule 'smallest' only, not {rule!r}.")
-    if norm is not None and rule != "smallest_units":
-        raise UsageError(f"A norm applies to rule 'smallest_units' only, not {rule!r}.")
+    if norm is not None and rule not in ("smallest_units", "prune_units"):
+        raise UsageError(
+            f"A norm applies to rules 'smallest_units' and 'prune_units' only, not {rule!r}."
+        )
     if rule != "zeros" and argument is None:
         raise KerasurgeryError(f"Rule {rule!r} needs an argument.")
     if rule in FILE_RULES:
@@ -158,6 +175,13 @@ def _rule(
     if rule == "n_of_m":
         n, m = argument
         return pruning.n_of_m(n, m, value=value)
+    if rule == "prune_units":
+        if value is not None:
+            raise UsageError("Rule 'prune_units' pins whole units at 0; it takes no value.")
+        norm = 2 if norm is None else norm
+        if isinstance(norm, bool) or norm not in (1, 2):
+            raise KerasurgeryError(f"Expected norm 1 or 2. Received: {_short(norm)}")
+        return UnitPruning(pruning.checked_fraction(argument), norm)
     if rule == "smallest_units":
         if bias is False:
             raise UsageError("Rule 'smallest_units' prunes whole units, bias entries included.")
@@ -549,6 +573,7 @@ _ARGUMENT_HELP = {
     "units": "[unit, ...]",
     "smallest": "a fraction between 0 and 1",
     "smallest_units": "a fraction between 0 and 1",
+    "prune_units": "a fraction between 0 and 1",
     "n_of_m": '"2:4"',
 }
 
@@ -556,7 +581,7 @@ _ARGUMENT_HELP = {
 def _argument(rule: str, raw: Any) -> Any:
     if rule == "zeros":
         return None
-    if rule in ("below", "fraction", "smallest", "smallest_units"):
+    if rule in ("below", "fraction", "smallest", "smallest_units", "prune_units"):
         return _number(raw, rule)
     if rule == "n_of_m":
         return n_of_m_argument(raw)
