@@ -440,7 +440,10 @@ def test_stripped_file_is_a_deployment_file_unless_the_optimizer_is_kept(tmp_pat
         loaded.fit(x, y, verbose=0)
     plain = (tmp_path / "plain.keras").stat().st_size
     assert sizes[False] <= plain + 4096 < 2 * plain < sizes[True]  # Adam: two slots per weight
-    # In place: the model itself is left uncompiled, its layers plain.
+    # In place: the model keeps its own optimizer and slots, or is left uncompiled.
+    optimizer = frozen.optimizer
+    assert ks.strip(frozen, in_place=True, keep_optimizer=True).optimizer is optimizer
+    assert optimizer.built and not _pinned(frozen)
     assert not ks.strip(frozen, in_place=True).compiled
 
 
