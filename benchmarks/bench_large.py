@@ -12,12 +12,17 @@ Three measurements, each side by side in one run (ratios pinned / plain):
                 each in a fresh process (peak RSS only grows)
 
 The default model is GPT-2 base sized (~124M parameters: 12 layers, hidden
-768, vocabulary 50257); `--size medium` (~30M) fits a shared CPU; `--size small` only checks the script.
+768, vocabulary 50257); `--size large` is the same shape with 9 layers
+(102.6M parameters), `--size medium` (~30M) fits a shared CPU; `--size small`
+only checks the script. `generate` and `lora_step` time both models in the
+same rounds, interleaved (the order alternating each round), and report the
+median seconds of each and the median of the per-round ratios.
 Pins cost one byte per pinned-weight entry (the mask; shared zero values are
 one scalar), reported as `pin_bytes`; the target for in-place freezing is a
 peak growth <= pin_bytes + 64 MB.
 
     KERAS_BACKEND=jax python benchmarks/bench_large.py            # ~10 min on CPU
+    KERAS_BACKEND=jax python benchmarks/bench_large.py --size large --only generate --repeats 5
     KERAS_BACKEND=jax python benchmarks/bench_large.py --size small
 """
 
@@ -34,6 +39,8 @@ import time
 SIZES = {
     "base": dict(vocabulary_size=50257, num_layers=12, num_heads=12, hidden_dim=768,
                  intermediate_dim=3072, max_sequence_length=256),
+    "large": dict(vocabulary_size=50257, num_layers=9, num_heads=12, hidden_dim=768,
+                  intermediate_dim=3072, max_sequence_length=256),
     "medium": dict(vocabulary_size=32000, num_layers=4, num_heads=8, hidden_dim=512,
                    intermediate_dim=2048, max_sequence_length=128),
     "small": dict(vocabulary_size=1000, num_layers=2, num_heads=2, hidden_dim=64,
@@ -61,33 +68,50 @@ def _prompt(size: str, batch: int, prompt: int, length: int):
     return {"token_ids": tokens, "padding_mask": mask}
 
 
-def _time(fn, repeats: int) -> float:
-    fn()  # compile
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
+def _interleaved(fns: dict, rounds: int) -> dict:
+    """Times each of `fns` once per round, alternating the order each round.
+
+    Load from other jobs on a shared machine moves every timing; timing the
+    two models in the same rounds and taking the median of per-round ratios
+    cancels most of it. Each function runs once first to compile.
+    """
+    import statistics
+
+    names = list(fns)
+    for name in names:
+        fns[name]()
+    times = {name: [] for name in names}
+    for i in range(rounds):
+        for name in names if i % 2 == 0 else names[::-1]:
+            start = time.perf_counter()
+            fns[name]()
+            times[name].append(time.perf_counter() - start)
+    first, second = names
+    out = {name: statistics.median(times[name]) for name in names}
+    out["ratio"] = statistics.median(b / a for a, b in zip(times[first], times[second]))
+    out["rounds"] = rounds
+    return out
 
 
 def bench_generate(size: str, repeats: int) -> dict:
+    """Seconds per generated token, plain and pinned; ratio = pinned / plain time."""
     import kerasurgery as ks
 
     plain = _lm(size)
     pinned = ks.freeze(plain, {"*": ks.rules.smallest(0.5)})
     length = 32
     x = _prompt(size, 1, 8, length)
-    out = {}
-    for name, lm in (("plain", plain), ("pinned", pinned)):
+    for lm in (plain, pinned):
         lm.compile(sampler="greedy")
-        seconds = _time(lambda lm=lm: lm.generate(x, stop_token_ids=None), repeats)
-        out[name] = (length - 8) / seconds
-    out["ratio"] = out["plain"] / out["pinned"]  # time pinned / time plain
+    out = _interleaved({name: (lambda lm=lm: lm.generate(x, stop_token_ids=None))
+                        for name, lm in (("plain", plain), ("pinned", pinned))}, repeats)
+    out["tokens_per_s"] = {name: (length - 8) / out[name] for name in ("plain", "pinned")}
+    out["parameters"] = plain.count_params()
     return out
 
 
 def bench_lora_step(size: str, repeats: int) -> dict:
+    """Seconds per LoRA training step, LoRA alone and LoRA + pins; ratio = pinned / plain."""
     import keras
     import numpy as np
 
@@ -98,7 +122,7 @@ def bench_lora_step(size: str, repeats: int) -> dict:
     tokens = np.random.default_rng(1).integers(1, vocab, size=(batch, length + 1)).astype("int32")
     x = {"token_ids": tokens[:, :-1], "padding_mask": np.ones((batch, length), bool)}
     y = tokens[:, 1:]
-    out = {}
+    fns = {}
     for name in ("plain", "pinned"):
         lm = _lm(size)
         if name == "pinned":
@@ -106,9 +130,8 @@ def bench_lora_step(size: str, repeats: int) -> dict:
         lm.backbone.enable_lora(4)
         lm.compile(optimizer=keras.optimizers.Adam(1e-3),
                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-        out[name] = _time(lambda lm=lm: lm.train_on_batch(x, y), repeats)
-    out["ratio"] = out["pinned"] / out["plain"]
-    return out
+        fns[name] = lambda lm=lm: lm.train_on_batch(x, y)
+    return _interleaved(fns, repeats)
 
 
 def _reset_peak() -> int:
@@ -178,7 +201,7 @@ def main() -> None:
 
     result = {"backend": keras.backend.backend(), "size": args.size}
     if args.only in (None, "generate"):
-        result["generate_tokens_per_s"] = bench_generate(args.size, args.repeats)
+        result["generate_s"] = bench_generate(args.size, args.repeats)
     if args.only in (None, "lora_step"):
         result["lora_step_s"] = bench_lora_step(args.size, args.repeats)
     if args.only in (None, "freeze"):

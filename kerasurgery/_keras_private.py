@@ -48,6 +48,26 @@ def unlocked_state(layer: Any) -> Iterator[None]:
             tracker.lock()
 
 
+def uncompile(model: Any) -> None:
+    """Leaves `model` as a model that was never compiled: no optimizer, no training config.
+
+    A stripped model is a deployment model: saved, its optimizer's slots
+    (zeros after a copy, two per weight for Adam) would make the file about
+    three times the weights' size, and a training config without them makes
+    plain Keras warn on load that it skips the optimizer's variables. Keras'
+    savers decide from `Trainer.compiled` (`get_compile_config`,
+    keras/src/trainers/trainer.py:990) and from whether the model has an
+    `optimizer` attribute at all (the `.h5` saver's `hasattr`,
+    keras/src/legacy/saving/legacy_h5_format.py:69; the `.keras` saver walks
+    attributes, saving_lib.py:757). No public API undoes `compile`.
+    """
+    model.compiled = False
+    if "optimizer" in vars(model):
+        object.__delattr__(model, "optimizer")
+    for attr in ("train_function", "test_function", "predict_function"):
+        setattr(model, attr, None)
+
+
 def variable_layout(variable: Any) -> Any:
     """The layout a variable was created with under a distribution (`None` without one).
 
@@ -59,6 +79,23 @@ def variable_layout(variable: Any) -> Any:
     keras/src/optimizers/base_optimizer.py:324). No public API returns it.
     """
     return getattr(variable, "_layout", None)
+
+
+def set_variable_layout(variable: Any, layout: Any) -> None:
+    """Gives a variable made outside a distribution the layout of the one it copies.
+
+    A copy of a sharded model made outside `distribution.scope()` gets
+    variables committed to one device, and a `fit` inside the scope then
+    mixes them with sharded ones ("Received incompatible devices for
+    jitted computation"). Keras lays a variable out from `Variable._layout`
+    when its value is assigned (`JaxVariable._direct_assign`,
+    keras/src/backend/jax/core.py:83-86) and reads it to lay out optimizer
+    slots (base_optimizer.py:324); the layout can only be given when the
+    variable is made. Setting it and assigning the value again places the
+    value as the layout says.
+    """
+    variable._layout = layout
+    variable.assign(variable.value)
 
 
 def add_weight_with_layout(

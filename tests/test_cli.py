@@ -803,9 +803,10 @@ def test_strip_bakes_pins_into_plain_dense(base, tmp_path, capsys, target):
         code, out, err = run(capsys, "strip", frozen)
         stripped = tmp_path / "model.stripped.keras"
         assert "2 pinned layers turned into plain Keras layers" in out
+        assert "no training config (--keep-optimizer keeps it)" in out
     else:
         stripped = tmp_path / "deploy.h5"
-        code, out, err = run(capsys, "strip", frozen, "-o", stripped, "--json")
+        code, out, err = run(capsys, "strip", frozen, "-o", stripped, "--json", "--keep-optimizer")
         report = json.loads(out)
         assert report["output"] == str(stripped) and report["format"] == "h5"
         assert report["training_config"] is True

@@ -4,7 +4,7 @@ Each test runs a script in a new process on JAX with 8 simulated CPU devices
 (`XLA_FLAGS=--xla_force_host_platform_device_count=8`), where Keras'
 distribution API runs; the script prints one JSON line that the test checks.
 Every mask and per-entry value variable must have the sharding of the weight
-it pins, a shared scalar value must be replicated, and pins must hold bit for
+it pins (a copy made outside the scope keeps the source's layouts), a shared scalar value must be replicated, and pins must hold bit for
 bit through `fit` while free entries train.
 """
 
@@ -144,11 +144,22 @@ def test_own_layout_map_in_place_by_copy_loaded_and_gradual_pruning(tmp_path):
             gradual.fit(x, y, epochs=2, batch_size=4, verbose=0, callbacks=[schedule])
             out["gradual"] = shardings(gradual)
             out["gradual_pinned"] = {{p: float(s["kernel"].mask.mean()) for p, s in states(gradual).items()}}
+        # Copied outside the scope (compiled, its optimizer built), trained inside it.
+        outside = ks.freeze(model, pins)
+        out["outside"] = shardings(outside)
+        with dist.scope():
+            before = states(outside)
+            outside.fit(x, y, epochs=1, batch_size=8, verbose=0)
+            out["outside_held"] = held(before, states(outside))
+            out["outside_trained"] = trained(before, states(outside))
         print("RESULT", json.dumps(out))
     """)
     assert result["same_object"] and result["same_variables"] and result["same_layouts"]
-    for case in ("in_place", "copy", "after_fit", "loaded", "gradual"):
+    for case in ("in_place", "copy", "after_fit", "loaded", "gradual", "outside"):
         _assert_like_their_weights(result[case])
+    assert {k: s["raw"] for k, s in result["outside"].items()} == {
+        k: s["raw"] for k, s in result["in_place"].items()}
+    assert result["outside_held"] and result["outside_trained"] > 0
     assert result["in_place"]["d1/kernel"]["raw"] == "P(None, 'model')"
     assert result["in_place"]["d2/kernel"]["raw"] == "P('model', None)"
     assert result["in_place"]["d2/kernel"]["value_shape"] == [32, 8]  # per-entry values

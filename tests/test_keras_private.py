@@ -556,3 +556,22 @@ def test_call_arguments_keep_the_constants_an_operation_was_called_with():
         (2, (3.0,), {}), (1, (), {}), (2, (0.5,), {})], changed(
         "call_arguments", "`Node.arguments` (SymbolicArguments.args / .kwargs)")
     assert arguments[0][0][0] is x
+
+
+def test_uncompile_leaves_no_training_config_nor_optimizer_in_either_format(tmp_path):
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(optimizer="adam", loss="mse")
+    model.fit(np.ones((4, 3), "float32"), np.ones((4, 2), "float32"), verbose=0)
+    private.uncompile(model)
+    assert not model.compiled and not hasattr(model, "optimizer")
+    model.save(tmp_path / "m.keras")
+    model.save(tmp_path / "m.h5")
+    with zipfile.ZipFile(tmp_path / "m.keras") as archive:
+        with h5py.File(archive.open("model.weights.h5")) as weights:
+            assert "optimizer" not in weights
+    with h5py.File(tmp_path / "m.h5") as h5:
+        assert "optimizer_weights" not in h5 and "training_config" not in h5.attrs
+    for name in ("m.keras", "m.h5"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert not keras.saving.load_model(tmp_path / name).compiled

@@ -361,22 +361,90 @@ def test_pruned_causal_lm_recovers_with_lora_while_its_zeros_stay_zero(tmp_path)
 # -- deployment -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("in_place", [False, True])
-def test_stripped_model_quantizes_in_memory_and_pruned_zeros_are_int8_zeros(in_place, tmp_path):
+def _add_state(model, change):
+    """Adds state to the built layers of `model` as Keras' own tools do."""
+    if change == "lora":
+        for layer in model.layers:
+            if isinstance(layer, keras.layers.Dense):
+                layer.enable_lora(2)
+    else:
+        model.quantize(change)
+
+
+@pytest.mark.parametrize("change", ["int8", "float8", "lora"])
+def test_stripped_model_takes_new_state_in_memory_and_after_loading(change, tmp_path):
+    """What strip leaves behind breaks none of quantize, enable_lora (issue 19).
+
+    Stripped by copy, in place (a loaded frozen model), and saved then loaded
+    with plain Keras.
+    """
     frozen = ks.freeze(make_mlp(), {"*": ks.rules.smallest(0.5)})
     ks.save_model(frozen, tmp_path / "frozen.keras")
     x = np.random.default_rng(0).normal(size=(8, 4)).astype("float32")
-    for model in (frozen, ks.load_model(tmp_path / "frozen.keras")):
-        masks = {p: s["kernel"].mask for p, s in _states(model).items()}
-        stripped = ks.strip(model, in_place=in_place)
+    masks = {p: s["kernel"].mask for p, s in _states(frozen).items()}
+    ks.save_model(ks.strip(frozen), tmp_path / "stripped.keras")
+    sources = [lambda: ks.strip(frozen),
+               lambda: ks.strip(ks.load_model(tmp_path / "frozen.keras"), in_place=True),
+               lambda: keras.saving.load_model(tmp_path / "stripped.keras")]
+    for source in sources:
+        stripped = source()
         expected = _np(stripped.predict(x, verbose=0))
-        stripped.quantize("int8")
+        _add_state(stripped, change)
         for path, mask in masks.items():
             layer = stripped.get_layer(path)
-            assert layer.quantization_mode == "int8"
             kernel = _np(layer._kernel)
-            assert kernel.dtype == np.int8 and np.all(kernel[mask] == 0), path
-        assert np.allclose(_np(stripped.predict(x, verbose=0)), expected, atol=0.05)
+            assert np.all(kernel[mask] == 0), path
+            if change == "lora":
+                assert layer.lora_enabled and not layer._kernel.trainable
+            else:
+                assert layer.quantization_mode == change
+                assert kernel.dtype == (np.int8 if change == "int8" else np.float32)
+        out = _np(stripped.predict(x, verbose=0))
+        if change == "lora":  # lora_kernel_b starts at zero: the same function, exactly
+            assert np.array_equal(bits(out), bits(expected))
+        else:
+            assert np.allclose(out, expected, atol=0.1)
+
+
+def test_stripped_file_is_a_deployment_file_unless_the_optimizer_is_kept(tmp_path):
+    """strip leaves no optimizer state by default; `keep_optimizer` keeps a trainable file."""
+    import warnings
+
+    x = np.random.default_rng(0).normal(size=(16, 64)).astype("float32")
+    y = np.random.default_rng(1).normal(size=(16, 4)).astype("float32")
+
+    def make():
+        keras.utils.set_random_seed(0)
+        return keras.Sequential([keras.Input((64,)), keras.layers.Dense(128, name="a"),
+                                 keras.layers.Dense(4, name="b")])
+
+    frozen = ks.freeze(make(), {"*": ks.rules.smallest(0.5)})
+    frozen.compile(optimizer="adam", loss="mse")
+    frozen.fit(x, y, verbose=0)
+    expected = _np(frozen.predict(x, verbose=0))
+    ks.save_model(make(), tmp_path / "plain.keras")  # the weights alone
+    sizes = {}
+    for keep in (False, True):
+        path = tmp_path / f"stripped-{keep}.keras"
+        stripped = ks.strip(frozen, keep_optimizer=keep)
+        assert stripped.compiled == keep and frozen.compiled
+        ks.save_model(stripped, path)
+        sizes[keep] = path.stat().st_size
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # plain Keras loads it without a warning
+            loaded = keras.saving.load_model(path)
+        assert loaded.compiled == keep
+        assert np.array_equal(bits(_np(loaded.predict(x, verbose=0))), bits(expected))
+        if not keep:
+            loaded.compile(optimizer="adam", loss="mse")
+        loaded.fit(x, y, verbose=0)
+    plain = (tmp_path / "plain.keras").stat().st_size
+    assert sizes[False] <= plain + 4096 < 2 * plain < sizes[True]  # Adam: two slots per weight
+    # In place: the model keeps its own optimizer and slots, or is left uncompiled.
+    optimizer = frozen.optimizer
+    assert ks.strip(frozen, in_place=True, keep_optimizer=True).optimizer is optimizer
+    assert optimizer.built and not _pinned(frozen)
+    assert not ks.strip(frozen, in_place=True).compiled
 
 
 def test_stripped_causal_lm_quantizes_and_generates():

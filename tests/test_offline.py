@@ -322,13 +322,26 @@ def test_strip_writes_what_the_library_writes(corpus, capsys, tmp_path):
         path = tmp_path / f"{name}.frozen.keras"
         ks.save_model(ks.freeze(ks.load_model(files[name]), _pins_of(["freeze", "x.keras", *flags])), path)
         frozen.append(path)
+    compiled = []
     for number, path in enumerate(frozen):
-        offline = tmp_path / f"{number}.stripped.offline.keras"
-        line = _cli(["strip", str(path), "-o", str(offline)], capsys)
-        assert OFFLINE in line
-        library = tmp_path / f"{number}.stripped.library.keras"
-        ks.save_model(ks.strip(ks.load_model(path)), library)
-        assert_same_file(offline, library)
+        model = ks.load_model(path)
+        compiled.append(model.compiled)
+        for keep in (False, True):
+            offline = tmp_path / f"{number}.{keep}.stripped.offline.keras"
+            document: dict = {}
+            line = _cli(["strip", str(path), "-o", str(offline)] + ["--keep-optimizer"] * keep,
+                        capsys, document)
+            assert OFFLINE in line
+            library = tmp_path / f"{number}.{keep}.stripped.library.keras"
+            ks.save_model(ks.strip(model, keep_optimizer=keep), library)
+            assert_same_file(offline, library)
+            # A deployment file by default: no training config, no optimizer state.
+            config, tree = _read(offline)
+            kept = keep and model.compiled
+            assert document["training_config"] == kept
+            assert bool(config["compile_config"]) == kept
+            assert any(key.startswith("optimizer") for key in tree) == kept
+    assert any(compiled)
 
 
 def test_offline_errors_are_the_library_errors(corpus, capsys, tmp_path):

@@ -155,11 +155,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="turn pinned layers back into plain Keras layers (deployable)",
         description="Replace every pinned layer (MaskedDense, MaskedConv2D, ...) by its plain Keras\n"
         "class holding the effective weights;\n"
-        "the result loads with plain Keras. Default output: IN.stripped.SUFFIX.",
+        "the result loads with plain Keras. It holds no training config and no optimizer\n"
+        "state (a deployment file) unless --keep-optimizer. Default output: IN.stripped.SUFFIX.",
         epilog="examples:\n  kerasurgery strip finetuned.keras\n"
-        "  kerasurgery strip finetuned.keras -o deploy.h5 --force\n\n" + EXIT_CODES,
+        "  kerasurgery strip finetuned.keras -o deploy.h5 --force\n"
+        "  kerasurgery strip finetuned.keras --keep-optimizer   # compiled, ready to fit\n\n" + EXIT_CODES,
     )
     strip.add_argument("input", metavar="IN", help="model file (.keras or .h5)")
+    strip.add_argument("--keep-optimizer", action="store_true",
+                       help="keep the training config and the optimizer's state (a fresh one), "
+                       "so the file loads compiled")
     strip.set_defaults(parser=strip)
 
     verify = commands.add_parser(

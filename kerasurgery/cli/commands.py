@@ -355,7 +355,8 @@ def _offline(
                     exclude = {"exclude": args.exclude} if args.exclude else {}
                     written = offline.freeze_file(source, output, pins, overwrite=args.force, **exclude)
                 else:
-                    written = offline.strip_file(source, output, overwrite=args.force)
+                    written = offline.strip_file(source, output, overwrite=args.force,
+                                                 keep_optimizer=args.keep_optimizer)
         except offline.NotOffline as e:
             reason = str(e)
         else:
@@ -414,7 +415,8 @@ def _strip(args: argparse.Namespace, ui: Ui) -> int:
     ui.say(
         f"stripped {source} -> {output}: {len(layers)} pinned "
         f"layer{'s' if len(layers) != 1 else ''} turned into plain Keras layers; "
-        + ("training config kept." if compiled else "no training config.")
+        + ("training config and optimizer state kept." if compiled
+           else "no training config (--keep-optimizer keeps it).")
     )
     return OK
 
@@ -433,9 +435,9 @@ def _strip_with_keras(
                 f"{source}: the model has no pinned layer; there is nothing to strip."
             )
         with ui.status("Turning pinned layers back into Keras layers"):
-            stripped = surgery.strip(model)
+            stripped = surgery.strip(model, keep_optimizer=args.keep_optimizer)
         _save(stripped, output, args, ui)
-    return layers, compiled
+    return layers, compiled and args.keep_optimizer
 
 
 def _written(

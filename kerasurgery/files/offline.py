@@ -182,8 +182,11 @@ def _freeze_file(source: Path, output: Path, pins: Mapping[str, Any], overwrite:
         return Written(rows, archive.compiled)
 
 
-def strip_file(source: Path, output: Path, *, overwrite: bool) -> Written:
+def strip_file(source: Path, output: Path, *, overwrite: bool, keep_optimizer: bool = False) -> Written:
     """Strips the `.keras` file `source` into `output` as `kerasurgery.strip` + `save_model` would.
+
+    Without `keep_optimizer` the output holds no training config and no
+    optimizer state, as `kerasurgery.strip` leaves a model uncompiled.
 
     Raises:
         NotOffline: the file holds something only Keras can rewrite.
@@ -198,6 +201,8 @@ def strip_file(source: Path, output: Path, *, overwrite: bool) -> Written:
         rows = [archive.row(layer) for layer in pinned]
         for layer in pinned:
             _plain_config(layer)
+        if not keep_optimizer:
+            archive.drop_training()
         archive.assign_targets()
 
         def write_plain(layer: _Layer, group: h5py.Group) -> None:
@@ -221,6 +226,7 @@ class _Archive:
         self._stack = contextlib.ExitStack()
         self.new_slots: list[np.ndarray] = []
         self.member: CheckedMember | None = None
+        self.dropped: set[str] = set()  # weight groups left out of the output
 
     def __enter__(self) -> _Archive:
         try:
@@ -500,6 +506,17 @@ class _Archive:
 
     # Writing.
 
+    def drop_training(self) -> None:
+        """Leaves the training config and the optimizer's state out of the output.
+
+        Keras writes an uncompiled model's config with an empty
+        `compile_config` and no `optimizer` group; the output is written so.
+        """
+        if "compile_config" in self.config:
+            self.config["compile_config"] = {}
+        self.dropped.add("optimizer")
+        self.compiled = False
+
     def assign_targets(self) -> None:
         """Each layer's group in the output: named after its (new) class, numbered per class."""
         targets: dict[str, str] = {"": ""}
@@ -550,6 +567,8 @@ class _Archive:
             if not isinstance(child, h5py.HardLink):
                 raise NotOffline(f"the weights hold a link at {_join(path, key)!r}")
             child_path = _join(path, key)
+            if child_path in self.dropped:
+                continue
             node = source[key]
             if isinstance(node, h5py.Dataset):
                 if path == "optimizer/vars":

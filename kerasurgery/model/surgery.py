@@ -134,24 +134,37 @@ def freeze(
     return frozen
 
 
-def strip(model: keras.Model, *, in_place: bool = False) -> keras.Model:
+def strip(model: keras.Model, *, in_place: bool = False, keep_optimizer: bool = False) -> keras.Model:
     """Returns a copy of `model` (or `model`) with every pinned layer turned back into its Keras class.
 
     Each layer keeps its name and configuration and holds the effective
     weights (pinned entries at their pinned values), so the result predicts
     exactly what `model` predicts and loads with plain Keras.
 
+    A stripped model is a deployment model: by default it is left as if it
+    had never been compiled, so a saved file holds the weights and the
+    architecture alone (a ResNet50 trained with Adam would otherwise carry
+    two optimizer slots per weight) and loads in plain Keras with no
+    warning. `compile` it again to train it. A KerasHub task compiles itself
+    when it is made, so it comes back compiled with its class's defaults.
+
     Args:
         model: A built Keras model.
         in_place: Unpin the model's own layers and return `model` itself: its
             raw variables stay the same objects and take the effective
             weights; the mask and value variables are dropped.
+        keep_optimizer: Keep the compile state: the result is compiled as
+            `model` is (a copy with a fresh optimizer, `in_place` with
+            `model`'s own optimizer and its slots), and a saved file carries
+            the training config and the optimizer's state, ready to `fit`.
 
     Raises:
         KerasurgeryError: if `model` is not a built Keras model.
     """
     _require_rewritable(model, "strip")
     stripped = model if in_place else copy_model(model)
+    if not keep_optimizer and getattr(stripped, "compiled", False):
+        _drop_compile_state(stripped)
     unpinned = False
     for _, layer in walk_layers(stripped):
         if layers_lib.is_pinned(layer):
@@ -160,6 +173,22 @@ def strip(model: keras.Model, *, in_place: bool = False) -> keras.Model:
     if in_place and unpinned:
         _forget_traced_functions(stripped)
     return stripped
+
+
+def _drop_compile_state(model: keras.Model) -> None:
+    """Leaves `model` uncompiled; a KerasHub task is compiled afresh, as its constructor does.
+
+    A task (any class that overrides `compile`) compiles itself when it is
+    made, and so when it is loaded: left uncompiled, its file would hold no
+    optimizer state for the optimizer it gets on load, and Keras would warn.
+    Its fresh optimizer is unbuilt, so it holds no slots either.
+    """
+    sampler = getattr(model, "sampler", None)
+    _keras_private.uncompile(model)
+    if type(model).compile is not keras.Model.compile:
+        model.compile()
+        if sampler is not None:
+            model.sampler = sampler
 
 
 def copy_model(model: keras.Model) -> keras.Model:
@@ -172,8 +201,47 @@ def copy_model(model: keras.Model) -> keras.Model:
         KerasurgeryError: `model` cannot be re-created from its config.
     """
     if _keras_private.is_functional(model) and not _keras_private.clones_as_graph(model):
-        return _copy_as_own_class(model)
-    return _rebuild(model, _copy_state)
+        copy = _copy_as_own_class(model)
+    else:
+        copy = _rebuild(model, _copy_state)
+    _keep_layouts(model, copy)
+    return copy
+
+
+def _keep_layouts(old: keras.Model, new: keras.Model) -> None:
+    """Lays out each variable of the copy `new` as its source in `old` is laid out.
+
+    A copy made inside a distribution scope gets its layouts from the
+    layout map already; one made outside it would hold every variable on
+    one device, and training it inside the scope would fail ("Received
+    incompatible devices for jitted computation"). With the source's
+    layouts the copy is sharded as the source is, as an in-place freeze
+    keeps it, and the pins added to it next take them too. Weights come in
+    the same order in both (`_copy_state` copies them by position), and so
+    do the variables of two built optimizers; what the copy holds beyond
+    (its compiled metrics) is replicated on the source's mesh.
+    """
+    pairs = list(zip(old.weights, new.weights))
+    optimizers = getattr(old, "optimizer", None), getattr(new, "optimizer", None)
+    if all(o is not None and o.built for o in optimizers):
+        pairs += zip(optimizers[0].variables, optimizers[1].variables)
+    mesh = None
+    for source, target in pairs:
+        layout = _keras_private.variable_layout(source)
+        if layout is None or tuple(source.shape) != tuple(target.shape):
+            continue
+        mesh = layout.device_mesh
+        if _keras_private.variable_layout(target) is None:
+            _keras_private.set_variable_layout(target, layout)
+    if mesh is None:
+        return
+    rest = list(new.variables) + list(new.metrics_variables)
+    if optimizers[1] is not None:
+        rest += optimizers[1].variables
+    for variable in rest:
+        if _keras_private.variable_layout(variable) is None:
+            replicated = keras.distribution.TensorLayout([None] * len(variable.shape), mesh)
+            _keras_private.set_variable_layout(variable, replicated)
 
 
 def _forget_traced_functions(model: keras.Model) -> None:
