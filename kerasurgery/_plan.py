@@ -390,9 +390,9 @@ class Selection:
 class Planner:
     """The selections of one `freeze` call, and the updates each selected layer gets.
 
-    `freeze` plans every layer at once (`plan_all`); the offline rewrite of a
-    file plans one layer at a time (`updates`), so that only one layer's
-    weights are in memory at once. Keys are applied in order (a later key's
+    `freeze` (`plan_each`) and the offline rewrite of a file plan one layer
+    at a time, so that only one layer's weights are in memory at once; the
+    rules that rank across layers read the layers one at a time too. Keys are applied in order (a later key's
     values win on shared entries); a rule with `across` ranks all the layers
     of all the keys it is given under together, each once (`rank_across`).
 
@@ -508,7 +508,7 @@ class Planner:
         axes_of: Callable[[str], Callable[[str], Axes]],
         name_of: Callable[[str], str],
     ) -> None:
-        """Settles which layers the globs skip before anything is written (the offline rewrite).
+        """Settles which layers the globs skip before anything is written or pinned in place.
 
         Plans each selected layer, one at a time, and keeps only what was
         skipped: a layer skipped whole keeps its class, which decides where

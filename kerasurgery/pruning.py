@@ -83,8 +83,8 @@ def _key(weight: np.ndarray, eligible: np.ndarray | None) -> np.ndarray:
 
 
 # Entries per piece when an array is ranked piece by piece: its temporaries
-# (a float64 key and its digits, 8 MB each) stay small whatever the array.
-_PIECE = 1 << 20
+# (a float64 key and its digits, 2 MB each) stay small whatever the array.
+_PIECE = 1 << 18
 
 
 @dataclasses.dataclass(frozen=True)

@@ -272,6 +272,11 @@ out["pins_held"] = all(
     and not effective[i][before_m[i]].any() for i in before_k)
 out["pinned"] = int(sum(m.sum() for m in before_m.values()))
 out["free_trained"] = int(sum(np.sum(after_k[i][~before_m[i]] != before_k[i][~before_m[i]]) for i in before_k))
+# Stripped in place, where the shards live: the plain kernel holds the effective weights.
+ks.strip(model, in_place=True)
+out["stripped"] = (not ks.layers.is_pinned(layer)) and all(
+    np.array_equal(effective[i].view("u4"), np.asarray(s.data).view("u4"))
+    for i, s in ((str(s.index), s) for s in layer.kernel.value.addressable_shards))
 print("RESULT " + json.dumps(out))
 """
 
@@ -283,7 +288,7 @@ def test_two_processes_kernel_split_across_them_keeps_its_pins_through_fit(tmp_p
     # inside the scope; its mask is sharded like the kernel, and on each
     # process the pins hold bit for bit on its own shards through `fit` while
     # the free entries train. What would read the split kernel whole (freeze,
-    # pin_state, get_weights, save_model) refuses in one line.
+    # pin_state, get_weights, save_model) refuses in one line; strip in place works.
     with socket.socket() as s:
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
@@ -306,7 +311,7 @@ def test_two_processes_kernel_split_across_them_keeps_its_pins_through_fit(tmp_p
         assert result["spec"] == ["P(None, 'model')"] * 2
         # 16 x 32 float32 kernel split 4 ways: 512 B per device, its mask 128 B, the shared zero 4 B.
         assert result["bytes_per_device"] == {"plain_kernel": 512, "pinned_kernel": 512, "mask": 128, "value": 4}
-        assert result["masks_held"] and result["pins_held"]
+        assert result["masks_held"] and result["pins_held"] and result["stripped"]
         assert set(result["refused"]) == {"freeze", "pin_state", "get_weights", "save_model"}
         assert all("split across processes" in m for m in result["refused"].values())
     # The two processes hold the two halves of the kernel: half of its 512 entries pinned in all,

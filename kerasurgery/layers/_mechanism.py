@@ -290,18 +290,18 @@ class PinMixin:
     def set_pins(self, pins: dict[str, tuple[Any, Any]]) -> None:
         """Assigns masks and stored values, then each raw weight its effective value.
 
-        `pins` maps every present weight to (mask, stored value). The raw
-        weights are computed where they live (`where(mask, value, raw)`,
-        LoRA merged and its factors restarted at zero), so nothing of the
-        weight's size goes through the host: what `freeze` does to a live
-        layer. Equal, bit for bit, to `set_pin_state` with the plan's
-        effective weights.
+        `pins` maps every present weight to (mask, stored value); it is
+        emptied once they are assigned, so that its host arrays are gone
+        before the raw weights are computed. The raw weights are computed
+        where they live (`where(mask, value, raw)`, LoRA merged and its
+        factors restarted at zero), so nothing of the weight's size goes
+        through the host: what `freeze` does to a live layer. Equal, bit for
+        bit, to `set_pin_state` with the plan's effective weights.
 
         Raises:
             PinError: a shape, dtype or value does not fit the layer.
         """
-        self.set_pin_state({w: _pins.WeightPins(None, mask, value) for w, (mask, value) in pins.items()},
-                           raw=False)
+        self.set_pin_state({w: _pins.WeightPins(None, *pins.pop(w)) for w in list(pins)}, raw=False)
         for weight in self.present_weights():
             self.raw_variable(weight).assign(self.effective(weight))
         if getattr(self, "lora_enabled", False):
@@ -577,8 +577,12 @@ def _drop_lora(layer: keras.layers.Layer) -> None:
 
 
 def unpin_in_place(layer: PinMixin) -> None:
-    """Turns a pinned layer back into its plain Keras class, holding the effective weights."""
-    effective = {w: ops.convert_to_numpy(layer.effective(w)) for w in layer.present_weights()}
+    """Turns a pinned layer back into its plain Keras class, holding the effective weights.
+
+    The effective weights are computed where the weights live (a weight split
+    across processes included) and assigned to the raw variables.
+    """
+    effective = {w: layer.effective(w) for w in layer.present_weights()}
     cls = layer.__dict__.pop("_plain_class", None) or layer.keras_class
     for weight in layer.present_weights():
         for variable in layer.pin_variables(weight):

@@ -280,6 +280,8 @@ def _kind(layer: keras.layers.Layer) -> str:
 def _raw_weights(layer: keras.layers.Layer) -> list[np.ndarray]:
     # Every variable as it is (a pinned layer's `get_weights` gives effective
     # weights, which equal the raw ones wherever the layer reads them).
+    for v in layer.weights:
+        layers_lib.require_one_process(v, f"Layer {layer.name!r}: `{v.name}`", "copy")
     return [ops.convert_to_numpy(v) for v in layer.weights]
 
 
