@@ -30,8 +30,10 @@ class PinPlan:
 
     `effective[w]` is the weight the layer computes with now (rules see it);
     `masks[w]` is True at pinned entries; `values[w]` is `None` while every
-    pinned entry keeps its current value (the common case), so no
-    weight-sized array of values is built for it.
+    pinned entry keeps its current value, or a scalar (0-d array) while every
+    pinned entry holds that one value (pruning): the common cases, for which
+    no weight-sized array of values is built. Otherwise it is the weight with
+    the pinned entries at their values.
     """
 
     def __init__(self, effective: dict[str, np.ndarray], masks: dict[str, np.ndarray] | None = None) -> None:
@@ -77,12 +79,28 @@ class PinPlan:
             for w, mask in self.masks.items():
                 values = self.effective[w] if self.values[w] is None else self.values[w]
                 # A bias is small: its values are stored per entry, as in 0.1.0.
-                shared = None if w == "bias" else _pins.shared_value(values, mask)
+                shared = None if w == "bias" else (
+                    (values if mask.any() else np.zeros((), values.dtype)) if values.ndim == 0
+                    else _pins.shared_value(values, mask)
+                )
                 self._storage[w] = _pins.SHARED if shared is not None else _pins.PER_ENTRY
                 # Per entry, only pinned entries are meaningful; the rest hold
                 # zeros, so a non-finite free entry is not taken for a pin.
                 self._stored[w] = shared if shared is not None else np.where(mask, values, 0).astype(values.dtype)
         return self._storage
+
+    def take(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Every weight's mask and stored value; the plan lets go of its weights.
+
+        For writing a live layer, whose raw weights take their effective
+        values where they live (`PinMixin.set_pins`): the plan's copy of the
+        layer's weights is released before the layer is written, so pinning
+        never holds a layer's weights twice on the host.
+        """
+        self.storage()
+        taken = {w: (self.masks[w], self._stored[w]) for w in self.masks}
+        self.effective, self.values, self.masks, self._stored = {}, {}, {}, {}
+        return taken
 
     def state(self) -> dict[str, _pins.WeightPins]:
         """Every weight's effective array (pinned entries at their values), mask and stored value."""
@@ -98,8 +116,14 @@ class PinPlan:
 
 
 def effective(weight: np.ndarray, mask: np.ndarray, values: np.ndarray | None) -> np.ndarray:
-    """`weight` with the pinned entries at `values` (`None`: they keep their current values)."""
-    return weight if values is None else np.where(mask, values, weight)
+    """`weight` with the pinned entries at `values` (`None`: they keep their current values).
+
+    Values of the weight's shape already hold the weight off the mask (`merge`
+    builds them so) and are returned as they are; a scalar is filled in.
+    """
+    if values is None:
+        return weight
+    return values if values.ndim else np.where(mask, values, weight)
 
 
 def merge(
@@ -121,10 +145,28 @@ def merge(
     new_mask = checked_mask(new_mask, weight.shape, name, which)
     if new_value is None:
         if values is not None:
-            values = np.where(new_mask, weight, values)
-        return mask | new_mask, values
+            values = np.where(new_mask, weight, effective(weight, mask, values))
+        return _union(mask, new_mask), values
     new_values = checked_value(new_value, weight, name, which)
-    return mask | new_mask, np.where(new_mask, new_values, weight if values is None else values)
+    scalar = _scalar(new_values)
+    if scalar is not None and (
+        (values is None and not mask.any())
+        or (values is not None and values.ndim == 0 and _pins.bits(values) == _pins.bits(scalar))
+    ):
+        return _union(mask, new_mask), scalar  # every pinned entry holds this one value
+    return _union(mask, new_mask), np.where(new_mask, new_values, effective(weight, mask, values))
+
+
+def _union(mask: np.ndarray, new_mask: np.ndarray) -> np.ndarray:
+    # The first pin of a weight: its mask as it is, not a third mask-sized array.
+    return mask | new_mask if mask.any() else new_mask
+
+
+def _scalar(values: np.ndarray) -> np.ndarray | None:
+    """The one value of `values` when it is a scalar broadcast to a shape (`checked_value`), else `None`."""
+    if values.size and all(stride == 0 for stride in values.strides):
+        return np.asarray(values.reshape(-1)[0])
+    return None
 
 
 def checked_mask(mask: Any, shape: tuple, name: str, which: str) -> np.ndarray:
@@ -206,31 +248,47 @@ def resolve(spec: Any, plan: PinPlan, axes: Callable[[str], Axes], name: str) ->
     return updates + ([bias_pin] if bias_pin else [])
 
 
-def resolve_across(rule: Any, plans: Sequence[tuple[PinPlan, str]]) -> list[list[Update]]:
-    """The updates of a rule that ranks every layer it selects together (`rule.across`).
+def rank_across(rule: Any, plan_of: Callable[[str], PinPlan], paths: Sequence[str],
+                names: Mapping[str, str]) -> dict[str, list[tuple[str, Any]]]:
+    """Ranks the layers at `paths` together by a rule with `across`, one layer in memory at a time.
 
     Args:
-        rule: A rule with `across`, `bias` and `value` (`rules.smallest(..., across_layers=True)`).
-        plans: `(plan, layer name)` of each selected layer, each once, in model order.
+        rule: A rule with `across` (its `cuts(arrays)`), `bias` and `value`
+            (`rules.smallest(..., across_layers=True)`).
+        plan_of: path -> the layer's plan; called once per layer per pass.
+        paths: The layers ranked, each once, in model order.
+        names: path -> layer name, for messages.
 
     Returns:
-        One list of updates per plan, in the same order.
+        path -> [(weight, cut)]: where each kernel (and, with `bias`, each
+        bias, ranked among the biases) stands in the ranking; `cut.mask(w)`
+        of the layer's effective weight gives its mask when it is planned.
     """
-    updates: list[list[Update]] = [[] for _ in plans]
-    kernels = [(i, w) for i, (p, _) in enumerate(plans) for w in p.kernels]
-    masks = rule.across([plans[i][0].effective[w] for i, w in kernels])
-    for (i, w), mask in zip(kernels, masks):
-        updates[i].append((w, mask, rule.value))
+    ranked: dict[str, list[tuple[str, Any]]] = {p: [] for p in paths}
+    weights = [("kernels", lambda plan: plan.kernels)]
     if rule.bias:
-        missing = [name for p, name in plans if "bias" not in p.effective]
-        if missing:
+        weights.append(("bias", lambda plan: ["bias"] if "bias" in plan.effective else []))
+    for part, chosen in weights:
+        order: list[tuple[str, str]] = []
+
+        def arrays() -> Any:
+            order.clear()
+            for path in paths:
+                plan = plan_of(path)
+                for weight in chosen(plan):
+                    order.append((path, weight))
+                    yield plan.effective[weight]
+                del plan  # before the next layer is read
+
+        cuts = rule.across.cuts(arrays)
+        if part == "bias" and len(order) < len(paths):
+            missing = next(p for p in paths if (p, "bias") not in order)
             raise PinError(
-                f"Rule {rule.name!r} targets the bias, but layer {missing[0]!r} has none."
+                f"Rule {rule.name!r} targets the bias, but layer {names[missing]!r} has none."
             )
-        masks = rule.across([p.effective["bias"] for p, _ in plans])
-        for i, mask in enumerate(masks):
-            updates[i].append(("bias", mask, rule.value))
-    return updates
+        for (path, weight), cut in zip(order, cuts):
+            ranked[path].append((weight, cut))
+    return ranked
 
 
 def check_pins_argument(pins: Any) -> None:
@@ -332,9 +390,9 @@ class Selection:
 class Planner:
     """The selections of one `freeze` call, and the updates each selected layer gets.
 
-    `freeze` plans every layer at once (`plan_all`); the offline rewrite of a
-    file plans one layer at a time (`updates`), so that only one layer's
-    weights are in memory at once. Keys are applied in order (a later key's
+    `freeze` (`plan_each`) and the offline rewrite of a file plan one layer
+    at a time, so that only one layer's weights are in memory at once; the
+    rules that rank across layers read the layers one at a time too. Keys are applied in order (a later key's
     values win on shared entries); a rule with `across` ranks all the layers
     of all the keys it is given under together, each once (`rank_across`).
 
@@ -393,11 +451,10 @@ class Planner:
         for key, indexes in groups.items():
             spec = self.selections[indexes[0]].spec
             paths = list(dict.fromkeys(p for i in indexes for p in self.selections[i].paths))
-            plans = {p: plan_of(p) for p in paths}
             if getattr(spec, "bias", False):
                 for path in paths:
                     holding = [i for i in indexes if path in self.selections[i].members]
-                    if "bias" in plans[path].effective or not all(
+                    if "bias" in plan_of(path).effective or not all(
                         self.selections[i].by_pattern for i in holding
                     ):
                         continue
@@ -409,14 +466,13 @@ class Planner:
                 paths = [p for p in paths if not all(
                     (i, p) in self.skipped for i in indexes if p in self.selections[i].members
                 )]
-            results = resolve_across(spec, [(plans[p], name_of(p)) for p in paths]) if paths else []
-            self._across[key] = dict(zip(paths, results))
+            self._across[key] = rank_across(spec, plan_of, paths, {p: name_of(p) for p in paths})
 
     def updates(self, spec: Any, path: str, plan: PinPlan, axes: Callable[[str], Axes],
                 name: str) -> list[Update]:
         """The updates that `spec` gives the layer at `path` (after `rank_across`)."""
         if id(spec) in self._across:
-            return self._across[id(spec)][path]
+            return [(w, cut.mask(plan.effective[w]), spec.value) for w, cut in self._across[id(spec)][path]]
         return resolve(spec, plan, axes, name)
 
     def apply(self, path: str, plan: PinPlan, axes: Callable[[str], Axes], name: str) -> PinPlan:
@@ -452,7 +508,7 @@ class Planner:
         axes_of: Callable[[str], Callable[[str], Axes]],
         name_of: Callable[[str], str],
     ) -> None:
-        """Settles which layers the globs skip before anything is written (the offline rewrite).
+        """Settles which layers the globs skip before anything is written or pinned in place.
 
         Plans each selected layer, one at a time, and keeps only what was
         skipped: a layer skipped whole keeps its class, which decides where
@@ -509,6 +565,52 @@ def _some(paths: Sequence[str], limit: int = 12) -> str:
     return ", ".join(paths[:limit]) + more
 
 
+def plan_each(
+    planner: Planner,
+    plan_of: Callable[[str], PinPlan],
+    axes_of: Callable[[str], Callable[[str], Axes]],
+    name_of: Callable[[str], str],
+    pin: Callable[[str, PinPlan], None],
+    *,
+    plan_first: bool = True,
+) -> None:
+    """Plans every layer that `pins` selects and hands each plan to `pin` at once (see `Planner`).
+
+    One layer's plan is in memory at a time: `plan_of(path)` is called again
+    whenever a layer is needed (the rules that rank across layers read every
+    layer once per pass, `rank_across`), and a plan is dropped as soon as
+    `pin` has used it, so planning a model costs about its largest layer, not
+    a second copy of the model.
+
+    Args:
+        planner: The `freeze` call's selections (`Planner`), fresh.
+        plan_of: path -> the layer's plan (its current effective weights and masks).
+        axes_of: path -> the layer's `axes(weight)`.
+        name_of: path -> the layer's name, for messages.
+        pin: Called with (path, plan) for each layer to pin, in the order the
+            layers were first selected; not for a layer that every key
+            selecting it skips.
+        plan_first: Settle which layers the globs skip (planning each layer
+            once more) before the first `pin`, so that an error leaves
+            everything unpinned; without it, an error can come after some
+            layers were pinned (fine when they are a copy that is dropped).
+
+    Warns:
+        LayerSkippedWarning: per layer that a glob's pins do not fit.
+        NothingPinnedWarning: per rule that selects no entry.
+    """
+    planner.rank_across(plan_of, name_of)
+    if plan_first:
+        planner.check(plan_of, axes_of, name_of)
+    for path in planner.paths:
+        plan = planner.apply(path, plan_of(path), axes_of(path), name_of(path))
+        if not planner.skips_whole(path):
+            pin(path, plan)
+        del plan
+    planner.settle()
+    planner.report()
+
+
 def plan_all(
     pins: Mapping[str, Any],
     select_key: Callable[[Any], list[str]],
@@ -518,29 +620,11 @@ def plan_all(
     *,
     exclude: Sequence[str] = (),
 ) -> dict[str, PinPlan]:
-    """Plans every layer that `pins` selects (see `Planner`).
+    """Every plan of `plan_each`, kept: path -> plan, in the order the layers were first selected.
 
-    Args:
-        pins: The `freeze` mapping.
-        select_key: key -> the paths it selects (`select`).
-        plan_of: path -> the layer's plan (its current effective weights and masks).
-        axes_of: path -> the layer's `axes(weight)`.
-        name_of: path -> the layer's name, for messages.
-        exclude: Layer paths, names or globs to leave out.
-
-    Returns:
-        path -> plan, in the order the layers were first selected; a layer
-        that every key selecting it skips is not in it.
-
-    Warns:
-        LayerSkippedWarning: per layer that a glob's pins do not fit.
-        NothingPinnedWarning: per rule that selects no entry.
+    A layer that every key selecting it skips is not in it.
     """
-    planner = Planner(pins, select_key, exclude=exclude)
-    plans = {path: plan_of(path) for path in planner.paths}
-    planner.rank_across(plans.__getitem__, name_of)
-    for path, plan in plans.items():
-        planner.apply(path, plan, axes_of(path), name_of(path))
-    planner.settle()
-    planner.report()
-    return {path: plans[path] for path in planner.paths}
+    plans: dict[str, PinPlan] = {}
+    plan_each(Planner(pins, select_key, exclude=exclude), plan_of, axes_of, name_of,
+              plans.__setitem__, plan_first=False)
+    return plans

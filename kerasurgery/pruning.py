@@ -20,7 +20,7 @@ This module needs numpy only.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -80,6 +80,95 @@ def _key(weight: np.ndarray, eligible: np.ndarray | None) -> np.ndarray:
     if eligible is not None:
         key[~np.asarray(eligible, dtype=bool)] = np.nan
     return key
+
+
+# Entries per piece when an array is ranked piece by piece: its temporaries
+# (a float64 key and its digits, 2 MB each) stay small whatever the array.
+_PIECE = 1 << 18
+
+
+@dataclasses.dataclass(frozen=True)
+class Cut:
+    """Where one array stands in a ranking of many: `mask(array)` gives its selected entries.
+
+    `key` is the bit pattern (uint64 of a float64 magnitude) of the
+    threshold: every entry whose key is below it is selected, and the first
+    `ties` entries (in flat order) whose key equals it.
+    """
+
+    key: int
+    ties: int
+
+    def mask(self, array: np.ndarray) -> np.ndarray:
+        flat = np.asarray(array).reshape(-1)
+        chosen = np.zeros(flat.size, dtype=bool)
+        left = self.ties
+        for start in range(0, flat.size, _PIECE):
+            keys = _key_bits(flat[start:start + _PIECE])
+            np.less(keys, np.uint64(self.key), out=chosen[start:start + keys.size])
+            if left:
+                ties = np.flatnonzero(keys == np.uint64(self.key))[:left]
+                chosen[start + ties] = True
+                left -= ties.size
+        return chosen.reshape(np.shape(array))
+
+
+def smallest_cuts(arrays: Callable[[], Iterable[np.ndarray]], count: Callable[[int], int]) -> list[Cut]:
+    """Where the `count` entries of smallest magnitude over all arrays together fall, with bounded memory.
+
+    The same selection as `smallest_entries` (NaN as the largest magnitude;
+    ties to the earlier array, then the lower flat index), without holding
+    more than one array and a few pieces of it at once: `arrays()` is called
+    once per pass (five passes) and yields the arrays in order, so they can be
+    read one at a time from a model or a file; `count(total)` is the number
+    of entries to select of `total`. The threshold is found exactly
+    by a radix selection on the float ordering: magnitudes as float64 (which
+    holds every float16, bfloat16 and float32 exactly) have bit patterns that
+    sort as the numbers do, so 16 bits of the count-th smallest key are
+    settled per pass, from a histogram of the entries that share the bits
+    settled so far.
+
+    Raises:
+        PinError: `count` is negative or larger than the number of entries.
+    """
+    prefix, rank = 0, 0  # the key's bits settled so far; its rank among the keys that share them
+    for shift in (48, 32, 16, 0):
+        histogram, total = np.zeros(1 << 16, np.int64), 0
+        for array in arrays():
+            total += int(np.size(array))
+            flat = np.asarray(array).reshape(-1)
+            for start in range(0, flat.size, _PIECE):
+                keys = _key_bits(flat[start:start + _PIECE])
+                if shift < 48:
+                    keys = keys[(keys >> np.uint64(shift + 16)) == np.uint64(prefix)]
+                histogram += np.bincount(
+                    ((keys >> np.uint64(shift)) & np.uint64(0xFFFF)).astype(np.intp), minlength=1 << 16)
+        if shift == 48:
+            rank = count(total)
+            if not 0 <= rank <= total:
+                raise PinError(f"Cannot select {rank} entries: {total} of {total} are eligible.")
+            if not rank:
+                return [Cut(0, 0) for _ in arrays()]
+        below = np.cumsum(histogram)
+        digit = int(np.searchsorted(below, rank))  # the first digit whose count reaches the rank
+        rank -= int(below[digit - 1]) if digit else 0
+        prefix = (prefix << 16) | digit
+    # `rank` entries equal to the key complete the count, the earliest first.
+    cuts = []
+    for array in arrays():
+        flat = np.asarray(array).reshape(-1)
+        equal = sum(int(np.count_nonzero(_key_bits(flat[s:s + _PIECE]) == np.uint64(prefix)))
+                    for s in range(0, flat.size, _PIECE))
+        cuts.append(Cut(prefix, min(equal, rank)))
+        rank -= cuts[-1].ties
+    return cuts
+
+
+def _key_bits(piece: np.ndarray) -> np.ndarray:
+    """|w| as float64 bits (NaN as +inf): unsigned integers that sort as the magnitudes do."""
+    key = np.abs(piece.astype(np.float64))
+    key[np.isnan(key)] = np.inf
+    return key.view(np.uint64)
 
 
 def n_of_m_mask(weight: np.ndarray, n: int, m: int, inputs: tuple[int, ...]) -> np.ndarray:
@@ -198,16 +287,34 @@ def smallest(
     fraction = checked_fraction(fraction)
 
     def select(w: np.ndarray, *_: object) -> np.ndarray:
-        return smallest_entries([w], round(fraction * w.size))[0]
-
-    def across(weights: list[np.ndarray]) -> list[np.ndarray]:
-        return smallest_entries(weights, round(fraction * sum(w.size for w in weights)))
+        # Ranked piece by piece: a large weight (a token embedding) costs its
+        # mask and a few pieces, not four float copies (`smallest_cuts`).
+        return _SmallestAcross(fraction)([w])[0]
 
     return _Rule(
         f"smallest {fraction}" + (" across layers" if across_layers else ""),
         select, bias, 0.0 if value is None else value,
-        across=across if across_layers else None,
+        across=_SmallestAcross(fraction) if across_layers else None,
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class _SmallestAcross:
+    """`smallest(..., across_layers=True)`'s ranking of many weights together.
+
+    Called on a list of arrays it gives their masks; `cuts(arrays)` ranks
+    arrays read one at a time (`smallest_cuts`), which is how `freeze` and
+    the offline rewrite rank a whole model without holding it twice.
+    """
+
+    fraction: float
+
+    def __call__(self, weights: Sequence[np.ndarray]) -> list[np.ndarray]:
+        cuts = self.cuts(lambda: iter(weights))
+        return [cut.mask(w) for cut, w in zip(cuts, weights)]
+
+    def cuts(self, arrays: Callable[[], Iterable[np.ndarray]]) -> list[Cut]:
+        return smallest_cuts(arrays, lambda total: round(self.fraction * total))
 
 
 def n_of_m(n: int, m: int, *, value: Value = None) -> Rule:

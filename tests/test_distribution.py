@@ -4,14 +4,17 @@ Each test runs a script in a new process on JAX with 8 simulated CPU devices
 (`XLA_FLAGS=--xla_force_host_platform_device_count=8`), where Keras'
 distribution API runs; the script prints one JSON line that the test checks.
 Every mask and per-entry value variable must have the sharding of the weight
-it pins (a copy made outside the scope keeps the source's layouts), a shared scalar value must be replicated, and pins must hold bit for
-bit through `fit` while free entries train.
+it pins (a copy made outside the scope keeps the source's layouts), a shared
+scalar value must be replicated, and pins must hold bit for bit through `fit`
+while free entries train. One test runs two processes of 4 devices each
+(`keras.distribution.initialize`), with a kernel split across them.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import textwrap
@@ -203,3 +206,127 @@ def test_keras_hub_layout_map_gemma_frozen_in_place_inside_the_scope():
     assert "model" in table["raw"]  # the largest weight of the map is sharded, and so is its mask
     assert sum("model" in s["mask"] for s in found.values()) >= 5
     assert result["held"] and result["trained"] > 0
+
+
+
+_TWO_PROCESSES = """
+import os, sys, json
+pid, port, folder = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+os.environ["KERAS_BACKEND"] = "jax"
+import jax
+jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU collectives between processes
+import numpy as np, keras
+keras.distribution.initialize(f"localhost:{port}", num_processes=2, process_id=pid)
+import kerasurgery as ks
+from kerasurgery.errors import KerasurgeryError
+
+def make():
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((16,))
+    h = keras.layers.Dense(32, activation="relu", name="dense")(inputs)
+    return keras.Model(inputs, keras.layers.Dense(4, name="head")(h))
+
+# On one host (no distribution yet): frozen and saved, the same file on both processes.
+path = os.path.join(folder, f"pinned{pid}.keras")
+ks.save_model(ks.freeze(make(), {"dense": ks.rules.smallest(0.5)}), path)
+
+devices = keras.distribution.list_devices()
+# 'model' runs across the two processes: devices 0,1 (process 0) and 4,5 (process 1) in a row.
+order = np.array(devices).reshape(2, 2, 2).transpose(1, 0, 2).reshape(2, 4)
+mesh = keras.distribution.DeviceMesh((2, 4), ["batch", "model"], order)
+layout_map = keras.distribution.LayoutMap(mesh)
+layout_map["dense/kernel"] = (None, "model")
+keras.distribution.set_distribution(
+    keras.distribution.ModelParallel(layout_map=layout_map, batch_dim_name="batch", auto_shard_dataset=False))
+
+out = {"processes": jax.process_count(), "devices": len(devices)}
+refused = {}
+try:
+    ks.freeze(make(), {"dense": ks.rules.zeros()}, in_place=True)
+except KerasurgeryError as e:
+    refused["freeze"] = str(e)
+model = ks.load_model(path)
+layer = model.get_layer("dense")
+kernel, mask = layer.raw_variable("kernel"), layer.kernel_pin_mask
+out["spec"] = [str(kernel.value.sharding.spec), str(mask.value.sharding.spec)]
+out["same_sharding"] = kernel.value.sharding == mask.value.sharding
+out["split"] = not kernel.value.is_fully_addressable
+plain = make().get_layer("dense").kernel  # inside the scope: laid out the same, unpinned
+out["bytes_per_device"] = {
+    "plain_kernel": int(plain.value.addressable_shards[0].data.nbytes),
+    "pinned_kernel": int(kernel.value.addressable_shards[0].data.nbytes),
+    "mask": int(mask.value.addressable_shards[0].data.nbytes),
+    "value": int(layer.kernel_pin_value.value.addressable_shards[0].data.nbytes),
+}
+for name, call in (("pin_state", layer.pin_state), ("get_weights", layer.get_weights),
+                   ("save_model", lambda: ks.save_model(model, os.path.join(folder, f"x{pid}.keras")))):
+    try:
+        call()
+    except KerasurgeryError as e:
+        refused[name] = str(e)
+out["refused"] = refused
+
+def shards(v):
+    return {str(s.index): np.asarray(s.data) for s in v.value.addressable_shards}
+
+before_k, before_m = shards(kernel), shards(mask)
+model.compile(optimizer=keras.optimizers.AdamW(0.05, weight_decay=0.1), loss="mse")
+rng = np.random.default_rng(0)
+model.fit(rng.normal(size=(64, 16)).astype("float32"), rng.normal(size=(64, 4)).astype("float32"),
+          batch_size=16, epochs=2, verbose=0)
+after_k, after_m = shards(kernel), shards(mask)
+effective = {str(s.index): np.asarray(s.data) for s in layer.kernel.addressable_shards}
+out["shards"] = len(before_k)
+out["masks_held"] = all(np.array_equal(before_m[i], after_m[i]) for i in before_m)
+out["pins_held"] = all(
+    np.array_equal(effective[i][before_m[i]].view("u4"), before_k[i][before_m[i]].view("u4"))
+    and not effective[i][before_m[i]].any() for i in before_k)
+out["pinned"] = int(sum(m.sum() for m in before_m.values()))
+out["free_trained"] = int(sum(np.sum(after_k[i][~before_m[i]] != before_k[i][~before_m[i]]) for i in before_k))
+# Stripped in place, where the shards live: the plain kernel holds the effective weights.
+ks.strip(model, in_place=True)
+out["stripped"] = (not ks.layers.is_pinned(layer)) and all(
+    np.array_equal(effective[i].view("u4"), np.asarray(s.data).view("u4"))
+    for i, s in ((str(s.index), s) for s in layer.kernel.value.addressable_shards))
+print("RESULT " + json.dumps(out))
+"""
+
+
+def test_two_processes_kernel_split_across_them_keeps_its_pins_through_fit(tmp_path):
+    # 2 processes x 4 CPU devices (`keras.distribution.initialize`), a Dense
+    # kernel laid out P(None, "model") with "model" running across both
+    # processes: the pinned model, frozen and saved on one host, is loaded
+    # inside the scope; its mask is sharded like the kernel, and on each
+    # process the pins hold bit for bit on its own shards through `fit` while
+    # the free entries train. What would read the split kernel whole (freeze,
+    # pin_state, get_weights, save_model) refuses in one line; strip in place works.
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("KERAS_BACKEND", "XLA_FLAGS")}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    workers = [
+        subprocess.Popen([sys.executable, "-c", _TWO_PROCESSES, str(pid), str(port), str(tmp_path)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+        for pid in (0, 1)
+    ]
+    results = []
+    for worker in workers:
+        stdout, stderr = worker.communicate(timeout=300)
+        assert worker.returncode == 0, stderr[-4000:]
+        line = [x for x in stdout.splitlines() if x.startswith("RESULT ")][-1]
+        results.append(json.loads(line[len("RESULT "):]))
+    for result in results:
+        assert (result["processes"], result["devices"], result["shards"]) == (2, 8, 2)
+        assert result["split"] and result["same_sharding"]
+        assert result["spec"] == ["P(None, 'model')"] * 2
+        # 16 x 32 float32 kernel split 4 ways: 512 B per device, its mask 128 B, the shared zero 4 B.
+        assert result["bytes_per_device"] == {"plain_kernel": 512, "pinned_kernel": 512, "mask": 128, "value": 4}
+        assert result["masks_held"] and result["pins_held"] and result["stripped"]
+        assert set(result["refused"]) == {"freeze", "pin_state", "get_weights", "save_model"}
+        assert all("split across processes" in m for m in result["refused"].values())
+    # The two processes hold the two halves of the kernel: half of its 512 entries pinned in all,
+    # every free entry of each half trained.
+    assert sum(r["pinned"] for r in results) == 256
+    assert [r["free_trained"] for r in results] == [256 - r["pinned"] for r in results]

@@ -10,6 +10,7 @@ that selects nothing warns.
 from __future__ import annotations
 
 import warnings
+import weakref
 
 import numpy as np
 import pytest
@@ -208,3 +209,34 @@ def test_once_settled_a_glob_that_does_not_fit_raises():
     planner.settle()
     with pytest.raises(PinError, match="not a multiple of m=4"):
         planner.apply("stem", plan_of("stem"), lambda w: DENSE, "stem")
+
+
+@pytest.mark.parametrize("spec", [pruning.smallest(0.5), pruning.smallest(0.5, bias=True, across_layers=True)])
+def test_plan_each_holds_one_layer_at_a_time(spec):
+    # `freeze` plans, pins and drops one layer at a time, across-layer
+    # ranking included: at most the plan being pinned is alive (the old
+    # `plan_all` held every layer's plan at once).
+    alive, most, pinned = weakref.WeakSet(), [0], {}
+
+    def counted(path):
+        plan = plan_of(path)
+        alive.add(plan)
+        most[0] = max(most[0], len(alive))
+        return plan
+
+    def pin(path, plan):
+        most[0] = max(most[0], len(alive))
+        pinned[path] = plan.take()
+
+    planner = _plan.Planner({"*": spec}, select)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # block/dense has no bias: skipped
+        _plan.plan_each(planner, counted, lambda path: lambda w: DENSE,
+                        lambda path: path.rpartition("/")[2], pin)
+    assert most[0] == 1
+    plans, _ = plan_all({"*": spec})  # the same pins as planning everything at once
+    assert list(pinned) == list(plans)
+    for path, plan in plans.items():
+        for weight, (mask, value) in pinned[path].items():
+            np.testing.assert_array_equal(mask, plan.masks[weight])
+            np.testing.assert_array_equal(value, plan.state()[weight].value)

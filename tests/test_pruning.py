@@ -135,6 +135,40 @@ def test_smallest_across_layers_ties_go_to_the_earlier_layer():
     assert masks[0].all() and masks[1].tolist() == [True, False, False]
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_ranking_a_piece_at_a_time_selects_what_ranking_all_at_once_selects(seed, monkeypatch):
+    # `freeze` ranks layers read one at a time, in pieces (`smallest_cuts`);
+    # the same entries as the in-memory selection, over float16/32/64 arrays
+    # with ties, signed zeros, infinities and NaN, and pieces of 7 entries.
+    monkeypatch.setattr(pruning, "_PIECE", 7)
+    rng = np.random.default_rng(seed)
+    special = np.array([0.0, -0.0, 0.5, -0.5, np.inf, -np.inf, np.nan, 2.0])
+    arrays = [
+        rng.choice(special, size=(5, 6)).astype("float32"),
+        rng.normal(size=(13,)).astype("float16"),
+        np.where(rng.random((4, 3)) < 0.5, 0.5, rng.normal(size=(4, 3))),  # float64
+        rng.normal(size=(3, 3, 2)).astype("float32"),
+    ]
+    total = sum(a.size for a in arrays)
+    for count in (0, 1, total // 3, total // 2, total - 1, total):
+        cuts = pruning.smallest_cuts(lambda: iter(arrays), lambda n: count)
+        got = [cut.mask(a) for cut, a in zip(cuts, arrays)]
+        want = pruning.smallest_entries(arrays, count)
+        assert sum(int(m.sum()) for m in got) == count
+        for g, w in zip(got, want):
+            np.testing.assert_array_equal(g, w)
+    finite = arrays[1:]
+    count = sum(a.size for a in finite) // 2
+    cuts = pruning.smallest_cuts(lambda: iter(finite), lambda n: count)
+    for cut, a, w in zip(cuts, finite, _smallest(finite, count)):
+        np.testing.assert_array_equal(cut.mask(a), w)
+
+
+def test_ranking_a_piece_at_a_time_refuses_more_entries_than_there_are():
+    with pytest.raises(PinError, match="Cannot select 5 entries: 4"):
+        pruning.smallest_cuts(lambda: iter([np.zeros(4, np.float32)]), lambda n: 5)
+
+
 def test_smallest_across_layers_spans_every_key_of_one_rule():
     model = _model()
     rule = ks.rules.smallest(0.5, across_layers=True)

@@ -247,6 +247,7 @@ class PinMixin:
         state = {}
         for weight in self.present_weights():
             mask, value = self.pin_variables(weight)
+            require_one_process(self.raw_variable(weight), f"Layer {self.name!r}: `{weight}`", "read the pins of")
             state[weight] = _pins.WeightPins(
                 effective=ops.convert_to_numpy(self.effective(weight)),
                 mask=ops.convert_to_numpy(mask).astype(bool),
@@ -286,6 +287,26 @@ class PinMixin:
         if raw and getattr(self, "lora_enabled", False):
             self._zero_lora()  # the raw weights assigned are the effective ones
 
+    def set_pins(self, pins: dict[str, tuple[Any, Any]]) -> None:
+        """Assigns masks and stored values, then each raw weight its effective value.
+
+        `pins` maps every present weight to (mask, stored value); it is
+        emptied once they are assigned, so that its host arrays are gone
+        before the raw weights are computed. The raw weights are computed
+        where they live (`where(mask, value, raw)`, LoRA merged and its
+        factors restarted at zero), so nothing of the weight's size goes
+        through the host: what `freeze` does to a live layer. Equal, bit for
+        bit, to `set_pin_state` with the plan's effective weights.
+
+        Raises:
+            PinError: a shape, dtype or value does not fit the layer.
+        """
+        self.set_pin_state({w: _pins.WeightPins(None, *pins.pop(w)) for w in list(pins)}, raw=False)
+        for weight in self.present_weights():
+            self.raw_variable(weight).assign(self.effective(weight))
+        if getattr(self, "lora_enabled", False):
+            self._zero_lora()
+
     def set_pinned_weights(
         self,
         kernel: np.ndarray,
@@ -313,6 +334,8 @@ class PinMixin:
         # The effective weights stand where the raw ones are: what users read
         # is what the layer computes with, never a raw entry training moved.
         effective = {id(self.raw_variable(w)): w for w in self.present_weights()}
+        for v in self.weights:
+            require_one_process(v, f"Layer {self.name!r}: `{v.name}`", "read the weights of")
         return [
             ops.convert_to_numpy(self.effective(effective[id(v)])) if id(v) in effective
             else ops.convert_to_numpy(v)
@@ -554,8 +577,12 @@ def _drop_lora(layer: keras.layers.Layer) -> None:
 
 
 def unpin_in_place(layer: PinMixin) -> None:
-    """Turns a pinned layer back into its plain Keras class, holding the effective weights."""
-    effective = {w: ops.convert_to_numpy(layer.effective(w)) for w in layer.present_weights()}
+    """Turns a pinned layer back into its plain Keras class, holding the effective weights.
+
+    The effective weights are computed where the weights live (a weight split
+    across processes included) and assigned to the raw variables.
+    """
+    effective = {w: layer.effective(w) for w in layer.present_weights()}
     cls = layer.__dict__.pop("_plain_class", None) or layer.keras_class
     for weight in layer.present_weights():
         for variable in layer.pin_variables(weight):
@@ -632,3 +659,25 @@ def _regularize_effective(raw: keras.Variable, layer: PinMixin, weight: str) -> 
     # Keras class. It cannot see the pins: under JAX the optimizer applies it
     # where only trainable variables are readable. Pinned entries are
     # unaffected anyway.
+
+
+def require_one_process(variable: Any, where: str, action: str) -> None:
+    """Refuses, in one line, to read a weight that is split across processes (hosts).
+
+    Under `keras.distribution.initialize` (JAX, several processes) a variable
+    laid out across the processes' devices cannot be read whole by any of
+    them; kerasurgery plans pins and writes files from host (numpy) copies,
+    so it says so instead of JAX's "Fetching value ... non-addressable
+    devices" traceback. A pinned model loaded inside the scope trains with
+    its pins on every process.
+
+    Raises:
+        KerasurgeryError: `variable` has shards on another process.
+    """
+    value = getattr(variable, "value", variable)
+    if getattr(value, "is_fully_addressable", True) is False:
+        raise KerasurgeryError(
+            f"{where} is split across processes (hosts), and kerasurgery cannot {action} "
+            "a weight that no process holds whole yet: do it on one host (outside the "
+            "distribution), then load the model inside the scope."
+        )

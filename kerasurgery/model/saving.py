@@ -293,6 +293,8 @@ def save_model(
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise ModelFileError(f"{path}: the folder {folder} does not exist.")
+    for variable in model.variables:
+        _layers.require_one_process(variable, f"{path}: variable {variable.path!r}", "save")
     # Before the temporary exists: it takes a while for large layers, and a
     # signal (Ctrl-C, SIGTERM) during it must leave nothing behind.
     record = _record_of(model, path)

@@ -107,18 +107,13 @@ def freeze(
     _require_rewritable(model, "freeze")
     _plan.check_pins_argument(pins)
     pinnable = pinnable_layers(model)
-    plans = _plan.plan_all(
-        pins,
-        lambda key: _select(model, key, pinnable),
-        lambda path: _plan_of(pinnable[path]),
-        lambda path: _axes_of(pinnable[path]),
-        lambda path: pinnable[path].name,
-        exclude=exclude,
-    )
+    planner = _plan.Planner(pins, lambda key: _select(model, key, pinnable), exclude=exclude)
     frozen = model if in_place else copy_model(model)
     copies = dict(walk_layers(frozen))
     visible = _config_visible(frozen)
-    for path, plan in plans.items():
+    pinned: list[str] = []
+
+    def pin(path: str, plan: _plan.PinPlan) -> None:
         layer = copies[path]
         if layers_lib.is_pinned(layer):
             layers_lib.unpin_in_place(layer)  # to store its pins as the plan says
@@ -128,8 +123,20 @@ def freeze(
         )
         # The raw weights start equal to the effective ones, so the file and
         # the variables agree until training moves raw entries under the pins.
-        layer.set_pin_state(plan.state())
-    if in_place and plans:
+        layer.set_pins(plan.take())
+        pinned.append(path)
+
+    # One layer planned and pinned at a time (`plan_each`): in place, what is
+    # settled first leaves the model as it was when a key does not fit.
+    _plan.plan_each(
+        planner,
+        lambda path: _plan_of(pinnable[path]),
+        lambda path: _axes_of(pinnable[path]),
+        lambda path: pinnable[path].name,
+        pin,
+        plan_first=in_place,
+    )
+    if in_place and pinned:
         _forget_traced_functions(frozen)
     return frozen
 
@@ -341,6 +348,8 @@ def _kind(layer: keras.layers.Layer) -> str:
 def _raw_weights(layer: keras.layers.Layer) -> list[np.ndarray]:
     # Every variable as it is (a pinned layer's `get_weights` gives effective
     # weights, which equal the raw ones wherever the layer reads them).
+    for v in layer.weights:
+        layers_lib.require_one_process(v, f"Layer {layer.name!r}: `{v.name}`", "copy")
     return [ops.convert_to_numpy(v) for v in layer.weights]
 
 
@@ -394,10 +403,35 @@ def _plan_of(layer: keras.layers.Layer) -> _plan.PinPlan:
         )
     # A LoRA layer's property gives its merged weight.
     pinned = layers_lib.pinned_class_for(layer)
-    return _plan.PinPlan({
-        w: ops.convert_to_numpy(getattr(layer, w))
-        for w in pinned.pinned_weights if getattr(layer, w, None) is not None
-    })
+    weights = {w: getattr(layer, w, None) for w in pinned.pinned_weights}
+    weights = {w: x for w, x in weights.items() if x is not None}
+    for w, x in weights.items():
+        layers_lib.require_one_process(x, f"Layer {layer.name!r}: `{w}`", "pin")
+    return _plan.PinPlan({w: _host(x) for w, x in weights.items()})
+
+
+# Entries per slice that `_host` copies (4 MB of float32).
+_SLICE = 1 << 20
+
+
+def _host(x: Any) -> np.ndarray:
+    """`x` (a variable or tensor) as a new numpy array, copied a slice at a time.
+
+    `ops.convert_to_numpy` of a JAX array caches a second host copy on the
+    array, which a variable keeps until it is assigned again: planning a
+    model would leave a copy of every layer behind. Slices are copies that
+    take their caches with them.
+    """
+    shape = tuple(x.shape)
+    if not shape or shape[0] <= 1:
+        return ops.convert_to_numpy(ops.copy(x))
+    step = max(1, _SLICE // max(1, int(np.prod(shape[1:]))))
+    first = ops.convert_to_numpy(x[:step])
+    out = np.empty(shape, first.dtype)
+    out[:step] = first
+    for start in range(step, shape[0], step):
+        out[start:start + step] = ops.convert_to_numpy(x[start:start + step])
+    return out
 
 
 def _axes_of(layer: keras.layers.Layer) -> Callable[[str], Axes]:
