@@ -22,6 +22,9 @@ whose every output sees the whole window) gains the constant times the
 removed kernel rows. Where a consumer cannot absorb it (`same` padding sees
 zeros at the border, no bias, a normalization whose output depends on
 training), the unit stays.
+
+A nested model is rebuilt from its own input shapes: where a removed unit
+feeds one, its `InputLayer`'s `batch_shape` loses the channels the unit held.
 """
 
 from __future__ import annotations
@@ -77,6 +80,8 @@ def shrink(model: keras.Model) -> keras.Model:
     deletions = _deletions(groups, removed)
     folds = _folded_biases(source, groups, removed)
     sizes = _new_sizes(source, groups, removed, holders)
+    for path, entries in _input_sizes(source, groups, removed).items():
+        sizes.setdefault(path, {}).update(entries)
     for path in groups.reshapes:  # (1, 1, C) -> (1, 1, -1): whatever C becomes
         target = list(dict(walk_layers(source))[path].target_shape)
         sizes[path] = {"target_shape": (*target[:-1], -1)}
@@ -244,6 +249,37 @@ def _new_sizes(
                 old = layers[path].get_config()[key]
             sizes.setdefault(path, {})[key] = (
                 [*old[:-1], count] if isinstance(old, (list, tuple)) else count)
+    return sizes
+
+
+def _input_sizes(
+    model: keras.Model, groups: DependencyGroups, removed: dict[tuple[str, ...], list[int]]
+) -> dict[str, dict[str, Any]]:
+    """Config path -> the new input shape of each nested model fed by removed units.
+
+    A nested Functional or Sequential model's config lists its `InputLayer`
+    with the `batch_shape` it builds every layer on (a Sequential model reads
+    its `build_input_shape` only when it lists no `InputLayer`); the
+    channels of removed units leave its last entry.
+    """
+    layers = {"": model, **dict(walk_layers(model))}
+    sizes: dict[str, dict[str, Any]] = {}
+    for path, channels in groups.inputs.items():
+        gone = sum(1 for channel in channels
+                   if channel is not None and channel[1] in removed.get(channel[0], ()))
+        if not gone:
+            continue
+        holder, _, name = path.rpartition("/")
+        config = layers[holder].get_config()
+        entries = [e["config"] for e in config.get("layers", None) or []
+                   if isinstance(e, dict) and e.get("config", {}).get("name") == name]
+        if not entries or "batch_shape" not in entries[0]:
+            raise KerasurgeryError(
+                f"Could not shrink the input {name!r} of the nested model {holder!r}: "
+                f"its config does not list an InputLayer with a `batch_shape`."
+            )
+        old = entries[0]["batch_shape"]
+        sizes[path] = {"batch_shape": [*old[:-1], old[-1] - gone]}
     return sizes
 
 
