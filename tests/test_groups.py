@@ -133,7 +133,8 @@ def test_a_softmax_head_reads_its_inputs_and_leaves_only_its_own_units(head):
     assert _members(groups.of("hidden"))[("head", "kernel", head.kernel.ndim - 2)] == tuple(
         (i,) for i in range(16))
     name = head.get_config()["activation"]
-    assert groups.of("head").left == (f"its activation {name!r} is not known to act entry by entry",)
+    why = f"its activation {name!r} is not known to act entry by entry"
+    assert groups.of("head").left == (why,)
     assert groups.unknown == ()
 
 

@@ -24,7 +24,9 @@ zeros at the border, no bias, a normalization whose output depends on
 training), the unit stays.
 
 A nested model is rebuilt from its own input shapes: where a removed unit
-feeds one, its `InputLayer`'s `batch_shape` loses the channels the unit held.
+feeds one, its `InputLayer`'s `batch_shape` loses the channels the unit held;
+where the nested model's config lists no `InputLayer` (a model rebuilt from
+its own arguments), the units that feed it stay.
 """
 
 from __future__ import annotations
@@ -76,7 +78,8 @@ def shrink(model: keras.Model) -> keras.Model:
     groups = dependency_groups(model)
     source = _plain(model)
     holders = _config_holders(source, groups)
-    removed = _same_counts(groups, removed_units(groups), holders)
+    removed = _sized_inputs_only(source, groups, removed_units(groups))
+    removed = _same_counts(groups, removed, holders)
     deletions = _deletions(groups, removed)
     folds = _folded_biases(source, groups, removed)
     sizes = _new_sizes(source, groups, removed, holders)
@@ -252,6 +255,18 @@ def _new_sizes(
     return sizes
 
 
+def _sized_inputs_only(
+    model: keras.Model, groups: DependencyGroups, removed: dict[tuple[str, ...], list[int]]
+) -> dict[tuple[str, ...], list[int]]:
+    """Keeps every unit of the groups that feed a nested model's input no config
+    can make smaller (a model rebuilt from its own arguments): they stay,
+    exactly zero."""
+    layers = {"": model, **dict(walk_layers(model))}
+    fixed = {channel[0] for path, channels in groups.inputs.items()
+             if _input_config(layers, path) is None for channel in channels if channel is not None}
+    return {producers: units for producers, units in removed.items() if producers not in fixed}
+
+
 def _input_sizes(
     model: keras.Model, groups: DependencyGroups, removed: dict[tuple[str, ...], list[int]]
 ) -> dict[str, dict[str, Any]]:
@@ -267,20 +282,20 @@ def _input_sizes(
     for path, channels in groups.inputs.items():
         gone = sum(1 for channel in channels
                    if channel is not None and channel[1] in removed.get(channel[0], ()))
-        if not gone:
-            continue
-        holder, _, name = path.rpartition("/")
-        config = layers[holder].get_config()
-        entries = [e["config"] for e in config.get("layers", None) or []
-                   if isinstance(e, dict) and e.get("config", {}).get("name") == name]
-        if not entries or "batch_shape" not in entries[0]:
-            raise KerasurgeryError(
-                f"Could not shrink the input {name!r} of the nested model {holder!r}: "
-                f"its config does not list an InputLayer with a `batch_shape`."
-            )
-        old = entries[0]["batch_shape"]
-        sizes[path] = {"batch_shape": [*old[:-1], old[-1] - gone]}
+        if gone:
+            old = _input_config(layers, path)["batch_shape"]
+            sizes[path] = {"batch_shape": [*old[:-1], old[-1] - gone]}
     return sizes
+
+
+def _input_config(layers: dict[str, Any], path: str) -> dict | None:
+    """The config of the `InputLayer` at `path` as its model's config lists it, if it does."""
+    holder, _, name = path.rpartition("/")
+    for entry in layers[holder].get_config().get("layers", None) or []:
+        inner = entry.get("config") if isinstance(entry, dict) else None
+        if isinstance(inner, dict) and inner.get("name") == name and "batch_shape" in inner:
+            return inner
+    return None
 
 
 def _edit_config(config: dict, path: str, sizes: dict[str, dict[str, Any]]) -> None:
