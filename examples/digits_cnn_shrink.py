@@ -4,10 +4,9 @@ The CNN of `digits_cnn_pruning.py` (two 3x3 convolutions of 16 and 32
 filters, max-pooling, a Dense layer of 64 units and the 10-digit output),
 trained on scikit-learn's bundled digits (1,797 images of 8x8 pixels, no
 download), goes through the structured workflow. One difference: the output
-layer gives logits (the loss applies the softmax), because the dependency
-groups do not follow a Dense whose own activation acts across its units
-(softmax) yet, and would leave the 64 units it reads whole (`inspect
---units` and `shrink` say so: "an activation across units").
+layer gives logits (the loss applies the softmax). A softmax output layer
+would prune the same way: the 64 units it reads are cut like any Dense
+input; only its own units stay, as a model output does anyway.
 
 1. `ks.prune_units(model, 0.5)`: in each dependency group (a layer's units
    with everything that reads them: the next convolution's input channels,

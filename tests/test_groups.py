@@ -120,6 +120,35 @@ def test_layer_normalization_and_unknown_layers_are_reported_not_guessed():
     }
 
 
+@pytest.mark.parametrize("head", [
+    L.Dense(4, activation="softmax", name="head"),
+    L.Dense(4, activation="log_softmax", name="head"),
+    L.Conv1D(4, 1, activation="softmax", name="head"),
+])
+def test_a_softmax_head_reads_its_inputs_and_leaves_only_its_own_units(head):
+    x = keras.Input((3, 8))
+    hidden = L.Dense(16, activation="relu", name="hidden")(x)
+    groups = dependency_groups(keras.Model(x, L.Dense(2, name="out")(head(hidden))))
+    assert groups.of("hidden").prunable and groups.of("hidden").left == ()
+    assert _members(groups.of("hidden"))[("head", "kernel", head.kernel.ndim - 2)] == tuple(
+        (i,) for i in range(16))
+    name = head.get_config()["activation"]
+    why = f"its activation {name!r} is not known to act entry by entry"
+    assert groups.of("head").left == (why,)
+    assert groups.unknown == ()
+
+
+def test_a_nested_models_inputs_say_which_units_they_carry():
+    i = keras.Input((7,), name="inner_in")
+    inner = keras.Model(i, L.Dense(2, name="i1")(i), name="inner")
+    x = keras.Input((3,))
+    a = L.Dense(2, name="a")(x)
+    groups = dependency_groups(keras.Model(x, L.Dense(1, name="out")(
+        inner(L.Concatenate()([a, x, a])))))
+    assert groups.inputs == {"inner/inner_in": (
+        (("a",), 0), (("a",), 1), None, None, None, (("a",), 0), (("a",), 1))}
+
+
 def test_a_constant_unit_is_folded_into_a_dense_bias():
     model = keras.Sequential([
         keras.Input((3,)), L.Dense(2, activation="sigmoid", name="s"),

@@ -82,9 +82,21 @@ def _depthwise():
 
 
 def _nested():
-    inner = keras.Sequential([keras.Input((4,)), L.Dense(6, activation="relu", name="d")], name="inner")
-    x = keras.Input((4,))
-    return keras.Model(x, L.Dense(2, name="out")(inner(x)))
+    # Pruned groups feed both nested models' inputs: each is rebuilt on fewer channels.
+    i = keras.Input((6,), name="inner_in")
+    inner = keras.Model(i, L.Dense(4, name="i2")(L.Dense(4, activation="relu", name="i1")(i)),
+                        name="inner")
+    seq = keras.Sequential([keras.Input((4,), name="seq_in"),
+                            L.Dense(6, activation="relu", name="d")], name="seq")
+    x = keras.Input((5,))
+    h = L.Dense(6, activation="relu", name="d0")(x)
+    return keras.Model(x, L.Dense(2, name="out")(seq(inner(h))))
+
+
+def _softmax_head():
+    x = keras.Input((8,))
+    return keras.Model(x, L.Dense(4, activation="softmax", name="head")(
+        L.Dense(16, activation="relu", name="hidden")(x)))
 
 
 def _squeeze_excite():
@@ -229,6 +241,60 @@ def test_prune_units_refuses_a_bad_fraction_or_norm_and_warns_when_nothing_is_pr
         ks.prune_units(model, 0.5, norm=3)
     with pytest.warns(NothingPinnedWarning):
         assert ks.prune_units(model, 0.01) is model
+
+
+@pytest.mark.parametrize("name, units", [
+    # A softmax head reads its input rows like any Dense: only its own units stay.
+    ("softmax_head", {"hidden": 8, "head": 4}),
+    # A nested model's InputLayer follows the units fed to it (Functional and Sequential).
+    ("nested", {"d0": 3, "inner/i1": 2, "inner/i2": 2, "seq/d": 3, "out": 2}),
+])
+def test_shrink_cuts_before_a_softmax_head_and_into_nested_inputs_and_reloads(
+        tmp_path, name, units):
+    model = {"softmax_head": _softmax_head, "nested": _nested}[name]()
+    _randomize(model)
+    pruned = ks.prune_units(model, 0.5)
+    # Half of each prunable group is pinned, and the other half is what `shrink` leaves.
+    pinned = {path: int(layer.pins().bias.sum()) for path, layer in walk_layers(pruned)
+              if layers_lib.is_pinned(layer)}
+    assert pinned == {path: n for path, n in units.items() if path not in ("head", "out")}
+    small = ks.shrink(pruned)
+    assert {path: layer.units for path, layer in walk_layers(small)
+            if isinstance(layer, L.Dense)} == units
+    x = _inputs(model)
+    got = small.predict(x, verbose=0)
+    _close(pruned.predict(x, verbose=0), got)
+    if name == "nested":
+        nested = dict(walk_layers(small))
+        assert nested["inner"].input_shape == (None, 3) and nested["seq"].input_shape == (None, 2)
+    small.save(tmp_path / "small.keras")
+    reloaded = keras.saving.load_model(tmp_path / "small.keras")
+    assert np.array_equal(reloaded.predict(x, verbose=0), got)
+
+
+@keras.saving.register_keras_serializable("kerasurgery_tests")
+class _Block(keras.Model):
+    """A Functional model rebuilt from its own argument: no config lists its InputLayer."""
+
+    def __init__(self, width, **kwargs):
+        x = keras.Input((width,), name="block_in")
+        super().__init__(x, L.Dense(3, name="b1")(x), **kwargs)
+        self.width = width
+
+    def get_config(self):
+        return {"width": self.width, "name": self.name}
+
+
+def test_shrink_keeps_the_units_feeding_a_nested_model_no_config_can_make_smaller():
+    x = keras.Input((5,))
+    d0 = L.Dense(6, activation="relu", name="d0")(x)
+    model = keras.Model(x, L.Dense(2, name="out")(L.Dense(4, name="d1")(_Block(6, name="block")(d0))))
+    _randomize(model)
+    pruned = ks.prune_units(model, 0.5)
+    small = ks.shrink(pruned)
+    assert [layer.units for layer in small.layers if isinstance(layer, L.Dense)] == [6, 2, 2]
+    x = _inputs(model)
+    _close(pruned.predict(x, verbose=0), small.predict(x, verbose=0))
 
 
 def test_shrink_keeps_one_unit_of_a_group_that_is_all_zero():

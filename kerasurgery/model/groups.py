@@ -27,7 +27,10 @@ now: a unit is, when its channel is exactly zero wherever a consumer reads it
 consumer's bias absorbs (`Fold`: a `Dense`, or a convolution with `valid`
 padding), so that removing it changes no output. Units the graph cannot remove exactly (a model output, a
 channel read by a layer whose channels it does not follow, such as
-`LayerNormalization`, a layer called twice) are left alone, with why.
+`LayerNormalization`, a layer called twice, the units of a `Dense` under a
+softmax) are left alone, with why. A nested model's input carries the
+units of the tensor it is called on: `DependencyGroups.inputs` says which,
+so that `shrink` can size that input.
 """
 
 from __future__ import annotations
@@ -158,6 +161,11 @@ class DependencyGroups:
     # entries, that config entry): `mha/attention_output` -> (`mha`, `output_shape`);
     # None where no config can count fewer.
     sizes: dict[str, tuple[str, str] | None] = dataclasses.field(default_factory=dict)
+    # The `InputLayer` path of each nested model's input (`inner/input_layer`)
+    # -> for each of its channels, the (group producers, unit) it carries, or
+    # None: a nested model is rebuilt from its own input shapes.
+    inputs: dict[str, tuple[tuple[tuple[str, ...], int] | None, ...]] = dataclasses.field(
+        default_factory=dict)
 
     def __iter__(self):
         return iter(self.groups)
@@ -269,6 +277,8 @@ class _Walk:
         # Producer path -> the config entry that counts its output entries,
         # which `shrink` lowers.
         self.sizes: dict[str, tuple[str, str] | None] = {}
+        # A nested model's InputLayer path -> the channels fed to it.
+        self.inputs: dict[str, _Value] = {}
 
     # union-find over units: a residual sum makes its branches' units one
     def find(self, unit: int) -> int:
@@ -320,6 +330,9 @@ class _Walk:
             if kind == "alias":
                 for source, target in zip(inputs, outputs):
                     self.values[id(target)] = self.value(source)
+                    if op is not None:  # into a nested model: its InputLayer
+                        layer = _keras_private.producing_layer(target)
+                        self.inputs[f"{self.paths[id(op)]}/{layer.name}"] = self.value(source)
                 continue
             path = self.paths.get(id(op), getattr(op, "name", type(op).__name__))
             values = [self.value(t) for t in inputs]
@@ -344,19 +357,29 @@ class _Walk:
                 self.values[id(tensor)] = value
         for tensor in self.model.outputs:
             self.leave(self.value(tensor), "a model output")
-        return DependencyGroups(self._groups(), tuple(self.unknown.items()), tuple(self.reshapes),
-                                dict(self.sizes))
+        groups, where = self._groups()
+        inputs = {
+            path: tuple(None if u is None else where[self.find(u)] for u in value.units)
+            for path, value in self.inputs.items()
+        }
+        return DependencyGroups(groups, tuple(self.unknown.items()), tuple(self.reshapes),
+                                dict(self.sizes), inputs)
 
-    def _groups(self) -> tuple[Group, ...]:
+    def _groups(self) -> tuple[tuple[Group, ...], dict[int, tuple[tuple[str, ...], int]]]:
+        """The groups, and where each root unit went: (group producers, unit)."""
         roots: dict[int, list[int]] = {}
         for unit in range(len(self.units)):
             roots.setdefault(self.find(unit), []).append(unit)
         by_producers: dict[tuple[str, ...], list[list[int]]] = {}
+        where: dict[int, tuple[tuple[str, ...], int]] = {}
         for root in sorted(roots):
             producers = tuple(dict.fromkeys(self.units[u].producer for u in roots[root]))
+            where[root] = (producers, len(by_producers.get(producers, [])))
             by_producers.setdefault(producers, []).append(roots[root])
-        return tuple(_group(producers, [[self.units[u] for u in unit] for unit in units], self.outputs)
-                     for producers, units in by_producers.items())
+        groups = tuple(
+            _group(producers, [[self.units[u] for u in unit] for unit in units], self.outputs)
+            for producers, units in by_producers.items())
+        return groups, where
 
 
 def _group(producers: tuple[str, ...], units: list[list[_Unit]],
@@ -402,8 +425,9 @@ def _zero_or_nan(const: np.ndarray) -> np.ndarray:
 
 def _flat_calls(model: keras.Model) -> list[tuple[str, Any, list, list, Any]]:
     """The calls of `model`'s graph with nested models opened: ("call", layer,
-    inputs, outputs, (args, kwargs)), and ("alias", None, outer, inner, None)
-    where a nested model's tensors stand for the outer ones."""
+    inputs, outputs, (args, kwargs)), and ("alias", nested model, outer, inner,
+    None) where a nested model's inputs stand for the outer tensors (and
+    ("alias", None, inner, outer, None) where its outputs come back)."""
     nested_counts: dict[int, int] = {}
     raw = _keras_private.graph_calls(model)
     for op, _, _ in raw:
@@ -414,7 +438,7 @@ def _flat_calls(model: keras.Model) -> list[tuple[str, Any, list, list, Any]]:
         if nested and nested_counts[id(op)] == 1 and _keras_private.graph_calls(op):
             inner_inputs, inner_outputs = list(op.inputs), list(op.outputs)
             if len(inner_inputs) == len(inputs) and len(inner_outputs) == len(outputs):
-                flat.append(("alias", None, inputs, inner_inputs, None))
+                flat.append(("alias", op, inputs, inner_inputs, None))
                 flat += _flat_calls(op)
                 flat.append(("alias", None, inner_outputs, outputs, None))
                 continue
@@ -467,6 +491,11 @@ def _activation(layer: Any) -> Callable | None:
         known = False
     known = known or f"{getattr(fn, '__module__', '')}.{name}" in _HUB_ELEMENTWISE
     return fn if known else None
+
+
+def _activation_name(layer: Any) -> str:
+    fn = getattr(layer, "activation", None)
+    return getattr(fn, "__name__", type(fn).__name__)
 
 
 def _apply(fn: Callable, const: np.ndarray) -> np.ndarray:
@@ -523,10 +552,9 @@ def _produce(walk: _Walk, layer: Any, path: str, kernel: np.ndarray, weight: str
     """Output units along `axis` of the kernel; with `groups`, unit `j` is
     entry `j` of every group (the groups' outputs are contiguous). `size`:
     the layer path and config entry that count them (the layer's own
-    `units` or `filters` by default)."""
+    `units` or `filters` by default). Under an activation that is not
+    entry by entry (softmax) the units are made, and left alone."""
     activation = _activation(layer)
-    if activation is None:
-        raise _Unsupported("an activation across units")
     axis %= kernel.ndim
     count = kernel.shape[axis]
     per = count // groups
@@ -547,6 +575,14 @@ def _produce(walk: _Walk, layer: Any, path: str, kernel: np.ndarray, weight: str
             walk.units[unit].members.append((path, "bias", bias_axis, entries))
         made.append(unit)
     units: list[int | None] = [made[f % per] for f in range(count)]
+    if activation is None:
+        # Its inputs were read like any consumer's (a zero or folded input
+        # leaves the pre-activation as it was), but a softmax over the units
+        # changes every unit when one goes: only its own units stay.
+        why = f"its activation {_activation_name(layer)!r} is not known to act entry by entry"
+        for unit in made:
+            walk.units[unit].left.append(why)
+        return _Value(units, np.full(count, np.nan), np.full(count, np.nan))
     return _Value(units, _apply(activation, pre), _apply(activation, np.zeros(count)))
 
 

@@ -22,6 +22,11 @@ whose every output sees the whole window) gains the constant times the
 removed kernel rows. Where a consumer cannot absorb it (`same` padding sees
 zeros at the border, no bias, a normalization whose output depends on
 training), the unit stays.
+
+A nested model is rebuilt from its own input shapes: where a removed unit
+feeds one, its `InputLayer`'s `batch_shape` loses the channels the unit held;
+where the nested model's config lists no `InputLayer` (a model rebuilt from
+its own arguments), the units that feed it stay.
 """
 
 from __future__ import annotations
@@ -73,10 +78,13 @@ def shrink(model: keras.Model) -> keras.Model:
     groups = dependency_groups(model)
     source = _plain(model)
     holders = _config_holders(source, groups)
-    removed = _same_counts(groups, removed_units(groups), holders)
+    removed = _sized_inputs_only(source, groups, removed_units(groups))
+    removed = _same_counts(groups, removed, holders)
     deletions = _deletions(groups, removed)
     folds = _folded_biases(source, groups, removed)
     sizes = _new_sizes(source, groups, removed, holders)
+    for path, entries in _input_sizes(source, groups, removed).items():
+        sizes.setdefault(path, {}).update(entries)
     for path in groups.reshapes:  # (1, 1, C) -> (1, 1, -1): whatever C becomes
         target = list(dict(walk_layers(source))[path].target_shape)
         sizes[path] = {"target_shape": (*target[:-1], -1)}
@@ -245,6 +253,49 @@ def _new_sizes(
             sizes.setdefault(path, {})[key] = (
                 [*old[:-1], count] if isinstance(old, (list, tuple)) else count)
     return sizes
+
+
+def _sized_inputs_only(
+    model: keras.Model, groups: DependencyGroups, removed: dict[tuple[str, ...], list[int]]
+) -> dict[tuple[str, ...], list[int]]:
+    """Keeps every unit of the groups that feed a nested model's input no config
+    can make smaller (a model rebuilt from its own arguments): they stay,
+    exactly zero."""
+    layers = {"": model, **dict(walk_layers(model))}
+    fixed = {channel[0] for path, channels in groups.inputs.items()
+             if _input_config(layers, path) is None for channel in channels if channel is not None}
+    return {producers: units for producers, units in removed.items() if producers not in fixed}
+
+
+def _input_sizes(
+    model: keras.Model, groups: DependencyGroups, removed: dict[tuple[str, ...], list[int]]
+) -> dict[str, dict[str, Any]]:
+    """Config path -> the new input shape of each nested model fed by removed units.
+
+    A nested Functional or Sequential model's config lists its `InputLayer`
+    with the `batch_shape` it builds every layer on (a Sequential model reads
+    its `build_input_shape` only when it lists no `InputLayer`); the
+    channels of removed units leave its last entry.
+    """
+    layers = {"": model, **dict(walk_layers(model))}
+    sizes: dict[str, dict[str, Any]] = {}
+    for path, channels in groups.inputs.items():
+        gone = sum(1 for channel in channels
+                   if channel is not None and channel[1] in removed.get(channel[0], ()))
+        if gone:
+            old = _input_config(layers, path)["batch_shape"]
+            sizes[path] = {"batch_shape": [*old[:-1], old[-1] - gone]}
+    return sizes
+
+
+def _input_config(layers: dict[str, Any], path: str) -> dict | None:
+    """The config of the `InputLayer` at `path` as its model's config lists it, if it does."""
+    holder, _, name = path.rpartition("/")
+    for entry in layers[holder].get_config().get("layers", None) or []:
+        inner = entry.get("config") if isinstance(entry, dict) else None
+        if isinstance(inner, dict) and inner.get("name") == name and "batch_shape" in inner:
+            return inner
+    return None
 
 
 def _edit_config(config: dict, path: str, sizes: dict[str, dict[str, Any]]) -> None:
