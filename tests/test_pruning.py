@@ -328,7 +328,7 @@ def test_spec_forms(saved, tmp_path, capsys):
     "flags, message",
     [
         (["--n-of-m", "2-4"], "expected N:M"),
-        (["--smallest", "0.5", "--norm", "2"], "norm applies to rule 'smallest_units' only"),
+        (["--smallest", "0.5", "--norm", "2"], "A norm applies to rules 'smallest_units' and 'prune_units' only, not 'smallest'"),
         (["--units", "0", "--across-layers"], "across_layers` applies to rule 'smallest' only"),
         (["--n-of-m", "2:4", "--bias"], "n:m groups run along"),
     ],
