@@ -273,10 +273,10 @@ def _separable(rank: int) -> Callable:
     return sizes
 
 
-def _axis_size(shape: Sequence, axis: Any) -> int:
+def _axis_size(shape: Sequence, axis: Any) -> int | None:
     if not isinstance(axis, int) or isinstance(axis, bool) or not -len(shape) <= axis < len(shape):
         raise ValueError(axis)
-    return size(shape[axis])
+    return _dim(shape[axis])
 
 
 def _flag(config: Mapping, key: str) -> bool:
