@@ -59,8 +59,10 @@ UNKNOWN_CLASS = UNKNOWN
 # within a few tens of MB of memory.
 _COUNT_BLOCK = 1 << 22
 # The weights that count as a kernel in a layer of no pinnable kind: those
-# that do in some kind.
-_KERNEL_LIKE = kinds.kernel_names()
+# that do in some kind, but a normalization's scale and offset (a custom
+# layer's own `gamma` is no kernel).
+_KERNEL_LIKE = tuple(dict.fromkeys(
+    w for kind in kinds.KINDS.values() if not kind.normalization for w in kind.kernels))
 _SHARED, _PER_ENTRY = "shared", "per_entry"
 
 
