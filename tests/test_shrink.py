@@ -172,7 +172,7 @@ def test_pruned_channels_stay_exactly_zero_through_batch_norm_while_fine_tuning(
             assert np.array_equal(after.mask, pins.mask)
             assert np.array_equal(bits(after.effective[pins.mask]), bits(pins.effective[pins.mask]))
             assert not np.array_equal(after.effective[~pins.mask], pins.effective[~pins.mask])
-    probe = keras.Model(pruned.inputs, pruned.get_layer("bn").output)
+    probe = keras.Model(pruned.input, pruned.get_layer("bn").output)
     for training in (True, False):
         out = keras.ops.convert_to_numpy(probe(x, training=training))
         assert np.all(out[..., channels] == 0.0) and np.all(np.any(out != 0.0, axis=(0, 1, 2))[
