@@ -232,7 +232,8 @@ def test_mobilenet_v2_frozen_whole_keeps_batchnorm_statistics():
             layer.moving_variance.assign(rng.uniform(0.5, 2, size=layer.moving_variance.shape).astype("float32"))
     frozen = ks.freeze(model, {"*": ks.rules.below(0.05)})
     kinds = {type(layer).__name__ for layer in _pinned(frozen).values()}
-    assert kinds == {"MaskedConv2D", "MaskedDepthwiseConv2D", "MaskedDense"}
+    # BatchNormalization is a kind since issue 20: its betas (0.0) are below 0.05.
+    assert kinds == {"MaskedConv2D", "MaskedDepthwiseConv2D", "MaskedDense", "MaskedBatchNormalization"}
     for old, new in zip(model.layers, frozen.layers):
         if isinstance(old, keras.layers.BatchNormalization):
             assert np.array_equal(_np(old.moving_mean), _np(new.moving_mean))

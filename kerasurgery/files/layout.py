@@ -397,13 +397,15 @@ class _Walk:
                 raise self.error(f"{where} keeps pins both in its weights and in {PIN_RECORD}.")
             return stored  # named: effective weights, masks and values
         if record is not None:
-            expected = [str(i) for i in range(len(record.weights))]
+            # Saved as the plain layer saves them: the pinned weights, then its state.
+            saved = [*record.weights, *kinds.find(record.class_name).state]
+            expected = [str(i) for i in range(len(saved))]
             if sorted(stored, key=_index_key) != expected:
                 raise self.error(
                     f"{PIN_RECORD} pins the weights {list(record.weights)} of {where}, but "
                     f"{WEIGHTS_MEMBER} stores {sorted(stored, key=_index_key)} for it."
                 )
-            variables: dict = {w: stored[str(i)] for i, w in enumerate(record.weights)}
+            variables: dict = {w: stored[str(i)] for i, w in enumerate(saved)}
             variables.update(record.datasets)
             return variables
         kind = kinds.find(class_name)
