@@ -315,6 +315,12 @@ def test_structured_pruning_pins_round_target_units_of_each_group_and_shrink_rem
     assert float(np.abs(want - have).max()) <= 1e-5 * float(np.abs(want).max())
 
 
+def test_structured_pruning_needs_every_layer_of_its_groups_pinned():
+    frozen = ks.freeze(_conv_bn(), {"conv*": ks.Pin()})  # the BatchNormalization is not
+    with pytest.raises(KerasurgeryError, match=r"'bn' holds units it would prune but is not pinned"):
+        _fit(frozen, [ks.callbacks.GradualPruning(0.5, 0, 3, units=True)], epochs=1)
+
+
 def test_schedule_is_zhu_and_gupta():
     s = lambda t: pruning.polynomial_sparsity(t, target_sparsity=0.9, begin_step=10, end_step=110, initial_sparsity=0.1)  # noqa: E731
     assert s(0) == 0.1 and s(10) == 0.1 and s(110) == 0.9 and s(500) == 0.9
