@@ -416,3 +416,45 @@ def graph_calls(model: Any) -> list[tuple[Any, list, list]]:
     if graph is None:
         return []
     return [(node.operation, list(node.input_tensors), list(node.outputs)) for node in graph_nodes(graph)]
+
+
+def call_arguments(model: Any) -> list[tuple[tuple, dict]]:
+    """The positional and keyword arguments of each call of `graph_calls(model)`, in its order.
+
+    A node keeps them as `node.arguments.args` / `.kwargs`
+    (`SymbolicArguments`, keras/src/ops/symbolic_arguments.py): tensors and
+    the constants they were called with (the `3.0` of `x + 3.0`), which
+    `input_tensors` leaves out.
+    """
+    import keras
+
+    graph = model._functional if isinstance(model, keras.Sequential) else model
+    if graph is None:
+        return []
+    return [(tuple(node.arguments.args), dict(node.arguments.kwargs)) for node in graph_nodes(graph)]
+
+
+def attention_projections(layer: Any) -> dict[str, Any]:
+    """A `MultiHeadAttention`'s query, key, value and output `EinsumDense` layers.
+
+    Keras keeps them as `_query_dense`, `_key_dense`, `_value_dense` and
+    `_output_dense` (keras/src/layers/attention/multi_head_attention.py,
+    `build`); KerasHub's `CachedMultiHeadAttention` inherits them. The
+    dependency groups of `model/groups.py` read a head's entries there.
+    """
+    return {name: getattr(layer, f"_{name}_dense") for name in ("query", "key", "value", "output")}
+
+
+def encoder_parts(layer: Any) -> dict[str, Any]:
+    """A KerasHub `TransformerEncoder`'s attention and feed-forward layers.
+
+    `_self_attention_layer` (a `MultiHeadAttention`),
+    `_feedforward_intermediate_dense` and `_feedforward_output_dense` (`Dense`)
+    are set in `build` (keras_hub/src/layers/modeling/transformer_encoder.py);
+    `call` runs the intermediate dense straight into the output dense.
+    """
+    return {
+        "attention": layer._self_attention_layer,
+        "intermediate": layer._feedforward_intermediate_dense,
+        "output": layer._feedforward_output_dense,
+    }

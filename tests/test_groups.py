@@ -202,3 +202,82 @@ def test_a_subclassed_model_is_refused():
 
     with pytest.raises(KerasurgeryError, match="Expected a Functional or Sequential model"):
         dependency_groups(Net())
+
+
+def test_a_grouped_convolution_keeps_its_groups_equal():
+    x = keras.Input((4, 4, 4))
+    y = L.Conv2D(8, 1, name="stem")(x)
+    y = L.Conv2D(6, 3, groups=2, name="g")(y)  # kernel (3, 3, 4, 6)
+    groups = dependency_groups(keras.Model(x, L.Dense(2, name="out")(y)))
+    # A unit of the stem is one input row of every group of `g`.
+    assert _members(groups.of("stem")) == {
+        ("stem", "kernel", 3): ((0, 4), (1, 5), (2, 6), (3, 7)),
+        ("stem", "bias", 0): ((0, 4), (1, 5), (2, 6), (3, 7)),
+        ("g", "kernel", 2): ((0,), (1,), (2,), (3,)),
+    }
+    # A unit of `g` is one filter of each group.
+    assert _members(groups.of("g"))[("g", "kernel", 3)] == ((0, 3), (1, 4), (2, 5))
+    assert [m.output for m in groups.of("g").members] == [True, True, False]
+
+
+def test_a_transposed_convolution_reads_its_last_axis_and_writes_the_one_before():
+    x = keras.Input((4, 4, 3))
+    c = L.Conv2D(4, 1, name="c", activation="sigmoid")
+    y = L.Conv2DTranspose(5, 3, name="up")(c(x))  # kernel (3, 3, 5, 4)
+    model = keras.Model(x, L.Dense(2, name="out")(y))
+    kernel = keras.ops.convert_to_numpy(c.kernel)
+    kernel[..., 1] = 0.0
+    c.kernel.assign(kernel)
+    groups = dependency_groups(model)
+    assert _members(groups.of("c"))[("up", "kernel", 3)] == ((0,), (1,), (2,), (3,))
+    assert _members(groups.of("up"))[("up", "kernel", 2)] == tuple((i,) for i in range(5))
+    # Unit 1 is the constant sigmoid(bias), which the border outputs of a
+    # transposed convolution see only in part: its bias cannot absorb it.
+    assert groups.of("c").removable == (False,) * 4
+
+
+def test_einsum_dense_is_followed_where_one_axis_maps_cleanly_and_left_alone_elsewhere():
+    x = keras.Input((4, 6))
+    y = L.EinsumDense("abc,cd->abd", (4, 5), bias_axes="d", name="e1")(x)
+    y = L.EinsumDense("abc,bd->adc", (3, 5), name="mix")(y)  # mixes tokens, keeps channels
+    groups = dependency_groups(keras.Model(x, L.Dense(2, name="out")(y)))
+    assert _members(groups.of("e1")) == {
+        ("e1", "kernel", 1): tuple((i,) for i in range(5)),
+        ("e1", "bias", 0): tuple((i,) for i in range(5)),
+    }
+    assert groups.of("e1").left == ("read by 'mix' (EinsumDense: equation 'abc,bd->adc' "
+                                    "does not read the input's last axis along one kernel axis)",)
+    assert dict(groups.unknown)["mix"].startswith("equation 'abc,bd->adc'")
+
+
+def test_operations_on_tensors_pass_channels_or_say_why_they_are_left():
+    x = keras.Input((5,))
+    a = L.Dense(4, name="a")(x)
+    b = L.Dense(4, name="b")(x)
+    c = L.Dense(4, name="c")(x)
+    y = keras.ops.relu6(a + 3.0) * (1.0 / 6.0) * b  # entry by entry: a and b are one group
+    z = c * np.arange(4, dtype="float32")  # one constant per channel: no channel can go
+    w = keras.ops.softmax(y + z)  # across channels
+    groups = dependency_groups(keras.Model(x, L.Dense(2, name="out")(w)))
+    assert groups.of("a") is groups.of("b") and groups.of("a").producers == ("a", "b")
+    # (operations are named by a global counter: match the kind and the why)
+    [left] = groups.of("c").left
+    assert left.endswith("(Multiply: a constant with a value per channel)"), left
+    assert [why for path, why in groups.unknown if path.startswith("softmax")] == [
+        "a kind whose channels the graph does not follow"]
+
+
+def test_attention_heads_are_units_and_a_mask_leaves_the_layer_alone():
+    import keras_hub
+
+    x = keras.Input((5, 6))
+    mask = keras.Input((5, 5), dtype="bool")
+    y = keras_hub.layers.CachedMultiHeadAttention(2, 3, name="cached")(x, x)
+    z = L.MultiHeadAttention(2, 3, name="masked")(y, y, attention_mask=mask)
+    groups = dependency_groups(keras.Model([x, mask], L.Dense(2, name="out")(z)))
+    heads = groups.of("cached")
+    assert _members(heads)[("cached/value", "kernel", 1)] == ((0,), (1,))
+    assert _members(heads)[("cached/attention_output", "kernel", 0)] == ((0,), (1,))
+    assert [(m.layer, m.weight) for m in heads.members if m.output] == [
+        ("cached/value", "kernel"), ("cached/value", "bias")]
+    assert dict(groups.unknown)["masked"] == "called with a key or mask other than the value"

@@ -411,7 +411,9 @@ def test_config_start_finds_the_config_keras_appends(config, marker):
 _PRIVATE_USES = re.compile(
     r"(?:from|import)\s+keras\.src"
     r"|\.(?:_tracker|_untrack_variable|_layers|_keras_history|_run_through_graph"
-    r"|_trainable_variables|_non_trainable_variables|_modules|_kernel|_embeddings|_nodes_by_depth)\b"
+    r"|_trainable_variables|_non_trainable_variables|_modules|_kernel|_embeddings|_nodes_by_depth"
+    r"|_query_dense|_key_dense|_value_dense|_output_dense|_self_attention_layer"
+    r"|_feedforward_intermediate_dense|_feedforward_output_dense)\b"
     r"|[\"'](?:_tracker|_layers|_keras_history|_run_through_graph|_trainable_variables"
     r"|_non_trainable_variables|_modules)[\"']"
     r"|\b(?:global_state|SafeModeScope|saving_utils)\b"
@@ -524,3 +526,36 @@ def test_add_weight_with_layout_tracks_the_variable_as_add_weight_does():
     assert made.path == "d/kernel_pin_mask" and not made.trainable
     assert made is layer.weights[-1] and made in layer.non_trainable_weights
     assert not np.any(ops.convert_to_numpy(made))
+
+
+def test_attention_projections_are_the_einsum_dense_layers_of_multi_head_attention():
+    layer = keras.layers.MultiHeadAttention(2, 3, value_dim=4)
+    layer(np.zeros((1, 5, 6), "float32"), np.zeros((1, 5, 6), "float32"))
+    parts = private.attention_projections(layer)
+    shapes = {name: tuple(part.kernel.shape) for name, part in parts.items()}
+    assert shapes == {"query": (6, 2, 3), "key": (6, 2, 3), "value": (6, 2, 4), "output": (2, 4, 6)}, (
+        changed("attention_projections", "MultiHeadAttention's `_query_dense` ... `_output_dense`"))
+
+
+def test_encoder_parts_are_a_transformer_encoders_attention_and_feed_forward():
+    import keras_hub
+
+    layer = keras_hub.layers.TransformerEncoder(intermediate_dim=5, num_heads=2)
+    layer(np.zeros((1, 3, 4), "float32"))
+    parts = private.encoder_parts(layer)
+    assert isinstance(parts["attention"], keras.layers.MultiHeadAttention), changed(
+        "encoder_parts", "TransformerEncoder's `_self_attention_layer`")
+    assert [tuple(parts[n].kernel.shape) for n in ("intermediate", "output")] == [(4, 5), (5, 4)], (
+        changed("encoder_parts", "TransformerEncoder's `_feedforward_*_dense`"))
+
+
+def test_call_arguments_keep_the_constants_an_operation_was_called_with():
+    x = keras.Input((4,))
+    model = keras.Model(x, keras.ops.relu6(x + 3.0) * 0.5)
+    arguments = private.call_arguments(model)
+    ops_called = [type(op).__name__ for op, _, _ in private.graph_calls(model)]
+    assert ops_called == ["Add", "Relu6", "Multiply"], changed("call_arguments", "the graph's nodes")
+    assert [(len(args), args[1:], kwargs) for args, kwargs in arguments] == [
+        (2, (3.0,), {}), (1, (), {}), (2, (0.5,), {})], changed(
+        "call_arguments", "`Node.arguments` (SymbolicArguments.args / .kwargs)")
+    assert arguments[0][0][0] is x

@@ -9,7 +9,14 @@ convolution's channel), and, across a residual `Add`, the same channel of
 every other branch. This is the dependency graph of Torch-Pruning (Fang et
 al., "DepGraph: Towards Any Structural Pruning", CVPR 2023) over the Keras
 graph: what each layer kind does to channels is one handler per Keras class,
-looked up in `_HANDLERS`; the walk only asks the handlers.
+looked up in `_HANDLERS` (and in `_group_kinds.py`: `EinsumDense`, attention
+heads, KerasHub's `TransformerEncoder`, operations on tensors such as
+`x + 3.0`); the walk only asks the handlers.
+
+A unit is not always one column: a grouped convolution's unit is the same
+filter of every group (and the same input row of every group where it
+reads), so that removing it keeps the groups equal; an attention head's unit
+is its query, key and value columns with its rows of the output projection.
 
 A `Group` is a value: the units of one set of coupled producers (a residual
 stage's convolutions count once), each `Member` saying which entries of which
@@ -48,6 +55,10 @@ _ELEMENTWISE = {
 }
 
 
+# KerasHub's entry-by-entry activations (BERT's tanh-approximated GELU).
+_HUB_ELEMENTWISE = {"keras_hub.src.utils.keras_utils.gelu_approximate"}
+
+
 @dataclasses.dataclass(frozen=True)
 class Member:
     """The entries of one weight that the units of a group own.
@@ -63,6 +74,9 @@ class Member:
     weight: str
     axis: int
     indices: tuple[tuple[int, ...], ...]
+    # A producer's own output entries (kernel columns / filters / heads and
+    # their bias): what `prune_units` pins at zero.
+    output: bool = False
 
     def __repr__(self) -> str:
         return f"{self.layer}:{self.weight}[axis {self.axis}] {_format_indices(self.indices)}"
@@ -140,6 +154,10 @@ class DependencyGroups:
     unknown: tuple[tuple[str, str], ...]  # (layer path, why)
     # The `Reshape` layers that keep the channel axis last (and its count in their config).
     reshapes: tuple[str, ...] = ()
+    # Producer path -> (the path of the layer whose config counts its output
+    # entries, that config entry): `mha/attention_output` -> (`mha`, `output_shape`);
+    # None where no config can count fewer.
+    sizes: dict[str, tuple[str, str] | None] = dataclasses.field(default_factory=dict)
 
     def __iter__(self):
         return iter(self.groups)
@@ -246,6 +264,11 @@ class _Walk:
         self.values: dict[int, _Value] = {}
         self.unknown: dict[str, str] = {}
         self.reshapes: list[str] = []
+        self.arguments: tuple[tuple, dict] = ((), {})
+        self.outputs: set[tuple[str, str, int]] = set()
+        # Producer path -> the config entry that counts its output entries,
+        # which `shrink` lowers.
+        self.sizes: dict[str, tuple[str, str] | None] = {}
 
     # union-find over units: a residual sum makes its branches' units one
     def find(self, unit: int) -> int:
@@ -293,7 +316,7 @@ class _Walk:
         for kind, op, *_ in calls:
             if kind == "call":
                 counts[id(op)] = counts.get(id(op), 0) + 1
-        for kind, op, inputs, outputs in calls:
+        for kind, op, inputs, outputs, arguments in calls:
             if kind == "alias":
                 for source, target in zip(inputs, outputs):
                     self.values[id(target)] = self.value(source)
@@ -301,6 +324,7 @@ class _Walk:
             path = self.paths.get(id(op), getattr(op, "name", type(op).__name__))
             values = [self.value(t) for t in inputs]
             handler = _handler_for(op)
+            self.arguments = arguments  # what an operation on tensors was called with
             why = None
             if counts[id(op)] > 1 and op.weights:
                 why = f"called {counts[id(op)]} times"
@@ -320,7 +344,8 @@ class _Walk:
                 self.values[id(tensor)] = value
         for tensor in self.model.outputs:
             self.leave(self.value(tensor), "a model output")
-        return DependencyGroups(self._groups(), tuple(self.unknown.items()), tuple(self.reshapes))
+        return DependencyGroups(self._groups(), tuple(self.unknown.items()), tuple(self.reshapes),
+                                dict(self.sizes))
 
     def _groups(self) -> tuple[Group, ...]:
         roots: dict[int, list[int]] = {}
@@ -330,11 +355,12 @@ class _Walk:
         for root in sorted(roots):
             producers = tuple(dict.fromkeys(self.units[u].producer for u in roots[root]))
             by_producers.setdefault(producers, []).append(roots[root])
-        return tuple(_group(producers, [[self.units[u] for u in unit] for unit in units])
+        return tuple(_group(producers, [[self.units[u] for u in unit] for unit in units], self.outputs)
                      for producers, units in by_producers.items())
 
 
-def _group(producers: tuple[str, ...], units: list[list[_Unit]]) -> Group:
+def _group(producers: tuple[str, ...], units: list[list[_Unit]],
+           outputs: set[tuple[str, str, int]]) -> Group:
     keys: dict[tuple[str, str, int], None] = {}
     per_unit: list[dict[tuple[str, str, int], set[int]]] = []
     for parts in units:
@@ -345,7 +371,8 @@ def _group(producers: tuple[str, ...], units: list[list[_Unit]]) -> Group:
                 entries.setdefault((path, weight, axis), set()).update(indices)
         per_unit.append(entries)
     members = [
-        Member(*key, tuple(tuple(sorted(entries.get(key, ()))) for entries in per_unit))
+        Member(*key, tuple(tuple(sorted(entries.get(key, ()))) for entries in per_unit),
+               output=key in outputs)
         for key in keys
     ]
     reads = [[r for part in parts for r in part.reads] for parts in units]
@@ -373,25 +400,25 @@ def _zero_or_nan(const: np.ndarray) -> np.ndarray:
     return np.where(const == 0.0, 0.0, np.nan)
 
 
-def _flat_calls(model: keras.Model) -> list[tuple[str, Any, list, list]]:
+def _flat_calls(model: keras.Model) -> list[tuple[str, Any, list, list, Any]]:
     """The calls of `model`'s graph with nested models opened: ("call", layer,
-    inputs, outputs), and ("alias", None, outer, inner) where a nested model's
-    tensors stand for the outer ones."""
+    inputs, outputs, (args, kwargs)), and ("alias", None, outer, inner, None)
+    where a nested model's tensors stand for the outer ones."""
     nested_counts: dict[int, int] = {}
     raw = _keras_private.graph_calls(model)
     for op, _, _ in raw:
         nested_counts[id(op)] = nested_counts.get(id(op), 0) + 1
-    flat: list[tuple[str, Any, list, list]] = []
-    for op, inputs, outputs in raw:
+    flat: list[tuple[str, Any, list, list, Any]] = []
+    for (op, inputs, outputs), arguments in zip(raw, _keras_private.call_arguments(model)):
         nested = (_keras_private.is_functional(op) or isinstance(op, keras.Sequential))
         if nested and nested_counts[id(op)] == 1 and _keras_private.graph_calls(op):
             inner_inputs, inner_outputs = list(op.inputs), list(op.outputs)
             if len(inner_inputs) == len(inputs) and len(inner_outputs) == len(outputs):
-                flat.append(("alias", None, inputs, inner_inputs))
+                flat.append(("alias", None, inputs, inner_inputs, None))
                 flat += _flat_calls(op)
-                flat.append(("alias", None, inner_outputs, outputs))
+                flat.append(("alias", None, inner_outputs, outputs, None))
                 continue
-        flat.append(("call", op, inputs, outputs))
+        flat.append(("call", op, inputs, outputs, arguments))
     return flat
 
 
@@ -438,6 +465,7 @@ def _activation(layer: Any) -> Callable | None:
         known = name in _ELEMENTWISE and keras.activations.get(name) is fn
     except ValueError:
         known = False
+    known = known or f"{getattr(fn, '__module__', '')}.{name}" in _HUB_ELEMENTWISE
     return fn if known else None
 
 
@@ -454,46 +482,103 @@ def _apply(fn: Callable, const: np.ndarray) -> np.ndarray:
 # -- what each kind does to channels ----------------------------------------------
 
 
-def _consume(walk: _Walk, layer: Any, path: str, value: _Value, weight: str) -> np.ndarray:
-    """A layer that reads channels along its kernel's input axis (second to last).
+def _consume(walk: _Walk, layer: Any, path: str, value: _Value, weight: str,
+             axis: int = -2, groups: int = 1, folds: bool = True) -> np.ndarray:
+    """A layer that reads channels along one axis of its kernel (`axis`).
 
     Its bias absorbs a constant channel when every output sees the whole
-    kernel window on it: a `Dense`, or a convolution with `valid` padding.
+    kernel window on it: a `Dense`, or a convolution with `valid` padding
+    (`folds`: not a transposed one, whose border outputs see fewer taps). A
+    grouped convolution reads channel `c` with row `c % (channels / groups)`
+    of group `c // (channels / groups)`: the channels at the same row of
+    every group are one unit, so that removing it keeps the groups equal.
     """
     kernel = _numpy(layer, weight)
-    if kernel.shape[-2] != len(value.units):
-        raise _Unsupported(f"{weight} reads {kernel.shape[-2]} inputs of {len(value.units)}")
-    walk.member(value, path, weight, kernel.ndim - 2)
-    folds = bool(getattr(layer, "use_bias", False)) and getattr(layer, "padding", "valid") == "valid"
+    axis %= kernel.ndim
+    per = kernel.shape[axis]
+    if per * groups != len(value.units):
+        raise _Unsupported(f"{weight} reads {per * groups} inputs of {len(value.units)}")
+    if groups > 1:
+        _couple(walk, value, path, [[row + g * per for g in range(groups)] for row in range(per)])
+    walk.member(value, path, weight, axis, lambda p: sorted({i % per for i in p}))
+    folds = (folds and groups == 1 and getattr(layer, "bias", None) is not None
+             and getattr(layer, "padding", "valid") == "valid")
     walk.read(value, path, folds=folds)
     return kernel
 
 
-def _produce(walk: _Walk, layer: Any, path: str, kernel: np.ndarray, weight: str) -> _Value:
+def _couple(walk: _Walk, value: _Value, path: str, sets: list[list[int]]) -> None:
+    """Makes the units at each set of positions of `value` one unit."""
+    for positions in sets:
+        known = [value.units[p] for p in positions if value.units[p] is not None]
+        if known and len(known) < len(positions):
+            walk.units[known[0]].left.append(
+                f"coupled by {path!r} with a channel no layer here makes")
+        for other in known[1:]:
+            walk.union(known[0], other)
+
+
+def _produce(walk: _Walk, layer: Any, path: str, kernel: np.ndarray, weight: str,
+             axis: int = -1, groups: int = 1, size: tuple[str, str] | None = None) -> _Value:
+    """Output units along `axis` of the kernel; with `groups`, unit `j` is
+    entry `j` of every group (the groups' outputs are contiguous). `size`:
+    the layer path and config entry that count them (the layer's own
+    `units` or `filters` by default)."""
     activation = _activation(layer)
     if activation is None:
         raise _Unsupported("an activation across units")
-    bias = _numpy(layer, "bias")
-    count = kernel.shape[-1]
-    columns = kernel.reshape(-1, count)
-    pre = np.zeros(count) if bias is None else bias.astype(np.float64)
+    axis %= kernel.ndim
+    count = kernel.shape[axis]
+    per = count // groups
+    columns = np.moveaxis(kernel, axis, -1).reshape(-1, count)
+    pre = _bias_constant(_numpy(layer, "bias"), count)
     pre[~np.all(columns == 0.0, axis=0)] = np.nan
-    units: list[int | None] = []
-    for index in range(count):
+    bias_axis = _numpy(layer, "bias").ndim - 1 if getattr(layer, "bias", None) is not None else None
+    walk.outputs.add((path, weight, axis))
+    if bias_axis is not None:
+        walk.outputs.add((path, "bias", bias_axis))
+    walk.sizes[path] = size or (path, _size_key(layer))
+    made = []
+    for index in range(per):
         unit = walk.new_unit(path, index)
-        walk.units[unit].members.append((path, weight, kernel.ndim - 1, (index,)))
-        if bias is not None:
-            walk.units[unit].members.append((path, "bias", 0, (index,)))
-        units.append(unit)
+        entries = tuple(index + g * per for g in range(groups))
+        walk.units[unit].members.append((path, weight, axis, entries))
+        if bias_axis is not None:
+            walk.units[unit].members.append((path, "bias", bias_axis, entries))
+        made.append(unit)
+    units: list[int | None] = [made[f % per] for f in range(count)]
     return _Value(units, _apply(activation, pre), _apply(activation, np.zeros(count)))
 
 
+def _bias_constant(bias: np.ndarray | None, count: int) -> np.ndarray:
+    """What a unit with a zero kernel column outputs: its bias, where that is
+    one number for the whole channel (a bias over other axes too may vary)."""
+    if bias is None:
+        return np.zeros(count)
+    if bias.shape[-1] != count:
+        raise _Unsupported("a bias over other axes than the units")
+    rows = bias.reshape(-1, count).astype(np.float64)
+    return np.where(np.all(rows == rows[0], axis=0), rows[0], np.nan)
+
+
+def _size_key(layer: Any) -> str:
+    config = layer.get_config()
+    return "units" if "units" in config else "filters"
+
+
 def _dense_or_conv(walk, layer, path, values, inputs, outputs):
+    """`Dense` and convolutions: kernel `(..., inputs / groups, filters)`."""
     _channels_last(layer)
-    if getattr(layer, "groups", 1) != 1:
-        raise _Unsupported("grouped")
-    kernel = _consume(walk, layer, path, values[0], "kernel")
-    return [_produce(walk, layer, path, kernel, "kernel")]
+    groups = getattr(layer, "groups", 1)
+    kernel = _consume(walk, layer, path, values[0], "kernel", groups=groups)
+    return [_produce(walk, layer, path, kernel, "kernel", groups=groups)]
+
+
+def _conv_transpose(walk, layer, path, values, inputs, outputs):
+    """Transposed convolutions: kernel `(..., filters, inputs)`."""
+    _channels_last(layer)
+    kernel = _consume(walk, layer, path, values[0], "kernel", axis=-1, folds=False)
+    return [_produce(walk, layer, path, kernel, "kernel", axis=-2)]
 
 
 def _separable(walk, layer, path, values, inputs, outputs):
@@ -506,7 +591,7 @@ def _separable(walk, layer, path, values, inputs, outputs):
     walk.member(value, path, "pointwise_kernel", pointwise.ndim - 2,
                 lambda p: [i * multiplier + k for i in p for k in range(multiplier)])
     walk.read(value, path)  # a zero channel adds nothing through both kernels
-    return [_produce(walk, layer, path, pointwise, "pointwise_kernel")]
+    return [_produce(walk, layer, path, pointwise, "pointwise_kernel", size=(path, "filters"))]
 
 
 def _depthwise(walk, layer, path, values, inputs, outputs):
@@ -522,6 +607,7 @@ def _depthwise(walk, layer, path, values, inputs, outputs):
     bias = _numpy(layer, "bias")
     if bias is not None:
         walk.member(value, path, "bias", 0, spread)
+        walk.outputs.add((path, "bias", 0))  # pinned with the channel it adds to
     activation = _activation(layer)
     if activation is None:
         raise _Unsupported("an activation across units")
@@ -597,6 +683,13 @@ def _merge(walk, layer, path, values, inputs, outputs):
     """
     if len({_channels(t) for t in inputs} | {_channels(outputs[0])}) != 1:
         raise _Unsupported("broadcasts over channels")
+    combine = _MERGES[_keras_class(layer)]
+    return [_Value(_same_channels(walk, path, values), combine([v.const for v in values]),
+                   combine([v.can_const for v in values]))]
+
+
+def _same_channels(walk: _Walk, path: str, values: list[_Value]) -> list[int | None]:
+    """Channel `c` of every input is one unit (the inputs' units made one)."""
     units: list[int | None] = []
     for position in range(len(values[0].units)):
         found = [v.units[position] for v in values]
@@ -610,8 +703,7 @@ def _merge(walk, layer, path, values, inputs, outputs):
         for other in known[1:]:
             root = walk.union(root, other)
         units.append(root)
-    combine = _MERGES[_keras_class(layer)]
-    return [_Value(units, combine([v.const for v in values]), combine([v.can_const for v in values]))]
+    return units
 
 
 _MERGES: dict[type, Callable[[list[np.ndarray]], np.ndarray]] = {
@@ -670,6 +762,8 @@ _ZERO_KEEPING = (
 _HANDLERS: dict[type, Callable[..., list[_Value]]] = {
     _L.Dense: _dense_or_conv, _L.Conv1D: _dense_or_conv, _L.Conv2D: _dense_or_conv,
     _L.Conv3D: _dense_or_conv,
+    _L.Conv1DTranspose: _conv_transpose, _L.Conv2DTranspose: _conv_transpose,
+    _L.Conv3DTranspose: _conv_transpose,
     _L.DepthwiseConv1D: _depthwise, _L.DepthwiseConv2D: _depthwise,
     _L.SeparableConv1D: _separable, _L.SeparableConv2D: _separable,
     _L.BatchNormalization: _batch_norm,
@@ -684,9 +778,15 @@ _HANDLERS: dict[type, Callable[..., list[_Value]]] = {
 
 
 def _handler_for(op: Any) -> Callable[..., list[_Value]] | None:
+    # Attention, EinsumDense, KerasHub blocks and operations on tensors build
+    # on the handlers here.
+    from kerasurgery.model import _group_kinds
+
     if not isinstance(op, keras.layers.Layer):
-        return None
-    return _HANDLERS.get(_keras_class(op))
+        return _group_kinds.BY_NAME.get(f"{type(op).__module__}.{type(op).__qualname__}")
+    kind = _keras_class(op)
+    return (_HANDLERS.get(kind) or _group_kinds.BY_CLASS.get(kind)
+            or _group_kinds.BY_NAME.get(f"{kind.__module__}.{kind.__qualname__}"))
 
 
 def _format_indices(indices: Sequence[tuple[int, ...]], limit: int = 8) -> str:

@@ -6,8 +6,14 @@ is read, so removing it and every entry of its dependency group
 (`model/groups.py`) leaves every output as it was, up to the order in which
 float32 sums are added. The result is a plain Keras model of the same
 topology with smaller layers: `Dense` layers with fewer `units`,
-convolutions with fewer `filters`, and the layers that read them built on
-fewer channels.
+convolutions with fewer `filters`, `EinsumDense` with a smaller last
+`output_shape` entry, `MultiHeadAttention` with fewer `num_heads`, and the
+layers that read them built on fewer channels. A layer that a model builds
+from its own arguments (a KerasHub backbone's `TransformerEncoder`s) is sized
+in that model's config (`intermediate_dim`), one count for every block: each
+loses the fewest units any of them can lose. Where no config can say the
+smaller size (a `TransformerEncoder`'s heads, whose size is
+`hidden_dim // num_heads`), the units stay, pinned at zero.
 
 A removed unit whose output is a non-zero constant (the sigmoid of a zero
 input, a bias pinned at a non-zero value) is folded: the bias of each
@@ -20,7 +26,6 @@ training), the unit stays.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Any
 
 import keras
@@ -29,7 +34,7 @@ from keras import ops
 
 from kerasurgery import layers as layers_lib
 from kerasurgery.errors import KerasurgeryError
-from kerasurgery.model.groups import DependencyGroups, Group, dependency_groups
+from kerasurgery.model.groups import DependencyGroups, dependency_groups
 from kerasurgery.model.walk import walk_layers
 
 
@@ -66,16 +71,17 @@ def shrink(model: keras.Model) -> keras.Model:
     ```
     """
     groups = dependency_groups(model)
-    removed = removed_units(groups)
     source = _plain(model)
+    holders = _config_holders(source, groups)
+    removed = _same_counts(groups, removed_units(groups), holders)
     deletions = _deletions(groups, removed)
     folds = _folded_biases(source, groups, removed)
-    sizes = _new_sizes(source, groups, removed)
+    sizes = _new_sizes(source, groups, removed, holders)
     for path in groups.reshapes:  # (1, 1, C) -> (1, 1, -1): whatever C becomes
         target = list(dict(walk_layers(source))[path].target_shape)
         sizes[path] = {"target_shape": (*target[:-1], -1)}
     config = keras.saving.serialize_keras_object(source)
-    _edit_layers(config["config"]["layers"], "", sizes)
+    _edit_config(config["config"], "", sizes)
     try:
         # The config comes from the live model, whose own code it names:
         # nothing untrusted is deserialized.
@@ -100,6 +106,70 @@ def removed_units(groups: DependencyGroups) -> dict[tuple[str, ...], list[int]]:
         if units:
             removed[group.producers] = units
     return removed
+
+
+def _config_holders(
+    model: keras.Model, groups: DependencyGroups
+) -> dict[str, tuple[str, str] | None]:
+    """Producer path -> (the path of the config that sizes it, the entry), or
+    None where no config can say its new size.
+
+    A layer's own config sizes it, unless the innermost model holding it is
+    rebuilt from its own arguments (a KerasHub backbone: `intermediate_dim`
+    and `num_heads` for every `TransformerEncoder` it makes), which then
+    must name the entry. The model itself is the path "".
+    """
+    layers = {"": model, **dict(walk_layers(model))}
+    configs: dict[str, dict] = {}  # a Functional model's config lists every layer: once each
+
+    def config(path: str) -> dict:
+        if path not in configs:
+            configs[path] = layers[path].get_config()
+        return configs[path]
+
+    found: dict[str, tuple[str, str] | None] = {}
+    for producer, sized in groups.sizes.items():
+        if sized is None:
+            found[producer] = None
+            continue
+        path, key = sized
+        holder = path
+        parts = path.split("/")
+        for depth in range(len(parts) - 1, -1, -1):
+            enclosing = "/".join(parts[:depth])
+            if isinstance(layers.get(enclosing), keras.Model):
+                if not isinstance(config(enclosing).get("layers"), list):
+                    holder = enclosing
+                break
+        found[producer] = (holder, key) if key in config(holder) else None
+    return found
+
+
+def _same_counts(
+    groups: DependencyGroups,
+    removed: dict[tuple[str, ...], list[int]],
+    holders: dict[str, tuple[str, str] | None],
+) -> dict[tuple[str, ...], list[int]]:
+    """Removes from each group only what one config entry can say for all.
+
+    Groups sized by the same entry (every block of a backbone) lose the
+    fewest units any of them can lose; a group no config can size loses none.
+    Keeping a removable unit is always exact: it stays zero.
+    """
+    keys = {group.producers: {holders[m.layer] for m in group.members
+                              if m.output and m.weight != "bias"}
+            for group in groups}
+    fewest: dict[tuple[str, str] | None, int] = {}
+    for producers, found in keys.items():
+        for key in found:
+            fewest[key] = min(fewest.get(key, 1 << 62), len(removed.get(producers, [])))
+    fewest[None] = 0
+    kept = {}
+    for producers, units in removed.items():
+        count = min([fewest[key] for key in keys[producers]], default=len(units))
+        if count:
+            kept[producers] = units[:count]
+    return kept
 
 
 def _plain(model: keras.Model) -> keras.Model:
@@ -148,34 +218,51 @@ def _folded_biases(
 
 
 def _new_sizes(
-    model: keras.Model, groups: Iterable[Group], removed: dict[tuple[str, ...], list[int]]
+    model: keras.Model,
+    groups: DependencyGroups,
+    removed: dict[tuple[str, ...], list[int]],
+    holders: dict[str, tuple[str, str] | None],
 ) -> dict[str, dict[str, Any]]:
-    """Layer path -> the config entries that say its new unit count."""
-    layers = dict(walk_layers(model))
-    sizes = {}
+    """Config path -> the entries that say the new unit counts.
+
+    A count falls by the producer's output entries the removed units hold
+    (a unit coupled across a grouped convolution's groups holds several); a
+    shape entry (`EinsumDense`'s `output_shape`) counts them in its last entry.
+    """
+    layers = {"": model, **dict(walk_layers(model))}
+    sizes: dict[str, dict[str, Any]] = {}
     for group in groups:
-        cut = len(removed.get(group.producers, []))
-        if not cut:
-            continue
-        for path in group.producers:
-            config = layers[path].get_config()
-            key = "units" if "units" in config else "filters"
-            sizes[path] = {key: config[key] - cut}
+        units = removed.get(group.producers, [])
+        for member in group.members:
+            if not units or not member.output or member.weight == "bias":
+                continue
+            path, key = holders[member.layer]
+            weight = getattr(layers[member.layer], member.weight)
+            count = weight.shape[member.axis] - sum(len(member.indices[u]) for u in units)
+            old = sizes.get(path, {}).get(key)
+            if old is None:
+                old = layers[path].get_config()[key]
+            sizes.setdefault(path, {})[key] = (
+                [*old[:-1], count] if isinstance(old, (list, tuple)) else count)
     return sizes
 
 
-def _edit_layers(entries: list[dict], prefix: str, sizes: dict[str, dict[str, Any]]) -> None:
-    """Puts the new sizes into a serialized model's layer list, nested models included."""
-    for entry in entries:
+def _edit_config(config: dict, path: str, sizes: dict[str, dict[str, Any]]) -> None:
+    """Puts the new sizes into a serialized model's config, at any depth:
+    the layer lists of Functional and Sequential models, and the serialized
+    objects a model's arguments hold (a KerasHub task's `backbone`)."""
+    if path in sizes:
+        config.update(sizes[path])
+    nested = [entry for entry in config.get("layers", None) or [] if isinstance(entry, dict)]
+    nested += [value for key, value in config.items() if key != "layers" and isinstance(value, dict)]
+    for entry in nested:
+        inner = entry.get("config")
+        if not (isinstance(inner, dict) and "class_name" in entry and "name" in inner):
+            continue
         # Built on the old shapes: Keras builds each layer again when the
         # model calls it on the smaller inputs.
         entry.pop("build_config", None)
-        config = entry.get("config", {})
-        path = prefix + config.get("name", "")
-        if path in sizes:
-            config.update(sizes[path])
-        if isinstance(config.get("layers"), list):
-            _edit_layers(config["layers"], path + "/", sizes)
+        _edit_config(inner, f"{path}/{inner['name']}" if path else inner["name"], sizes)
 
 
 def _copy_weights(
@@ -185,6 +272,9 @@ def _copy_weights(
     folds: dict[str, np.ndarray],
 ) -> None:
     old = dict(walk_layers(source))
+    # Each variable under the path of the innermost layer that holds it
+    # (`mha/value` for a head's kernel): the walk gives holders first.
+    owner = {id(v): path for path, layer in old.items() for v in layer.weights}
     done: list[str] = []
     for path, layer in walk_layers(small):
         if isinstance(layer, keras.Model) or any(path.startswith(d + "/") for d in done):
@@ -193,9 +283,10 @@ def _copy_weights(
         arrays = []
         for variable in old[path].weights:
             array = ops.convert_to_numpy(variable)
-            if variable.name == "bias" and path in folds:
-                array = (array.astype(np.float64) + folds[path]).astype(array.dtype)
-            for axis, indices in deletions.get((path, variable.name), {}).items():
+            holder = owner[id(variable)]
+            if variable.name == "bias" and holder in folds:
+                array = (array.astype(np.float64) + folds[holder]).astype(array.dtype)
+            for axis, indices in deletions.get((holder, variable.name), {}).items():
                 array = np.delete(array, indices, axis=axis)
             arrays.append(array)
         shapes = [tuple(v.shape) for v in layer.weights]

@@ -174,17 +174,15 @@ def group_norms(group: Group, layers: dict[str, keras.layers.Layer], norm: int) 
 
 
 def _is_pinned_part(member: Member, group: Group, live: dict[str, keras.layers.Layer]) -> bool:
-    """A producer's output columns and bias, or a depthwise convolution's bias on the channel.
+    """A producer's output entries (`Member.output`: kernel columns / filters /
+    a head's value projection, and their bias), or a depthwise convolution's
+    bias on the channel.
 
-    A producer's own units run along its kernel's last axis (Dense
-    `(inputs, units)`, convolutions `(..., inputs, filters)`); a producer that
-    also reads the group (a residual branch) reads it along the one before.
+    A producer that also reads the group (a residual branch) reads it along
+    another axis of the same kernel, and a head's query and key need no pin
+    once its values are zero: those members are not outputs.
     """
-    if member.weight == "bias":
-        return True
-    if member.layer not in group.producers or not member.weight.endswith("kernel"):
-        return False
-    return member.axis == _numpy(live[member.layer], member.weight).ndim - 1
+    return member.output
 
 
 def _main_weight(layer: keras.layers.Layer) -> str:
