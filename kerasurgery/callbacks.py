@@ -13,6 +13,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from kerasurgery import _plan
 from kerasurgery import layers as layers_lib
 from kerasurgery import pins as _pins
 from kerasurgery import pruning
@@ -49,7 +50,21 @@ class GradualPruning(keras.callbacks.Callback):
     The layers must be pinned already: `kerasurgery.freeze(model, {"*":
     kerasurgery.Pin()})` makes every supported layer pin-capable with nothing
     pinned. Kernels are pruned (both kernels of a separable convolution, an
-    Embedding's matrix), biases never.
+    Embedding's matrix), biases and normalizations' scale and offset never.
+
+    Structured (`units=True`): the schedule's sparsity is the fraction of the
+    units of each dependency group (`kerasurgery.prune_units`, whose code it
+    runs: the same ranking by the `norm` of everything a unit owns, the same
+    pins). At each pruning step exactly `round(s(t) * units)` units of each
+    prunable group whose producers `layers` matches are pinned at 0.0 (their
+    producers' kernel columns and biases, the following
+    `BatchNormalization`'s gamma and beta); units pinned at an earlier step
+    stay pinned and count. What it prunes is removable: `kerasurgery.shrink`
+    makes the smaller model afterwards. `across_layers` does not apply; the
+    logged `"sparsity"` is the fraction of the selected groups' units pinned.
+    A flag rather than another callback: the schedule, the steps and the
+    layer patterns are the same, only what one unit of sparsity is changes
+    (as `prune_units` is to `rules.smallest`).
 
     Args:
         target_sparsity: Final sparsity, in [0, 1].
@@ -63,6 +78,8 @@ class GradualPruning(keras.callbacks.Callback):
         across_layers: One magnitude ranking over all selected layers (global
             magnitude pruning): the total sparsity follows the schedule, and
             layers end at different sparsities.
+        units: Prune whole units by dependency group instead of entries.
+        norm: With `units`: rank units by their L1 (1) or L2 (2) norm.
 
     Example:
 
@@ -72,6 +89,11 @@ class GradualPruning(keras.callbacks.Callback):
     model.fit(x, y, epochs=10, callbacks=[
         kerasurgery.callbacks.GradualPruning(0.9, begin_step=0, end_step=1000, frequency=100)
     ])
+    # Structured: half of every group's units, then the smaller model.
+    model.fit(x, y, epochs=10, callbacks=[
+        kerasurgery.callbacks.GradualPruning(0.5, 0, 1000, units=True)
+    ])
+    small = kerasurgery.shrink(model)
     ```
     """
 
@@ -85,6 +107,8 @@ class GradualPruning(keras.callbacks.Callback):
         power: int = 3,
         layers: str | Sequence[str] = "*",
         across_layers: bool = False,
+        units: bool = False,
+        norm: int = 2,
     ) -> None:
         super().__init__()
         self.target_sparsity = pruning.checked_fraction(target_sparsity, "target_sparsity")
@@ -109,6 +133,13 @@ class GradualPruning(keras.callbacks.Callback):
                 f"Received: {layers!r}"
             )
         self.across_layers = bool(across_layers)
+        from kerasurgery.model.units import checked_norm
+
+        self.units = bool(units)
+        self.norm = checked_norm(norm)
+        if self.units and self.across_layers:
+            raise PinError("GradualPruning: `across_layers` ranks entries; it does not apply "
+                           "with `units=True` (each group is pruned by its own count).")
         self._selected: list[tuple[layers_lib.PinMixin, str]] = []
         self._step = 0
         self._batch_begin = 0
@@ -119,10 +150,13 @@ class GradualPruning(keras.callbacks.Callback):
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         self._sync()
-        self._selected = [
-            (layer, weight) for layer in self._pinned_layers()
-            for weight in layer.present_weights() if weight != "bias"
-        ]
+        if self.units:
+            self._selected = self._unit_weights()
+        else:
+            self._selected = [
+                (layer, weight) for layer in self._pinned_layers() if not layer.kind.normalization
+                for weight in layer.present_weights() if weight != "bias"
+            ]
         for layer, weight in self._selected:
             _require_zero_pins(layer, weight)
         iterations = getattr(self.model.optimizer, "iterations", None)
@@ -171,8 +205,12 @@ class GradualPruning(keras.callbacks.Callback):
 
     def prune(self, sparsity: float) -> None:
         """Pins at 0.0 the smallest free entries until each selected weight
-        (or, `across_layers`, all together) has `round(sparsity * size)` pinned zeros."""
+        (or, `across_layers`, all together) has `round(sparsity * size)` pinned zeros;
+        with `units`, `round(sparsity * units)` units of each selected group."""
         self._sync()
+        if self.units:
+            self._prune_units(sparsity)
+            return
         states = [layer.pin_state()[weight] for layer, weight in self._selected]
         groups = [list(range(len(states)))] if self.across_layers else [[i] for i in range(len(states))]
         for group in groups:
@@ -204,7 +242,59 @@ class GradualPruning(keras.callbacks.Callback):
         return _pins.WeightPins(np.where(new, zero, state.effective), mask, value)
 
     def _measure(self) -> float:
+        if self.units:
+            groups = self._groups()[0]
+            total = sum(g.units for g in groups)
+            return sum(len(g.removable_units()) for g in groups) / total if total else 0.0
         return _sparsity([layer.pin_state()[weight] for layer, weight in self._selected])
+
+    # -- structured: units by dependency group (`kerasurgery.prune_units`) ----
+
+    def _groups(self) -> tuple[list, dict]:
+        from kerasurgery.model.units import selected_groups
+
+        groups, live = selected_groups(self.model, self.layers)
+        if not groups:
+            raise LayerSelectionError(
+                f"GradualPruning: no prunable group has a producer that matches {self.layers!r} "
+                "(see `kerasurgery.model.groups.dependency_groups(model)` for why)."
+            )
+        return groups, live
+
+    def _unit_pins(self, counts: Any) -> tuple[dict, dict, list]:
+        """`prune_units`' rules for `counts(group)` units of each selected group."""
+        from kerasurgery.model.units import unit_pins
+
+        groups, live = self._groups()
+        return unit_pins(groups, live, [counts(g) for g in groups], self.norm), live, groups
+
+    def _unit_weights(self) -> list[tuple[Any, str]]:
+        """Every (layer, weight) that pruning every unit would pin; each layer must be pinned."""
+        rules, live, _ = self._unit_pins(lambda g: g.units)
+        for path in rules:
+            if not layers_lib.is_pinned(live[path]):
+                raise LayerSelectionError(
+                    f"GradualPruning: layer {path!r} holds units it would prune but is not pinned: "
+                    "freeze it first with kerasurgery.freeze(model, {'*': kerasurgery.Pin()})."
+                )
+        return [(live[path], w) for path in rules for w in live[path].present_weights()]
+
+    def _prune_units(self, sparsity: float) -> None:
+        rules, live, groups = self._unit_pins(lambda g: round(sparsity * g.units))
+        for path, rule in rules.items():
+            layer = live[path]
+            state = layer.pin_state()
+            plan = _plan.PinPlan({w: s.effective for w, s in state.items()},
+                                 {w: s.mask for w, s in state.items()})
+            cls = type(layer)
+            # The rule's masks, as `freeze` resolves them; every value is 0.0.
+            for weight, mask, _ in _plan.resolve(rule, plan, lambda w: cls.pin_axes(layer, w), path):
+                new = None if mask is None else np.asarray(mask, bool) & ~state[weight].mask
+                if new is not None and new.any():
+                    self._pin_at_zero(layer, weight, state[weight], new)
+        total = sum(g.units for g in groups)
+        self._sparsity = sum(max(round(sparsity * g.units), len(g.removable_units()))
+                             for g in groups) / total
 
     def _sync(self) -> None:
         # Under JAX, `fit` keeps the variables' values in its own state and

@@ -12,7 +12,10 @@ to know about it, and nothing else says it again:
   its config (the formulas of the Keras 3.15 `build` methods), so a file can
   be checked against its config without Keras;
 - `pinned`: its pinned class's name (`"Masked" + name`), registered as
-  `"kerasurgery>Masked..."` and saved under the module `PINNED_MODULE`.
+  `"kerasurgery>Masked..."` and saved under the module `PINNED_MODULE`;
+- `state`: weights saved after the pinnable ones that are never pinned
+  (`BatchNormalization`'s moving statistics: not trainable, updated by the
+  layer itself).
 
 The pinned classes (`kerasurgery.layers`), the weight layout of files, the
 sizing of configs, the TF-free rewrite, inspection and rendering all read
@@ -98,6 +101,15 @@ class Kind:
             `optional[weight](config)` holds.
         aliases: Other classes of this kind, as `"module:Name"`, pinned with
             the same pinned class (a module not imported yet is not looked at).
+        state: Weights saved after `weights` that are never pinned (moving
+            statistics); the pinned class saves and loads them as the Keras
+            class does.
+        normalization: A normalization's scale and offset: pinned with their
+            channel (`prune_units`), never ranked by magnitude as a kernel
+            (`GradualPruning`'s unstructured schedule leaves them out).
+        refused: Attributes under which a layer of this kind is not pinnable
+            (`BatchNormalization(renorm=True)` makes weights the table does not
+            describe).
     """
 
     name: str
@@ -116,6 +128,9 @@ class Kind:
     # Other public classes of this kind ("module:Name"): exact subclasses of
     # the Keras class that add nothing (KerasHub re-exports Keras layers).
     aliases: tuple[str, ...] = ()
+    state: tuple[str, ...] = ()
+    normalization: bool = False
+    refused: tuple[str, ...] = ()
 
     @property
     def pinned(self) -> str:
@@ -144,6 +159,15 @@ class Kind:
             w for w in self.weights
             if (w != BIAS or bias) and (w not in self.optional or self.optional[w](config))
         ]
+
+    @property
+    def saved_weights(self) -> tuple[str, ...]:
+        """Every weight a layer of this kind may save, in saved order."""
+        return self.weights + self.state
+
+    def saved(self, config: Mapping[str, Any]) -> list[str]:
+        """The weights a layer of this config saves, in saved order (`present` and `state`)."""
+        return self.present(config) + list(self.state)
 
     def axes_of(self, weight: str, config: Mapping[str, Any] | None = None) -> Axes:
         """The input and unit axes of `weight` (a kernel) of a layer with `config`."""
@@ -249,6 +273,51 @@ def _separable(rank: int) -> Callable:
     return sizes
 
 
+def _axis_size(shape: Sequence, axis: Any) -> int | None:
+    if not isinstance(axis, int) or isinstance(axis, bool) or not -len(shape) <= axis < len(shape):
+        raise ValueError(axis)
+    return _dim(shape[axis])
+
+
+def _flag(config: Mapping, key: str) -> bool:
+    return config.get(key, True) is not False
+
+
+def _batch_normalization(config: Mapping, shape: Sequence) -> list[Shape]:
+    if config.get("renorm") or config.get("synchronized"):
+        raise ValueError("renorm")  # more weights, or another layer on some backends
+    channels = (_axis_size(shape, config.get("axis", -1)),)
+    return [channels] * (_flag(config, "scale") + _flag(config, "center") + 2)
+
+
+def _normalized_axes(config: Mapping) -> list:
+    axis = config.get("axis", -1)
+    return sorted(axis) if isinstance(axis, list) else [axis]
+
+
+def _layer_normalization(config: Mapping, shape: Sequence) -> list[Shape]:
+    channels = tuple(_axis_size(shape, a) for a in _normalized_axes(config))
+    return [channels] * (_ln_gamma(config) + _ln_beta(config))
+
+
+def _ln_gamma(config: Mapping) -> bool:
+    return _flag(config, "scale") or bool(config.get("rms_scaling"))
+
+
+def _ln_beta(config: Mapping) -> bool:
+    return _flag(config, "center") and not config.get("rms_scaling")
+
+
+def _ln_axes(config: Mapping[str, Any]) -> Axes:
+    """Every axis of gamma and beta is a normalized axis of the input: units."""
+    return Axes(inputs=(), units=tuple(range(len(_normalized_axes(config)))), contracted=False)
+
+
+def _group_normalization(config: Mapping, shape: Sequence) -> list[Shape]:
+    channels = (_axis_size(shape, config.get("axis", -1)),)
+    return [channels] * (_flag(config, "scale") + _flag(config, "center"))
+
+
 def _einsum_dense(config: Mapping, shape: Sequence) -> list[Shape]:
     """`EinsumDense`'s kernel and bias, as `_analyze_split_string` in
     keras/src/layers/core/einsum_dense.py sizes them: a kernel label takes
@@ -317,6 +386,18 @@ _SEPARABLE_GRID = {"depthwise_kernel": ("kernel positions × input channels", "d
                    "pointwise_kernel": ("input channels × depth multiplier", "filters")}
 
 
+# A normalization's scale (gamma) and offset (beta) are one entry per
+# channel: the channel is their unit, and they read no input axis.
+_SCALE_OFFSET = ("gamma", "beta")
+_PER_CHANNEL = {w: Axes(inputs=(), units=(0,), contracted=False) for w in _SCALE_OFFSET}
+_SCALE_OFFSET_OPTIONAL = {"gamma": lambda config: _flag(config, "scale"),
+                          "beta": lambda config: _flag(config, "center")}
+_NORMALIZATION_NOTE = (
+    "Its scale (`gamma`) and offset (`beta`) can be pinned per channel (both present only "
+    "with `scale` and `center`); a channel whose gamma and beta are pinned at 0.0 outputs "
+    "exactly 0.0 in training and inference.")
+
+
 def _conv_kind(name: str, rank: int) -> Kind:
     return Kind(name, _KERNEL_BIAS, _conv(rank), _CONV, rank=rank, grid=_CONV_GRID)
 
@@ -367,6 +448,18 @@ KINDS: dict[str, Kind] = {kind.name: kind for kind in (
               "`reverse_embeddings` (present when `tie_weights=False`). With tied weights "
               "the logits projection reads `embeddings` too, so a pinned token row is pinned "
               "for the lookup and the projection alike."),
+    # Issue 20: the normalizations, so that a pruned channel stays exactly zero
+    # through them. Moving statistics are state, never pinned.
+    Kind("BatchNormalization", _SCALE_OFFSET, _batch_normalization, _PER_CHANNEL,
+         optional=_SCALE_OFFSET_OPTIONAL, state=("moving_mean", "moving_variance"),
+         normalization=True, refused=("renorm",),
+         note=_NORMALIZATION_NOTE + " The moving mean and variance are not pinned; "
+              "`renorm=True` layers are not pinnable."),
+    Kind("LayerNormalization", _SCALE_OFFSET, _layer_normalization, config_axes=_ln_axes,
+         optional={"gamma": _ln_gamma, "beta": _ln_beta}, normalization=True,
+         note=_NORMALIZATION_NOTE + " Its units are the normalized axes' entries."),
+    Kind("GroupNormalization", _SCALE_OFFSET, _group_normalization, _PER_CHANNEL,
+         optional=_SCALE_OFFSET_OPTIONAL, normalization=True, note=_NORMALIZATION_NOTE),
 )}
 """Every supported Keras class, by name, in the order messages list them."""
 
@@ -405,7 +498,7 @@ def pinned_kind(entry: Mapping[str, Any]) -> Kind | None:
 
 def saved_orders() -> list[tuple[str, ...]]:
     """The distinct saved weight orders of the kinds, in table order."""
-    return list(dict.fromkeys(kind.weights for kind in KINDS.values()))
+    return list(dict.fromkeys(kind.saved_weights for kind in KINDS.values()))
 
 
 def kernel_names() -> tuple[str, ...]:

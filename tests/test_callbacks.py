@@ -259,12 +259,66 @@ def test_a_shared_nonzero_pin_value_is_refused():
         ({"begin_step": -1}, "integer >= 0"),
         ({"power": 0}, "power > 0"),
         ({"layers": []}, "layer path, name or glob"),
+        ({"units": True, "across_layers": True}, "does not apply with `units=True`"),
+        ({"units": True, "norm": 3}, "norm 1 or 2"),
     ],
 )
 def test_bad_arguments_are_refused(kwargs, match):
     arguments = {"target_sparsity": 0.5, "begin_step": 0, "end_step": 10, **kwargs}
     with pytest.raises(KerasurgeryError, match=match):
         ks.callbacks.GradualPruning(**arguments)
+
+
+def _conv_bn(seed: int = 0) -> keras.Model:
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((6, 6, 2), name="x")
+    h = L.ReLU()(L.BatchNormalization(name="bn")(L.Conv2D(8, 3, padding="same", name="conv")(inputs)))
+    h = L.Conv2D(6, 3, activation="relu", name="conv2")(h)
+    return keras.Model(inputs, L.Dense(3, name="out")(L.GlobalAveragePooling2D()(h)), name="conv_bn")
+
+
+def test_structured_pruning_pins_round_target_units_of_each_group_and_shrink_removes_them():
+    """Issue 20: `units=True` runs prune_units' ranking and pins on the schedule."""
+    from kerasurgery.model.groups import dependency_groups
+    from kerasurgery.model.walk import walk_layers
+
+    frozen = ks.freeze(_conv_bn(), {"*": ks.Pin()})  # BN included: its gamma/beta get pinned
+    layers = dict(walk_layers(frozen))
+    pruner = ks.callbacks.GradualPruning(0.5, begin_step=0, end_step=4, frequency=2, units=True)
+    before = {}
+
+    class _AtEndStep(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            if pruner._step == 4:  # just pruned at end_step; 4 more steps follow
+                before.update({p: layers[p].pin_state() for p in ("conv", "bn", "conv2")})
+
+    history = _fit(frozen, [pruner, _AtEndStep()], epochs=2)  # pruned at steps 0, 2, 4
+    _sync(frozen)
+    removable = {g.producers: len(g.removable_units()) for g in dependency_groups(frozen)}
+    assert removable == {("conv",): 4, ("conv2",): 3, ("out",): 0}  # round(0.5 * 8), round(0.5 * 6)
+    assert history.history["sparsity"][-1] == 7 / 14
+    chosen = np.flatnonzero(layers["conv"].pins().bias)
+    for weight, state in layers["bn"].pin_state().items():
+        assert np.array_equal(np.flatnonzero(state.mask), chosen), weight
+    # Pins hold bit for bit through the training after end_step; free entries move.
+    assert set(before) == {"conv", "bn", "conv2"}
+    for path, state in before.items():
+        for weight, pins in state.items():
+            after = layers[path].pin_state()[weight]
+            assert np.array_equal(after.mask, pins.mask)
+            assert np.array_equal(bits(after.effective[pins.mask]), bits(pins.effective[pins.mask]))
+            assert not np.array_equal(after.effective[~pins.mask], pins.effective[~pins.mask])
+    small = ks.shrink(frozen)
+    assert [small.get_layer(n).filters for n in ("conv", "conv2")] == [4, 3]
+    x = _data()[0]
+    want, have = frozen.predict(x, verbose=0), small.predict(x, verbose=0)
+    assert float(np.abs(want - have).max()) <= 1e-5 * float(np.abs(want).max())
+
+
+def test_structured_pruning_needs_every_layer_of_its_groups_pinned():
+    frozen = ks.freeze(_conv_bn(), {"conv*": ks.Pin()})  # the BatchNormalization is not
+    with pytest.raises(KerasurgeryError, match=r"'bn' holds units it would prune but is not pinned"):
+        _fit(frozen, [ks.callbacks.GradualPruning(0.5, 0, 3, units=True)], epochs=1)
 
 
 def test_schedule_is_zhu_and_gupta():

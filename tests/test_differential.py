@@ -363,6 +363,8 @@ def _view(model) -> dict[str, dict[str, tuple[np.ndarray, np.ndarray | None]]]:
                 variable = getattr(layer, weight, None)
                 if variable is not None:
                     weights[weight] = (keras.ops.convert_to_numpy(variable), None)
+        for weight in kind.state:  # BatchNormalization's statistics: read, never pinned
+            weights[weight] = (keras.ops.convert_to_numpy(getattr(layer, weight)), None)
         view[path] = weights
     return view
 

@@ -106,6 +106,15 @@ def test_depthwise_couples_its_input_and_output_channels():
     assert dependency_groups(model).of("conv").prunable
 
 
+def test_a_batch_normalization_whose_gamma_and_beta_cannot_be_pinned_is_reported():
+    # prune_units pins a BN's gamma and beta (issue 20); renorm=True is not pinnable.
+    x = keras.Input((4,))
+    y = L.BatchNormalization(renorm=True, name="bn")(L.Dense(3, name="a")(x))
+    groups = dependency_groups(keras.Model(x, L.Dense(1, name="out")(y)))
+    assert groups.of("a").left == (
+        "read by 'bn' (BatchNormalization: its gamma and beta cannot be pinned (renorm=True))",)
+
+
 def test_layer_normalization_and_unknown_layers_are_reported_not_guessed():
     x = keras.Input((4,))
     a = L.Dense(3, name="a")(x)

@@ -79,6 +79,11 @@ def _expected_info(layer, path) -> LayerInfo:
         pinned_kernel = int(np.count_nonzero(_np(layer.kernel_pin_mask)))
         if layer.use_bias:
             pinned_bias = int(np.count_nonzero(_np(layer.bias_pin_mask)))
+    if isinstance(layer, keras.layers.BatchNormalization):  # a kind since issue 20: gamma and beta
+        scale_offset = [_np(w) for w in (layer.gamma, layer.beta) if w is not None]
+        shape = scale_offset[0].shape
+        zeros = sum(int(np.count_nonzero(w == 0)) for w in scale_offset)
+        size = sum(w.size for w in scale_offset)
     return LayerInfo(layer.name, type(layer).__name__, shape, pinned_kernel, pinned_bias, path,
                      zeros, size)
 
@@ -1185,6 +1190,8 @@ BERT_KERNELS = {
     "bert_backbone/position_embedding": (8, 8),
     "bert_backbone/token_embedding": (50, 8),
     "logits": (8, 2),
+    # A pinnable kind since issue 20 (gamma; beta beside it), named by the backbone's config.
+    "bert_backbone/embeddings_layer_norm": (8,),
 }
 
 
@@ -1197,7 +1204,7 @@ def test_kerashub_bert_lists_its_dense_and_einsum_dense_layers(bert):
     assert (classes["bert_backbone/pooled_dense"], classes["logits"]) == ("Dense", "Dense")
     assert classes[f"{BERT_BLOCK}/self_attention_layer/query"] == "?"
     assert f"{BERT_BLOCK}/self_attention_layer" in classes  # every depth, weights or not
-    assert info.size == sum(math.prod(s) for s in BERT_KERNELS.values())
+    assert info.size == sum(math.prod(s) for s in BERT_KERNELS.values()) + 8  # + the norm's beta
     query = bert["model"].backbone.get_layer("transformer_layer_0")._self_attention_layer._query_dense
     read = read_weights(bert["path"], [f"{BERT_BLOCK}/self_attention_layer/query"])
     assert np.array_equal(read[f"{BERT_BLOCK}/self_attention_layer/query"].kernel.effective,

@@ -114,6 +114,9 @@ _BUILT = {
     "SeparableConv1D": ((2, 3), {}, (None, 8, 3)),
     "SeparableConv2D": ((2, 3), {}, (None, 8, 8, 3)),
     "ReversibleEmbedding": ((5, 2), {"tie_weights": False}, (None, 4)),
+    "BatchNormalization": ((), {}, (None, 4, 3)),
+    "LayerNormalization": ((), {}, (None, 3)),
+    "GroupNormalization": ((), {"groups": 3}, (None, 4, 3)),
 }
 
 

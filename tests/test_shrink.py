@@ -16,6 +16,7 @@ from kerasurgery import layers as layers_lib
 from kerasurgery.errors import NothingPinnedWarning, PinError
 from kerasurgery.model.groups import dependency_groups
 from kerasurgery.model.walk import walk_layers
+from kerasurgery.pins import bits
 
 L = keras.layers
 RTOL = 1e-5  # float32 reassociation: fewer terms, summed in another order
@@ -207,12 +208,40 @@ def test_prune_units_pins_exactly_round_fraction_units_of_each_group():
         assert np.all(pins.bias_value[columns] == 0.0)
     chosen = np.flatnonzero(layers["c0"].pins().bias)
     assert np.array_equal(chosen, np.flatnonzero(layers["c1"].pins().bias))
-    for bn in ("bn0", "bn1"):
-        assert np.all(keras.ops.convert_to_numpy(layers[bn].gamma)[chosen] == 0.0)
-        assert np.all(keras.ops.convert_to_numpy(layers[bn].beta)[chosen] == 0.0)
+    for bn in ("bn0", "bn1"):  # pinned on exactly the chosen channels (issue 20)
+        for weight, state in layers[bn].pin_state().items():
+            assert np.array_equal(np.flatnonzero(state.mask), chosen), (bn, weight)
+            assert np.all(state.effective[chosen] == 0.0)
     # The output layer's units are a model output: not pruned.
     assert not layers_lib.is_pinned(layers["out"])
     assert [len(g.removable_units()) for g in dependency_groups(pruned)] == [3, 0]
+
+
+def test_pruned_channels_stay_exactly_zero_through_batch_norm_while_fine_tuning():
+    """Kernel columns, bias, gamma and beta pinned: AdamW cannot revive the channel (issue 20)."""
+    model = _conv_bn()
+    _randomize(model)
+    pruned = ks.prune_units(model, 0.5)
+    layers = dict(walk_layers(pruned))
+    before = {p: layers[p].pin_state() for p in ("conv", "bn")}
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(16, 8, 8, 3)).astype("float32"), rng.normal(size=(16, 2)).astype("float32")
+    pruned.compile(keras.optimizers.AdamW(0.05, weight_decay=0.1), "mse")
+    pruned.fit(x, y, batch_size=8, epochs=2, verbose=0)
+    channels = np.flatnonzero(before["bn"]["gamma"].mask)
+    assert len(channels) == 3
+    for path, state in before.items():
+        for weight, pins in state.items():
+            after = layers[path].pin_state()[weight]
+            assert np.array_equal(after.mask, pins.mask)
+            assert np.array_equal(bits(after.effective[pins.mask]), bits(pins.effective[pins.mask]))
+            assert not np.array_equal(after.effective[~pins.mask], pins.effective[~pins.mask])
+    probe = keras.Model(pruned.input, pruned.get_layer("bn").output)
+    for training in (True, False):
+        out = keras.ops.convert_to_numpy(probe(x, training=training))
+        assert np.all(out[..., channels] == 0.0) and np.all(np.any(out != 0.0, axis=(0, 1, 2))[
+            np.setdiff1d(np.arange(6), channels)])
+    assert [len(g.removable_units()) for g in dependency_groups(pruned)][0] == 3
 
 
 def test_prune_units_ranks_units_by_the_norm_of_the_whole_group():

@@ -59,8 +59,10 @@ UNKNOWN_CLASS = UNKNOWN
 # within a few tens of MB of memory.
 _COUNT_BLOCK = 1 << 22
 # The weights that count as a kernel in a layer of no pinnable kind: those
-# that do in some kind.
-_KERNEL_LIKE = kinds.kernel_names()
+# that do in some kind, but a normalization's scale and offset (a custom
+# layer's own `gamma` is no kernel).
+_KERNEL_LIKE = tuple(dict.fromkeys(
+    w for kind in kinds.KINDS.values() if not kind.normalization for w in kind.kernels))
 _SHARED, _PER_ENTRY = "shared", "per_entry"
 
 
@@ -705,7 +707,7 @@ class _ModelFile:
         expected = _shapes.config_shapes(kind.name, config, input_shape)
         if expected is None:
             return
-        for name, want in zip(kind.present(config), expected):
+        for name, want in zip(kind.saved(config), expected):
             dataset = entry.variables.get(name)
             if dataset is None:
                 continue
@@ -761,8 +763,9 @@ def _kernel_like(entry: Entry, stored: list[_Stored]) -> list[_Stored]:
     """The weights that count as the layer's kernel: all but the bias for a
     pinnable kind; else the kernel-named ones, the pinned ones, or a first
     stored weight with two or more axes."""
-    if kinds.find(entry.class_name) is not None:
-        return [s for s in stored if s.name != BIAS]
+    kind = kinds.find(entry.class_name)
+    if kind is not None:
+        return [s for s in stored if s.name != BIAS and s.name not in kind.state]
     named = [s for s in stored if s.name in _KERNEL_LIKE]
     if named:
         return named

@@ -111,7 +111,7 @@ def weight_order(class_name: str, names: Iterable[str] = ()) -> tuple[str, ...]:
     """
     kind = kinds.find(class_name)
     if kind is not None:
-        return kind.weights
+        return kind.saved_weights
     names = set(names)
     for saved in kinds.saved_orders():
         if names and names <= set(saved):
@@ -397,13 +397,15 @@ class _Walk:
                 raise self.error(f"{where} keeps pins both in its weights and in {PIN_RECORD}.")
             return stored  # named: effective weights, masks and values
         if record is not None:
-            expected = [str(i) for i in range(len(record.weights))]
+            # Saved as the plain layer saves them: the pinned weights, then its state.
+            saved = [*record.weights, *kinds.find(record.class_name).state]
+            expected = [str(i) for i in range(len(saved))]
             if sorted(stored, key=_index_key) != expected:
                 raise self.error(
                     f"{PIN_RECORD} pins the weights {list(record.weights)} of {where}, but "
                     f"{WEIGHTS_MEMBER} stores {sorted(stored, key=_index_key)} for it."
                 )
-            variables: dict = {w: stored[str(i)] for i, w in enumerate(record.weights)}
+            variables: dict = {w: stored[str(i)] for i, w in enumerate(saved)}
             variables.update(record.datasets)
             return variables
         kind = kinds.find(class_name)
@@ -411,7 +413,7 @@ class _Walk:
             names = present_weights(kind, layer_config)
             if names is None:  # no config: as many as are stored
                 count = next(i for i in range(len(stored) + 1) if str(i) not in stored)
-                names = list(kind.weights[:count])
+                names = list(kind.saved_weights[:count])
             return {n: stored[str(i)] for i, n in enumerate(names) if str(i) in stored}
         if source == WEIGHTS:
             return stored  # not a pinnable kind: by the keys the file uses
@@ -747,11 +749,11 @@ def _infer(key: str, listed: bool, name: str, parent_config: dict,
 
 
 def present_weights(kind: kinds.Kind, layer_config: dict) -> list[str] | None:
-    """The weights a layer of `kind` has, by its serialized config; `None` without one."""
+    """The weights a layer of `kind` saves, by its serialized config; `None` without one."""
     config = layer_config.get("config") if isinstance(layer_config, dict) else None
     if not isinstance(config, dict):
         return None
-    return kind.present(config)
+    return kind.saved(config)
 
 
 def _own(by_owner: dict, name: str) -> tuple[dict, set]:

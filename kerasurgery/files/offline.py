@@ -93,6 +93,7 @@ class _Layer:
     source: str  # its group in the input's weights
     target: str = ""  # its group in the output's weights
     weights: tuple[str, ...] = ()  # present pinnable weights, in Keras' order
+    state: tuple[str, ...] = ()  # weights saved after them, never pinned (moving statistics)
     pinned: bool = False  # pinned in the input
 
     @property
@@ -168,6 +169,7 @@ def _freeze_file(source: Path, output: Path, pins: Mapping[str, Any], overwrite:
             state = plan.state()
             layer.entry["config"]["pin_storage"] = dict(plan.storage())
             _write_state(group, layer, state)
+            archive.copy_state(layer, group, named=True)
             counts[layer.path] = {
                 "kernel": sum(int(np.count_nonzero(s.mask)) for w, s in state.items() if w != "bias"),
                 "bias": int(np.count_nonzero(state["bias"].mask)) if "bias" in state else 0,
@@ -208,6 +210,7 @@ def strip_file(source: Path, output: Path, *, overwrite: bool, keep_optimizer: b
         def write_plain(layer: _Layer, group: h5py.Group) -> None:
             for i, weight in enumerate(layer.weights):
                 group.create_dataset(str(i), data=archive.effective(layer, weight)[0])
+            archive.copy_state(layer, group, named=False)
 
         with atomic_path(output, overwrite) as target:
             archive.write(target, {layer.path: write_plain for layer in pinned},
@@ -363,16 +366,19 @@ class _Archive:
         if set(group) != {"vars"}:
             raise NotOffline(f"layer {layer.path!r} holds more than its variables")
         kind = KINDS[layer.kind]
-        layer.weights = tuple(kind.present(config))
+        if any(config.get(key) for key in kind.refused):
+            raise NotOffline(f"layer {layer.path!r} sets `{kind.refused[0]}`")
+        layer.weights, layer.state = tuple(kind.present(config)), kind.state
         stored = set(group["vars"])
         if layer.pinned:
             expected = {k for w in layer.weights for k in (w, f"{w}_pin_mask", f"{w}_pin_value")}
+            expected |= set(layer.state)
             storage = saved_storage(config, layer.weights)
             if storage is None or not set(config.get("pin_storage") or {}) <= set(kind.weights):
                 raise NotOffline(f"layer {layer.path!r} has an unexpected `pin_storage`")
             _saved_as_today(layer.entry, storage)
         else:
-            expected = {str(i) for i in range(len(layer.weights))}
+            expected = {str(i) for i in range(len(layer.weights) + len(layer.state))}
         if stored != expected:
             raise NotOffline(f"layer {layer.path!r} stores {sorted(stored)}")
         if layer.pinned:
@@ -473,6 +479,14 @@ class _Archive:
             return _plan.PinPlan({w: e for w, (e, _) in pinned.items()},
                                  {w: m for w, (_, m) in pinned.items()})
         return _plan.PinPlan({w: np.asarray(stored[str(i)][()]) for i, w in enumerate(layer.weights)})
+
+    def copy_state(self, layer: _Layer, group: h5py.Group, *, named: bool) -> None:
+        """Copies a layer's state weights (moving statistics) into `group`, keyed by
+        name (a pinned layer) or by position after the pinnable weights (a plain one)."""
+        stored = self.vars(layer)
+        for i, weight in enumerate(layer.state, start=len(layer.weights)):
+            _copy_dataset(stored[weight if layer.pinned else str(i)], group,
+                          weight if named else str(i))
 
     def effective(self, layer: _Layer, weight: str) -> tuple[np.ndarray, np.ndarray]:
         """A pinned layer's effective weight and mask, as Keras loads them: `where(mask, value, stored)`."""
@@ -675,7 +689,7 @@ def _check_sizes(layer: _Layer, vars_group: h5py.Group) -> None:
     input_shape = build.get("input_shape") if isinstance(build, dict) else None
     kind = layer.kind or layer.class_name
     expected = _shapes.weight_shapes(kind, layer.entry["config"], input_shape)
-    names = list(layer.weights) if layer.pinned else [str(i) for i in range(len(vars_group))]
+    names = [*layer.weights, *layer.state] if layer.pinned else [str(i) for i in range(len(vars_group))]
     if expected is None and not names and kind in _PLAIN:
         return  # never built: Keras builds it on its first call, from its input
     stored = [vars_group[n].shape if isinstance(vars_group.get(n), h5py.Dataset) else None for n in names]

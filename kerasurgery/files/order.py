@@ -37,13 +37,6 @@ from kerasurgery.guards.shapes import WEIGHTLESS
 MODELS = ("Sequential", "Functional", "Model")
 # Built-in layers whose variables are known by name, besides the pinnable kinds
 # and the weightless ones: (trainable, non-trainable), each in creation order.
-_NORMALIZATIONS = {
-    "BatchNormalization": (("gamma", "scale"), ("beta", "center"), ("moving_mean", None),
-                           ("moving_variance", None)),
-    "LayerNormalization": (("gamma", "scale"), ("beta", "center")),
-}
-
-
 class OrderError(ValueError):
     """The config does not say in which order Keras would load its layers."""
 
@@ -333,15 +326,10 @@ def _variables(class_name: str, config: dict) -> tuple[list[str], list[str]] | N
         return [], []
     kind = kinds.find(class_name)
     if kind is not None:
-        if any(config.get(key) for key in ("lora_rank", "quantization_config")):
+        if any(config.get(key) for key in ("lora_rank", "quantization_config", *kind.refused)):
             return None
-        present = list(kind.present(config))
+        present, state = kind.present(config), list(kind.state)
         if kinds.is_pinned_class(class_name):
-            return present, [f"{w}_pin_{p}" for w in present for p in ("mask", "value")]
-        return present, []
-    table = _NORMALIZATIONS.get(class_name)
-    if table is None:
-        return None
-    trainable = [n for n, flag in table if flag is not None and config.get(flag, True)]
-    other = [n for n, flag in table if flag is None]
-    return trainable, other
+            return present, state + [f"{w}_pin_{p}" for w in present for p in ("mask", "value")]
+        return present, state
+    return None

@@ -124,30 +124,6 @@ def _axis_size(shape: list, axis: Any) -> int:
     return kinds.size(shape[axis])
 
 
-def _batch_normalization(config: dict, shape: list) -> list[Shape]:
-    if config.get("renorm") or config.get("synchronized"):
-        raise ValueError("renorm")
-    size = (_axis_size(shape, config.get("axis", -1)),)
-    flags = [config.get("scale", True) is not False, config.get("center", True) is not False, True, True]
-    return [size] * sum(flags)
-
-
-def _layer_normalization(config: dict, shape: list) -> list[Shape]:
-    axis = config.get("axis", -1)
-    axes = sorted(axis) if isinstance(axis, list) else [axis]
-    size = tuple(_axis_size(shape, a) for a in axes)
-    rms = bool(config.get("rms_scaling"))
-    gamma = config.get("scale", True) is not False or rms
-    beta = config.get("center", True) is not False and not rms
-    return [size] * (gamma + beta)
-
-
-def _group_normalization(config: dict, shape: list) -> list[Shape]:
-    size = (_axis_size(shape, config.get("axis", -1)),)
-    flags = [config.get("scale", True) is not False, config.get("center", True) is not False]
-    return [size] * sum(flags)
-
-
 def _normalization(config: dict, shape: list) -> list[Shape]:
     if config.get("mean") is not None:
         return []  # the given mean and variance are constants, not variables
@@ -188,9 +164,6 @@ def _prelu(config: dict, shape: list) -> list[Shape]:
 # are here only to size the configs of hostile files, not to be pinned.
 _SIZERS = {
     **{name: kind.sizes for name, kind in kinds.KINDS.items()},
-    "BatchNormalization": _batch_normalization,
-    "LayerNormalization": _layer_normalization,
-    "GroupNormalization": _group_normalization,
     "PReLU": _prelu,
     "Normalization": _normalization,
 }

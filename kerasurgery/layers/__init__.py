@@ -57,8 +57,10 @@ def is_pinned(layer: object) -> bool:
 
 
 def is_pinnable(layer: object) -> bool:
-    """A layer of a supported kind: pinned already, or of an exact supported Keras class."""
-    return pinned_class_for(layer) is not None
+    """A layer of a supported kind: pinned already, or of an exact supported Keras class
+    without an option its kind refuses (`BatchNormalization(renorm=True)`)."""
+    cls = pinned_class_for(layer)
+    return cls is not None and not any(getattr(layer, a, False) for a in cls.kind.refused)
 
 
 def supported_class_names() -> list[str]:

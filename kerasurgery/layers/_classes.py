@@ -81,6 +81,7 @@ def _pinned_class(kind: kinds.Kind) -> type:
         "__doc__": _DOC.format(name=kind.name, weights=weights, main=kind.main, note=note),
         "kind": kind,
         "pinned_weights": kind.weights,
+        "state_weights": kind.state,
     })
     if cls.keras_class is not keras_class:  # set by PinMixin from the class's bases
         raise TypeError(f"{kind.pinned} does not derive from keras.layers.{kind.name}")

@@ -69,6 +69,8 @@ class PinMixin:
     """
 
     pinned_weights: ClassVar[tuple[str, ...]] = ()
+    # Weights saved after the pinned ones and never pinned (moving statistics).
+    state_weights: ClassVar[tuple[str, ...]] = ()
     keras_class: ClassVar[type]
     # weight -> the attribute that holds its raw variable
     _raw_attrs: ClassVar[dict[str, str]] = {}
@@ -186,6 +188,12 @@ class PinMixin:
     def present_weights(self) -> list[str]:
         """The pinned weights this layer has (`bias` only with `use_bias`)."""
         return [w for w in self.pinned_weights if self.raw_variable(w) is not None]
+
+    def _saved(self) -> list[tuple[str, Any]]:
+        """(name, what is stored) of every weight the layer saves, in saved order:
+        the effective pinned weights, then the state weights as they are."""
+        pinned = [(w, self.effective(w)) for w in self.present_weights()]
+        return pinned + [(w, getattr(self, w)) for w in self.state_weights]
 
     def effective(self, weight: str, raw: Any = None) -> Any:
         """The effective tensor of `weight` (of `raw`, if given, instead of the variable).
@@ -369,12 +377,13 @@ class PinMixin:
         self._check_pins_sound()
         if not self._in_config:
             # The parent re-creates a plain Keras layer: store what it loads.
-            for i, weight in enumerate(self.present_weights()):
-                store[str(i)] = ops.convert_to_numpy(self.effective(weight))
+            for i, (_, tensor) in enumerate(self._saved()):
+                store[str(i)] = ops.convert_to_numpy(tensor)
             return
+        for weight, tensor in self._saved():
+            store[weight] = ops.convert_to_numpy(tensor)
         for weight in self.present_weights():
             mask, value = self.pin_variables(weight)
-            store[weight] = ops.convert_to_numpy(self.effective(weight))
             store[f"{weight}_pin_mask"] = ops.convert_to_numpy(mask)
             store[f"{weight}_pin_value"] = ops.convert_to_numpy(value)
 
@@ -384,8 +393,10 @@ class PinMixin:
         present = self.present_weights()
         keys = set(store.keys())
         named = [k for w in present for k in (w, f"{w}_pin_mask", f"{w}_pin_value")]
-        plain = [str(i) for i in range(len(present))]
+        named += list(self.state_weights)
+        plain = [str(i) for i in range(len(present) + len(self.state_weights))]
         if keys == set(named):
+            self._load_state_weights(store, list(self.state_weights))
             state = {
                 w: _pins.WeightPins(
                     effective=store[w][...], mask=store[f"{w}_pin_mask"][...],
@@ -398,6 +409,7 @@ class PinMixin:
             # the file keeps in its pin record): the weights are loaded and
             # the current pins kept, so loading the original model's weights
             # into a frozen model leaves every pin in place.
+            self._load_state_weights(store, plain[len(present):])
             for i, w in enumerate(present):
                 raw = self.raw_variable(w)
                 raw.assign(_pins.checked_stored_weight(
@@ -421,6 +433,14 @@ class PinMixin:
                 f"Received: {sorted(keys)}"
             )
         self.set_pin_state(state)
+
+    def _load_state_weights(self, store: Any, keys: list[str]) -> None:
+        """Assigns the state weights (moving statistics) from `keys` of `store`, in order."""
+        for key, weight in zip(keys, self.state_weights):
+            variable = getattr(self, weight)
+            variable.assign(_pins.checked_stored_weight(
+                store[key][...], tuple(variable.shape), variable.dtype,
+                f"Layer {self.name!r}: `{weight}`"))
 
     def _check_pins_sound(self) -> None:
         # A direct `assign` can put anything into the variables; refuse to

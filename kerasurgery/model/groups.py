@@ -668,6 +668,8 @@ def _batch_norm(walk, layer, path, values, inputs, outputs):
     axes = layer.axis if isinstance(layer.axis, (list, tuple)) else [layer.axis]
     if [a % rank for a in axes] != [rank - 1]:
         raise _Unsupported("normalizes another axis than the last")
+    if not layers_lib.is_pinnable(layer):  # prune_units pins gamma and beta
+        raise _Unsupported("its gamma and beta cannot be pinned (renorm=True)")
     for weight in ("gamma", "beta", "moving_mean", "moving_variance"):
         if getattr(layer, weight, None) is not None:
             walk.member(value, path, weight, 0)

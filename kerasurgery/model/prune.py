@@ -219,6 +219,8 @@ def _unsupported(layer: keras.layers.Layer) -> str | None:
     """Why a layer has no input matrix `X` (`None`: it has one)."""
     cls = layers_lib.pinned_class_for(layer)
     main = cls.pinned_weights[0]
+    if cls.kind.normalization:
+        return "a normalization has no kernel"
     if not cls.pin_axes(layer, main).contracted:
         return "its input is an index, not a vector"
     if tuple(cls.pinned_weights) != ("kernel", "bias"):

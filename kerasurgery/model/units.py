@@ -11,7 +11,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from kerasurgery import pruning
+from kerasurgery import pruning, rules
 from kerasurgery.errors import NothingPinnedWarning, PinError
 from kerasurgery.kinds import Axes
 from kerasurgery.model.groups import Group, Member, dependency_groups
@@ -20,9 +20,10 @@ from kerasurgery.pins import AxisRule, Pin
 
 # Statistics, not learned: they say nothing of a unit's importance.
 _NOT_SCORED = ("moving_mean", "moving_variance")
-# What a following normalization multiplies and adds: set to 0.0 so that a
-# pruned channel leaves it at exactly zero.
-_ZEROED = ("gamma", "beta")
+# What a following normalization multiplies and adds: pinned at 0.0 on the
+# channel, so that a pruned channel leaves it at exactly zero in training as
+# in inference (whatever the batch statistics), and fine-tuning cannot revive it.
+_SCALE_OFFSET = ("gamma", "beta")
 
 
 def prune_units(
@@ -39,9 +40,9 @@ def prune_units(
     producers' kernel columns and bias entries, and a depthwise convolution's
     bias on the channel, are pinned at 0.0 (`ks.freeze` with `ks.Pin`
     masks); a residual group's units count once for all its branches. A
-    following `BatchNormalization`'s gamma and beta are set to 0.0 on the
-    channel, as values: normalizations are not pinnable yet, so training may
-    move them, and `shrink` then keeps the units they revive.
+    following `BatchNormalization`'s gamma and beta are pinned at 0.0 on the
+    channel (`ks.rules.units`), so the channel's normalized output is exactly
+    0.0 in training and inference and stays so through fine-tuning.
 
     Args:
         model: A built Functional or Sequential model.
@@ -61,25 +62,64 @@ def prune_units(
         KerasurgeryError: `model` is not a built Functional or Sequential model.
     """
     fraction = pruning.checked_fraction(fraction)
+    norm = checked_norm(norm)
+    patterns = [layers] if isinstance(layers, str) else list(layers)
+    groups, live = selected_groups(model, patterns)
+    pins = unit_pins(groups, live, [round(fraction * g.units) for g in groups], norm)
+    if not pins:
+        warnings.warn(NothingPinnedWarning(
+            ", ".join(patterns), f"prune_units({fraction})",
+            sum(len(g.producers) for g in groups),
+        ), stacklevel=2)
+        return model
+    from kerasurgery.model.surgery import freeze
+
+    return freeze(model, pins)
+
+
+def checked_norm(norm: object) -> int:
+    """`norm` if it is 1 or 2; else `PinError`."""
     if norm not in (1, 2) or isinstance(norm, bool):
         raise PinError(f"Expected norm 1 or 2. Received: {norm!r}")
-    patterns = [layers] if isinstance(layers, str) else list(layers)
+    return int(norm)
+
+
+def selected_groups(
+    model: keras.Model, patterns: Sequence[str]
+) -> tuple[list[Group], dict[str, keras.layers.Layer]]:
+    """The prunable groups of `model` one of whose producers matches a pattern,
+    and path -> layer of every layer of `model`."""
     live = dict(walk_layers(model))
+    groups = [g for g in dependency_groups(model) if g.prunable and _selected(g, patterns, live)]
+    return groups, live
+
+
+def unit_pins(
+    groups: Sequence[Group], live: dict[str, keras.layers.Layer], counts: Sequence[int], norm: int
+) -> dict[str, AxisRule]:
+    """Path -> the rule that pins, at 0.0, the `counts[i]` units of smallest
+    norm of `groups[i]` (`group_norms`) wherever they are read or made.
+
+    Shared by `prune_units` and the structured `GradualPruning`: one ranking,
+    one set of pins. Units already removable (pinned by an earlier call) count
+    towards `counts[i]` and are pinned again, so a growing count only adds units.
+    """
     masks: dict[tuple[str, str], np.ndarray] = {}
-    zeroed: dict[tuple[str, str], list[int]] = {}
-    groups = dependency_groups(model)
-    for group in groups:
-        if not group.prunable or not _selected(group, patterns, live):
-            continue
-        count = round(fraction * group.units)
+    channels: dict[str, set[int]] = {}
+    for group, count in zip(groups, counts):
         if not count:
             continue
+        # Units already removable (pinned at zero by an earlier pass) stay chosen
+        # and count; the rest are ranked.
+        done = np.array(group.removable, bool)
+        need = max(count - int(done.sum()), 0)
         scores = group_norms(group, live, norm)
-        chosen = np.flatnonzero(pruning.smallest_entries([scores], count)[0]).tolist()
+        new = pruning.smallest_entries([scores], need, [~done])[0]
+        chosen = np.flatnonzero(new | done).tolist()
         for member in group.members:
             indices = [i for unit in chosen for i in member.indices[unit]]
-            if member.weight in _ZEROED:
-                zeroed.setdefault((member.layer, member.weight), []).extend(indices)
+            if member.weight in _SCALE_OFFSET:
+                channels.setdefault(member.layer, set()).update(indices)
             elif _is_pinned_part(member, group, live):
                 weight = _numpy(live[member.layer], member.weight)
                 mask = masks.setdefault(
@@ -88,27 +128,13 @@ def prune_units(
                 where: list = [slice(None)] * weight.ndim
                 where[member.axis] = indices
                 mask[tuple(where)] = True
-    if not masks and not zeroed:
-        selected = [g for g in groups if g.prunable and _selected(g, patterns, live)]
-        warnings.warn(NothingPinnedWarning(
-            ", ".join(patterns), f"prune_units({fraction})",
-            sum(len(g.producers) for g in selected),
-        ), stacklevel=2)
-        return model
-    from kerasurgery.model.surgery import freeze
-
-    pins = {
+    pins: dict[str, AxisRule] = {
         path: _Columns(masks.get((path, _main_weight(live[path]))), masks.get((path, "bias")))
         for path in dict.fromkeys(path for path, _ in masks)
     }
-    pruned = freeze(model, pins)
-    copies = dict(walk_layers(pruned))
-    for (path, weight), indices in zeroed.items():
-        variable = getattr(copies[path], weight)
-        values = ops.convert_to_numpy(variable)
-        values[indices] = 0.0
-        variable.assign(values)
-    return pruned
+    # A normalization's scale and offset: both pinned on the channel.
+    pins.update({path: rules.units(sorted(c), value=0.0) for path, c in channels.items()})
+    return pins
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
