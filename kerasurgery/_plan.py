@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -362,6 +362,28 @@ def listing(model_name: str, paths: Sequence[str], supported: Sequence[str], lim
 _GLOB = frozenset("*?[")
 
 
+def _weight_layers_first(key: Any, selected: list[str], spec: Any, normalizations: Collection[str]) -> list[str]:
+    """`selected` without the normalization layers a glob reaches beside weight layers.
+
+    Normalizations became pinnable kinds so that `prune_units` can pin a
+    pruned channel's scale and offset; `{"*": ks.rules.smallest(0.8)}` or
+    the command line's default `--zeros` over every layer still means the
+    weight layers, as it did before (pruning 80% of the gammas, or pinning
+    every offset that starts at 0.0, would change what those scripts do). A
+    glob that matches only normalization layers (`"bn*"`), a name or path,
+    and a spec that pins nothing (`ks.Pin()`, which makes layers pin-capable
+    for `GradualPruning`) select them.
+    """
+    if not normalizations or not by_pattern(key, selected) or _pins_nothing(spec):
+        return selected
+    weights = [p for p in selected if p not in normalizations]
+    return weights or selected
+
+
+def _pins_nothing(spec: Any) -> bool:
+    return isinstance(spec, Pin) and spec.kernel is None and spec.bias is None
+
+
 def by_pattern(key: str, selected: Sequence[str]) -> bool:
     """Whether `key` selected the layers at `selected` as a glob, not by their path or name.
 
@@ -411,13 +433,13 @@ class Planner:
 
     def __init__(
         self, pins: Mapping[str, Any], select_key: Callable[[Any], list[str]], *,
-        exclude: Sequence[str] = (),
+        exclude: Sequence[str] = (), normalizations: Collection[str] = (),
     ) -> None:
         check_pins_argument(pins)
         excluded = excluded_paths(exclude, select_key)
         self.selections: list[Selection] = []
         for key, spec in pins.items():
-            selected = select_key(key)
+            selected = _weight_layers_first(key, select_key(key), spec, normalizations)
             kept = [p for p in selected if p not in excluded]
             if not kept:
                 raise LayerSelectionError(

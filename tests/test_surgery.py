@@ -104,9 +104,9 @@ def test_freeze_keeps_function_names_and_every_other_weight(build):
             assert np.array_equal(n.pins().kernel, kernel == 0)
             assert np.array_equal(_np(n.kernel).view("u4"), kernel.view("u4"))  # bit for bit
         elif not isinstance(o, keras.Model):
-            # A BatchNormalization is a kind since issue 20: pinned (its exact
-            # zeros), its statistics and weights first, as they were.
-            assert type(n) is (layers_lib.pinned_class_for(o) if layers_lib.is_pinnable(o) else type(o))
+            # Normalizations are kinds since issue 20, but a glob over weight
+            # layers leaves them as they are (`_plan._weight_layers_first`).
+            assert type(n) is type(o)
             for a, b in zip(o.get_weights(), n.get_weights()):
                 assert np.array_equal(a, b)
     # The result shares no variable with the original.
@@ -509,3 +509,23 @@ def test_walk_paths_name_the_holders_and_variable_prefixes_follow_keras():
         frozen = ks.freeze(model, {key: ks.rules.zeros()})
         pinned = [path for path, layer in walk_layers(frozen) if ks.layers.is_pinned(layer)]
         assert pinned == [next(p for p, _ in walked if p.endswith(key.rpartition("/")[2]))]
+
+
+def test_a_glob_over_weight_layers_leaves_normalizations_out_unless_it_pins_nothing():
+    # Normalizations are pinnable kinds (for prune_units); `{"*": rule}`
+    # still means the weight layers, as before they were.
+    x = keras.Input((4, 4, 3))
+    h = keras.layers.BatchNormalization(name="bn")(keras.layers.Conv2D(4, 1, name="c")(x))
+    model = keras.Model(x, keras.layers.Dense(2, name="d")(keras.layers.Flatten()(h)))
+
+    def classes(frozen):
+        return {name: type(frozen.get_layer(name)).__name__ for name in ("c", "bn", "d")}
+
+    assert classes(ks.freeze(model, {"*": ks.rules.zeros()})) == {
+        "c": "MaskedConv2D", "bn": "BatchNormalization", "d": "MaskedDense"}
+    assert classes(ks.freeze(model, {"bn*": ks.rules.zeros()})) == {
+        "c": "Conv2D", "bn": "MaskedBatchNormalization", "d": "Dense"}
+    assert classes(ks.freeze(model, {"*": ks.Pin()})) == {
+        "c": "MaskedConv2D", "bn": "MaskedBatchNormalization", "d": "MaskedDense"}
+    gamma = ks.freeze(model, {"bn": ks.rules.smallest(0.5)}).get_layer("bn").pin_state()["gamma"]
+    assert gamma.mask.tolist() == [True, True, False, False]  # all ones: ties to the lower index

@@ -149,7 +149,8 @@ def _freeze_file(source: Path, output: Path, pins: Mapping[str, Any], overwrite:
         others = {layer.path: (layer.name, layer.class_name) for layer in layers}
         listing = _plan.listing(archive.model_name, list(pinnable), supported)
         planner = _plan.Planner(
-            pins, lambda key: _plan.select(key, aliases, others, supported, listing), exclude=exclude
+            pins, lambda key: _plan.select(key, aliases, others, supported, listing), exclude=exclude,
+            normalizations=[path for path, layer in pinnable.items() if KINDS[layer.kind].normalization],
         )
         planner.rank_across(lambda path: archive.plan_of(pinnable[path]),
                             lambda path: pinnable[path].name)

@@ -107,7 +107,10 @@ def freeze(
     _require_rewritable(model, "freeze")
     _plan.check_pins_argument(pins)
     pinnable = pinnable_layers(model)
-    planner = _plan.Planner(pins, lambda key: _select(model, key, pinnable), exclude=exclude)
+    normalizations = [path for path, layer in pinnable.items()
+                      if layers_lib.pinned_class_for(layer).kind.normalization]
+    planner = _plan.Planner(pins, lambda key: _select(model, key, pinnable), exclude=exclude,
+                            normalizations=normalizations)
     frozen = model if in_place else copy_model(model)
     copies = dict(walk_layers(frozen))
     visible = _config_visible(frozen)
