@@ -20,7 +20,7 @@ import kerasurgery as ks
 from kerasurgery import layers as layers_lib
 from kerasurgery.errors import LayerSelectionError, ModelFileError
 from kerasurgery.model.walk import walk_layers
-from tests.helpers import bits
+from tests.helpers import bert_inputs, bits, tiny_bert_classifier
 
 
 def _np(x):
@@ -65,19 +65,10 @@ class Block(keras.layers.Layer):
 
 
 def _bert():
-    keras_hub = pytest.importorskip("keras_hub")  # in the test extra: always present in CI
-    backbone = keras_hub.models.BertBackbone(
-        vocabulary_size=100, num_layers=2, num_heads=2, hidden_dim=32,
-        intermediate_dim=64, max_sequence_length=16,
-    )
-    model = keras_hub.models.BertTextClassifier(backbone, num_classes=2, preprocessor=None)
+    pytest.importorskip("keras_hub")  # in the test extra: always present in CI
     rng = np.random.default_rng(0)
-    x = {
-        "token_ids": rng.integers(0, 100, size=(8, 16)).astype("int32"),
-        "segment_ids": np.zeros((8, 16), "int32"),
-        "padding_mask": np.ones((8, 16), "int32"),
-    }
-    return model, x, rng.integers(0, 2, size=(8,)).astype("int32")
+    x = bert_inputs(rng, 8)
+    return tiny_bert_classifier(), x, rng.integers(0, 2, size=(8,)).astype("int32")
 
 
 BERT_BLOCK_LAYERS = [
