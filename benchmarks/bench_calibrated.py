@@ -4,12 +4,12 @@
 `--samples` calibration sequences of `--tokens` tokens: ours
 (`kerasurgery.calibrated`: `RunningHessian.update` per sequence, then
 `sparsegpt`, numpy) against the reference (`SparseGPT.add_batch` per
-sequence and `fasterprune` of IST-DASLab/sparsegpt, transcribed below as it
-is, run in PyTorch) on the same weights and the same inputs, interleaved
-round by round. The two phases are timed apart: accumulating the Hessian
-(one fixed-size product per sequence, so its time is measured on
-`--hessian-samples` sequences and scaled to `--samples`) and pruning
-(`fasterprune`, all of it). The ratio is ours / reference; the target of the
+sequence and `fasterprune` of IST-DASLab/sparsegpt, transcribed as it is
+in `benchmarks/_reference.py`, run in PyTorch) on the same weights and the
+same inputs, interleaved round by round. The two phases are timed apart:
+accumulating the Hessian (one fixed-size product per sequence, so its time
+is measured on `--hessian-samples` sequences and scaled to `--samples`) and
+pruning (`fasterprune`, all of it). The ratio is ours / reference; the target of the
 issue is <= 1.5x.
 
 (2) Wanda on the same layer: the input norms over the same tokens plus the
@@ -48,105 +48,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import _common  # noqa: E402
 
 
-# -- the reference: sparsegpt.py of IST-DASLab/sparsegpt at 147d215 ----------------
-# `SparseGPT` for an nn.Linear, as it is, less the quantizer, DEBUG,
-# `torch.cuda.synchronize()` and the prints; the weight is a tensor here.
-
-
-def _reference_class():
-    import torch
-
-    class SparseGPT:
-        def __init__(self, weight):
-            self.weight = weight
-            W = weight.clone()
-            self.rows = W.shape[0]
-            self.columns = W.shape[1]
-            self.H = torch.zeros((self.columns, self.columns))
-            self.nsamples = 0
-
-        def add_batch(self, inp):
-            if len(inp.shape) == 2:
-                inp = inp.unsqueeze(0)
-            tmp = inp.shape[0]
-            if len(inp.shape) == 3:
-                inp = inp.reshape((-1, inp.shape[-1]))
-            inp = inp.t()
-            self.H *= self.nsamples / (self.nsamples + tmp)
-            self.nsamples += tmp
-            inp = math.sqrt(2 / self.nsamples) * inp.float()
-            self.H += inp.matmul(inp.t())
-
-        def fasterprune(self, sparsity, prunen=0, prunem=0, blocksize=128, percdamp=.01):
-            W = self.weight.clone()
-            W = W.float()
-
-            H = self.H
-            del self.H
-            dead = torch.diag(H) == 0
-            H[dead, dead] = 1
-            W[:, dead] = 0
-
-            Losses = torch.zeros(self.rows)
-
-            damp = percdamp * torch.mean(torch.diag(H))
-            diag = torch.arange(self.columns)
-            H[diag, diag] += damp
-            H = torch.linalg.cholesky(H)
-            H = torch.cholesky_inverse(H)
-            H = torch.linalg.cholesky(H, upper=True)
-            Hinv = H
-
-            mask = None
-
-            for i1 in range(0, self.columns, blocksize):
-                i2 = min(i1 + blocksize, self.columns)
-                count = i2 - i1
-
-                W1 = W[:, i1:i2].clone()
-                Q1 = torch.zeros_like(W1)
-                Err1 = torch.zeros_like(W1)
-                Losses1 = torch.zeros_like(W1)
-                Hinv1 = Hinv[i1:i2, i1:i2]
-
-                if prunen == 0:
-                    if mask is not None:
-                        mask1 = mask[:, i1:i2]
-                    else:
-                        tmp = W1 ** 2 / (torch.diag(Hinv1).reshape((1, -1))) ** 2
-                        thresh = torch.sort(tmp.flatten())[0][int(tmp.numel() * sparsity)]
-                        mask1 = tmp <= thresh
-                else:
-                    mask1 = torch.zeros_like(W1) == 1
-
-                for i in range(count):
-                    w = W1[:, i]
-                    d = Hinv1[i, i]
-
-                    if prunen != 0 and i % prunem == 0:
-                        tmp = W1[:, i:(i + prunem)] ** 2 / (torch.diag(Hinv1)[i:(i + prunem)].reshape((1, -1))) ** 2
-                        mask1.scatter_(1, i + torch.topk(tmp, prunen, dim=1, largest=False)[1], True)
-
-                    q = w.clone()
-                    q[mask1[:, i]] = 0
-
-                    Q1[:, i] = q
-                    Losses1[:, i] = (w - q) ** 2 / d ** 2
-
-                    err1 = (w - q) / d
-                    W1[:, i:] -= err1.unsqueeze(1).matmul(Hinv1[i, i:].unsqueeze(0))
-                    Err1[:, i] = err1
-
-                W[:, i1:i2] = Q1
-                Losses += torch.sum(Losses1, 1) / 2
-
-                W[:, i2:] -= Err1.matmul(Hinv[i1:i2, i2:])
-
-            return W
-
-    return SparseGPT
-
-
 # -- (1) and (2): one layer --------------------------------------------------------
 
 
@@ -154,9 +55,10 @@ def _layer_benchmark(args) -> dict:
     import numpy as np
     import torch
 
+    from _reference import SparseGPT  # the reference, transcribed (torch)
+
     from kerasurgery import calibrated
 
-    SparseGPT = _reference_class()
     d, tokens = args.width, args.tokens
     rng = np.random.default_rng(0)
     kernel = (rng.normal(size=(d, d)) / math.sqrt(d)).astype(np.float32)  # Keras (in, out)

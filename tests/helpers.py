@@ -1,6 +1,14 @@
-"""Backend-neutral helpers for the tests: gradients and short training runs."""
+"""Helpers shared by the test modules: gradients, short training runs, bit views,
+the reference n:m selection, the examples loaded as modules, and saved files
+rewritten."""
 
 from __future__ import annotations
+
+import importlib.util
+import json
+import struct
+import zipfile
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -65,3 +73,88 @@ def bits(x) -> np.ndarray:
     """
     x = np.ascontiguousarray(ops.convert_to_numpy(x))
     return x.view(f"u{x.itemsize}")
+
+
+def n_of_m_mask(weight, n: int, m: int, axis: int) -> np.ndarray:
+    """The `n` smallest |w| of every `m` consecutive entries along `axis` (ties: lower index).
+
+    The documented n:m selection written out independently of `kerasurgery`,
+    for the tests of the rules and of the examples to compare against.
+    """
+    moved = np.moveaxis(np.abs(np.asarray(weight).astype(np.float64)), axis, -1)
+    groups = moved.reshape(*moved.shape[:-1], -1, m)
+    chosen = np.zeros(groups.shape, bool)
+    np.put_along_axis(chosen, np.argsort(groups, axis=-1, kind="stable")[..., :n], True, axis=-1)
+    return np.moveaxis(chosen.reshape(moved.shape), -1, axis)
+
+
+# -- KerasHub --------------------------------------------------------------------
+
+
+def tiny_bert_classifier(seed: int = 0):
+    """A KerasHub BertTextClassifier of 2 blocks, hidden 32, vocabulary 100, 16 tokens.
+
+    Built from constructor arguments (no download), small enough for a test,
+    and with every kind of layer a real BERT has.
+    """
+    import keras_hub
+
+    keras.utils.set_random_seed(seed)
+    backbone = keras_hub.models.BertBackbone(
+        vocabulary_size=100, num_layers=2, num_heads=2, hidden_dim=32,
+        intermediate_dim=64, max_sequence_length=16,
+    )
+    return keras_hub.models.BertTextClassifier(backbone, num_classes=2, preprocessor=None)
+
+
+def bert_inputs(rng: np.random.Generator, batch: int) -> dict[str, np.ndarray]:
+    """`batch` random sequences of 16 tokens for `tiny_bert_classifier`."""
+    return {
+        "token_ids": rng.integers(0, 100, size=(batch, 16)).astype("int32"),
+        "segment_ids": np.zeros((batch, 16), "int32"),
+        "padding_mask": np.ones((batch, 16), "int32"),
+    }
+
+
+# -- the examples ----------------------------------------------------------------
+
+
+def load_example(path: Path):
+    """The example script at `path` as a module, so its tests call `main(argv)` in-process."""
+    spec = importlib.util.spec_from_file_location(f"{path.stem}_example", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def has_matplotlib() -> bool:
+    return importlib.util.find_spec("matplotlib") is not None
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """Width and height from a PNG's IHDR chunk."""
+    header = path.read_bytes()[:24]
+    assert header[:8] == b"\x89PNG\r\n\x1a\n" and header[12:16] == b"IHDR"
+    return struct.unpack(">II", header[16:24])
+
+
+# -- saved files -----------------------------------------------------------------
+
+
+def rewrite_keras_file(source: Path, target: Path, *, config=None, members=None) -> None:
+    """Copies the `.keras` archive `source` to `target`, changed as a test needs.
+
+    `config(dict)` edits `config.json` in place; `members` maps member names
+    to the bytes they are replaced with. Every other member, and the order
+    and zip headers of all of them, is copied as it is, so a test changes
+    exactly what it names.
+    """
+    members = members or {}
+    with zipfile.ZipFile(source) as a, zipfile.ZipFile(target, "w") as b:
+        for info in a.infolist():
+            data = members.get(info.filename, a.read(info))
+            if config is not None and info.filename == "config.json":
+                document = json.loads(data)
+                config(document)
+                data = json.dumps(document).encode()
+            b.writestr(info, data)

@@ -7,7 +7,8 @@ and SparseGPT's per-block masks are collected to be compared):
 - Wanda: `WrappedGPT.add_batch` (lib/layerwrapper.py) and the mask of
   `prune_wanda` (lib/prune.py) of locuslab/wanda at 8e8fc87;
 - SparseGPT: `SparseGPT.add_batch` and `fasterprune` (sparsegpt.py) of
-  IST-DASLab/sparsegpt at 147d215.
+  IST-DASLab/sparsegpt at 147d215, in `benchmarks/_reference.py`, which
+  `benchmarks/bench_calibrated.py` times.
 
 They work on torch's `W` of shape (out, in); Keras kernels are (in, out).
 """
@@ -15,7 +16,6 @@ They work on torch's `W` of shape (out, in); Keras kernels are (in, out).
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 import sys
@@ -28,6 +28,8 @@ from kerasurgery import calibrated
 from kerasurgery.errors import PinError
 
 torch = pytest.importorskip("torch")
+
+from benchmarks._reference import SparseGPT  # noqa: E402  (the benchmark times the same one)
 
 
 # -- the references, transcribed ----------------------------------------------
@@ -67,91 +69,6 @@ def _reference_wanda_mask(W, scaler_row, sparsity_ratio: float, prune_n: int = 0
         indices = sort_res[1][:, :int(W_metric.shape[1] * sparsity_ratio)]
         W_mask.scatter_(1, indices, True)
     return W_mask
-
-
-class _SparseGPT:
-    """sparsegpt.py of IST-DASLab/sparsegpt (nn.Linear; no quantizer, no DEBUG)."""
-
-    def __init__(self, W, dtype) -> None:
-        self.W = W.clone()
-        self.rows, self.columns = W.shape
-        self.dtype = dtype
-        self.H = torch.zeros((self.columns, self.columns), dtype=dtype)
-        self.nsamples = 0
-
-    def add_batch(self, inp) -> None:
-        if len(inp.shape) == 2:
-            inp = inp.unsqueeze(0)
-        tmp = inp.shape[0]
-        if len(inp.shape) == 3:
-            inp = inp.reshape((-1, inp.shape[-1]))
-        inp = inp.t()
-        self.H *= self.nsamples / (self.nsamples + tmp)
-        self.nsamples += tmp
-        inp = math.sqrt(2 / self.nsamples) * inp.to(self.dtype)
-        self.H += inp.matmul(inp.t())
-
-    def fasterprune(self, sparsity, prunen=0, prunem=0, blocksize=128, percdamp=.01):
-        W = self.W.clone().to(self.dtype)
-        H = self.H
-        del self.H
-        dead = torch.diag(H) == 0
-        H[dead, dead] = 1
-        W[:, dead] = 0
-
-        damp = percdamp * torch.mean(torch.diag(H))
-        diag = torch.arange(self.columns)
-        H[diag, diag] += damp
-        H = torch.linalg.cholesky(H)
-        H = torch.cholesky_inverse(H)
-        H = torch.linalg.cholesky(H, upper=True)
-        Hinv = H
-
-        mask = None
-        masks = []  # added: the mask of every block, to compare
-
-        for i1 in range(0, self.columns, blocksize):
-            i2 = min(i1 + blocksize, self.columns)
-            count = i2 - i1
-
-            W1 = W[:, i1:i2].clone()
-            Q1 = torch.zeros_like(W1)
-            Err1 = torch.zeros_like(W1)
-            Hinv1 = Hinv[i1:i2, i1:i2]
-
-            if prunen == 0:
-                if mask is not None:
-                    mask1 = mask[:, i1:i2]
-                else:
-                    tmp = W1 ** 2 / (torch.diag(Hinv1).reshape((1, -1))) ** 2
-                    thresh = torch.sort(tmp.flatten())[0][int(tmp.numel() * sparsity)]
-                    mask1 = tmp <= thresh
-            else:
-                mask1 = torch.zeros_like(W1) == 1
-
-            for i in range(count):
-                w = W1[:, i]
-                d = Hinv1[i, i]
-
-                if prunen != 0 and i % prunem == 0:
-                    tmp = W1[:, i:(i + prunem)] ** 2 / (torch.diag(Hinv1)[i:(i + prunem)].reshape((1, -1))) ** 2  # noqa: E501
-                    mask1.scatter_(1, i + torch.topk(tmp, prunen, dim=1, largest=False)[1], True)
-
-                q = w.clone()
-                q[mask1[:, i]] = 0
-
-                Q1[:, i] = q
-
-                err1 = (w - q) / d
-                W1[:, i:] -= err1.unsqueeze(1).matmul(Hinv1[i, i:].unsqueeze(0))
-                Err1[:, i] = err1
-
-            W[:, i1:i2] = Q1
-            masks.append(mask1)
-
-            W[:, i2:] -= Err1.matmul(Hinv[i1:i2, i2:])
-
-        return W, torch.cat(masks, dim=1)
 
 
 # -- random layers --------------------------------------------------------------
@@ -218,11 +135,11 @@ def test_wanda_n_of_m_mask_equals_the_reference(n, m):
 
 
 def _reference_sparsegpt(kernel, batches, dtype, **kwargs):
-    ref = _SparseGPT(torch.from_numpy(kernel.T.copy()), dtype)
+    ref = SparseGPT(torch.from_numpy(kernel.T.copy()), dtype)
     for x in batches:
         ref.add_batch(torch.from_numpy(x).to(dtype))
-    W, mask = ref.fasterprune(**kwargs)
-    return W.numpy().T, mask.numpy().T
+    W = ref.fasterprune(**kwargs)
+    return W.numpy().T, ref.mask.numpy().T
 
 
 @pytest.mark.parametrize("seed,inputs,units,sparsity", [

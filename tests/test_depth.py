@@ -20,7 +20,7 @@ import kerasurgery as ks
 from kerasurgery import layers as layers_lib
 from kerasurgery.errors import LayerSelectionError, ModelFileError
 from kerasurgery.model.walk import walk_layers
-from tests.helpers import bits
+from tests.helpers import bert_inputs, bits, tiny_bert_classifier
 
 
 def _np(x):
@@ -64,20 +64,13 @@ class Block(keras.layers.Layer):
         return {**super().get_config(), "units": self.units}
 
 
-def _bert():
-    keras_hub = pytest.importorskip("keras_hub")  # in the test extra: always present in CI
-    backbone = keras_hub.models.BertBackbone(
-        vocabulary_size=100, num_layers=2, num_heads=2, hidden_dim=32,
-        intermediate_dim=64, max_sequence_length=16,
-    )
-    model = keras_hub.models.BertTextClassifier(backbone, num_classes=2, preprocessor=None)
+@pytest.fixture(scope="module")
+def bert():
+    """One tiny BERT classifier for the module: every test freezes a copy of it."""
+    pytest.importorskip("keras_hub")  # in the test extra: always present in CI
     rng = np.random.default_rng(0)
-    x = {
-        "token_ids": rng.integers(0, 100, size=(8, 16)).astype("int32"),
-        "segment_ids": np.zeros((8, 16), "int32"),
-        "padding_mask": np.ones((8, 16), "int32"),
-    }
-    return model, x, rng.integers(0, 2, size=(8,)).astype("int32")
+    x = bert_inputs(rng, 8)
+    return tiny_bert_classifier(), x, rng.integers(0, 2, size=(8,)).astype("int32")
 
 
 BERT_BLOCK_LAYERS = [
@@ -89,8 +82,8 @@ BERT_BLOCK_LAYERS = [
 ]
 
 
-def test_bert_frozen_with_star_pins_every_transformer_layer_and_they_hold(tmp_path):
-    model, x, y = _bert()
+def test_bert_frozen_with_star_pins_every_transformer_layer_and_they_hold(bert, tmp_path):
+    model, x, y = bert
     frozen = ks.freeze(model, {"*": ks.rules.fraction(0.5, seed=0)})
     pinned = _pinned(frozen)
     for path in BERT_BLOCK_LAYERS:
@@ -163,8 +156,8 @@ def test_bert_frozen_with_star_pins_every_transformer_layer_and_they_hold(tmp_pa
     assert np.array_equal(bits(_np(stripped.predict(x, verbose=0))), bits(expected))
 
 
-def test_bert_layers_are_selected_by_variable_path_too():
-    model, x, _ = _bert()
+def test_bert_layers_are_selected_by_variable_path_too(bert):
+    model, x, _ = bert
     frozen = ks.freeze(model, {
         "transformer_layer_0/feedforward_intermediate_dense": ks.rules.units([0, 1]),
     })
@@ -243,15 +236,15 @@ def test_mobilenet_v2_frozen_whole_keeps_batchnorm_statistics():
     assert np.array_equal(bits(_np(frozen(x))), bits(_np(model(x))))
 
 
-def test_unsupported_kind_named_explicitly_is_refused_with_the_supported_list():
-    model, _, _ = _bert()
+def test_unsupported_kind_named_explicitly_is_refused_with_the_supported_list(bert):
+    model, _, _ = bert
     # (ReversibleEmbedding, named here until issue 19, is a supported kind now.)
     with pytest.raises(LayerSelectionError, match=r"PositionEmbedding.*Supported layers: .*"):
         ks.freeze(model, {"position_embedding": ks.rules.zeros()})
 
 
-def test_bert_pruning_reaches_every_transformer_layer():
-    model, x, y = _bert()
+def test_bert_pruning_reaches_every_transformer_layer(bert):
+    model, x, y = bert
     block = [p.replace("bert_backbone", model.backbone.name, 1) for p in BERT_BLOCK_LAYERS]
     # One shot, 2:4 along every kernel's input (contracted) axis.
     two_four = _pinned(ks.freeze(model, {"*": ks.rules.n_of_m(2, 4)}))

@@ -10,46 +10,24 @@ a wide margin against another CPU's rounding.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import json
 import math
-import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tests.helpers import bits, has_matplotlib, load_example, png_size
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "digits_pruning.py"
 REDUCED = ["--epochs", "3", "--finetune-epochs", "2", "--seed", "0", "--json"]
 SIZES = {"hidden_1": 64 * 128, "hidden_2": 128 * 64, "digit": 64 * 10}
 
 
-def _load_example():
-    spec = importlib.util.spec_from_file_location("digits_pruning_example", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _has_matplotlib() -> bool:
-    return importlib.util.find_spec("matplotlib") is not None
-
-
-def _png_size(path: Path) -> tuple[int, int]:
-    """Width and height from a PNG's IHDR chunk."""
-    header = path.read_bytes()[:24]
-    assert header[:8] == b"\x89PNG\r\n\x1a\n" and header[12:16] == b"IHDR"
-    return struct.unpack(">II", header[16:24])
-
-
-def _bits(array: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(array).view(f"u{array.dtype.itemsize}")
-
-
 @pytest.fixture(scope="module")
 def example():
-    return _load_example()
+    return load_example(EXAMPLE)
 
 
 def _run_json(example, argv: list[str]) -> tuple[int, dict]:
@@ -64,7 +42,7 @@ def reduced(example, tmp_path_factory):
     """The reduced run, with `--png` too where matplotlib is installed."""
     folder = tmp_path_factory.mktemp("digits")
     argv = [*REDUCED, "--out", str(folder / "models")]
-    if _has_matplotlib():
+    if has_matplotlib():
         argv += ["--png", str(folder / "figure.png")]
     code, summary = _run_json(example, argv)
     return {"code": code, "summary": summary, "folder": folder, "argv": argv}
@@ -92,17 +70,17 @@ def test_reduced_run_exits_0_and_verify_passes(reduced):
         assert int(zeros.sum()) == round(0.8 * size)
         np.testing.assert_array_equal(frozen.kernel.mask, zeros)
         for weight in ("kernel", "bias"):
-            np.testing.assert_array_equal(_bits(frozen.weights[weight].effective),
-                                          _bits(pruned.weights[weight].effective))
+            np.testing.assert_array_equal(bits(frozen.weights[weight].effective),
+                                          bits(pruned.weights[weight].effective))
         # Fine-tuned: the pins held at +0.0 and every free entry trained
         # (AdamW's weight decay alone moves each non-zero one).
         np.testing.assert_array_equal(tuned.kernel.mask, zeros)
-        assert np.all(_bits(tuned.kernel.effective)[zeros] == 0)
+        assert np.all(bits(tuned.kernel.effective)[zeros] == 0)
         assert np.all(tuned.kernel.effective[~zeros] != frozen.kernel.effective[~zeros])
         # Stripped: plain Dense holding the fine-tuned effective weights, bit for bit.
         for weight in ("kernel", "bias"):
-            np.testing.assert_array_equal(_bits(stripped.weights[weight].effective),
-                                          _bits(tuned.weights[weight].effective))
+            np.testing.assert_array_equal(bits(stripped.weights[weight].effective),
+                                          bits(tuned.weights[weight].effective))
 
 
 def test_sparsity_kept_equals_pruned_sparsity_exactly(reduced):
@@ -155,11 +133,11 @@ def test_same_seed_same_numbers(example, reduced, tmp_path):
 
 
 def test_png_is_written_or_refused_in_one_line(example, reduced, tmp_path, capsys):
-    if _has_matplotlib():
+    if has_matplotlib():
         figure = reduced["folder"] / "figure.png"
         assert reduced["summary"]["png"] == str(figure)
         assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-        assert _png_size(figure) == (1100, 400)  # figsize (11, 4) at 100 dpi
+        assert png_size(figure) == (1100, 400)  # figsize (11, 4) at 100 dpi
         assert figure.stat().st_size > 10_000  # not a blank canvas (~3 kB at this size)
         return
     target = tmp_path / "figure.png"
@@ -190,5 +168,5 @@ def test_png_into_a_missing_folder_is_refused_before_any_work(example, tmp_path,
     assert example.main([*REDUCED, "--out", str(tmp_path / "models"), "--png", str(target)]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("error: ")
-    assert ("does not exist" in err) if _has_matplotlib() else ("needs matplotlib" in err)
+    assert ("does not exist" in err) if has_matplotlib() else ("needs matplotlib" in err)
     assert not (tmp_path / "models").exists()

@@ -11,14 +11,14 @@ the script's report is checked against the weights, not against itself.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import json
-import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tests.helpers import bits, has_matplotlib, load_example, n_of_m_mask, png_size
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "digits_cnn_pruning.py"
 REDUCED = ["--epochs", "3", "--finetune-epochs", "2", "--seed", "0", "--json"]
@@ -31,37 +31,6 @@ def _size(name: str) -> int:
     return int(np.prod(SHAPES[name]))
 
 
-def _load_example():
-    spec = importlib.util.spec_from_file_location("digits_cnn_pruning_example", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _has_matplotlib() -> bool:
-    return importlib.util.find_spec("matplotlib") is not None
-
-
-def _png_size(path: Path) -> tuple[int, int]:
-    """Width and height from a PNG's IHDR chunk."""
-    header = path.read_bytes()[:24]
-    assert header[:8] == b"\x89PNG\r\n\x1a\n" and header[12:16] == b"IHDR"
-    return struct.unpack(">II", header[16:24])
-
-
-def _bits(array: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(array).view(f"u{array.dtype.itemsize}")
-
-
-def _n_of_m(weight: np.ndarray, n: int, m: int, axis: int) -> np.ndarray:
-    """The `n` smallest |w| of every `m` consecutive entries along `axis` (ties: lower index)."""
-    moved = np.moveaxis(np.abs(weight.astype(np.float64)), axis, -1)
-    groups = moved.reshape(*moved.shape[:-1], -1, m)
-    chosen = np.zeros(groups.shape, bool)
-    np.put_along_axis(chosen, np.argsort(groups, axis=-1, kind="stable")[..., :n], True, axis=-1)
-    return np.moveaxis(chosen.reshape(moved.shape), -1, axis)
-
-
 def _plain(name: str) -> str:
     return "Conv2D" if name.startswith("conv") else "Dense"
 
@@ -69,13 +38,13 @@ def _plain(name: str) -> str:
 def _assert_same_weights(a, b, where: str) -> None:
     assert list(a.weights) == list(b.weights), where
     for weight in a.weights:
-        np.testing.assert_array_equal(_bits(a.weights[weight].effective), _bits(b.weights[weight].effective),
+        np.testing.assert_array_equal(bits(a.weights[weight].effective), bits(b.weights[weight].effective),
                                       err_msg=f"{where}: {weight}")
 
 
 @pytest.fixture(scope="module")
 def example():
-    return _load_example()
+    return load_example(EXAMPLE)
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +52,7 @@ def reduced(example, tmp_path_factory):
     """The reduced run, with `--png` too where matplotlib is installed."""
     folder = tmp_path_factory.mktemp("digits_cnn")
     argv = [*REDUCED, "--out", str(folder / "models")]
-    if _has_matplotlib():
+    if has_matplotlib():
         argv += ["--png", str(folder / "figure.png")]
     stdout = io.StringIO()
     with contextlib.redirect_stdout(stdout):
@@ -129,21 +98,21 @@ def test_reduced_run_exits_0_and_both_verifies_pass(reduced):
         # (a) The schedule's end: round(0.9 * size) pins at +0.0 in each pruned kernel.
         mask = end.kernel.mask
         assert int(mask.sum()) == (round(0.9 * _size(name)) if name in PRUNED else 0), name
-        assert np.all(_bits(end.kernel.effective)[mask] == 0), name
+        assert np.all(bits(end.kernel.effective)[mask] == 0), name
         # Fine-tuned on: the same pins, still +0.0, and every free entry trained.
         np.testing.assert_array_equal(tuned.kernel.mask, mask, err_msg=name)
-        assert np.all(_bits(tuned.kernel.effective)[mask] == 0), name
+        assert np.all(bits(tuned.kernel.effective)[mask] == 0), name
         assert np.all(tuned.kernel.effective[~mask] != end.kernel.effective[~mask]), name
         _assert_same_weights(stripped, tuned, f"gradual stripped {name}")
         # (b) 2:4 along the input axis of the dense model's kernel; nothing else changed.
         frozen, tuned, stripped = (files[k][name] for k in ("n_of_m_frozen", "n_of_m_finetuned", "n_of_m_stripped"))
-        want = _n_of_m(dense.kernel.effective, 2, 4, axis=-2) if name in PRUNED else np.zeros(SHAPES[name], bool)
+        want = n_of_m_mask(dense.kernel.effective, 2, 4, axis=-2) if name in PRUNED else np.zeros(SHAPES[name], bool)
         np.testing.assert_array_equal(frozen.kernel.mask, want, err_msg=name)
         np.testing.assert_array_equal(
-            _bits(frozen.kernel.effective), _bits(np.where(want, np.float32(0), dense.kernel.effective)), err_msg=name)
-        np.testing.assert_array_equal(_bits(frozen.bias.effective), _bits(dense.bias.effective), err_msg=name)
+            bits(frozen.kernel.effective), bits(np.where(want, np.float32(0), dense.kernel.effective)), err_msg=name)
+        np.testing.assert_array_equal(bits(frozen.bias.effective), bits(dense.bias.effective), err_msg=name)
         np.testing.assert_array_equal(tuned.kernel.mask, want, err_msg=name)
-        assert np.all(_bits(tuned.kernel.effective)[want] == 0), name
+        assert np.all(bits(tuned.kernel.effective)[want] == 0), name
         assert np.all(tuned.kernel.effective[~want] != frozen.kernel.effective[~want]), name
         _assert_same_weights(stripped, tuned, f"2:4 stripped {name}")
 
@@ -241,11 +210,11 @@ def test_accuracies_are_those_of_a_trained_model(reduced):
 
 
 def test_png_is_written_or_refused_in_one_line(example, reduced, tmp_path, capsys):
-    if _has_matplotlib():
+    if has_matplotlib():
         figure = reduced["folder"] / "figure.png"
         assert reduced["summary"]["png"] == str(figure)
         assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-        assert _png_size(figure) == (1200, 450)  # figsize (12, 4.5) at 100 dpi
+        assert png_size(figure) == (1200, 450)  # figsize (12, 4.5) at 100 dpi
         assert figure.stat().st_size > 10_000  # not a blank canvas (~3 kB at this size)
         return
     target = tmp_path / "figure.png"

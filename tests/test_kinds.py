@@ -33,6 +33,7 @@ from kerasurgery.files import formats
 from kerasurgery.files.inspection import inspect_file
 from kerasurgery.guards import declared
 from kerasurgery.guards import shapes as _shapes
+from tests.helpers import rewrite_keras_file
 
 L = keras.layers
 ROOT = Path(__file__).resolve().parent.parent
@@ -206,17 +207,6 @@ def _config(path: Path) -> dict:
         return json.loads(archive.read("config.json"))
 
 
-def _rewrite_config(source: Path, target: Path, change) -> None:
-    with zipfile.ZipFile(source) as a, zipfile.ZipFile(target, "w") as b:
-        for info in a.infolist():
-            data = a.read(info)
-            if info.filename == "config.json":
-                config = json.loads(data)
-                change(config)
-                data = json.dumps(config).encode()
-            b.writestr(info, data)
-
-
 def _pinned_entries(config: dict) -> list[dict]:
     return [node for node in declared.json_dicts(config)
             if isinstance(node.get("registered_name"), str) and node["registered_name"].startswith("kerasurgery>")]
@@ -233,8 +223,8 @@ def test_files_name_the_pinned_classes_kerasurgery_layers_and_earlier_names_stil
     assert pins["conv"] > 0 and pins["dense"] > 0
     # A development version wrote the module that defined the classes.
     old = tmp_path / "old.keras"
-    _rewrite_config(path, old, lambda c: [e.update(module="kerasurgery.layers._classes")
-                                          for e in _pinned_entries(c)])
+    rewrite_keras_file(path, old, config=lambda c: [e.update(module="kerasurgery.layers._classes")
+                                                    for e in _pinned_entries(c)])
     assert {e["module"] for e in _pinned_entries(_config(old))} == {"kerasurgery.layers._classes"}
     assert {layer.path: layer.pinned for layer in inspect_file(old).layers} == pins
     with formats.open_model_file(old) as opened:
@@ -253,7 +243,7 @@ def test_files_name_the_pinned_classes_kerasurgery_layers_and_earlier_names_stil
     assert {e["module"] for e in _pinned_entries(_config(refrozen))} == {"kerasurgery.layers"}
     # Another module is not a pinned layer to the Keras-free readers: Keras decides.
     other = tmp_path / "other.keras"
-    _rewrite_config(path, other, lambda c: [e.update(module="elsewhere") for e in _pinned_entries(c)])
+    rewrite_keras_file(path, other, config=lambda c: [e.update(module="elsewhere") for e in _pinned_entries(c)])
     assert cli.main(["--debug", "strip", str(other), "-o", str(tmp_path / "o.keras")]) == 0
     assert "strip: Keras path" in capsys.readouterr().err
 

@@ -20,7 +20,7 @@ import kerasurgery as ks
 from kerasurgery import layers as layers_lib
 from kerasurgery.model.walk import walk_layers
 from tests.conftest import make_mlp
-from tests.helpers import bits
+from tests.helpers import bert_inputs, bits, tiny_bert_classifier
 
 keras_hub = pytest.importorskip("keras_hub")  # in the test extra: always present in CI
 
@@ -241,18 +241,9 @@ def test_frozen_task_keeps_its_preprocessor_and_compile_state():
 
 
 def test_bert_classifier_stays_a_classifier_frozen_and_stripped():
-    keras.utils.set_random_seed(0)
-    backbone = keras_hub.models.BertBackbone(
-        vocabulary_size=100, num_layers=2, num_heads=2, hidden_dim=32,
-        intermediate_dim=64, max_sequence_length=16,
-    )
-    model = keras_hub.models.BertTextClassifier(backbone, num_classes=2, preprocessor=None)
-    rng = np.random.default_rng(0)
-    x = {
-        "token_ids": rng.integers(0, 100, size=(4, 16)).astype("int32"),
-        "segment_ids": np.zeros((4, 16), "int32"),
-        "padding_mask": np.ones((4, 16), "int32"),
-    }
+    model = tiny_bert_classifier()
+    backbone = model.backbone
+    x = bert_inputs(np.random.default_rng(0), 4)
     expected = _np(model.predict(x, verbose=0))
     frozen = ks.freeze(model, {"*": ks.rules.fraction(0.5, seed=0)})
     assert type(frozen) is type(model) and type(frozen.backbone) is type(backbone)

@@ -29,6 +29,7 @@ import kerasurgery as ks  # noqa: E402
 from kerasurgery.cli import arguments as _arguments  # noqa: E402
 from kerasurgery.cli import commands as cli
 from kerasurgery.files.inspection import read_weights  # noqa: E402
+from tests.helpers import rewrite_keras_file  # noqa: E402
 
 OFFLINE = "offline path"
 KERAS_PATH = "Keras path"
@@ -480,9 +481,7 @@ def test_weights_keras_would_cast_take_the_keras_path_so_both_pin_the_same(corpu
     cases["big-endian"] = buffer.getvalue()
     for label, weights in cases.items():
         source = tmp_path / f"{label}.keras"
-        with zipfile.ZipFile(source, "w") as archive:
-            for member, data in members.items():
-                archive.writestr(member, weights if member == "model.weights.h5" else data)
+        rewrite_keras_file(files["mlp"], source, members={"model.weights.h5": weights})
         line = _cli(["freeze", str(source), "-o", str(tmp_path / f"{label}.frozen.keras")], capsys)
         assert KERAS_PATH in line and "which Keras casts to its float32 variable" in line, line
         pinned = read_weights(tmp_path / f"{label}.frozen.keras")["dense"].weights["kernel"]

@@ -13,6 +13,7 @@ from kerasurgery import pruning
 from kerasurgery.cli import main
 from kerasurgery.errors import KerasurgeryError, PinError
 from tests.helpers import bits
+from tests.helpers import n_of_m_mask as _n_of_m
 
 L = keras.layers
 
@@ -48,15 +49,6 @@ def _smallest(weights: list[np.ndarray], count: int) -> list[np.ndarray]:
         masks.append(chosen[start:start + w.size].reshape(w.shape))
         start += w.size
     return masks
-
-
-def _n_of_m(weight: np.ndarray, n: int, m: int, axis: int) -> np.ndarray:
-    """The `n` smallest |w| of every `m` consecutive entries along `axis` (ties: lower index)."""
-    moved = np.moveaxis(np.abs(weight.astype(np.float64)), axis, -1)
-    groups = moved.reshape(*moved.shape[:-1], -1, m)
-    chosen = np.zeros(groups.shape, bool)
-    np.put_along_axis(chosen, np.argsort(groups, axis=-1, kind="stable")[..., :n], True, axis=-1)
-    return np.moveaxis(chosen.reshape(moved.shape), -1, axis)
 
 
 # -- smallest ------------------------------------------------------------------
