@@ -25,12 +25,8 @@ BACKENDS = [b for b in ("tensorflow", "jax", "torch") if b != keras.backend.back
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_core_promise_holds_on_backend(backend):
     env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    # One plain pytest in the child, whatever addopts say: under `-n 2` this
-    # test already runs beside another worker, and nested workers would only
-    # add their start-up to the same two cores.
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
-         "-o", "addopts=", *CORE_MODULES],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *CORE_MODULES],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800,
     )
     summary = result.stdout.strip().splitlines()[-1] if result.stdout.strip() else ""
