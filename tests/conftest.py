@@ -41,3 +41,30 @@ def mlp():
 def data():
     rng = np.random.default_rng(0)
     return rng.normal(size=(16, 4)).astype("float32"), rng.normal(size=(16, 2)).astype("float32")
+
+
+_BACKENDS_MODULE = "tests/test_backends.py"
+
+
+def pytest_collection_modifyitems(items):
+    # The backend reruns run last: they started when collection finished
+    # (below) and run beside the other tests (tests/test_backends.py).
+    items.sort(key=lambda item: item.nodeid.startswith(_BACKENDS_MODULE))
+
+
+def pytest_collection_finish(session):
+    selected = [item for item in session.items if item.nodeid.startswith(_BACKENDS_MODULE)]
+    if selected:
+        from tests import test_backends
+
+        test_backends.start_reruns(
+            [b for b in test_backends.BACKENDS if any(f"[{b}]" in item.nodeid for item in selected)]
+        )
+
+
+def pytest_sessionfinish(session):
+    import sys
+
+    module = sys.modules.get("tests.test_backends")
+    if module is not None:
+        module.stop_reruns()

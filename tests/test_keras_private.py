@@ -529,11 +529,16 @@ def test_add_weight_with_layout_tracks_the_variable_as_add_weight_does():
 
 
 def test_attention_projections_are_the_einsum_dense_layers_of_multi_head_attention():
-    layer = keras.layers.MultiHeadAttention(2, 3, value_dim=4)
-    layer(np.zeros((1, 5, 6), "float32"), np.zeros((1, 5, 6), "float32"))
+    # value_dim == key_dim: Keras 3.15's MultiHeadAttention fails on JAX
+    # otherwise; a query of 6 features and a value of 5 tell the parts apart.
+    layer = keras.layers.MultiHeadAttention(2, 3)
+    layer(np.zeros((1, 4, 6), "float32"), np.zeros((1, 5, 5), "float32"))
     parts = private.attention_projections(layer)
     shapes = {name: tuple(part.kernel.shape) for name, part in parts.items()}
-    assert shapes == {"query": (6, 2, 3), "key": (6, 2, 3), "value": (6, 2, 4), "output": (2, 4, 6)}, (
+    names = {name: part.name for name, part in parts.items()}
+    assert shapes == {"query": (6, 2, 3), "key": (5, 2, 3), "value": (5, 2, 3), "output": (2, 3, 6)}, (
+        changed("attention_projections", "MultiHeadAttention's `_query_dense` ... `_output_dense`"))
+    assert names == {"query": "query", "key": "key", "value": "value", "output": "attention_output"}, (
         changed("attention_projections", "MultiHeadAttention's `_query_dense` ... `_output_dense`"))
 
 

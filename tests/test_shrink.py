@@ -301,7 +301,7 @@ def test_shrink_cuts_before_a_softmax_head_and_into_nested_inputs_and_reloads(
     assert np.array_equal(reloaded.predict(x, verbose=0), got)
 
 
-@keras.saving.register_keras_serializable("kerasurgery_tests")
+@keras.saving.register_keras_serializable("test_shrink")
 class _Block(keras.Model):
     """A Functional model rebuilt from its own argument: no config lists its InputLayer."""
 
