@@ -158,3 +158,24 @@ def rewrite_keras_file(source: Path, target: Path, *, config=None, members=None)
                 config(document)
                 data = json.dumps(document).encode()
             b.writestr(info, data)
+
+
+def assert_pins_held_and_free_moved(before: dict, layers: dict) -> None:
+    """Every pinned entry of `before` (path -> weight -> `pin_state` entry) is bit
+    for bit what it was in `layers` (path -> layer), with the same mask, and the
+    free entries of every such weight moved."""
+    for path, state in before.items():
+        for weight, pins in state.items():
+            after = layers[path].pin_state()[weight]
+            assert np.array_equal(after.mask, pins.mask), (path, weight)
+            assert np.array_equal(bits(after.effective[pins.mask]), bits(pins.effective[pins.mask])), (path, weight)
+            assert not np.array_equal(after.effective[~pins.mask], pins.effective[~pins.mask]), (path, weight)
+
+
+def save_pin_states(path: Path, states: dict) -> None:
+    """Saves `states` (path -> weight -> `pin_state` entry) as `path` (.npz) for a new
+    process: keys `layer|weight|mask` and `layer|weight|effective`."""
+    np.savez(path, **{
+        f"{p}|{w}|{k}": getattr(s, k) for p, ws in states.items() for w, s in ws.items()
+        for k in ("mask", "effective")
+    })

@@ -13,7 +13,7 @@ from keras import ops
 import kerasurgery as ks
 from kerasurgery import pruning
 from kerasurgery.errors import KerasurgeryError
-from tests.helpers import bits
+from tests.helpers import assert_pins_held_and_free_moved, bits
 
 L = keras.layers
 # 32 samples, batch 8: 4 steps per epoch.
@@ -302,12 +302,7 @@ def test_structured_pruning_pins_round_target_units_of_each_group_and_shrink_rem
         assert np.array_equal(np.flatnonzero(state.mask), chosen), weight
     # Pins hold bit for bit through the training after end_step; free entries move.
     assert set(before) == {"conv", "bn", "conv2"}
-    for path, state in before.items():
-        for weight, pins in state.items():
-            after = layers[path].pin_state()[weight]
-            assert np.array_equal(after.mask, pins.mask)
-            assert np.array_equal(bits(after.effective[pins.mask]), bits(pins.effective[pins.mask]))
-            assert not np.array_equal(after.effective[~pins.mask], pins.effective[~pins.mask])
+    assert_pins_held_and_free_moved(before, layers)
     small = ks.shrink(frozen)
     assert [small.get_layer(n).filters for n in ("conv", "conv2")] == [4, 3]
     x = _data()[0]

@@ -20,7 +20,7 @@ import kerasurgery as ks
 from kerasurgery import layers as layers_lib
 from kerasurgery.errors import LayerSelectionError, ModelFileError
 from kerasurgery.model.walk import walk_layers
-from tests.helpers import bert_inputs, bits, tiny_bert_classifier
+from tests.helpers import bert_inputs, bits, save_pin_states, tiny_bert_classifier
 
 
 def _np(x):
@@ -115,10 +115,7 @@ def test_bert_frozen_with_star_pins_every_transformer_layer_and_they_hold(bert, 
     expected = _np(frozen.predict(x, verbose=0))
     np.save(tmp_path / "x_token.npy", x["token_ids"])
     np.save(tmp_path / "y.npy", expected)
-    np.savez(tmp_path / "pins.npz", **{
-        f"{p}|{w}|{k}": getattr(s, k) for p, ws in after.items() for w, s in ws.items()
-        for k in ("mask", "effective")
-    })
+    save_pin_states(tmp_path / "pins.npz", after)
     script = textwrap.dedent(f"""
         import numpy as np, keras, kerasurgery as ks
         from kerasurgery.model.walk import walk_layers

@@ -20,7 +20,7 @@ import kerasurgery as ks
 from kerasurgery import layers as layers_lib
 from kerasurgery.model.walk import walk_layers
 from tests.conftest import make_mlp
-from tests.helpers import bert_inputs, bits, tiny_bert_classifier
+from tests.helpers import bert_inputs, bits, save_pin_states, tiny_bert_classifier
 
 keras_hub = pytest.importorskip("keras_hub")  # in the test extra: always present in CI
 
@@ -189,10 +189,7 @@ def test_frozen_causal_lm_is_its_class_generates_the_same_and_round_trips(name, 
     states = _states(pruned)
     np.save(tmp_path / "tokens.npy", tokens)
     np.savez(tmp_path / "prompt.npz", **_prompt())
-    np.savez(tmp_path / "pins.npz", **{
-        f"{p}|{w}|{k}": getattr(s, k) for p, ws in states.items() for w, s in ws.items()
-        for k in ("mask", "effective")
-    })
+    save_pin_states(tmp_path / "pins.npz", states)
     script = textwrap.dedent(f"""
         import numpy as np, kerasurgery as ks
         from kerasurgery.model.walk import walk_layers

@@ -16,7 +16,7 @@ from kerasurgery import layers as layers_lib
 from kerasurgery.errors import NothingPinnedWarning, PinError
 from kerasurgery.model.groups import dependency_groups
 from kerasurgery.model.walk import walk_layers
-from kerasurgery.pins import bits
+from tests.helpers import assert_pins_held_and_free_moved
 
 L = keras.layers
 RTOL = 1e-5  # float32 reassociation: fewer terms, summed in another order
@@ -230,12 +230,7 @@ def test_pruned_channels_stay_exactly_zero_through_batch_norm_while_fine_tuning(
     pruned.fit(x, y, batch_size=8, epochs=2, verbose=0)
     channels = np.flatnonzero(before["bn"]["gamma"].mask)
     assert len(channels) == 3
-    for path, state in before.items():
-        for weight, pins in state.items():
-            after = layers[path].pin_state()[weight]
-            assert np.array_equal(after.mask, pins.mask)
-            assert np.array_equal(bits(after.effective[pins.mask]), bits(pins.effective[pins.mask]))
-            assert not np.array_equal(after.effective[~pins.mask], pins.effective[~pins.mask])
+    assert_pins_held_and_free_moved(before, layers)
     probe = keras.Model(pruned.input, pruned.get_layer("bn").output)
     for training in (True, False):
         out = keras.ops.convert_to_numpy(probe(x, training=training))
