@@ -583,3 +583,20 @@ def test_uncompile_leaves_no_training_config_nor_optimizer_in_either_format(tmp_
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             assert not keras.saving.load_model(tmp_path / name).compiled
+
+
+def test_set_variable_layout_lays_the_value_out_again_and_is_read_back():
+    # What `copy_model` relies on for a copy made outside a distribution scope
+    # (the sharded case runs in tests/test_distribution.py on 8 devices).
+    # PyTorch's backend has no distribution API; its assign never reads the layout.
+    if keras.backend.backend() == "torch":
+        layout = keras.distribution.TensorLayout([None, "model"])
+    else:
+        devices = keras.distribution.list_devices()[:1]
+        mesh = keras.distribution.DeviceMesh(shape=(1,), axis_names=("model",), devices=devices)
+        layout = keras.distribution.TensorLayout([None, "model"], mesh)
+    variable = keras.Variable(np.arange(6, dtype="float32").reshape(2, 3))
+    private.set_variable_layout(variable, layout)
+    assert private.variable_layout(variable) is layout, changed(
+        "set_variable_layout", "`Variable._layout`, read when a value is assigned")
+    assert np.array_equal(ops.convert_to_numpy(variable), np.arange(6, dtype="float32").reshape(2, 3))
