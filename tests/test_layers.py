@@ -416,3 +416,27 @@ def test_a_non_finite_free_entry_is_not_called_a_pinned_value():
     assert frozen.get_layer("d").pinned_kernel_values == "per_entry"
     assert np.array_equal(frozen.get_layer("d").pins().kernel, mask)
     np.testing.assert_array_equal(bits(frozen.get_layer("d").kernel), bits(kernel))  # inf included
+
+
+def test_folded_layers_read_their_effective_weights_as_formed_on_entry():
+    # `layers.folded`: for decoding loops (a pinned task's generate). Inside,
+    # each weight is the tensor formed on entry, the same object at every
+    # read, equal bit for bit to the effective weight; on exit the layer
+    # forms its weights again, so a pin changed afterwards is read.
+    layer = ks.MaskedDense(3)
+    layer.build((None, 4))
+    layer.raw_variable("kernel").assign(np.arange(12, dtype="float32").reshape(4, 3) - 5.5)
+    mask = np.zeros((4, 3), bool)
+    mask[1] = True
+    layer.kernel_pin_mask.assign(mask)
+    x = np.ones((2, 4), "float32")
+    expected = ops.convert_to_numpy(layer(x))
+    with layers_lib.folded([layer]):
+        assert layer.kernel is layer.kernel and layer.bias is layer.bias
+        assert np.array_equal(bits(ops.convert_to_numpy(layer.kernel)),
+                              bits(ops.convert_to_numpy(layer.effective("kernel"))))
+        assert np.array_equal(bits(ops.convert_to_numpy(layer(x))), bits(expected))
+    mask[2] = True
+    layer.kernel_pin_mask.assign(mask)
+    assert not ops.convert_to_numpy(layer.kernel)[2].any()
+    assert layer.kernel is not layer.kernel  # formed at each read again

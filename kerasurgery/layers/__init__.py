@@ -16,14 +16,14 @@ import keras
 
 from kerasurgery.layers._classes import PINNED_CLASSES
 from kerasurgery.layers._mechanism import (
-    PER_ENTRY, SHARED, PinMixin, keyed_as_plain, pin_in_place, require_one_process, unpin_in_place,
+    PER_ENTRY, SHARED, PinMixin, folded, keyed_as_plain, pin_in_place, require_one_process, unpin_in_place,
 )
 
 # The pinned classes by name, here where files say they are (`kerasurgery.layers`).
 globals().update({cls.__name__: cls for cls in PINNED_CLASSES})
 
 __all__ = [
-    "PER_ENTRY", "PINNED_CLASSES", "SHARED", "PinMixin", "is_pinnable", "is_pinned", "keyed_as_plain",
+    "PER_ENTRY", "PINNED_CLASSES", "SHARED", "PinMixin", "folded", "is_pinnable", "is_pinned", "keyed_as_plain",
     "pin_in_place", "pinned_class_for", "require_one_process", "supported_class_names", "unpin_in_place",
     *(cls.__name__ for cls in PINNED_CLASSES),
 ]

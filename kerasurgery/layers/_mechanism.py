@@ -505,6 +505,9 @@ def _effective_property(weight: str, raw_attr: str, *, settable: bool) -> proper
     def fget(self: PinMixin) -> Any:
         if self.__dict__.get(raw_attr) is None:
             return None
+        folded = self.__dict__.get("_folded")
+        if folded is not None:
+            return folded[weight]
         return self.effective(weight)
 
     def fset(self: PinMixin, value: Any) -> None:
@@ -542,6 +545,33 @@ def pin_in_place(layer: keras.layers.Layer, cls: type, storage: dict[str, str], 
     _keras_private.set_quantize(layer, cls.quantize.__get__(layer))
     object.__setattr__(layer, "_in_config", in_config)
     layer._add_pin_variables(storage)
+
+
+@contextlib.contextmanager
+def folded(layers: Iterable[PinMixin]) -> Iterator[None]:
+    """Inside the block, each of `layers` reads its weights as they were on entry.
+
+    On entry every pinned layer forms its effective weights once
+    (`where(mask, value, raw)`, LoRA merged); inside, its `kernel`, `bias`,
+    ... properties return those tensors instead of forming them again on
+    each read. For code that runs the model many times over weights that do
+    not change, such as a decoding loop: a loop that carries the variables
+    as loop state (KerasHub's samplers on JAX) would otherwise form every
+    effective weight again on every iteration, since XLA on CPU does not
+    hoist the select out of the loop. Entered inside a traced function
+    (`jax.jit`, `tf.function`), the weights are formed from the traced
+    variable values, once per trace. Nothing inside may change the weights.
+    """
+    entered = []
+    try:
+        for layer in layers:
+            effective = {w: layer.effective(w) for w in layer.present_weights()}
+            object.__setattr__(layer, "_folded", effective)
+            entered.append(layer)
+        yield
+    finally:
+        for layer in entered:
+            object.__setattr__(layer, "_folded", None)
 
 
 @contextlib.contextmanager

@@ -22,7 +22,7 @@ from kerasurgery.files import pin_record as _pin_record
 from kerasurgery import layers as _layers  # also registers the pinned layers with Keras
 from kerasurgery import pins as _pins
 from kerasurgery.errors import KerasurgeryError, ModelFileError, one_line
-from kerasurgery.model import load_checks
+from kerasurgery.model import generation, load_checks
 from kerasurgery.model.walk import walk_layers
 from kerasurgery.files.formats import (
     H5,
@@ -103,6 +103,7 @@ def load_model(
             _rebuild_h5_optimizer(model)
     else:
         _restore_record(path, model, record)
+    generation.fold_pins_in_generate(model)
     return model
 
 

@@ -30,6 +30,7 @@ import numpy as np
 from keras import ops
 
 from kerasurgery import _keras_private
+from kerasurgery.model import generation
 from kerasurgery.model.subclassed import copy_layer, is_subclassed, rebuild_subclassed
 # `walk_layers`, `pinnable_layers`, `variable_prefix` stay importable from here too.
 from kerasurgery.model.walk import pinnable_layers, sublayers, variable_prefix, walk_layers
@@ -141,6 +142,7 @@ def freeze(
     )
     if in_place and pinned:
         _forget_traced_functions(frozen)
+    generation.fold_pins_in_generate(frozen)
     return frozen
 
 
@@ -182,6 +184,7 @@ def strip(model: keras.Model, *, in_place: bool = False, keep_optimizer: bool = 
             unpinned = True
     if in_place and unpinned:
         _forget_traced_functions(stripped)
+    generation.unfold_pins_in_generate(stripped)
     return stripped
 
 
