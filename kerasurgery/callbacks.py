@@ -238,6 +238,7 @@ class GradualPruning(keras.callbacks.Callback):
         if len(value_var.shape):  # per-entry values; a shared value is 0.0 already
             value = np.where(new, np.zeros((), value.dtype), value)
             value_var.assign(value)
+        layer.settle()  # a frozen layer's raw weight holds its new pins too
         zero = np.zeros((), state.effective.dtype)
         return _pins.WeightPins(np.where(new, zero, state.effective), mask, value)
 
@@ -412,6 +413,7 @@ def _require_zero_pins(layer: Any, weight: str) -> None:
         return
     if not ops.convert_to_numpy(mask_var).any():
         value_var.assign(np.zeros((), value.dtype))  # nothing pinned: the value is free
+        layer.settle()
         return
     raise PinError(
         f"GradualPruning: layer {layer.name!r} pins its {weight} entries to one shared "

@@ -10,6 +10,7 @@ from keras import ops
 import kerasurgery as ks
 from kerasurgery import layers as layers_lib
 from kerasurgery.errors import KerasurgeryError, PinError
+from kerasurgery.pins import WeightPins
 from tests.helpers import bits, gradients, train
 
 OPTIMIZERS = {
@@ -440,3 +441,66 @@ def test_folded_layers_read_their_effective_weights_as_formed_on_entry():
     layer.kernel_pin_mask.assign(mask)
     assert not ops.convert_to_numpy(layer.kernel)[2].any()
     assert layer.kernel is not layer.kernel  # formed at each read again
+
+
+def _two_layer_frozen_model():
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(5, name="a"), keras.layers.Dense(2, name="b")])
+    mask = np.zeros((4, 5), bool)
+    mask[::2, 1:] = True
+    values = np.full((4, 5), 0.25, "float32")
+    return ks.freeze(model, {"a": ks.Pin(kernel=mask, kernel_value=values, bias=np.array([1, 0, 0, 0, 1], bool),
+                                         bias_value=np.full(5, -0.5, "float32"))}), mask
+
+
+def test_a_frozen_pinned_weight_is_read_as_it_is_and_holds_its_pins_bit_for_bit():
+    # A raw weight that cannot train is settled: it holds the effective weight
+    # and the layer reads it with no select. Trainable again, it is formed
+    # with the select; training moves raw entries under the pins (AdamW's
+    # decay); frozen again, it is settled again: the pins come back bit for bit.
+    model, mask = _two_layer_frozen_model()
+    layer = model.get_layer("a")
+    expected = {w: bits(layer.effective(w)) for w in ("kernel", "bias")}
+    layer.trainable = False
+    assert layer.kernel is layer.raw_variable("kernel") and layer.bias is layer.raw_variable("bias")
+    for w in expected:
+        assert np.array_equal(bits(getattr(layer, w)), expected[w])  # raw holds the effective weight
+    x = np.random.default_rng(0).normal(size=(16, 4)).astype("float32")
+    y = np.random.default_rng(1).normal(size=(16, 2)).astype("float32")
+    train(model, keras.optimizers.AdamW(0.1, weight_decay=2.0), x, y, steps=3)
+    for w in expected:
+        assert np.array_equal(bits(getattr(layer, w)), expected[w])  # frozen: nothing moved
+    layer.trainable = True
+    assert layer.kernel is not layer.raw_variable("kernel")
+    train(model, keras.optimizers.AdamW(0.1, weight_decay=2.0), x, y, steps=3)
+    raw = ops.convert_to_numpy(layer.raw_variable("kernel"))
+    assert not np.array_equal(bits(raw[mask]), expected["kernel"][mask])  # raw moved under the pins
+    effective = bits(layer.effective("kernel"))
+    assert np.array_equal(effective[mask], expected["kernel"][mask])
+    layer.trainable = False
+    assert layer.kernel is layer.raw_variable("kernel")
+    assert np.array_equal(bits(layer.kernel), effective)
+
+
+def test_pins_written_to_a_frozen_layer_are_read_at_once():
+    # set_pin_state / set_weights / a pruning callback's pins on a frozen
+    # (settled) layer: its raw weight is settled again, so the new pins are
+    # what it computes with; settle() after a direct assign does the same.
+    model, mask = _two_layer_frozen_model()
+    layer = model.get_layer("a")
+    layer.trainable = False
+    state = layer.pin_state()
+    new_mask = ~state["kernel"].mask
+    state["kernel"] = WeightPins(state["kernel"].effective, new_mask, np.float32(0))
+    layer.set_pin_state(state, raw=False)
+    assert layer.kernel is layer.raw_variable("kernel")
+    assert not ops.convert_to_numpy(layer.kernel)[new_mask].any()
+    weights = layer.get_weights()
+    weights[0] = np.ones((4, 5), "float32")
+    layer.set_weights(weights)
+    assert layer.kernel is layer.raw_variable("kernel")
+    assert not ops.convert_to_numpy(layer.kernel)[new_mask].any()
+    assert (ops.convert_to_numpy(layer.kernel)[~new_mask] == 1).all()
+    layer.kernel_pin_mask.assign(np.ones((4, 5), bool))
+    layer.settle()
+    assert not ops.convert_to_numpy(layer.kernel).any()

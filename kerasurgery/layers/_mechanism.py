@@ -24,6 +24,17 @@ A layer becomes pinned in one of two ways, with the same result:
   layer in place. This is how layers that a parent creates in `build()` (the
   Dense layers of a KerasHub `TransformerEncoder`) are pinned.
 
+A weight that cannot train is read as it is. When a raw variable is not
+trainable (a layer frozen by `layer.trainable = False`, every layer but the
+adapted ones under KerasHub's `backbone.enable_lora`), nothing moves it, so
+the layer makes it hold its effective weight once (`settle`: raw :=
+`where(mask, value, raw)`, where the weight lives) and then reads the raw
+variable directly: no select per step or per token, and the same values bit
+for bit. Every kerasurgery method that writes pins or weights settles again,
+and a weight made trainable again is formed with the select from its next
+read. Assigning a frozen layer's mask, value or raw variable directly
+(`pin_variables(w)[0].assign(...)`) must be followed by `settle()`.
+
 What a layer saves in its own variable store depends on whether Keras will
 rebuild it as a pinned layer when loading: a layer that a saved config names
 (`in_config`) stores the effective weights with its masks and values under
@@ -182,6 +193,44 @@ class PinMixin:
         """The trainable variable behind `weight` (`None` when the layer has none)."""
         return self.__dict__.get(self._raw_attrs[weight])
 
+    def _read(self, weight: str) -> Any:
+        """What the `weight` property returns outside `folded`: the raw variable once settled, else formed."""
+        settled = self.__dict__.get("_settled", ())
+        if weight in settled:
+            if not self.raw_variable(weight).trainable:
+                return self.raw_variable(weight)
+            settled.discard(weight)  # trainable again: training may move it under its pins
+        return self.effective(weight)
+
+    def settle(self) -> None:
+        """Makes each raw weight that cannot train hold its effective weight, and read as it is.
+
+        For every present weight whose raw variable is not trainable (and that
+        LoRA does not adapt): raw := `where(mask, value, raw)`, computed where
+        the weight lives; from then on the layer reads the raw variable with
+        no select, until the weight is made trainable again. The layer's own
+        methods that write pins or weights call it; call it after assigning a
+        frozen layer's variables directly.
+        """
+        settled = set()
+        for weight in self.present_weights():
+            raw = self.raw_variable(weight)
+            if raw.trainable or self._lora_composed(weight) is not raw:
+                continue
+            raw.assign(self.effective(weight))
+            settled.add(weight)
+        object.__setattr__(self, "_settled", settled)
+
+    @property
+    def trainable(self) -> bool:
+        return self.keras_class.trainable.fget(self)
+
+    @trainable.setter
+    def trainable(self, value: bool) -> None:
+        self.keras_class.trainable.fset(self, value)
+        if f"{self.pinned_weights[0]}_pin_mask" in self.__dict__:
+            self.settle()  # frozen: read as it is; trainable: formed again
+
     def pin_variables(self, weight: str) -> tuple[keras.Variable, keras.Variable]:
         return getattr(self, f"{weight}_pin_mask"), getattr(self, f"{weight}_pin_value")
 
@@ -294,6 +343,7 @@ class PinMixin:
             variable.assign(value)
         if raw and getattr(self, "lora_enabled", False):
             self._zero_lora()  # the raw weights assigned are the effective ones
+        self.settle()
 
     def set_pins(self, pins: dict[str, tuple[Any, Any]]) -> None:
         """Assigns masks and stored values, then each raw weight its effective value.
@@ -314,6 +364,7 @@ class PinMixin:
             self.raw_variable(weight).assign(self.effective(weight))
         if getattr(self, "lora_enabled", False):
             self._zero_lora()
+        self.settle()
 
     def set_pinned_weights(
         self,
@@ -370,6 +421,7 @@ class PinMixin:
             checked.append((variable, value))
         for variable, value in checked:
             variable.assign(value)
+        self.settle()
 
     def save_own_variables(self, store: Any) -> None:
         if not self.built:
@@ -417,6 +469,7 @@ class PinMixin:
                 ))
             if getattr(self, "lora_enabled", False):
                 self._zero_lora()
+            self.settle()
             return
         elif not keys:
             # Keras keys a weights file by layer class (`layers/dense`), so a
@@ -508,7 +561,7 @@ def _effective_property(weight: str, raw_attr: str, *, settable: bool) -> proper
         folded = self.__dict__.get("_folded")
         if folded is not None:
             return folded[weight]
-        return self.effective(weight)
+        return self._read(weight)
 
     def fset(self: PinMixin, value: Any) -> None:
         # The Keras class's own `build` assigns its raw variable here.
@@ -655,7 +708,7 @@ def unpin_in_place(layer: PinMixin) -> None:
     for weight, raw_attr in raw_attrs.items():
         if raw_attr != f"_{weight}":
             layer.__dict__[weight] = layer.__dict__.pop(raw_attr, None)
-    for attr in ("_pin_storage", "_in_config"):
+    for attr in ("_pin_storage", "_in_config", "_settled", "_folded"):
         layer.__dict__.pop(attr, None)
 
 
