@@ -1,4 +1,4 @@
-"""The command line's arguments: sub-commands, flags, help texts, value types.
+"""The command line's arguments: sub-commands, flags, help texts, value types; its exit codes.
 
 `parser()` builds the argparse parser; `cli.main` runs what it parsed. Flag
 values are checked here only for their form (a number, a list like 0,2,5-7);
@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import argparse
 import math
+
+# The exit codes.
+OK, FAILED, USAGE, INTERRUPTED = 0, 1, 2, 130  # 128 + SIGINT; SIGTERM 143, SIGHUP 129
 
 from kerasurgery import __version__
 

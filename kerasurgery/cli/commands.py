@@ -27,14 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from kerasurgery.cli import arguments as _arguments
+from kerasurgery.cli import model_io as _io
 from kerasurgery.cli import structured as _structured
-from kerasurgery.files import atomic as _atomic
+from kerasurgery.cli.arguments import FAILED, INTERRUPTED, OK, USAGE  # noqa: F401  (the exit codes, here too)
 from kerasurgery.cli.render import Ui, printable
 from kerasurgery.errors import (
-    KerasurgeryError, LayerSkippedWarning, ModelFileError, NothingPinnedWarning, UsageError, one_line,
+    KerasurgeryError, LayerSkippedWarning, NothingPinnedWarning, UsageError, one_line,
 )
-
-OK, FAILED, USAGE, INTERRUPTED = 0, 1, 2, 130  # 128 + SIGINT; SIGTERM 143, SIGHUP 129
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -230,67 +229,12 @@ def _pins_from_args(args: argparse.Namespace) -> dict[str, Any]:
     )
 
 
-def _source_and_output(args: argparse.Namespace, tag: str) -> tuple[Path, Path]:
-    """IN and OUT of freeze/strip, checked before TensorFlow is imported.
-
-    Refuses an input that is not a model file and an output that saving would
-    refuse, so that a mistake costs no loading and no freezing.
-    """
-    from kerasurgery.files.formats import detect_format, open_model_file
-
-    source = Path(args.input)
-    fmt = detect_format(source)
-    output = _output_path(source, args.output, tag, fmt)
-    _check_output(source, output, args.force)
-    # The container and size checks, before TensorFlow costs seconds and
-    # hundreds of MB; loading repeats them with the checksums.
-    with open_model_file(source, fmt, check_crc=False):
-        pass
-    return source, output
-
-
-def _output_path(source: Path, given: str | None, tag: str, fmt: str) -> Path:
-    """`-o OUT`, or `<stem>.<tag><suffix>` beside the input (`fmt`: the input's format)."""
-    from kerasurgery.files.formats import KERAS
-
-    if given is not None:
-        if given.endswith(("/", os.sep)):
-            # Path() drops a trailing slash: "x.keras/" would silently write "x.keras".
-            raise ModelFileError(f"{given}: names a folder (it ends in '/'), not a model file.")
-        return Path(given)
-    suffix = source.suffix if source.suffix.lower() in (".keras", ".h5", ".hdf5") else None
-    if suffix is None:  # e.g. a model saved as "model.bin": name the output by its format
-        suffix = ".keras" if fmt == KERAS else ".h5"
-    stem = source.name[: len(source.name) - len(source.suffix)] if source.suffix else source.name
-    return source.with_name(f"{stem}.{tag}{suffix}")
-
-
-def _check_output(source: Path, output: Path, force: bool) -> None:
-    """Refuses before any work what saving would refuse after it.
-
-    The target checks are the atomic writer's own (`_atomic.check_target`),
-    in the command line's words.
-    """
-    from kerasurgery.files.formats import format_for_suffix
-
-    same = source.resolve() == output.resolve()
-    with contextlib.suppress(OSError):
-        same = same or (output.exists() and os.path.samefile(source, output))
-    if same:
-        raise ModelFileError(f"{output}: is the input file; write the result elsewhere (-o OUT).")
-    if output.is_dir():  # before the suffix check: "." has no suffix
-        raise ModelFileError(f"{output}: is a folder, not a model file.")
-    format_for_suffix(output)
-    _atomic.check_target(output, force, exists=lambda path: ModelFileError(
-        f"{path}: already exists; pass --force to replace it."))
-
-
 # --- Commands ----------------------------------------------------------------
 
 
 def _freeze(args: argparse.Namespace, ui: Ui) -> int:
     pins = _pins_from_args(args)
-    source, output = _source_and_output(args, "frozen")
+    source, output = _io.source_and_output(args, "frozen")
     with _freeze_warnings(ui) as skipped:
         # Unit pruning needs the dependency groups, which need the live model.
         written = None if _structured.unit_pruning(pins) else _offline(args, ui, "freeze", source, output, pins)
@@ -298,7 +242,7 @@ def _freeze(args: argparse.Namespace, ui: Ui) -> int:
             layers, compiled = written.rows, written.compiled
         else:
             layers, compiled = _freeze_with_keras(args, ui, source, output, pins)
-    document = _written(args, "freeze", source, output, compiled, ui, layers=layers, skipped=skipped)
+    document = _io.written(args, "freeze", source, output, compiled, ui, layers=layers, skipped=skipped)
     if ui.json_output:
         ui.print_json(document)
         return OK
@@ -375,7 +319,7 @@ def _freeze_with_keras(
         from kerasurgery.model import surgery
         from kerasurgery.model.walk import pinnable_layers
 
-        model, compiled = _load(source, args, ui)
+        model, compiled = _io.load(source, args, ui)
         if not pinnable_layers(model):
             from kerasurgery.layers import supported_class_names
 
@@ -389,19 +333,19 @@ def _freeze_with_keras(
             rules = {key: rule for key, rule in pins.items() if key not in units}
             frozen = surgery.freeze(model, rules, **exclude) if rules or not units else model
             frozen = _structured.prune_units(frozen, units)
-        _save(frozen, output, args, ui)
+        _io.save(frozen, output, args, ui)
         layers = _dense_rows(frozen)
     return layers, compiled
 
 
 def _strip(args: argparse.Namespace, ui: Ui) -> int:
-    source, output = _source_and_output(args, "stripped")
+    source, output = _io.source_and_output(args, "stripped")
     written = _offline(args, ui, "strip", source, output)
     if written is not None:
         layers, compiled = written.rows, written.compiled
     else:
         layers, compiled = _strip_with_keras(args, ui, source, output)
-    document = _written(args, "strip", source, output, compiled, ui, stripped=layers)
+    document = _io.written(args, "strip", source, output, compiled, ui, stripped=layers)
     if ui.json_output:
         ui.print_json(document)
         return OK
@@ -428,7 +372,7 @@ def _strip_with_keras(
         from kerasurgery.kinds import is_pinned_class
         from kerasurgery.model import surgery
 
-        model, compiled = _load(source, args, ui)
+        model, compiled = _io.load(source, args, ui)
         layers = [row for row in _dense_rows(model) if is_pinned_class(row["class_name"])]
         if not layers:
             raise KerasurgeryError(
@@ -436,25 +380,8 @@ def _strip_with_keras(
             )
         with ui.status("Turning pinned layers back into Keras layers"):
             stripped = surgery.strip(model, keep_optimizer=args.keep_optimizer)
-        _save(stripped, output, args, ui)
+        _io.save(stripped, output, args, ui)
     return layers, compiled and args.keep_optimizer
-
-
-def _written(
-    args: argparse.Namespace, verb: str, source: Path, output: Path, compiled: bool,
-    ui: Ui, **layers: Any,
-) -> dict[str, Any]:
-    from kerasurgery.files.formats import format_for_suffix
-
-    return {
-        "command": verb,
-        "input": str(source),
-        "output": str(output),
-        "format": format_for_suffix(output),
-        "training_config": compiled,
-        "warnings": ui.warnings,
-        **layers,
-    }
 
 
 def _dense_rows(model: Any) -> list[dict[str, Any]]:
@@ -486,31 +413,6 @@ def _dense_rows(model: Any) -> list[dict[str, Any]]:
             "path": path,
         })
     return rows
-
-
-def _load(
-    source: Path, args: argparse.Namespace, ui: Ui, *, compile: bool = True
-) -> tuple[Any, bool]:
-    from kerasurgery.model import saving
-
-    if args.unsafe:
-        # Only this load runs with safe mode off: Keras' process-wide switch
-        # stays on, and freeze/strip reuse the layers that hold code as they are.
-        ui.warn(f"--unsafe: loading {source} with safe mode off; code stored in it may run.")
-    with ui.status(f"Loading {source}"), warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        model = saving.load_model(source, safe_mode=not args.unsafe, compile=compile)
-    for warning in caught:
-        if issubclass(warning.category, UserWarning):
-            ui.warn(str(warning.message))
-    return model, bool(getattr(model, "compiled", False))
-
-
-def _save(model: Any, output: Path, args: argparse.Namespace, ui: Ui) -> None:
-    from kerasurgery.model import saving
-
-    with ui.status(f"Saving {output}"):
-        saving.save_model(model, output, overwrite=args.force)
 
 
 def _inspect(args: argparse.Namespace, ui: Ui) -> int:
@@ -580,7 +482,7 @@ def _prune(args: argparse.Namespace, ui: Ui) -> int:
 
     if args.method != "magnitude" and args.calibration is None:
         raise UsageError(f"--method {args.method} needs --calibration X.npy|X.npz")
-    source, output = _source_and_output(args, "pruned")
+    source, output = _io.source_and_output(args, "pruned")
     calibration = None
     if args.calibration is not None:
         try:
@@ -596,7 +498,7 @@ def _prune(args: argparse.Namespace, ui: Ui) -> int:
     with ui.tensorflow():
         from kerasurgery.model.prune import prune
 
-        model, compiled = _load(source, args, ui)
+        model, compiled = _io.load(source, args, ui)
         with ui.status(f"Pruning with {args.method}"), warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             pruned = prune(model, calibration, method=args.method, sparsity=args.sparsity,
@@ -604,9 +506,9 @@ def _prune(args: argparse.Namespace, ui: Ui) -> int:
         for warning in caught:
             if issubclass(warning.category, UserWarning):
                 ui.warn(str(warning.message))
-        _save(pruned, output, args, ui)
+        _io.save(pruned, output, args, ui)
         layers = [row for row in _dense_rows(pruned) if row["pinned"]]
-    document = _written(args, "prune", source, output, compiled, ui, layers=layers)
+    document = _io.written(args, "prune", source, output, compiled, ui, layers=layers)
     if ui.json_output:
         ui.print_json(document)
         return OK

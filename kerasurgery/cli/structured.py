@@ -5,7 +5,7 @@ layers and need the live Keras model; these front ends load it, call the
 library, and hand the rows of `cli/units.py` to `render`. Nothing here
 imports Keras until a command runs, so that `--help` and plain `inspect`
 stay fast. The shared steps (checking IN and OUT, loading, atomic saving,
-the JSON frame) are `commands`' own, imported when called.
+the JSON frame) are `model_io`'s, shared with `commands`.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from kerasurgery.cli import model_io
+from kerasurgery.cli.arguments import OK
 from kerasurgery.cli.render import Ui
 from kerasurgery.errors import KerasurgeryError
 
@@ -43,14 +45,12 @@ def units_of(args: argparse.Namespace, ui: Ui) -> dict[str, Any]:
     `--layer` keeps the rows of that layer (its path or name) and the
     left-alone entries that name it.
     """
-    from kerasurgery.cli import commands
-
     args.unsafe = False  # `inspect` never runs code stored in a file
     with ui.tensorflow():
         from kerasurgery.cli.units import left_alone, unit_rows
         from kerasurgery.model.groups import dependency_groups
 
-        model, _ = commands._load(Path(args.file), args, ui, compile=False)
+        model, _ = model_io.load(Path(args.file), args, ui, compile=False)
         with ui.status("Finding the dependency groups"):
             groups = dependency_groups(model)
         rows, left = unit_rows(model, groups), left_alone(groups)
@@ -64,15 +64,13 @@ def units_of(args: argparse.Namespace, ui: Ui) -> dict[str, Any]:
 
 def shrink(args: argparse.Namespace, ui: Ui) -> int:
     """`kerasurgery shrink`: `ks.shrink` of IN, saved as a plain Keras file beside it."""
-    from kerasurgery.cli import commands
-
-    source, output = commands._source_and_output(args, "shrunk")
+    source, output = model_io.source_and_output(args, "shrunk")
     with ui.tensorflow():
         from kerasurgery.cli.units import left_alone, shrink_rows
         from kerasurgery.model.groups import dependency_groups
         from kerasurgery.model import shrink as shrink_lib
 
-        model, compiled = commands._load(source, args, ui)
+        model, compiled = model_io.load(source, args, ui)
         with ui.status("Finding the dependency groups"):
             # Pins baked in first (what `shrink` does), so that both models
             # count parameters alike: no pin masks on one side.
@@ -90,14 +88,14 @@ def shrink(args: argparse.Namespace, ui: Ui) -> int:
             )
         with ui.status("Removing the units pinned at zero"):
             small = shrink_lib.shrink(model)
-        commands._save(small, output, args, ui)
+        model_io.save(small, output, args, ui)
         layers = shrink_rows(model, small, groups)
         params = {"before": int(model.count_params()), "after": int(small.count_params())}
-    document = commands._written(args, "shrink", source, output, False, ui, layers=layers,
+    document = model_io.written(args, "shrink", source, output, False, ui, layers=layers,
                         parameters=params, left_alone=left_alone(groups))
     if ui.json_output:
         ui.print_json(document)
-        return commands.OK
+        return OK
     ui.shrink_table(layers, document["left_alone"], title=str(output))
     cut = [row for row in layers if row["units_after"] < row["units_before"]]
     units = sum(row["units_before"] - row["units_after"] for row in cut)
@@ -108,7 +106,7 @@ def shrink(args: argparse.Namespace, ui: Ui) -> int:
         "plain Keras layers, no training config"
         + (" (IN's does not fit the new shapes)." if compiled else ".")
     )
-    return commands.OK
+    return OK
 
 
 def _stripped(model: Any) -> Any:
