@@ -93,13 +93,12 @@ def _interleaved(fns: dict, rounds: int) -> dict:
     return out
 
 
-def bench_generate(size: str, repeats: int) -> dict:
+def bench_generate(size: str, repeats: int, length: int = 32) -> dict:
     """Seconds per generated token, plain and pinned; ratio = pinned / plain time."""
     import kerasurgery as ks
 
     plain = _lm(size)
     pinned = ks.freeze(plain, {"*": ks.rules.smallest(0.5)})
-    length = 32
     x = _prompt(size, 1, 8, length)
     for lm in (plain, pinned):
         lm.compile(sampler="greedy")
@@ -192,6 +191,8 @@ def main() -> None:
     parser.add_argument("--size", choices=sorted(SIZES), default="base")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--only", choices=("generate", "lora_step", "freeze"))
+    parser.add_argument("--length", type=int, default=32,
+                        help="generate: prompt of 8 tokens padded to this length (default 32: 24 new tokens)")
     parser.add_argument("--child-freeze", type=int, choices=(0, 1), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_freeze is not None:
@@ -201,7 +202,7 @@ def main() -> None:
 
     result = {"backend": keras.backend.backend(), "size": args.size}
     if args.only in (None, "generate"):
-        result["generate_s"] = bench_generate(args.size, args.repeats)
+        result["generate_s"] = bench_generate(args.size, args.repeats, args.length)
     if args.only in (None, "lora_step"):
         result["lora_step_s"] = bench_lora_step(args.size, args.repeats)
     if args.only in (None, "freeze"):
