@@ -17,7 +17,7 @@ import numpy as np
 from keras import ops
 
 from kerasurgery import _keras_private
-from kerasurgery.model.groups import (
+from kerasurgery.model._group_walk import (
     _channels,
     _consume,
     _numpy,
