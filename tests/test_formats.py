@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import kerasurgery as ks
-from kerasurgery.files import formats
+from kerasurgery.files import container, formats
 from kerasurgery.errors import ModelFileError
 from kerasurgery.files.inspection import inspect_file, read_dense_weights
 
@@ -33,7 +33,7 @@ def test_keras_weights_are_read_in_place_not_copied(big):
         assert info.compress_type == zipfile.ZIP_STORED and info.file_size > 16_000_000
     tracemalloc.start()
     try:
-        config = formats.read_model_config(big, formats.KERAS)  # CRCs included
+        config = container.read_model_config(big, formats.KERAS)  # CRCs included
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -43,13 +43,13 @@ def test_keras_weights_are_read_in_place_not_copied(big):
 
 def test_open_model_file_hands_over_config_and_weights():
     for name, fmt in (("frozen_mlp.keras", formats.KERAS), ("frozen_mlp.h5", formats.H5)):
-        with formats.open_model_file(FIXTURES / name) as model:
+        with container.open_model_file(FIXTURES / name) as model:
             assert (model.format, model.keras_version) == (fmt, keras.__version__)
             assert model.config["class_name"] in ("Functional", "Sequential")
             assert isinstance(model.weights, h5py.File) and model.weights.id.valid
             weights = model.weights
         assert not weights.id.valid  # closed with the block
-    with formats.open_model_file(FIXTURES / "frozen_mlp.keras") as model:
+    with container.open_model_file(FIXTURES / "frozen_mlp.keras") as model:
         assert {"config.json", "metadata.json", "model.weights.h5"} <= model.members
         kernel = model.weights["layers/masked_dense/vars/kernel"][()]
     assert kernel.shape == (8, 16)
@@ -99,7 +99,7 @@ def _container_faults(tmp_path: Path) -> dict[str, Path]:
 def test_loader_and_inspection_share_the_container_checks(tmp_path):
     for label, path in _container_faults(tmp_path).items():
         with pytest.raises(ModelFileError) as by_formats:
-            formats.read_model_config(path, formats.detect_format(path))
+            container.read_model_config(path, formats.detect_format(path))
         reader = read_dense_weights if label == "crc" else inspect_file  # inspect skips CRCs
         with pytest.raises(ModelFileError) as by_inspection:
             reader(path)

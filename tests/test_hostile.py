@@ -27,7 +27,7 @@ import numpy as np
 import pytest
 
 import kerasurgery as ks
-from kerasurgery.files import formats
+from kerasurgery.files import container, formats
 from kerasurgery.guards import declared, limits
 from kerasurgery.cli import main
 from tests.conftest import make_mlp
@@ -740,7 +740,7 @@ def test_the_counting_build_is_exact_and_leaves_nothing_for_keras_to_initialize(
     # Earlier releases' files (compiled, pinned layers of kerasurgery 0.1.0).
     for name in ("frozen_mlp.keras", "nested_frozen.keras"):
         path = ROOT / "fixtures" / "kerasurgery-0.1.0" / name
-        with formats.open_model_file(path) as opened:
+        with container.open_model_file(path) as opened:
             config = opened.config
         model = ks.load_model(path)
         assert _budget.built_weight_entries(config, formats.KERAS, safe_mode=True) == sum(

@@ -29,7 +29,7 @@ import kerasurgery as ks
 from kerasurgery import kinds
 from kerasurgery import layers as layers_lib
 from kerasurgery.cli import commands as cli
-from kerasurgery.files import formats
+from kerasurgery.files import container, formats
 from kerasurgery.files.inspection import inspect_file
 from kerasurgery.guards import declared
 from kerasurgery.guards import shapes as _shapes
@@ -227,7 +227,7 @@ def test_files_name_the_pinned_classes_kerasurgery_layers_and_earlier_names_stil
                                                     for e in _pinned_entries(c)])
     assert {e["module"] for e in _pinned_entries(_config(old))} == {"kerasurgery.layers._classes"}
     assert {layer.path: layer.pinned for layer in inspect_file(old).layers} == pins
-    with formats.open_model_file(old) as opened:
+    with container.open_model_file(old) as opened:
         exact = declared.exact_weight_entries(opened.config)
     loaded = keras.saving.load_model(old)  # Keras resolves the registered name
     assert exact == sum(int(np.prod(v.shape)) for v in loaded.weights)
@@ -294,7 +294,7 @@ def test_0_1_0_files_take_the_tf_free_path_and_keep_their_pins(tmp_path):
 
 @pytest.mark.parametrize("name", ["frozen_mlp.keras", "nested_frozen.keras"])
 def test_0_1_0_configs_are_counted_exactly(name):
-    with formats.open_model_file(V010 / name) as opened:
+    with container.open_model_file(V010 / name) as opened:
         exact = declared.exact_weight_entries(opened.config)
     model = ks.load_model(V010 / name)
     assert exact == sum(int(np.prod(v.shape)) for v in model.weights) > 0

@@ -27,7 +27,8 @@ def source_and_output(args: argparse.Namespace, tag: str) -> tuple[Path, Path]:
     Refuses an input that is not a model file and an output that saving would
     refuse, so that a mistake costs no loading and no freezing.
     """
-    from kerasurgery.files.formats import detect_format, open_model_file
+    from kerasurgery.files.container import open_model_file
+    from kerasurgery.files.formats import detect_format
 
     source = Path(args.input)
     fmt = detect_format(source)

@@ -37,7 +37,7 @@ import h5py
 import numpy as np
 
 from kerasurgery import kinds
-from kerasurgery.files import formats
+from kerasurgery.files import container, formats
 from kerasurgery.files.layout import (
     BIAS,
     CONFIG,
@@ -492,7 +492,7 @@ def _opened(path: str | os.PathLike, *, check_crc: bool) -> Iterator[_ModelFile]
     path = Path(path)
     try:
         with contextlib.ExitStack() as stack:
-            opened = stack.enter_context(formats.open_model_file(path, check_crc=check_crc))
+            opened = stack.enter_context(container.open_model_file(path, check_crc=check_crc))
             record = open_pin_record(opened, stack)
             yield _ModelFile(opened, record)
     except KerasurgeryError:

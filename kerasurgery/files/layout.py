@@ -1,6 +1,6 @@
 """Where a saved model file keeps each layer's variables, at any depth.
 
-`layer_entries` walks a file opened by `formats.open_model_file` and pairs
+`layer_entries` walks a file opened by `container.open_model_file` and pairs
 every layer, at every depth, with the HDF5 datasets of its variables, without
 reading them; `inspection` checks and reads them. `pin_record.open_record` opens the
 pins that a `.keras` archive keeps beside its weights

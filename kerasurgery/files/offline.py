@@ -41,7 +41,7 @@ import numpy as np
 
 from kerasurgery import _plan, kinds
 from kerasurgery.guards import shapes as _shapes
-from kerasurgery.files import formats
+from kerasurgery.files import container as _container, formats
 from kerasurgery.files import layout, order
 from kerasurgery.files.atomic import atomic_path
 from kerasurgery.files.zipwrite import CheckedMember, ZipWriter, member_start
@@ -290,10 +290,10 @@ class _Archive:
     def _opened(self, *, check_crc: bool) -> formats.ModelFile:
         """The checked container; a file the checks refuse gets the error the CRC check gives first."""
         try:
-            return self._stack.enter_context(formats.open_model_file(self.path, formats.KERAS, check_crc=check_crc))
+            return self._stack.enter_context(_container.open_model_file(self.path, formats.KERAS, check_crc=check_crc))
         except KerasurgeryError:
             if not check_crc:
-                with formats.open_model_file(self.path, formats.KERAS, check_crc=True):
+                with _container.open_model_file(self.path, formats.KERAS, check_crc=True):
                     pass
             raise
 

@@ -28,7 +28,8 @@ import keras
 
 from kerasurgery import _keras_private
 from kerasurgery.errors import KerasurgeryError, ModelFileError, one_line
-from kerasurgery.files.formats import H5, open_model_file, read_h5_list
+from kerasurgery.files.container import open_model_file
+from kerasurgery.files.formats import H5, read_h5_list
 from kerasurgery.model import budget
 from kerasurgery.guards.declared import json_dicts
 

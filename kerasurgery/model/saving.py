@@ -24,13 +24,13 @@ from kerasurgery import pins as _pins
 from kerasurgery.errors import KerasurgeryError, ModelFileError, one_line
 from kerasurgery.model import generation, load_checks
 from kerasurgery.model.walk import walk_layers
+from kerasurgery.files.container import open_model_file
 from kerasurgery.files.formats import (
     H5,
     KERAS,
     code_layers,
     detect_format,
     format_for_suffix,
-    open_model_file,
     stored_weight_dtypes,
 )
 
