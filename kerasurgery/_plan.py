@@ -265,7 +265,7 @@ def resolve(spec: Any, plan: PinPlan, axes: Callable[[str], Axes], name: str) ->
     if not plan.xp.host and not getattr(spec, "device", False):
         raise KerasurgeryError(
             f"Layer {name!r} is split across processes (hosts), and rule "
-            f"{getattr(spec, 'name', type(spec).__name__)!r} has no form that runs where its "
+            f"{_rule_name(spec)!r} has no form that runs where its "
             "shards live: use zeros, below, smallest (per layer), n_of_m, inputs, units, "
             "entries, connections, fraction or a mask, or pin on one host (outside the "
             "distribution) and load the model inside the scope."
@@ -291,6 +291,11 @@ def resolve(spec: Any, plan: PinPlan, axes: Callable[[str], Axes], name: str) ->
         if bias_pin is None and pin.bias is not None:
             bias_pin = ("bias", pin.bias, pin.bias_value)
     return updates + ([bias_pin] if bias_pin else [])
+
+
+def _rule_name(spec: Any) -> str:
+    """A rule's name for messages: a built-in rule's own, else its function's or class's."""
+    return getattr(spec, "name", None) or getattr(spec, "__name__", None) or type(spec).__name__
 
 
 def rank_across(rule: Any, plan_of: Callable[[str], PinPlan], paths: Sequence[str],

@@ -227,9 +227,11 @@ def make():
     h = keras.layers.Dense(32, activation="relu", name="dense")(inputs)
     return keras.Model(inputs, keras.layers.Dense(4, name="head")(h))
 
-# On one host (no distribution yet): frozen and saved, the same file on both processes.
+# On one host (no distribution yet): frozen and saved, the same file on both processes,
+# and the mask the host path computes from the initial weights.
 path = os.path.join(folder, f"pinned{pid}.keras")
 ks.save_model(ks.freeze(make(), {"dense": ks.rules.smallest(0.5)}), path)
+expected = ks.rules.smallest(0.5)(make().get_layer("dense").get_weights()[0], None).kernel
 
 devices = keras.distribution.list_devices()
 # 'model' runs across the two processes: devices 0,1 (process 0) and 4,5 (process 1) in a row.
@@ -242,13 +244,29 @@ keras.distribution.set_distribution(
 
 out = {"processes": jax.process_count(), "devices": len(devices)}
 refused = {}
-try:
-    ks.freeze(make(), {"dense": ks.rules.zeros()}, in_place=True)
-except KerasurgeryError as e:
-    refused["freeze"] = str(e)
-model = ks.load_model(path)
+for name, pins, in_place in (
+        ("copy", {"dense": ks.rules.smallest(0.5)}, False),
+        ("own_rule", {"dense": lambda kernel, bias: ks.Pin(kernel=kernel == 0)}, True),
+        ("across_layers", {"dense": ks.rules.smallest(0.5, across_layers=True)}, True)):
+    try:
+        ks.freeze(make(), pins, in_place=in_place)
+    except KerasurgeryError as e:
+        refused[name] = str(e)
+
+def shards(v):
+    return {str(s.index): np.asarray(s.data) for s in getattr(v, "value", v).addressable_shards}
+
+def index(key):  # "(slice(None, None, None), slice(8, 16, None))" -> the same slices
+    return eval(key, {"slice": slice})
+
+# Frozen in place inside the scope: the rule runs where the shards live.
+model = ks.freeze(make(), {"dense": ks.rules.smallest(0.5)}, in_place=True)
 layer = model.get_layer("dense")
 kernel, mask = layer.raw_variable("kernel"), layer.kernel_pin_mask
+out["storage"] = layer.pin_storage
+out["mask_as_host"] = all(np.array_equal(m, expected[index(i)]) for i, m in shards(mask).items())
+loaded = ks.load_model(path).get_layer("dense")
+out["loaded_same_mask"] = all(np.array_equal(m, shards(loaded.kernel_pin_mask)[i]) for i, m in shards(mask).items())
 out["spec"] = [str(kernel.value.sharding.spec), str(mask.value.sharding.spec)]
 out["same_sharding"] = kernel.value.sharding == mask.value.sharding
 out["split"] = not kernel.value.is_fully_addressable
@@ -267,9 +285,6 @@ for name, call in (("pin_state", layer.pin_state), ("get_weights", layer.get_wei
         refused[name] = str(e)
 out["refused"] = refused
 
-def shards(v):
-    return {str(s.index): np.asarray(s.data) for s in v.value.addressable_shards}
-
 before_k, before_m = shards(kernel), shards(mask)
 model.compile(optimizer=keras.optimizers.AdamW(0.05, weight_decay=0.1), loss="mse")
 rng = np.random.default_rng(0)
@@ -284,6 +299,7 @@ out["pins_held"] = all(
     and not effective[i][before_m[i]].any() for i in before_k)
 out["pinned"] = int(sum(m.sum() for m in before_m.values()))
 out["free_trained"] = int(sum(np.sum(after_k[i][~before_m[i]] != before_k[i][~before_m[i]]) for i in before_k))
+out["pins_hold"] = layer.pins_hold()  # verified where the shards live
 # Stripped in place, where the shards live: the plain kernel holds the effective weights.
 ks.strip(model, in_place=True)
 out["stripped"] = (not ks.layers.is_pinned(layer)) and all(
@@ -299,8 +315,12 @@ def test_two_processes_kernel_split_across_them_keeps_its_pins_through_fit(tmp_p
     # processes: the pinned model, frozen and saved on one host, is loaded
     # inside the scope; its mask is sharded like the kernel, and on each
     # process the pins hold bit for bit on its own shards through `fit` while
-    # the free entries train. What would read the split kernel whole (freeze,
-    # pin_state, get_weights, save_model) refuses in one line; strip in place works.
+    # the free entries train. Frozen in place inside the scope, the rule runs
+    # where the shards live: each process's mask shards equal the host mask
+    # of the same initial weights, and the pins verify there after `fit`.
+    # What would read the split kernel whole (a copy, pin_state, get_weights,
+    # save_model) or rank it on the host (a user's rule, across_layers)
+    # refuses in one line; strip in place works.
     with socket.socket() as s:
         s.bind(("localhost", 0))
         port = s.getsockname()[1]
@@ -323,9 +343,15 @@ def test_two_processes_kernel_split_across_them_keeps_its_pins_through_fit(tmp_p
         assert result["spec"] == ["P(None, 'model')"] * 2
         # 16 x 32 float32 kernel split 4 ways: 512 B per device, its mask 128 B, the shared zero 4 B.
         assert result["bytes_per_device"] == {"plain_kernel": 512, "pinned_kernel": 512, "mask": 128, "value": 4}
+        assert result["mask_as_host"] and result["loaded_same_mask"]
+        assert result["storage"] == {"kernel": "shared", "bias": "per_entry"}
         assert result["masks_held"] and result["pins_held"] and result["stripped"]
-        assert set(result["refused"]) == {"freeze", "pin_state", "get_weights", "save_model"}
-        assert all("split across processes" in m for m in result["refused"].values())
+        assert result["pins_hold"] is True
+        assert set(result["refused"]) == {
+            "copy", "own_rule", "across_layers", "pin_state", "get_weights", "save_model"}
+        assert all("split across processes" in m and "\n" not in m for m in result["refused"].values())
+        assert "'<lambda>'" in result["refused"]["own_rule"]
+        assert "'smallest 0.5 across layers'" in result["refused"]["across_layers"]
     # The two processes hold the two halves of the kernel: half of its 512 entries pinned in all,
     # every free entry of each half trained.
     assert sum(r["pinned"] for r in results) == 256
