@@ -209,6 +209,27 @@ def test_keras_hub_layout_map_gemma_frozen_in_place_inside_the_scope():
 
 
 
+def _run_two_processes(script: str, tmp_path: Path) -> list[dict]:
+    """Runs `script` as processes 0 and 1 of one JAX distribution; each one's RESULT line."""
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("KERAS_BACKEND", "XLA_FLAGS")}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    workers = [
+        subprocess.Popen([sys.executable, "-c", script, str(pid), str(port), str(tmp_path)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+        for pid in (0, 1)
+    ]
+    results = []
+    for worker in workers:
+        stdout, stderr = worker.communicate(timeout=300)
+        assert worker.returncode == 0, stderr[-4000:]
+        line = [x for x in stdout.splitlines() if x.startswith("RESULT ")][-1]
+        results.append(json.loads(line[len("RESULT "):]))
+    return results
+
+
 _TWO_PROCESSES = """
 import os, sys, json
 pid, port, folder = int(sys.argv[1]), sys.argv[2], sys.argv[3]
@@ -321,22 +342,7 @@ def test_two_processes_kernel_split_across_them_keeps_its_pins_through_fit(tmp_p
     # What would read the split kernel whole (a copy, pin_state, get_weights,
     # save_model) or rank it on the host (a user's rule, across_layers)
     # refuses in one line; strip in place works.
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        port = s.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if k not in ("KERAS_BACKEND", "XLA_FLAGS")}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    workers = [
-        subprocess.Popen([sys.executable, "-c", _TWO_PROCESSES, str(pid), str(port), str(tmp_path)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
-        for pid in (0, 1)
-    ]
-    results = []
-    for worker in workers:
-        stdout, stderr = worker.communicate(timeout=300)
-        assert worker.returncode == 0, stderr[-4000:]
-        line = [x for x in stdout.splitlines() if x.startswith("RESULT ")][-1]
-        results.append(json.loads(line[len("RESULT "):]))
+    results = _run_two_processes(_TWO_PROCESSES, tmp_path)
     for result in results:
         assert (result["processes"], result["devices"], result["shards"]) == (2, 8, 2)
         assert result["split"] and result["same_sharding"]
@@ -356,3 +362,48 @@ def test_two_processes_kernel_split_across_them_keeps_its_pins_through_fit(tmp_p
     # every free entry of each half trained.
     assert sum(r["pinned"] for r in results) == 256
     assert [r["free_trained"] for r in results] == [256 - r["pinned"] for r in results]
+
+
+_ORBAX = _TWO_PROCESSES.split("out = {")[0] + """
+def shards(v):
+    return {str(s.index): np.asarray(s.data).reshape(-1).view("u1")
+            for s in getattr(v, "value", v).addressable_shards}
+
+def variables(model):
+    layer = model.get_layer("dense")
+    return {"raw": layer.raw_variable("kernel"), "mask": layer.kernel_pin_mask,
+            "value": layer.kernel_pin_value}
+
+def same(a, b):
+    return {n: all(np.array_equal(x, shards(b[n])[i]) for i, x in shards(v).items()) for n, v in a.items()}
+
+model = ks.freeze(make(), {"dense": ks.rules.smallest(0.5)}, in_place=True)
+model.compile(optimizer=keras.optimizers.AdamW(0.05, weight_decay=0.1), loss="mse")
+rng = np.random.default_rng(0)
+checkpoint = keras.callbacks.OrbaxCheckpoint(os.path.join(folder, "orbax"), save_weights_only=True,
+                                             save_on_background=False)
+model.fit(rng.normal(size=(64, 16)).astype("float32"), rng.normal(size=(64, 4)).astype("float32"),
+          batch_size=16, epochs=2, verbose=0, callbacks=[checkpoint])
+keras.utils.set_random_seed(1)  # other initial weights: another mask
+other = ks.freeze(keras.models.clone_model(make()), {"dense": ks.rules.smallest(0.5)}, in_place=True)
+other.compile(optimizer=keras.optimizers.AdamW(0.05, weight_decay=0.1), loss="mse")
+out = {"before": same(variables(model), variables(other))}
+other.load_weights(os.path.join(folder, "orbax"))
+out["after"] = same(variables(model), variables(other))
+out["spec"] = str(variables(other)["mask"].value.sharding.spec)
+out["pins_hold"] = other.get_layer("dense").pins_hold()
+print("RESULT " + json.dumps(out))
+"""
+
+
+def test_two_processes_orbax_checkpoint_restores_the_split_pins(tmp_path):
+    # Keras' OrbaxCheckpoint (it needs the `orbax-checkpoint` package, not a
+    # kerasurgery dependency) saves every variable of a model frozen in place
+    # inside the scope, its split mask included, from both processes; a model
+    # frozen in place with the same structure (other weights, another mask)
+    # restores them, shard for shard, laid out as before, and its pins hold.
+    pytest.importorskip("orbax.checkpoint")
+    for result in _run_two_processes(_ORBAX, tmp_path):
+        assert result["before"] == {"raw": False, "mask": False, "value": True}  # the shared 0.0 already equal
+        assert result["after"] == {"raw": True, "mask": True, "value": True}
+        assert result["spec"] == "P(None, 'model')" and result["pins_hold"] is True
