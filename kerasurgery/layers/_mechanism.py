@@ -834,10 +834,12 @@ def require_one_process(variable: Any, where: str, action: str) -> None:
 
     Under `keras.distribution.initialize` (JAX, several processes) a variable
     laid out across the processes' devices cannot be read whole by any of
-    them; kerasurgery plans pins and writes files from host (numpy) copies,
-    so it says so instead of JAX's "Fetching value ... non-addressable
-    devices" traceback. A pinned model loaded inside the scope trains with
-    its pins on every process.
+    them. `freeze(..., in_place=True)` plans such a weight where its shards
+    live (`kerasurgery.model.device`) and `pins_hold` verifies it there; what
+    returns or writes whole arrays (a copy, `pin_state`, `get_weights`,
+    `save_model`) works from host (numpy) copies, so it says so instead of
+    JAX's "Fetching value ... non-addressable devices" traceback. A pinned
+    model loaded inside the scope trains with its pins on every process.
 
     Raises:
         KerasurgeryError: `variable` has shards on another process.
@@ -846,6 +848,7 @@ def require_one_process(variable: Any, where: str, action: str) -> None:
     if getattr(value, "is_fully_addressable", True) is False:
         raise KerasurgeryError(
             f"{where} is split across processes (hosts), and kerasurgery cannot {action} "
-            "a weight that no process holds whole yet: do it on one host (outside the "
-            "distribution), then load the model inside the scope."
+            "a weight that no process holds whole yet: freeze it in place inside the scope "
+            "(`in_place=True`), or do it on one host (outside the distribution) and load "
+            "the model inside the scope."
         )
