@@ -848,7 +848,7 @@ def require_one_process(variable: Any, where: str, action: str) -> None:
     if getattr(value, "is_fully_addressable", True) is False:
         raise KerasurgeryError(
             f"{where} is split across processes (hosts), and kerasurgery cannot {action} "
-            "a weight that no process holds whole yet: freeze it in place inside the scope "
-            "(`in_place=True`), or do it on one host (outside the distribution) and load "
-            "the model inside the scope."
+            "a weight that no process holds whole yet: work where the shards live "
+            "(`freeze`/`strip` with `in_place=True`, `layer.pins_hold()`), or do it on one "
+            "host (outside the distribution) and load the model inside the scope."
         )
