@@ -112,7 +112,11 @@ class Cut:
             threshold = xp.scalar(np.asarray(self.key, np.uint64).view(np.float64), dtype)
             chosen = xp.less(key, threshold)
             if self.ties:
-                chosen = xp.logical_or(chosen, xp.first_true(xp.equal(key, threshold), self.ties))
+                equal = xp.equal(key, threshold)
+                # Usually every entry at the threshold is taken: no search for the first ones.
+                if xp.count(equal) > self.ties:
+                    equal = xp.first_true(equal, self.ties)
+                chosen = xp.logical_or(chosen, equal)
             return chosen
         flat = np.asarray(array).reshape(-1)
         chosen = np.zeros(flat.size, dtype=bool)
