@@ -1,10 +1,12 @@
-"""What `freeze` decides for each layer, in numpy only: selection, pins, storage.
+"""What `freeze` decides for each layer: selection, pins, storage.
 
 `kerasurgery.freeze` (on a Keras model) and the offline rewrite of a `.keras`
 file (`_offline`, no TensorFlow) both call this module, so the two cannot
 disagree on which layers a key selects, how several pins merge, which masks
 and values are accepted, how pinned values are stored and what the effective
-weights are. Nothing here imports Keras.
+weights are. Nothing here imports Keras: a plan's arrays are numpy, or, for
+a layer whose weight is split across processes, live tensors handled through
+the array namespace the plan carries (`PinPlan.xp`, `kerasurgery._arrays`).
 """
 
 from __future__ import annotations
