@@ -62,6 +62,7 @@ def _rules() -> dict:
         "units": ks.rules.units([0, 5], value=0.25),
         "entries": ks.rules.entries([(0, 0, 0, 1), (1, 2, 3, 4)], value=2.0),
         "fraction": ks.rules.fraction(0.3, seed=1, value=0.0),
+        "pin_capable": ks.Pin(),  # nothing pinned: the layers become pinned classes
     }
 
 
