@@ -14,7 +14,6 @@ from typing import Any, Protocol, Union
 
 import numpy as np
 
-from kerasurgery import _arrays
 from kerasurgery._arrays import HOST, Host
 from kerasurgery.errors import PinError
 from kerasurgery.kinds import Axes
