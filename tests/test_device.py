@@ -200,10 +200,15 @@ def test_pins_hold_is_false_where_a_pinned_entry_computes_with_another_value():
     moved = ops.convert_to_numpy(raw).copy()
     moved[np.unravel_index(int(np.argmax(mask)), mask.shape)] = 3.0
     raw.assign(moved)
-    assert layer.pins_hold()  # the layer reads the pinned value, not the raw entry
-    # A layer that computed with its raw weight would be caught.
-    object.__setattr__(layer, "effective", lambda weight, raw=None: layer.raw_variable(weight))
+    assert layer.pins_hold()  # a trainable layer forms its kernel: the pinned value is read
+    # A frozen layer reads its settled raw weight as it is: a direct assign
+    # without `settle()` puts another value under a pin, and the check sees it.
+    layer.trainable = False
+    assert layer.pins_hold()
+    raw.assign(moved)
     assert not layer.pins_hold()
+    layer.settle()
+    assert layer.pins_hold()
 
 
 def _np_dtype(name: str):

@@ -404,16 +404,17 @@ class PinMixin:
     def pins_hold(self) -> bool:
         """Whether every pinned entry computes with its pinned value, bit for bit.
 
-        Checked where the weights live: the effective weight's bits against
-        the stored value's bits at the mask, reduced to one boolean, so a
-        weight split across processes is verified without being gathered
-        (each process runs the same check and reads the same answer).
-        `-0.0` and `0.0` differ.
+        Checked on what the layer computes with (its `kernel`, ...: a settled
+        weight's raw variable as it is), where the weights live: its bits
+        against the stored value's bits at the mask, reduced to one boolean,
+        so a weight split across processes is verified without being
+        gathered (each process runs the same check and reads the same
+        answer). `-0.0` and `0.0` differ.
         """
         self._require_built("pins_hold")
         for weight in self.present_weights():
             mask, value = self.pin_variables(weight)
-            effective = ops.convert_to_tensor(self.effective(weight))
+            effective = ops.convert_to_tensor(getattr(self, weight))
             integer = {2: "int16", 4: "int32", 8: "int64"}[np.dtype(
                 _float_dtype(effective.dtype)).itemsize]
             value = ops.cast(ops.convert_to_tensor(value), effective.dtype)
