@@ -1,10 +1,12 @@
-"""What `freeze` decides for each layer, in numpy only: selection, pins, storage.
+"""What `freeze` decides for each layer: selection, pins, storage.
 
 `kerasurgery.freeze` (on a Keras model) and the offline rewrite of a `.keras`
 file (`_offline`, no TensorFlow) both call this module, so the two cannot
 disagree on which layers a key selects, how several pins merge, which masks
 and values are accepted, how pinned values are stored and what the effective
-weights are. Nothing here imports Keras.
+weights are. Nothing here imports Keras: a plan's arrays are numpy, or, for
+a layer whose weight is split across processes, live tensors handled through
+the array namespace the plan carries (`PinPlan.xp`, `kerasurgery._arrays`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ from typing import Any
 import numpy as np
 
 from kerasurgery import pins as _pins
-from kerasurgery.errors import LayerSelectionError, LayerSkippedWarning, NothingPinnedWarning, PinError
+from kerasurgery._arrays import HOST, Host
+from kerasurgery.errors import (
+    KerasurgeryError, LayerSelectionError, LayerSkippedWarning, NothingPinnedWarning, PinError,
+)
 from kerasurgery.pins import Axes, Pin
 
 # (weight, mask, value): one pin of one weight; `None` mask = nothing.
@@ -34,12 +39,19 @@ class PinPlan:
     pinned entry holds that one value (pruning): the common cases, for which
     no weight-sized array of values is built. Otherwise it is the weight with
     the pinned entries at their values.
+
+    `xp` is where the arrays live (`kerasurgery._arrays`): numpy arrays on
+    the host (`HOST`), or the live tensors of a layer whose weights are
+    split across processes (`kerasurgery.model.device`), planned with the
+    same code; scalar values are host 0-d arrays either way.
     """
 
-    def __init__(self, effective: dict[str, np.ndarray], masks: dict[str, np.ndarray] | None = None) -> None:
+    def __init__(self, effective: dict[str, Any], masks: dict[str, Any] | None = None,
+                 xp: Host = HOST) -> None:
+        self.xp = xp
         self.effective = effective
         self.masks = masks if masks is not None else {
-            w: np.zeros(a.shape, bool) for w, a in effective.items()
+            w: xp.zeros_mask(a) for w, a in effective.items()
         }
         self.values: dict[str, np.ndarray | None] = {w: None for w in effective}
         self._storage: dict[str, str] | None = None
@@ -67,7 +79,7 @@ class PinPlan:
                 raise PinError(f"Layer {name!r} has no {weight}, but a {weight} pin was given.")
             masks[weight], values[weight] = merge(
                 masks[weight], values[weight], mask, value,
-                self.effective[weight], name, weight,
+                self.effective[weight], name, weight, self.xp,
             )
         self.masks, self.values = masks, values
         return self
@@ -75,18 +87,22 @@ class PinPlan:
     def storage(self) -> dict[str, str]:
         """Per weight: `SHARED` when every pinned entry has the same bits, else `PER_ENTRY`."""
         if self._storage is None:
+            xp = self.xp
             self._storage, self._stored = {}, {}
             for w, mask in self.masks.items():
                 values = self.effective[w] if self.values[w] is None else self.values[w]
+                dtype = xp.dtype(values)
+                pinned = xp.any(mask)
                 # A bias is small: its values are stored per entry, as in 0.1.0.
                 shared = None if w == "bias" else (
-                    (values if mask.any() else np.zeros((), values.dtype)) if values.ndim == 0
-                    else _pins.shared_value(values, mask)
+                    np.zeros((), dtype) if not pinned
+                    else values if not xp.shape(values) else xp.same_bits(values, mask)
                 )
                 self._storage[w] = _pins.SHARED if shared is not None else _pins.PER_ENTRY
                 # Per entry, only pinned entries are meaningful; the rest hold
                 # zeros, so a non-finite free entry is not taken for a pin.
-                self._stored[w] = shared if shared is not None else np.where(mask, values, 0).astype(values.dtype)
+                self._stored[w] = shared if shared is not None else xp.cast(
+                    xp.where(mask, values, xp.scalar(0, dtype)), dtype)
         return self._storage
 
     def take(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -107,7 +123,7 @@ class PinPlan:
         self.storage()
         return {
             w: _pins.WeightPins(
-                effective=effective(self.effective[w], self.masks[w], self.values[w]),
+                effective=effective(self.effective[w], self.masks[w], self.values[w], self.xp),
                 mask=self.masks[w],
                 value=self._stored[w],
             )
@@ -115,7 +131,7 @@ class PinPlan:
         }
 
 
-def effective(weight: np.ndarray, mask: np.ndarray, values: np.ndarray | None) -> np.ndarray:
+def effective(weight: Any, mask: Any, values: Any | None, xp: Host = HOST) -> Any:
     """`weight` with the pinned entries at `values` (`None`: they keep their current values).
 
     Values of the weight's shape already hold the weight off the mask (`merge`
@@ -123,43 +139,52 @@ def effective(weight: np.ndarray, mask: np.ndarray, values: np.ndarray | None) -
     """
     if values is None:
         return weight
-    return values if values.ndim else np.where(mask, values, weight)
+    return values if xp.shape(values) else xp.where(mask, values, weight)
 
 
 def merge(
-    mask: np.ndarray,
-    values: np.ndarray | None,
+    mask: Any,
+    values: Any | None,
     new_mask: Any,
     new_value: Any,
-    weight: np.ndarray,
+    weight: Any,
     name: str,
     which: str,
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Adds one pin to a weight's mask and values (`None` values = current)."""
+    xp: Host = HOST,
+) -> tuple[Any, Any | None]:
+    """Adds one pin to a weight's mask and values (`None` values = current).
+
+    On the host or where the weight lives (`xp`); a mask or values given as
+    host arrays are checked on the host and put where the weight lives.
+    """
     if new_mask is None:
         if new_value is not None:
             raise PinError(
                 f"Layer {name!r}: a {which} value was given without a {which} mask."
             )
         return mask, values
-    new_mask = checked_mask(new_mask, weight.shape, name, which)
+    new_mask = checked_mask(new_mask, xp.shape(weight), name, which, xp)
+    if not xp.host and isinstance(new_mask, np.ndarray):
+        new_mask = xp.put(new_mask, weight)
     if new_value is None:
         if values is not None:
-            values = np.where(new_mask, weight, effective(weight, mask, values))
-        return _union(mask, new_mask), values
-    new_values = checked_value(new_value, weight, name, which)
+            values = xp.where(new_mask, weight, effective(weight, mask, values, xp))
+        return _union(mask, new_mask, xp), values
+    new_values = checked_value(new_value, weight, name, which, xp)
     scalar = _scalar(new_values)
     if scalar is not None and (
-        (values is None and not mask.any())
-        or (values is not None and values.ndim == 0 and _pins.bits(values) == _pins.bits(scalar))
+        (values is None and not xp.any(mask))
+        or (values is not None and not xp.shape(values) and _pins.bits(values) == _pins.bits(scalar))
     ):
-        return _union(mask, new_mask), scalar  # every pinned entry holds this one value
-    return _union(mask, new_mask), np.where(new_mask, new_values, effective(weight, mask, values))
+        return _union(mask, new_mask, xp), scalar  # every pinned entry holds this one value
+    if not xp.host:  # a scalar stays one; an array goes where the weight lives
+        new_values = scalar if scalar is not None else xp.put(new_values, weight)
+    return _union(mask, new_mask, xp), xp.where(new_mask, new_values, effective(weight, mask, values, xp))
 
 
-def _union(mask: np.ndarray, new_mask: np.ndarray) -> np.ndarray:
+def _union(mask: Any, new_mask: Any, xp: Host = HOST) -> Any:
     # The first pin of a weight: its mask as it is, not a third mask-sized array.
-    return mask | new_mask if mask.any() else new_mask
+    return xp.logical_or(mask, new_mask) if xp.any(mask) else new_mask
 
 
 def _scalar(values: np.ndarray) -> np.ndarray | None:
@@ -169,8 +194,19 @@ def _scalar(values: np.ndarray) -> np.ndarray | None:
     return None
 
 
-def checked_mask(mask: Any, shape: tuple, name: str, which: str) -> np.ndarray:
-    """A user's mask: of the weight's shape, boolean or only 0 and 1."""
+def checked_mask(mask: Any, shape: tuple, name: str, which: str, xp: Host = HOST) -> Any:
+    """A user's mask: of the weight's shape, boolean or only 0 and 1.
+
+    A mask that a rule built where the weight lives (not a host array) is
+    checked there: its shape and its boolean dtype.
+    """
+    if not xp.host and not isinstance(mask, (np.ndarray, np.generic, list, tuple)):
+        if xp.shape(mask) != tuple(shape) or xp.dtype(mask) != np.bool_:
+            raise PinError(
+                f"Layer {name!r}: the {which} mask must be boolean, of shape {tuple(shape)}. "
+                f"Received: {xp.dtype(mask)} of shape {xp.shape(mask)}"
+            )
+        return mask
     array = np.asarray(mask)
     if array.shape != tuple(shape):
         raise PinError(
@@ -187,8 +223,8 @@ def checked_mask(mask: Any, shape: tuple, name: str, which: str) -> np.ndarray:
     return array
 
 
-def checked_value(value: Any, weight: np.ndarray, name: str, which: str) -> np.ndarray:
-    """A user's pinned value: finite, a scalar or of the weight's shape, in its dtype."""
+def checked_value(value: Any, weight: Any, name: str, which: str, xp: Host = HOST) -> np.ndarray:
+    """A user's pinned value (on the host): finite, a scalar or of the weight's shape, in its dtype."""
     try:
         array = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError):
@@ -196,14 +232,15 @@ def checked_value(value: Any, weight: np.ndarray, name: str, which: str) -> np.n
             f"Layer {name!r}: the {which} value must be a number or an array. "
             f"Received: {value!r}"
         ) from None
-    if array.shape not in ((), weight.shape):
+    shape = xp.shape(weight)
+    if array.shape not in ((), shape):
         raise PinError(
             f"Layer {name!r}: the {which} value has the wrong shape. Expected: a "
-            f"scalar or {weight.shape}. Received: {array.shape}"
+            f"scalar or {shape}. Received: {array.shape}"
         )
     if not np.all(np.isfinite(array)):
         raise PinError(f"Layer {name!r}: the {which} value must be finite.")
-    return np.broadcast_to(array.astype(weight.dtype), weight.shape)
+    return np.broadcast_to(array.astype(xp.dtype(weight)), shape)
 
 
 def resolve(spec: Any, plan: PinPlan, axes: Callable[[str], Axes], name: str) -> list[Update]:
@@ -227,9 +264,19 @@ def resolve(spec: Any, plan: PinPlan, axes: Callable[[str], Axes], name: str) ->
     updates: list[Update] = []
     bias = plan.effective.get("bias")
     bias_pin: Update | None = None
+    if not plan.xp.host and not getattr(spec, "device", False):
+        raise KerasurgeryError(
+            f"Layer {name!r} is split across processes (hosts), and rule "
+            f"{_rule_name(spec)!r} has no form that runs where its "
+            "shards live: use zeros, below, smallest (per layer), n_of_m, inputs, units, "
+            "entries, connections, fraction or a mask, or pin on one host (outside the "
+            "distribution) and load the model inside the scope."
+        )
     for weight in plan.kernels:
         try:
-            if isinstance(spec, _pins.AxisRule):
+            if not plan.xp.host:
+                pin = spec(plan.effective[weight], bias, axes(weight), xp=plan.xp)
+            elif isinstance(spec, _pins.AxisRule):
                 pin = spec(plan.effective[weight], bias, axes(weight))
             else:
                 pin = spec(plan.effective[weight], bias)
@@ -246,6 +293,11 @@ def resolve(spec: Any, plan: PinPlan, axes: Callable[[str], Axes], name: str) ->
         if bias_pin is None and pin.bias is not None:
             bias_pin = ("bias", pin.bias, pin.bias_value)
     return updates + ([bias_pin] if bias_pin else [])
+
+
+def _rule_name(spec: Any) -> str:
+    """A rule's name for messages: a built-in rule's own, else its function's or class's."""
+    return getattr(spec, "name", None) or getattr(spec, "__name__", None) or type(spec).__name__
 
 
 def rank_across(rule: Any, plan_of: Callable[[str], PinPlan], paths: Sequence[str],
@@ -275,6 +327,13 @@ def rank_across(rule: Any, plan_of: Callable[[str], PinPlan], paths: Sequence[st
             order.clear()
             for path in paths:
                 plan = plan_of(path)
+                if not plan.xp.host:
+                    raise KerasurgeryError(
+                        f"Layer {names[path]!r} is split across processes (hosts), and rule "
+                        f"{rule.name!r} ranks layers together on the host: rank each layer "
+                        "alone (`across_layers=False`), or pin on one host (outside the "
+                        "distribution) and load the model inside the scope."
+                    )
                 for weight in chosen(plan):
                     order.append((path, weight))
                     yield plan.effective[weight]
@@ -515,7 +574,7 @@ class Planner:
                 self.skipped[(i, path)] = str(e)
                 continue
             self._selected[(i, path)] = sum(
-                int(np.count_nonzero(np.asarray(mask))) for _, mask, _ in updates if mask is not None
+                plan.xp.count(mask) for _, mask, _ in updates if mask is not None
             )
         return plan
 

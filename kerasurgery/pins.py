@@ -14,6 +14,7 @@ from typing import Any, Protocol, Union
 
 import numpy as np
 
+from kerasurgery._arrays import HOST, Host
 from kerasurgery.errors import PinError
 from kerasurgery.kinds import Axes
 
@@ -74,13 +75,7 @@ def shared_value(values: np.ndarray, mask: np.ndarray) -> np.ndarray | None:
     """
     if not mask.any():
         return np.zeros((), values.dtype)
-    first = int(np.argmax(mask))
-    # Whole-array comparisons: boolean indexing of a 50M kernel costs several
-    # times more.
-    b = bits(values)
-    differs = np.not_equal(b, b.flat[first])
-    np.logical_and(differs, mask, out=differs)
-    return None if differs.any() else np.asarray(values.flat[first])
+    return HOST.same_bits(values, mask)
 
 
 def checked_stored_mask(value: Any, shape: tuple, where: str) -> np.ndarray:
@@ -159,6 +154,11 @@ class _Rule(AxisRule):
     A rule with `across` looks at every layer it selects in one `freeze` call
     at once (global magnitude pruning): `across(weights)` gives one mask per
     weight, for the kernels of all layers together and then for their biases.
+
+    A rule with `device` has its selection written against an array
+    namespace (`select(weight, which, axes, xp=...)`, `kerasurgery._arrays`):
+    called with `xp`, it computes its mask where the weight lives (a weight
+    split across processes), with the same code as on the host.
     """
 
     name: str
@@ -166,17 +166,18 @@ class _Rule(AxisRule):
     bias: bool | None = False  # None: the bias too, when the layer has one
     value: Value = None
     across: Any = None
+    device: bool = False
 
     def __call__(
-        self, kernel: np.ndarray, bias: np.ndarray | None, axes: Axes | None = None
+        self, kernel: Any, bias: Any | None, axes: Axes | None = None, *, xp: Host = HOST
     ) -> Pin:
         axes = axes or _dense_axes(kernel)
-        kernel_mask = _as_mask(self.select(kernel, "kernel", axes), kernel.shape, self.name)
+        kernel_mask = self._mask(kernel, "kernel", axes, xp)
         bias_mask = None
         if self.bias or (self.bias is None and bias is not None):
             if bias is None:
                 raise PinError(f"Rule {self.name!r} targets the bias, but the layer has none.")
-            bias_mask = _as_mask(self.select(bias, "bias", axes), bias.shape, self.name)
+            bias_mask = self._mask(bias, "bias", axes, xp)
         value = self.value
         return Pin(
             kernel=kernel_mask,
@@ -185,10 +186,22 @@ class _Rule(AxisRule):
             bias_value=value if bias_mask is not None else None,
         )
 
+    def _mask(self, w: Any, which: str, axes: Axes, xp: Host) -> Any:
+        if xp.host:
+            return _as_mask(self.select(w, which, axes), np.shape(w), self.name)
+        mask = self.select(w, which, axes, xp=xp)
+        if xp.shape(mask) != xp.shape(w):
+            raise PinError(
+                f"Rule {self.name!r} built a mask of the wrong shape. "
+                f"Expected: {xp.shape(w)}. Received: {xp.shape(mask)}"
+            )
+        return mask
 
-def _dense_axes(kernel: np.ndarray) -> Axes:
+
+def _dense_axes(kernel: Any) -> Axes:
     # A rule called by a script on a bare array: rows are inputs, the last axis units.
-    return Axes(inputs=(0,) if kernel.ndim > 1 else (), units=(kernel.ndim - 1,))
+    ndim = len(np.shape(kernel)) if isinstance(kernel, np.ndarray) else len(tuple(kernel.shape))
+    return Axes(inputs=(0,) if ndim > 1 else (), units=(ndim - 1,))
 
 
 def _as_mask(mask: Any, shape: tuple, rule: str) -> np.ndarray:
@@ -208,7 +221,8 @@ def zeros(*, bias: bool = False, value: Value = None) -> Rule:
         bias: Apply the rule to the bias too.
         value: `None` keeps the zeros; a number pins them to it instead.
     """
-    return _Rule("zeros", lambda w, *_: w == 0, bias, value)
+    return _Rule("zeros", lambda w, *_, xp=HOST: xp.equal(w, xp.scalar(0, xp.dtype(w))), bias, value,
+                 device=True)
 
 
 def below(threshold: float, *, bias: bool = False, value: Value = None) -> Rule:
@@ -220,7 +234,13 @@ def below(threshold: float, *, bias: bool = False, value: Value = None) -> Rule:
     threshold = _finite(threshold, "threshold")
     if threshold < 0:
         raise PinError(f"Expected a threshold >= 0. Received: {threshold}")
-    return _Rule(f"below {threshold}", lambda w, *_: np.abs(w) < threshold, bias, value)
+
+    def select(w: Any, *_: Any, xp: Host = HOST) -> Any:
+        # Compared in the weight's dtype (as numpy compares a float16 array
+        # with a Python float), on the host and where the shards live alike.
+        return xp.less(xp.abs(w), xp.scalar(threshold, xp.dtype(w)))
+
+    return _Rule(f"below {threshold}", select, bias, value, device=True)
 
 
 def fraction(f: float, *, seed: int, bias: bool = False, value: Value = None) -> Rule:
@@ -232,16 +252,19 @@ def fraction(f: float, *, seed: int, bias: bool = False, value: Value = None) ->
     if not 0.0 <= f <= 1.0:
         raise PinError(f"Expected a fraction between 0 and 1. Received: {f}")
 
-    def select(w: np.ndarray, which: str, _axes: Axes) -> np.ndarray:
+    def select(w: Any, which: str, _axes: Axes, xp: Host = HOST) -> Any:
         # One stream per weight, so pinning the bias too leaves the kernel's
-        # choice unchanged.
+        # choice unchanged. The choice depends on the shape alone: made on
+        # the host, and put where the weight lives.
+        shape = xp.shape(w)
+        size = int(np.prod(shape, dtype=np.int64))
         rng = np.random.default_rng([seed, 0 if which == "kernel" else 1])
-        chosen = rng.permutation(w.size)[: round(f * w.size)]
-        mask = np.zeros(w.size, dtype=bool)
+        chosen = rng.permutation(size)[: round(f * size)]
+        mask = np.zeros(size, dtype=bool)
         mask[chosen] = True
-        return mask.reshape(w.shape)
+        return xp.put(mask.reshape(shape), w)
 
-    return _Rule(f"fraction {f} (seed {seed})", select, bias, value)
+    return _Rule(f"fraction {f} (seed {seed})", select, bias, value, device=True)
 
 
 def connections(matrix: Any, *, value: Value = 0.0) -> Rule:
@@ -259,15 +282,15 @@ def connections(matrix: Any, *, value: Value = 0.0) -> Rule:
             raise PinError("A connections matrix may hold only 0 and 1.")
     pinned = matrix == 0
 
-    def select(w: np.ndarray, *_: Any) -> np.ndarray:
-        if pinned.shape != w.shape:
+    def select(w: Any, *_: Any, xp: Host = HOST) -> Any:
+        if pinned.shape != xp.shape(w):
             raise PinError(
                 "The connections matrix does not fit the kernel. "
-                f"Expected: {w.shape}. Received: {pinned.shape}"
+                f"Expected: {xp.shape(w)}. Received: {pinned.shape}"
             )
-        return pinned
+        return xp.put(pinned, w)
 
-    return _Rule("connections", select, False, value)
+    return _Rule("connections", select, False, value, device=True)
 
 
 def entries(
@@ -278,19 +301,20 @@ def entries(
     kernel_index = [tuple(int(i) for i in index) for index in kernel]
     bias_index = [int(i) for i in bias]
 
-    def select(w: np.ndarray, which: str, _axes: Axes) -> np.ndarray:
-        mask = np.zeros(w.shape, dtype=bool)
+    def select(w: Any, which: str, _axes: Axes, xp: Host = HOST) -> Any:
+        shape = xp.shape(w)
+        mask = np.zeros(shape, dtype=bool)
         chosen = kernel_index if which == "kernel" else [(i,) for i in bias_index]
         for index in chosen:
-            if len(index) != w.ndim:
+            if len(index) != len(shape):
                 raise PinError(
-                    f"Expected a {which} index of {w.ndim} numbers for shape "
-                    f"{tuple(w.shape)}. Received: {index}"
+                    f"Expected a {which} index of {len(shape)} numbers for shape "
+                    f"{shape}. Received: {index}"
                 )
-            mask[_checked_index(index, w.shape, which)] = True
-        return mask
+            mask[_checked_index(index, shape, which)] = True
+        return xp.put(mask, w)
 
-    return _Rule("entries", select, bool(bias_index), value)
+    return _Rule("entries", select, bool(bias_index), value, device=True)
 
 
 def inputs(rows: Iterable[int], *, value: Value = None) -> Rule:
@@ -298,10 +322,10 @@ def inputs(rows: Iterable[int], *, value: Value = None) -> Rule:
     convolution's input channels, an Embedding's rows (token ids)."""
     rows = [int(r) for r in rows]
 
-    def select(w: np.ndarray, _: str, axes: Axes) -> np.ndarray:
-        return _along(w, axes.inputs, rows, "input")
+    def select(w: Any, _: str, axes: Axes, xp: Host = HOST) -> Any:
+        return _along(w, axes.inputs, rows, "input", xp)
 
-    return _Rule("inputs", select, False, value)
+    return _Rule("inputs", select, False, value, device=True)
 
 
 def units(columns: Iterable[int], *, value: Value = None, bias: bool | None = None) -> Rule:
@@ -316,30 +340,36 @@ def units(columns: Iterable[int], *, value: Value = None, bias: bool | None = No
     """
     columns = [int(c) for c in columns]
 
-    def select(w: np.ndarray, which: str, axes: Axes) -> np.ndarray:
+    def select(w: Any, which: str, axes: Axes, xp: Host = HOST) -> Any:
         if which == "bias":
             if not axes.bias_follows_units:
                 raise PinError("This layer's bias is not indexed by its output units; pass bias=False.")
-            return _along(w, tuple(range(w.ndim)), columns, "unit")
-        return _along(w, axes.units, columns, "unit")
+            return _along(w, tuple(range(len(xp.shape(w)))), columns, "unit", xp)
+        return _along(w, axes.units, columns, "unit", xp)
 
-    return _Rule("units", select, bias, value)
+    return _Rule("units", select, bias, value, device=True)
 
 
-def _along(w: np.ndarray, axes: tuple[int, ...], indices: list[int], what: str) -> np.ndarray:
-    """A mask that is True wherever the (flattened) `axes` index is in `indices`."""
+def _along(w: Any, axes: tuple[int, ...], indices: list[int], what: str, xp: Host = HOST) -> Any:
+    """A mask that is True wherever the (flattened) `axes` index is in `indices`.
+
+    The choice is a small host array along `axes` (1 elsewhere), broadcast
+    to the weight where the weight lives.
+    """
+    shape = xp.shape(w)
     if not axes:
-        return np.zeros(w.shape, dtype=bool)  # e.g. the depthwise kernel's units
-    axes = tuple(a % w.ndim for a in axes)
-    n = int(np.prod([w.shape[a] for a in axes]))
+        return xp.zeros_mask(w)  # e.g. the depthwise kernel's units
+    axes = tuple(a % len(shape) for a in axes)
+    n = int(np.prod([shape[a] for a in axes]))
     chosen = np.zeros(n, dtype=bool)
     for i in indices:
         _checked_index((i,), (n,), what)
         chosen[i] = True
-    # Move the axes to the end, mark, and move them back.
-    rest = [a for a in range(w.ndim) if a not in axes]
-    moved = np.broadcast_to(chosen.reshape([w.shape[a] for a in axes]), [w.shape[a] for a in rest + list(axes)])
-    return np.ascontiguousarray(np.moveaxis(moved, range(len(rest), w.ndim), axes))
+    # The axes' entries in the order given (flattened in C order), put in
+    # the weight's axis order, with 1 along every other axis.
+    small = np.transpose(chosen.reshape([shape[a] for a in axes]), np.argsort(axes))
+    small = small.reshape([shape[a] if a in axes else 1 for a in range(len(shape))])
+    return xp.broadcast_like(small, w)
 
 
 def _checked_index(index: tuple, shape: tuple, what: str) -> tuple:

@@ -21,9 +21,12 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
+from kerasurgery import _arrays
+from kerasurgery._arrays import HOST, Host
 from kerasurgery.errors import PinError
 from kerasurgery.pins import AxisRule, Axes, Pin, Rule, Value, _dense_axes, _Rule, units
 
@@ -99,7 +102,22 @@ class Cut:
     key: int
     ties: int
 
-    def mask(self, array: np.ndarray) -> np.ndarray:
+    def mask(self, array: Any, xp: Host = HOST) -> Any:
+        """The entries of `array` this cut selects (where `array` lives, with `xp`)."""
+        if not xp.host:
+            # The threshold is a magnitude of the array's dtype (`count_cut`),
+            # compared exactly in that dtype.
+            dtype = xp.dtype(array)
+            key = xp.key(array)
+            threshold = xp.scalar(np.asarray(self.key, np.uint64).view(np.float64), dtype)
+            chosen = xp.less(key, threshold)
+            if self.ties:
+                equal = xp.equal(key, threshold)
+                # Usually every entry at the threshold is taken: no search for the first ones.
+                if xp.count(equal) > self.ties:
+                    equal = xp.first_true(equal, self.ties)
+                chosen = xp.logical_or(chosen, equal)
+            return chosen
         flat = np.asarray(array).reshape(-1)
         chosen = np.zeros(flat.size, dtype=bool)
         left = self.ties
@@ -164,6 +182,39 @@ def smallest_cuts(arrays: Callable[[], Iterable[np.ndarray]], count: Callable[[i
     return cuts
 
 
+def count_cut(array: Any, count: int, xp: Host = HOST) -> Cut:
+    """The cut of the `count` entries of smallest magnitude of one array, found by counting.
+
+    The same cut as `smallest_cuts` gives for `[array]` (NaN as the largest
+    magnitude, ties to the lower flat index), found with reductions only, so
+    that it runs where a sharded array lives: the count-th smallest key is
+    the smallest non-negative float of the array's dtype with at least
+    `count` keys at or below it, found by a binary search over its bit
+    pattern (non-negative floats sort as their bits do): one count per bit
+    of the dtype (16 for float16 and bfloat16, 31 for float32).
+
+    Raises:
+        PinError: `count` is negative or larger than the number of entries.
+    """
+    dtype = xp.dtype(array)
+    total = int(np.prod(xp.shape(array), dtype=np.int64))
+    if not 0 <= count <= total:
+        raise PinError(f"Cannot select {count} entries: {total} of {total} are eligible.")
+    if not count:
+        return Cut(0, 0)
+    key = xp.key(array)
+    low, high = 0, _arrays.bits_of(np.inf, dtype)
+    while low < high:
+        middle = (low + high) // 2
+        if xp.count(xp.less_equal(key, xp.scalar(_arrays.float_of_bits(middle, dtype), dtype))) >= count:
+            high = middle
+        else:
+            low = middle + 1
+    threshold = _arrays.float_of_bits(low, dtype)
+    below = xp.count(xp.less(key, xp.scalar(threshold, dtype)))
+    return Cut(int(np.asarray(threshold, np.float64).view(np.uint64)), count - below)
+
+
 def _key_bits(piece: np.ndarray) -> np.ndarray:
     """|w| as float64 bits (NaN as +inf): unsigned integers that sort as the magnitudes do."""
     key = np.abs(piece.astype(np.float64))
@@ -171,36 +222,48 @@ def _key_bits(piece: np.ndarray) -> np.ndarray:
     return key.view(np.uint64)
 
 
-def n_of_m_mask(weight: np.ndarray, n: int, m: int, inputs: tuple[int, ...]) -> np.ndarray:
+def n_of_m_mask(weight: Any, n: int, m: int, inputs: tuple[int, ...], xp: Host = HOST) -> Any:
     """Pins the `n` smallest of every `m` consecutive entries along the input axes.
 
     The input axes (flattened in C order when there are several) are cut into
     groups of `m`; in each group, for each position along the other axes, the
     `n` entries of smallest magnitude are selected (ties: the lower index).
+    An entry is selected when fewer than `n` entries of its group come
+    before it (a smaller magnitude, or an equal one at a lower index): `m`
+    comparisons per entry, elementwise, so that the same code runs on the
+    host and where a sharded weight lives (`xp`), the other axes untouched.
 
     Raises:
         PinError: the input axes hold no multiple of `m` entries, or the
             weight has no input axis.
     """
-    weight = np.asarray(weight)
+    shape = xp.shape(weight)
     if not inputs:
         raise PinError("This weight has no input axis to group along.")
-    axes = tuple(a % weight.ndim for a in inputs)
-    length = int(np.prod([weight.shape[a] for a in axes]))
+    ndim = len(shape)
+    axes = tuple(a % ndim for a in inputs)
+    length = int(np.prod([shape[a] for a in axes]))
     if length % m:
         raise PinError(
-            f"The input axis of shape {tuple(weight.shape)} holds {length} entries, "
+            f"The input axis of shape {tuple(shape)} holds {length} entries, "
             f"not a multiple of m={m}; n:m pruning needs whole groups."
         )
-    rest = [a for a in range(weight.ndim) if a not in axes]
+    rest = [a for a in range(ndim) if a not in axes]
     # Inputs last, flattened, then cut into groups of m.
-    moved = np.moveaxis(_key(weight, None), axes, range(len(rest), weight.ndim))
-    grouped = moved.reshape(-1, length // m, m)
-    order = np.argsort(grouped, axis=-1, kind="stable")[..., :n]
-    chosen = np.zeros(grouped.shape, dtype=bool)
-    np.put_along_axis(chosen, order, True, axis=-1)
-    chosen = chosen.reshape(moved.shape)
-    return np.ascontiguousarray(np.moveaxis(chosen, range(len(rest), weight.ndim), axes))
+    moved = xp.moveaxis(xp.key(weight), axes, range(len(rest), ndim))
+    moved_shape = [shape[a] for a in rest] + [shape[a] for a in axes]
+    grouped = xp.reshape(moved, [shape[a] for a in rest] + [length // m, m])
+    entries = [xp.take(grouped, j) for j in range(m)]
+    chosen = []
+    for j, entry in enumerate(entries):
+        before = xp.cast(xp.zeros_mask(entry), np.int32)  # entries of the group that come before it
+        for k, other in enumerate(entries):
+            if k != j:
+                ahead = (xp.less_equal if k < j else xp.less)(other, entry)
+                before = xp.add(before, xp.cast(ahead, np.int32))
+        chosen.append(xp.less(before, xp.scalar(n, np.int32)))
+    selected = xp.reshape(xp.stack(chosen), moved_shape)
+    return xp.contiguous(xp.moveaxis(selected, range(len(rest), ndim), axes))
 
 
 def unit_norms(weight: np.ndarray, units: tuple[int, ...], norm: int) -> np.ndarray:
@@ -286,7 +349,10 @@ def smallest(
     """
     fraction = checked_fraction(fraction)
 
-    def select(w: np.ndarray, *_: object) -> np.ndarray:
+    def select(w: Any, *_: object, xp: Host = HOST) -> Any:
+        if not xp.host:  # where the shards live: the same cut, found by counting
+            size = int(np.prod(xp.shape(w), dtype=np.int64))
+            return count_cut(w, round(fraction * size), xp).mask(w, xp)
         # Ranked piece by piece: a large weight (a token embedding) costs its
         # mask and a few pieces, not four float copies (`smallest_cuts`).
         return _SmallestAcross(fraction)([w])[0]
@@ -295,6 +361,7 @@ def smallest(
         f"smallest {fraction}" + (" across layers" if across_layers else ""),
         select, bias, 0.0 if value is None else value,
         across=_SmallestAcross(fraction) if across_layers else None,
+        device=not across_layers,
     )
 
 
@@ -339,12 +406,12 @@ def n_of_m(n: int, m: int, *, value: Value = None) -> Rule:
     if m < 1 or n > m:
         raise PinError(f"Expected 0 <= n <= m and m >= 1. Received: n={n}, m={m}")
 
-    def select(w: np.ndarray, _which: str, axes: Axes) -> np.ndarray:
+    def select(w: Any, _which: str, axes: Axes, xp: Host = HOST) -> Any:
         if not axes.inputs or not axes.contracted:
-            return np.zeros(w.shape, dtype=bool)
-        return n_of_m_mask(w, n, m, axes.inputs)
+            return xp.zeros_mask(w)
+        return n_of_m_mask(w, n, m, axes.inputs, xp)
 
-    return _Rule(f"{n}:{m}", select, False, 0.0 if value is None else value)
+    return _Rule(f"{n}:{m}", select, False, 0.0 if value is None else value, device=True)
 
 
 def smallest_units(fraction: float, norm: int = 1, *, value: Value = None) -> Rule:

@@ -23,7 +23,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CORE_MODULES = [
     "tests/test_layers.py", "tests/test_surgery.py", "tests/test_saving.py", "tests/test_callbacks.py",
-    "tests/test_layer_kinds.py", "tests/test_keras_private.py",
+    "tests/test_layer_kinds.py", "tests/test_keras_private.py", "tests/test_device.py",
 ]
 BACKENDS = [b for b in ("tensorflow", "jax", "torch") if b != keras.backend.backend()]
 TIMEOUT_S = 1800

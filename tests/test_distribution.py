@@ -209,6 +209,27 @@ def test_keras_hub_layout_map_gemma_frozen_in_place_inside_the_scope():
 
 
 
+def _run_two_processes(script: str, tmp_path: Path) -> list[dict]:
+    """Runs `script` as processes 0 and 1 of one JAX distribution; each one's RESULT line."""
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("KERAS_BACKEND", "XLA_FLAGS")}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    workers = [
+        subprocess.Popen([sys.executable, "-c", script, str(pid), str(port), str(tmp_path)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+        for pid in (0, 1)
+    ]
+    results = []
+    for worker in workers:
+        stdout, stderr = worker.communicate(timeout=300)
+        assert worker.returncode == 0, stderr[-4000:]
+        line = [x for x in stdout.splitlines() if x.startswith("RESULT ")][-1]
+        results.append(json.loads(line[len("RESULT "):]))
+    return results
+
+
 _TWO_PROCESSES = """
 import os, sys, json
 pid, port, folder = int(sys.argv[1]), sys.argv[2], sys.argv[3]
@@ -227,9 +248,11 @@ def make():
     h = keras.layers.Dense(32, activation="relu", name="dense")(inputs)
     return keras.Model(inputs, keras.layers.Dense(4, name="head")(h))
 
-# On one host (no distribution yet): frozen and saved, the same file on both processes.
+# On one host (no distribution yet): frozen and saved, the same file on both processes,
+# and the mask the host path computes from the initial weights.
 path = os.path.join(folder, f"pinned{pid}.keras")
 ks.save_model(ks.freeze(make(), {"dense": ks.rules.smallest(0.5)}), path)
+expected = ks.rules.smallest(0.5)(make().get_layer("dense").get_weights()[0], None).kernel
 
 devices = keras.distribution.list_devices()
 # 'model' runs across the two processes: devices 0,1 (process 0) and 4,5 (process 1) in a row.
@@ -242,13 +265,29 @@ keras.distribution.set_distribution(
 
 out = {"processes": jax.process_count(), "devices": len(devices)}
 refused = {}
-try:
-    ks.freeze(make(), {"dense": ks.rules.zeros()}, in_place=True)
-except KerasurgeryError as e:
-    refused["freeze"] = str(e)
-model = ks.load_model(path)
+for name, pins, in_place in (
+        ("copy", {"dense": ks.rules.smallest(0.5)}, False),
+        ("own_rule", {"dense": lambda kernel, bias: ks.Pin(kernel=kernel == 0)}, True),
+        ("across_layers", {"dense": ks.rules.smallest(0.5, across_layers=True)}, True)):
+    try:
+        ks.freeze(make(), pins, in_place=in_place)
+    except KerasurgeryError as e:
+        refused[name] = str(e)
+
+def shards(v):
+    return {str(s.index): np.asarray(s.data) for s in getattr(v, "value", v).addressable_shards}
+
+def index(key):  # "(slice(None, None, None), slice(8, 16, None))" -> the same slices
+    return eval(key, {"slice": slice})
+
+# Frozen in place inside the scope: the rule runs where the shards live.
+model = ks.freeze(make(), {"dense": ks.rules.smallest(0.5)}, in_place=True)
 layer = model.get_layer("dense")
 kernel, mask = layer.raw_variable("kernel"), layer.kernel_pin_mask
+out["storage"] = layer.pin_storage
+out["mask_as_host"] = all(np.array_equal(m, expected[index(i)]) for i, m in shards(mask).items())
+loaded = ks.load_model(path).get_layer("dense")
+out["loaded_same_mask"] = all(np.array_equal(m, shards(loaded.kernel_pin_mask)[i]) for i, m in shards(mask).items())
 out["spec"] = [str(kernel.value.sharding.spec), str(mask.value.sharding.spec)]
 out["same_sharding"] = kernel.value.sharding == mask.value.sharding
 out["split"] = not kernel.value.is_fully_addressable
@@ -267,9 +306,6 @@ for name, call in (("pin_state", layer.pin_state), ("get_weights", layer.get_wei
         refused[name] = str(e)
 out["refused"] = refused
 
-def shards(v):
-    return {str(s.index): np.asarray(s.data) for s in v.value.addressable_shards}
-
 before_k, before_m = shards(kernel), shards(mask)
 model.compile(optimizer=keras.optimizers.AdamW(0.05, weight_decay=0.1), loss="mse")
 rng = np.random.default_rng(0)
@@ -284,6 +320,7 @@ out["pins_held"] = all(
     and not effective[i][before_m[i]].any() for i in before_k)
 out["pinned"] = int(sum(m.sum() for m in before_m.values()))
 out["free_trained"] = int(sum(np.sum(after_k[i][~before_m[i]] != before_k[i][~before_m[i]]) for i in before_k))
+out["pins_hold"] = layer.pins_hold()  # verified where the shards live
 # Stripped in place, where the shards live: the plain kernel holds the effective weights.
 ks.strip(model, in_place=True)
 out["stripped"] = (not ks.layers.is_pinned(layer)) and all(
@@ -299,34 +336,74 @@ def test_two_processes_kernel_split_across_them_keeps_its_pins_through_fit(tmp_p
     # processes: the pinned model, frozen and saved on one host, is loaded
     # inside the scope; its mask is sharded like the kernel, and on each
     # process the pins hold bit for bit on its own shards through `fit` while
-    # the free entries train. What would read the split kernel whole (freeze,
-    # pin_state, get_weights, save_model) refuses in one line; strip in place works.
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        port = s.getsockname()[1]
-    env = {k: v for k, v in os.environ.items() if k not in ("KERAS_BACKEND", "XLA_FLAGS")}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
-    workers = [
-        subprocess.Popen([sys.executable, "-c", _TWO_PROCESSES, str(pid), str(port), str(tmp_path)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
-        for pid in (0, 1)
-    ]
-    results = []
-    for worker in workers:
-        stdout, stderr = worker.communicate(timeout=300)
-        assert worker.returncode == 0, stderr[-4000:]
-        line = [x for x in stdout.splitlines() if x.startswith("RESULT ")][-1]
-        results.append(json.loads(line[len("RESULT "):]))
+    # the free entries train. Frozen in place inside the scope, the rule runs
+    # where the shards live: each process's mask shards equal the host mask
+    # of the same initial weights, and the pins verify there after `fit`.
+    # What would read the split kernel whole (a copy, pin_state, get_weights,
+    # save_model) or rank it on the host (a user's rule, across_layers)
+    # refuses in one line; strip in place works.
+    results = _run_two_processes(_TWO_PROCESSES, tmp_path)
     for result in results:
         assert (result["processes"], result["devices"], result["shards"]) == (2, 8, 2)
         assert result["split"] and result["same_sharding"]
         assert result["spec"] == ["P(None, 'model')"] * 2
         # 16 x 32 float32 kernel split 4 ways: 512 B per device, its mask 128 B, the shared zero 4 B.
         assert result["bytes_per_device"] == {"plain_kernel": 512, "pinned_kernel": 512, "mask": 128, "value": 4}
+        assert result["mask_as_host"] and result["loaded_same_mask"]
+        assert result["storage"] == {"kernel": "shared", "bias": "per_entry"}
         assert result["masks_held"] and result["pins_held"] and result["stripped"]
-        assert set(result["refused"]) == {"freeze", "pin_state", "get_weights", "save_model"}
-        assert all("split across processes" in m for m in result["refused"].values())
+        assert result["pins_hold"] is True
+        assert set(result["refused"]) == {
+            "copy", "own_rule", "across_layers", "pin_state", "get_weights", "save_model"}
+        assert all("split across processes" in m and "\n" not in m for m in result["refused"].values())
+        assert "'<lambda>'" in result["refused"]["own_rule"]
+        assert "'smallest 0.5 across layers'" in result["refused"]["across_layers"]
     # The two processes hold the two halves of the kernel: half of its 512 entries pinned in all,
     # every free entry of each half trained.
     assert sum(r["pinned"] for r in results) == 256
     assert [r["free_trained"] for r in results] == [256 - r["pinned"] for r in results]
+
+
+_ORBAX = _TWO_PROCESSES.split("out = {")[0] + """
+def shards(v):
+    return {str(s.index): np.asarray(s.data).reshape(-1).view("u1")
+            for s in getattr(v, "value", v).addressable_shards}
+
+def variables(model):
+    layer = model.get_layer("dense")
+    return {"raw": layer.raw_variable("kernel"), "mask": layer.kernel_pin_mask,
+            "value": layer.kernel_pin_value}
+
+def same(a, b):
+    return {n: all(np.array_equal(x, shards(b[n])[i]) for i, x in shards(v).items()) for n, v in a.items()}
+
+model = ks.freeze(make(), {"dense": ks.rules.smallest(0.5)}, in_place=True)
+model.compile(optimizer=keras.optimizers.AdamW(0.05, weight_decay=0.1), loss="mse")
+rng = np.random.default_rng(0)
+checkpoint = keras.callbacks.OrbaxCheckpoint(os.path.join(folder, "orbax"), save_weights_only=True,
+                                             save_on_background=False)
+model.fit(rng.normal(size=(64, 16)).astype("float32"), rng.normal(size=(64, 4)).astype("float32"),
+          batch_size=16, epochs=2, verbose=0, callbacks=[checkpoint])
+keras.utils.set_random_seed(1)  # other initial weights: another mask
+other = ks.freeze(keras.models.clone_model(make()), {"dense": ks.rules.smallest(0.5)}, in_place=True)
+other.compile(optimizer=keras.optimizers.AdamW(0.05, weight_decay=0.1), loss="mse")
+out = {"before": same(variables(model), variables(other))}
+other.load_weights(os.path.join(folder, "orbax"))
+out["after"] = same(variables(model), variables(other))
+out["spec"] = str(variables(other)["mask"].value.sharding.spec)
+out["pins_hold"] = other.get_layer("dense").pins_hold()
+print("RESULT " + json.dumps(out))
+"""
+
+
+def test_two_processes_orbax_checkpoint_restores_the_split_pins(tmp_path):
+    # Keras' OrbaxCheckpoint (it needs the `orbax-checkpoint` package, not a
+    # kerasurgery dependency) saves every variable of a model frozen in place
+    # inside the scope, its split mask included, from both processes; a model
+    # frozen in place with the same structure (other weights, another mask)
+    # restores them, shard for shard, laid out as before, and its pins hold.
+    pytest.importorskip("orbax.checkpoint")
+    for result in _run_two_processes(_ORBAX, tmp_path):
+        assert result["before"] == {"raw": False, "mask": False, "value": True}  # the shared 0.0 already equal
+        assert result["after"] == {"raw": True, "mask": True, "value": True}
+        assert result["spec"] == "P(None, 'model')" and result["pins_hold"] is True

@@ -356,15 +356,72 @@ class PinMixin:
         through the host: what `freeze` does to a live layer. Equal, bit for
         bit, to `set_pin_state` with the plan's effective weights.
 
+        The masks and values may be live tensors (planned where a weight
+        split across processes lives, `kerasurgery.model.device`): they are
+        checked and assigned there.
+
         Raises:
             PinError: a shape, dtype or value does not fit the layer.
         """
-        self.set_pin_state({w: _pins.WeightPins(None, *pins.pop(w)) for w in list(pins)}, raw=False)
+        if all(isinstance(a, np.ndarray) for pair in pins.values() for a in pair):
+            self.set_pin_state({w: _pins.WeightPins(None, *pins.pop(w)) for w in list(pins)}, raw=False)
+        else:
+            self._set_live_pins(pins)
         for weight in self.present_weights():
             self.raw_variable(weight).assign(self.effective(weight))
         if getattr(self, "lora_enabled", False):
             self._zero_lora()
         self.settle()
+
+    def _set_live_pins(self, pins: dict[str, tuple[Any, Any]]) -> None:
+        """`set_pin_state(..., raw=False)` for masks and values that are tensors: checked where they live."""
+        assignments = []
+        for weight in self.present_weights():
+            if weight not in pins:
+                raise PinError(f"Layer {self.name!r}: missing the pins of `{weight}`.")
+            mask, value = pins.pop(weight)
+            mask_var, value_var = self.pin_variables(weight)
+            prefix = f"Layer {self.name!r}: `{weight}"
+            for what, array, variable in (("mask", mask, mask_var), ("value", value, value_var)):
+                if isinstance(array, np.ndarray):
+                    continue  # a host scalar or a user's array: checked below as on the host
+                if tuple(array.shape) != tuple(variable.shape):
+                    raise PinError(f"{prefix}_pin_{what}` has the wrong shape. Expected: "
+                                   f"{tuple(variable.shape)}. Received: {tuple(array.shape)}")
+            if isinstance(mask, np.ndarray):
+                mask = _pins.checked_stored_mask(mask, tuple(mask_var.shape), f"{prefix}_pin_mask`")
+            elif keras.backend.standardize_dtype(mask.dtype) != "bool":
+                raise PinError(f"{prefix}_pin_mask` must be boolean. Received dtype: {mask.dtype}")
+            if isinstance(value, np.ndarray):
+                value = _pins.checked_stored_value(
+                    value, tuple(value_var.shape), value_var.dtype, f"{prefix}_pin_value`")
+            elif not bool(ops.convert_to_numpy(ops.all(ops.isfinite(value)))):
+                raise PinError(f"{prefix}_pin_value` holds a non-finite pinned value.")
+            assignments += [(mask_var, mask), (value_var, value)]
+        for variable, value in assignments:
+            variable.assign(value)
+
+    def pins_hold(self) -> bool:
+        """Whether every pinned entry computes with its pinned value, bit for bit.
+
+        Checked on what the layer computes with (its `kernel`, ...: a settled
+        weight's raw variable as it is), where the weights live: its bits
+        against the stored value's bits at the mask, reduced to one boolean,
+        so a weight split across processes is verified without being
+        gathered (each process runs the same check and reads the same
+        answer). `-0.0` and `0.0` differ.
+        """
+        self._require_built("pins_hold")
+        for weight in self.present_weights():
+            mask, value = self.pin_variables(weight)
+            effective = ops.convert_to_tensor(getattr(self, weight))
+            integer = {2: "int16", 4: "int32", 8: "int64"}[np.dtype(
+                _float_dtype(effective.dtype)).itemsize]
+            value = ops.cast(ops.convert_to_tensor(value), effective.dtype)
+            differs = ops.not_equal(ops.view(effective, integer), ops.view(value, integer))
+            if bool(ops.convert_to_numpy(ops.any(ops.logical_and(mask, differs)))):
+                return False
+        return True
 
     def set_pinned_weights(
         self,
@@ -540,6 +597,15 @@ class PinMixin:
         base_config = super().get_config()
         config = {"pin_storage": dict(self._pin_storage)}
         return {**base_config, **config}
+
+
+def _float_dtype(dtype: Any) -> Any:
+    name = keras.backend.standardize_dtype(dtype)
+    if name == "bfloat16":
+        import ml_dtypes  # a dependency of Keras
+
+        return ml_dtypes.bfloat16
+    return name
 
 
 def _pin_variable(layer: PinMixin, name: str, shape: tuple, dtype: Any, raw: keras.Variable) -> keras.Variable:
@@ -769,10 +835,12 @@ def require_one_process(variable: Any, where: str, action: str) -> None:
 
     Under `keras.distribution.initialize` (JAX, several processes) a variable
     laid out across the processes' devices cannot be read whole by any of
-    them; kerasurgery plans pins and writes files from host (numpy) copies,
-    so it says so instead of JAX's "Fetching value ... non-addressable
-    devices" traceback. A pinned model loaded inside the scope trains with
-    its pins on every process.
+    them. `freeze(..., in_place=True)` plans such a weight where its shards
+    live (`kerasurgery.model.device`) and `pins_hold` verifies it there; what
+    returns or writes whole arrays (a copy, `pin_state`, `get_weights`,
+    `save_model`) works from host (numpy) copies, so it says so instead of
+    JAX's "Fetching value ... non-addressable devices" traceback. A pinned
+    model loaded inside the scope trains with its pins on every process.
 
     Raises:
         KerasurgeryError: `variable` has shards on another process.
@@ -781,6 +849,7 @@ def require_one_process(variable: Any, where: str, action: str) -> None:
     if getattr(value, "is_fully_addressable", True) is False:
         raise KerasurgeryError(
             f"{where} is split across processes (hosts), and kerasurgery cannot {action} "
-            "a weight that no process holds whole yet: do it on one host (outside the "
-            "distribution), then load the model inside the scope."
+            "a weight that no process holds whole yet: work where the shards live "
+            "(`freeze`/`strip` with `in_place=True`, `layer.pins_hold()`), or do it on one "
+            "host (outside the distribution) and load the model inside the scope."
         )

@@ -36,6 +36,7 @@ from kerasurgery.model.subclassed import copy_layer, is_subclassed, rebuild_subc
 from kerasurgery.model.walk import pinnable_layers, sublayers, variable_prefix, walk_layers
 from kerasurgery import layers as layers_lib
 from kerasurgery import _plan
+from kerasurgery.model import device
 from kerasurgery.errors import KerasurgeryError, PinError
 from kerasurgery.pins import Axes, Pin, Rule
 
@@ -396,12 +397,18 @@ def _named_by_config(layer: keras.layers.Layer) -> list[keras.layers.Layer]:
 
 
 def _plan_of(layer: keras.layers.Layer) -> _plan.PinPlan:
-    """A layer's current effective weights and pins, as the start of its plan."""
+    """A layer's current effective weights and pins, as the start of its plan.
+
+    On host copies; a layer with a weight split across processes is planned
+    where its shards live instead (`device.plan_of`).
+    """
     if getattr(layer, "quantization_mode", None):
         raise PinError(
             f"Layer {layer.name!r} is quantized ({layer.quantization_mode}); "
             "pins need float weights. Freeze the float model instead."
         )
+    if _on_device(layer):
+        return device.plan_of(layer)
     if layers_lib.is_pinned(layer):
         state = layer.pin_state()
         return _plan.PinPlan(
@@ -438,6 +445,11 @@ def _host(x: Any) -> np.ndarray:
     for start in range(step, shape[0], step):
         out[start:start + step] = ops.convert_to_numpy(x[start:start + step])
     return out
+
+
+def _on_device(layer: keras.layers.Layer) -> bool:
+    # A module-level function, so that tests can plan every layer on device.
+    return device.is_split(layer)
 
 
 def _axes_of(layer: keras.layers.Layer) -> Callable[[str], Axes]:
