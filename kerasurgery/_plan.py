@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import warnings
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -25,6 +25,46 @@ from kerasurgery.pins import Axes, Pin
 Update = tuple[str, Any, Any]
 
 
+class SlicedWeight:
+    """A weight left where it lives, read a slice of rows at a time until a whole copy is asked for.
+
+    Ranking a large weight (a 60 MB token embedding) by magnitude needs
+    only a piece of it at a time (`rules.smallest`, the ranking across
+    layers: `pruning.smallest_cuts`), so those read it through `pieces`
+    and the host never holds it whole; anything else that needs the values
+    gets the whole array (`np.asarray`, which `PinPlan.array` keeps). Its
+    `shape`, `dtype`, `ndim` and `size` are the weight's.
+
+    Args:
+        shape: The weight's shape.
+        dtype: Its numpy dtype.
+        rows: (start, stop) -> the rows `[start:stop]` along the first axis, as numpy.
+        whole: () -> the whole weight as a new numpy array.
+    """
+
+    def __init__(self, shape: Sequence[int], dtype: Any, rows: Callable[[int, int], np.ndarray],
+                 whole: Callable[[], np.ndarray]) -> None:
+        self.shape = tuple(int(d) for d in shape)
+        self.dtype = np.dtype(dtype)
+        self.ndim = len(self.shape)
+        self.size = int(np.prod(self.shape, dtype=np.int64))
+        self._rows, self._whole = rows, whole
+
+    def pieces(self, entries: int) -> Iterator[np.ndarray]:
+        """The entries in flat C order, whole rows at a time, about `entries` per piece."""
+        if self.ndim == 0:
+            yield self._whole().reshape(-1)
+            return
+        row = max(1, self.size // max(1, self.shape[0]))
+        step = max(1, entries // row)
+        for start in range(0, self.shape[0], step):
+            yield self._rows(start, min(start + step, self.shape[0])).reshape(-1)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        whole = self._whole()
+        return whole if dtype is None else whole.astype(dtype, copy=False)
+
+
 class PinPlan:
     """The pins one layer will have, per weight, as numpy arrays.
 
@@ -34,25 +74,46 @@ class PinPlan:
     pinned entry holds that one value (pruning): the common cases, for which
     no weight-sized array of values is built. Otherwise it is the weight with
     the pinned entries at their values.
+
+    A weight may be given as a `SlicedWeight`: `weight(w)` hands it as it is
+    to what reads it in pieces (the magnitude rules), and `array(w)` (or
+    `effective`) copies it whole, once, for anything else. Pruning a layer by
+    magnitude then never holds its weight on the host, only its mask.
     """
 
-    def __init__(self, effective: dict[str, np.ndarray], masks: dict[str, np.ndarray] | None = None) -> None:
-        self.effective = effective
+    def __init__(self, effective: Mapping[str, np.ndarray | SlicedWeight],
+                 masks: dict[str, np.ndarray] | None = None) -> None:
+        self.sources: dict[str, np.ndarray | SlicedWeight] = dict(effective)
         self.masks = masks if masks is not None else {
-            w: np.zeros(a.shape, bool) for w, a in effective.items()
+            w: np.zeros(a.shape, bool) for w, a in self.sources.items()
         }
-        self.values: dict[str, np.ndarray | None] = {w: None for w in effective}
+        self.values: dict[str, np.ndarray | None] = {w: None for w in self.sources}
         self._storage: dict[str, str] | None = None
         self._stored: dict[str, np.ndarray] = {}
 
     @property
+    def effective(self) -> dict[str, np.ndarray]:
+        """Every weight as a numpy array (a `SlicedWeight` is copied whole here, once)."""
+        return {w: self.array(w) for w in self.sources}
+
+    def weight(self, w: str) -> np.ndarray | SlicedWeight:
+        """The weight `w` as given: a `SlicedWeight` stays one (for what reads it in pieces)."""
+        return self.sources[w]
+
+    def array(self, w: str) -> np.ndarray:
+        """The weight `w` as a numpy array, kept for the next call."""
+        if isinstance(self.sources[w], SlicedWeight):
+            self.sources[w] = np.asarray(self.sources[w])
+        return self.sources[w]
+
+    @property
     def main(self) -> str:
-        return next(iter(self.effective))
+        return next(iter(self.sources))
 
     @property
     def kernels(self) -> list[str]:
         """The weights a rule sees as a kernel: all but the bias."""
-        return [w for w in self.effective if w != "bias"]
+        return [w for w in self.sources if w != "bias"]
 
     def add(self, updates: Sequence[Update], name: str) -> PinPlan:
         """Adds pins; a later pin's values win on entries already pinned."""
@@ -63,11 +124,11 @@ class PinPlan:
         for weight, mask, value in updates:
             if mask is None and value is None:
                 continue
-            if weight not in self.effective:
+            if weight not in self.sources:
                 raise PinError(f"Layer {name!r} has no {weight}, but a {weight} pin was given.")
             masks[weight], values[weight] = merge(
                 masks[weight], values[weight], mask, value,
-                self.effective[weight], name, weight,
+                self.weight(weight), name, weight,
             )
         self.masks, self.values = masks, values
         return self
@@ -77,7 +138,7 @@ class PinPlan:
         if self._storage is None:
             self._storage, self._stored = {}, {}
             for w, mask in self.masks.items():
-                values = self.effective[w] if self.values[w] is None else self.values[w]
+                values = self.array(w) if self.values[w] is None else self.values[w]
                 # A bias is small: its values are stored per entry, as in 0.1.0.
                 shared = None if w == "bias" else (
                     (values if mask.any() else np.zeros((), values.dtype)) if values.ndim == 0
@@ -99,7 +160,7 @@ class PinPlan:
         """
         self.storage()
         taken = {w: (self.masks[w], self._stored[w]) for w in self.masks}
-        self.effective, self.values, self.masks, self._stored = {}, {}, {}, {}
+        self.sources, self.values, self.masks, self._stored = {}, {}, {}, {}
         return taken
 
     def state(self) -> dict[str, _pins.WeightPins]:
@@ -107,7 +168,7 @@ class PinPlan:
         self.storage()
         return {
             w: _pins.WeightPins(
-                effective=effective(self.effective[w], self.masks[w], self.values[w]),
+                effective=effective(self.array(w), self.masks[w], self.values[w]),
                 mask=self.masks[w],
                 value=self._stored[w],
             )
@@ -225,14 +286,18 @@ def resolve(spec: Any, plan: PinPlan, axes: Callable[[str], Axes], name: str) ->
             f"{name!r}. Received: {type(spec).__name__}"
         )
     updates: list[Update] = []
-    bias = plan.effective.get("bias")
+    bias = plan.array("bias") if "bias" in plan.sources else None
     bias_pin: Update | None = None
+    # A rule that reads its weight in pieces (`smallest`) gets it as the plan
+    # holds it, so a weight left where it lives is not copied whole.
+    pieces = getattr(spec, "pieces", False)
     for weight in plan.kernels:
+        kernel = plan.weight(weight) if pieces else plan.array(weight)
         try:
             if isinstance(spec, _pins.AxisRule):
-                pin = spec(plan.effective[weight], bias, axes(weight))
+                pin = spec(kernel, bias, axes(weight))
             else:
-                pin = spec(plan.effective[weight], bias)
+                pin = spec(kernel, bias)
         except PinError as e:
             raise PinError(f"Layer {name!r}: {e}") from None
         if not isinstance(pin, Pin):
@@ -267,7 +332,7 @@ def rank_across(rule: Any, plan_of: Callable[[str], PinPlan], paths: Sequence[st
     ranked: dict[str, list[tuple[str, Any]]] = {p: [] for p in paths}
     weights = [("kernels", lambda plan: plan.kernels)]
     if rule.bias:
-        weights.append(("bias", lambda plan: ["bias"] if "bias" in plan.effective else []))
+        weights.append(("bias", lambda plan: ["bias"] if "bias" in plan.sources else []))
     for part, chosen in weights:
         order: list[tuple[str, str]] = []
 
@@ -277,7 +342,7 @@ def rank_across(rule: Any, plan_of: Callable[[str], PinPlan], paths: Sequence[st
                 plan = plan_of(path)
                 for weight in chosen(plan):
                     order.append((path, weight))
-                    yield plan.effective[weight]
+                    yield plan.weight(weight)
                 del plan  # before the next layer is read
 
         cuts = rule.across.cuts(arrays)
@@ -476,7 +541,7 @@ class Planner:
             if getattr(spec, "bias", False):
                 for path in paths:
                     holding = [i for i in indexes if path in self.selections[i].members]
-                    if "bias" in plan_of(path).effective or not all(
+                    if "bias" in plan_of(path).sources or not all(
                         self.selections[i].by_pattern for i in holding
                     ):
                         continue
@@ -494,7 +559,7 @@ class Planner:
                 name: str) -> list[Update]:
         """The updates that `spec` gives the layer at `path` (after `rank_across`)."""
         if id(spec) in self._across:
-            return [(w, cut.mask(plan.effective[w]), spec.value) for w, cut in self._across[id(spec)][path]]
+            return [(w, cut.mask(plan.weight(w)), spec.value) for w, cut in self._across[id(spec)][path]]
         return resolve(spec, plan, axes, name)
 
     def apply(self, path: str, plan: PinPlan, axes: Callable[[str], Axes], name: str) -> PinPlan:

@@ -166,6 +166,9 @@ class _Rule(AxisRule):
     bias: bool | None = False  # None: the bias too, when the layer has one
     value: Value = None
     across: Any = None
+    # `select` reads a weight through `pruning._pieces` only, so it may be
+    # given a `_plan.SlicedWeight` instead of a whole numpy array.
+    pieces: bool = False
 
     def __call__(
         self, kernel: np.ndarray, bias: np.ndarray | None, axes: Axes | None = None

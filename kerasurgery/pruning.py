@@ -100,17 +100,32 @@ class Cut:
     ties: int
 
     def mask(self, array: np.ndarray) -> np.ndarray:
-        flat = np.asarray(array).reshape(-1)
-        chosen = np.zeros(flat.size, dtype=bool)
-        left = self.ties
-        for start in range(0, flat.size, _PIECE):
-            keys = _key_bits(flat[start:start + _PIECE])
+        chosen = np.zeros(int(np.prod(np.shape(array), dtype=np.int64)), dtype=bool)
+        left, start = self.ties, 0
+        for piece in _pieces(array):
+            keys = _key_bits(piece)
             np.less(keys, np.uint64(self.key), out=chosen[start:start + keys.size])
             if left:
                 ties = np.flatnonzero(keys == np.uint64(self.key))[:left]
                 chosen[start + ties] = True
                 left -= ties.size
+            start += keys.size
         return chosen.reshape(np.shape(array))
+
+
+def _pieces(array: np.ndarray) -> Iterable[np.ndarray]:
+    """`array`'s entries in flat C order, a piece at a time.
+
+    A weight that `freeze` leaves where it lives (`_plan.SlicedWeight`)
+    gives its own pieces, read a slice of rows at a time, so ranking it
+    never holds it whole on the host.
+    """
+    if hasattr(array, "pieces"):
+        yield from array.pieces(_PIECE)
+        return
+    flat = np.asarray(array).reshape(-1)
+    for start in range(0, flat.size, _PIECE):
+        yield flat[start:start + _PIECE]
 
 
 def smallest_cuts(arrays: Callable[[], Iterable[np.ndarray]], count: Callable[[int], int]) -> list[Cut]:
@@ -135,10 +150,9 @@ def smallest_cuts(arrays: Callable[[], Iterable[np.ndarray]], count: Callable[[i
     for shift in (48, 32, 16, 0):
         histogram, total = np.zeros(1 << 16, np.int64), 0
         for array in arrays():
-            total += int(np.size(array))
-            flat = np.asarray(array).reshape(-1)
-            for start in range(0, flat.size, _PIECE):
-                keys = _key_bits(flat[start:start + _PIECE])
+            total += int(np.prod(np.shape(array), dtype=np.int64))
+            for piece in _pieces(array):
+                keys = _key_bits(piece)
                 if shift < 48:
                     keys = keys[(keys >> np.uint64(shift + 16)) == np.uint64(prefix)]
                 histogram += np.bincount(
@@ -156,9 +170,7 @@ def smallest_cuts(arrays: Callable[[], Iterable[np.ndarray]], count: Callable[[i
     # `rank` entries equal to the key complete the count, the earliest first.
     cuts = []
     for array in arrays():
-        flat = np.asarray(array).reshape(-1)
-        equal = sum(int(np.count_nonzero(_key_bits(flat[s:s + _PIECE]) == np.uint64(prefix)))
-                    for s in range(0, flat.size, _PIECE))
+        equal = sum(int(np.count_nonzero(_key_bits(piece) == np.uint64(prefix))) for piece in _pieces(array))
         cuts.append(Cut(prefix, min(equal, rank)))
         rank -= cuts[-1].ties
     return cuts
@@ -294,7 +306,7 @@ def smallest(
     return _Rule(
         f"smallest {fraction}" + (" across layers" if across_layers else ""),
         select, bias, 0.0 if value is None else value,
-        across=_SmallestAcross(fraction) if across_layers else None,
+        across=_SmallestAcross(fraction) if across_layers else None, pieces=True,
     )
 
 

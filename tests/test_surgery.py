@@ -529,3 +529,71 @@ def test_a_glob_over_weight_layers_leaves_normalizations_out_unless_it_pins_noth
         "c": "MaskedConv2D", "bn": "MaskedBatchNormalization", "d": "MaskedDense"}
     gamma = ks.freeze(model, {"bn": ks.rules.smallest(0.5)}).get_layer("bn").pin_state()["gamma"]
     assert gamma.mask.tolist() == [True, True, False, False]  # all ones: ties to the lower index
+
+
+# -- large weights read a slice at a time ---------------------------------------
+
+
+def _tied_model():
+    """Embedding, Conv1D and Dense, with ties and signed zeros planted in the embedding."""
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((6,), dtype="int32", name="tokens")
+    h = keras.layers.Embedding(20, 8, name="embed")(inputs)
+    h = keras.layers.Conv1D(4, 3, name="conv")(h)
+    outputs = keras.layers.Dense(3, name="head")(keras.layers.Flatten()(h))
+    model = keras.Model(inputs, outputs, name="tied")
+    table = model.get_layer("embed").get_weights()[0]
+    table[:3] = 0.25
+    table[0, :4] = -0.25
+    table[5], table[6] = 0.0, -0.0
+    model.get_layer("embed").set_weights([table])
+    return model
+
+
+RULES_READ_IN_SLICES = {
+    "smallest": lambda: ks.rules.smallest(0.5),
+    "across": lambda: ks.rules.smallest(0.4, across_layers=True),
+    "zeros": lambda: ks.rules.zeros(),  # needs the whole weight: copied whole
+    "value": lambda: ks.rules.zeros(value=0.5),
+}
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+@pytest.mark.parametrize("rule", sorted(RULES_READ_IN_SLICES))
+def test_weights_read_in_slices_are_pinned_as_whole_copies_are(rule, in_place, monkeypatch):
+    # Weights above `_SLICE` entries are left where they live and read a
+    # slice of rows at a time (`_plan.SlicedWeight`); with a tiny `_SLICE`
+    # every weight here is, and the pins, raw weights and outputs are those
+    # of whole host copies, bit for bit. A magnitude rule never copies a
+    # weight whole; a rule that needs the whole array gets it.
+    from kerasurgery import pruning
+    from kerasurgery.model import surgery
+    from tests.helpers import bits
+
+    expected = ks.freeze(_tied_model(), {"*": RULES_READ_IN_SLICES[rule]()})
+    whole = []
+    host = surgery._host
+    monkeypatch.setattr(surgery, "_SLICE", 4)
+    monkeypatch.setattr(pruning, "_PIECE", 5)
+    monkeypatch.setattr(surgery, "_host", lambda x: whole.append(tuple(x.shape)) or host(x))
+    model = _tied_model()
+    frozen = ks.freeze(model, {"*": RULES_READ_IN_SLICES[rule]()}, in_place=in_place)
+
+    assert (frozen is model) == in_place
+    for name in ("embed", "conv", "head"):
+        got, want = frozen.get_layer(name).pin_state(), expected.get_layer(name).pin_state()
+        assert got.keys() == want.keys()
+        for weight in want:
+            assert np.array_equal(got[weight].mask, want[weight].mask), (name, weight)
+            assert np.array_equal(bits(got[weight].effective), bits(want[weight].effective))
+            assert np.array_equal(bits(got[weight].value), bits(want[weight].value))
+    for got, want in zip(frozen.weights, expected.weights):
+        assert got.path == want.path and np.array_equal(bits(got), bits(want)), got.path
+    assert expected.get_layer("embed").pin_state()["embeddings"].mask.any()
+    tokens = np.arange(12, dtype="int32").reshape(2, 6)
+    assert np.array_equal(bits(frozen(tokens)), bits(expected(tokens)))
+    copied_whole = [s for s in whole if int(np.prod(s)) > 4]
+    if rule in ("smallest", "across"):
+        assert copied_whole == []
+    else:
+        assert (20, 8) in copied_whole

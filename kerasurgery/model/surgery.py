@@ -410,7 +410,7 @@ def _plan_of(layer: keras.layers.Layer) -> _plan.PinPlan:
     weights = {w: x for w, x in weights.items() if x is not None}
     for w, x in weights.items():
         layers_lib.require_one_process(x, f"Layer {layer.name!r}: `{w}`", "pin")
-    return _plan.PinPlan({w: _host(x) for w, x in weights.items()})
+    return _plan.PinPlan({w: _sliced(x) if _size(x) > _SLICE else _host(x) for w, x in weights.items()})
 
 
 # Entries per slice that `_host` copies (4 MB of float32).
@@ -435,6 +435,28 @@ def _host(x: Any) -> np.ndarray:
     for start in range(step, shape[0], step):
         out[start:start + step] = ops.convert_to_numpy(x[start:start + step])
     return out
+
+
+def _sliced(x: Any) -> _plan.SlicedWeight:
+    """A large weight left where it lives: a rule that ranks it reads it a slice at a time.
+
+    A layer pruned by magnitude then costs the host its mask and a slice,
+    not a copy of its weight (a 60 MB embedding); a rule that needs the
+    whole array still gets one copy (`_host`), as before.
+    """
+    shape = tuple(x.shape)
+
+    def rows(start: int, stop: int) -> np.ndarray:
+        # One slice op for every piece of one size (the start is an
+        # argument, not part of the op): a compiled op per size, not per piece.
+        return ops.convert_to_numpy(
+            ops.slice(ops.convert_to_tensor(x), (start,) + (0,) * (len(shape) - 1), (stop - start,) + shape[1:]))
+
+    return _plan.SlicedWeight(shape, rows(0, 1).dtype, rows, lambda: _host(x))
+
+
+def _size(x: Any) -> int:
+    return int(np.prod(tuple(x.shape), dtype=np.int64))
 
 
 def _axes_of(layer: keras.layers.Layer) -> Callable[[str], Axes]:
