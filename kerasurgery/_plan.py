@@ -163,6 +163,21 @@ class PinPlan:
         self.sources, self.values, self.masks, self._stored = {}, {}, {}, {}
         return taken
 
+    def settled(self) -> SettledPlan | None:
+        """What `take` will give, kept small until the layer is pinned; `None` when it is not small.
+
+        Small: every weight but the bias stores one shared value (pruning,
+        or pins that keep values all equal), so what is kept is the masks,
+        packed eight entries to a byte, and scalars: an eighth of the pins.
+        """
+        storage = self.storage()
+        if any(w != "bias" and self._stored[w].ndim for w in storage):
+            return None
+        return SettledPlan(
+            {w: (np.packbits(m.reshape(-1)), m.shape) for w, m in self.masks.items()},
+            dict(storage), dict(self._stored),
+        )
+
     def state(self) -> dict[str, _pins.WeightPins]:
         """Every weight's effective array (pinned entries at their values), mask and stored value."""
         self.storage()
@@ -174,6 +189,24 @@ class PinPlan:
             )
             for w in self.masks
         }
+
+
+@dataclasses.dataclass
+class SettledPlan:
+    """A layer's plan reduced to what pinning a live layer takes (`PinPlan.settled`)."""
+
+    packed: dict[str, tuple[np.ndarray, tuple[int, ...]]]
+    storage: dict[str, str]
+    stored: dict[str, np.ndarray]
+
+    def plan(self) -> PinPlan:
+        """A `PinPlan` without weights whose `storage` and `take` give what the settled plan gave."""
+        masks = {w: np.unpackbits(bits, count=int(np.prod(shape, dtype=np.int64))).view(bool).reshape(shape)
+                 for w, (bits, shape) in self.packed.items()}
+        plan = PinPlan({}, masks)
+        plan._storage, plan._stored = self.storage, self.stored
+        self.packed, self.storage, self.stored = {}, {}, {}
+        return plan
 
 
 def effective(weight: np.ndarray, mask: np.ndarray, values: np.ndarray | None) -> np.ndarray:
@@ -594,21 +627,38 @@ class Planner:
         plan_of: Callable[[str], PinPlan],
         axes_of: Callable[[str], Callable[[str], Axes]],
         name_of: Callable[[str], str],
-    ) -> None:
+        *,
+        keep: bool = False,
+    ) -> dict[str, SettledPlan]:
         """Settles which layers the globs skip before anything is written or pinned in place.
 
-        Plans each selected layer, one at a time, and keeps only what was
+        Plans each selected layer, one at a time, and keeps what was
         skipped: a layer skipped whole keeps its class, which decides where
-        its weights are written. Without globs nothing can be skipped and
-        nothing is planned here.
+        its weights are written. Without globs nothing can be skipped and,
+        unless `keep`, nothing is planned here.
+
+        Args:
+            keep: Plan every layer, named ones too (so that any error comes
+                before the first layer is pinned), and keep each small plan
+                (`PinPlan.settled`) for pinning without planning it again.
+
+        Returns:
+            path -> settled plan, with `keep`; else empty.
 
         Raises:
-            PinError: a glob's pins fit none of the layers it selects.
+            PinError: a glob's pins fit none of the layers it selects, or
+                (with `keep`) a key's pins do not fit a layer it names.
         """
-        if any(s.by_pattern for s in self.selections):
+        kept: dict[str, SettledPlan] = {}
+        if keep or any(s.by_pattern for s in self.selections):
             for path in self.paths:
-                self.apply(path, plan_of(path), axes_of(path), name_of(path))
+                plan = self.apply(path, plan_of(path), axes_of(path), name_of(path))
+                settled = plan.settled() if keep else None
+                del plan  # its weights, before the next layer is read
+                if settled is not None:
+                    kept[path] = settled
         self.settle()
+        return kept
 
     def settle(self) -> None:
         """Ends the skipping: a glob whose pins fit none of its layers raises its first layer's error."""
@@ -677,23 +727,28 @@ def plan_each(
         pin: Called with (path, plan) for each layer to pin, in the order the
             layers were first selected; not for a layer that every key
             selecting it skips.
-        plan_first: Settle which layers the globs skip (planning each layer
-            once more) before the first `pin`, so that an error leaves
-            everything unpinned; without it, an error can come after some
-            layers were pinned (fine when they are a copy that is dropped).
+        plan_first: Plan every layer before the first `pin`, so that an
+            error (a key's pins that do not fit, a glob's that fit none, a
+            rule that raises) leaves everything unpinned. Each plan that is
+            small (pruning: masks and one value; `Planner.check`) is kept,
+            its masks packed to bits, and pinned as it is: only layers with
+            weight-sized pinned values are planned a second time. Without
+            it, an error can come after some layers were pinned (fine when
+            they are a copy that is dropped).
 
     Warns:
         LayerSkippedWarning: per layer that a glob's pins do not fit.
         NothingPinnedWarning: per rule that selects no entry.
     """
     planner.rank_across(plan_of, name_of)
-    if plan_first:
-        planner.check(plan_of, axes_of, name_of)
+    kept = planner.check(plan_of, axes_of, name_of, keep=True) if plan_first else {}
     for path in planner.paths:
-        plan = planner.apply(path, plan_of(path), axes_of(path), name_of(path))
+        settled = kept.pop(path, None)
+        plan = (settled.plan() if settled is not None
+                else planner.apply(path, plan_of(path), axes_of(path), name_of(path)))
         if not planner.skips_whole(path):
             pin(path, plan)
-        del plan
+        del plan, settled
     planner.settle()
     planner.report()
 

@@ -597,3 +597,73 @@ def test_weights_read_in_slices_are_pinned_as_whole_copies_are(rule, in_place, m
         assert copied_whole == []
     else:
         assert (20, 8) in copied_whole
+
+
+# -- in place: planned once, and an error leaves the model as it was ------------------
+
+
+def _as_it_is(model):
+    """Everything an in-place freeze could change: classes, flags, variables and their bits."""
+    from kerasurgery.model.walk import walk_layers
+    from tests.helpers import bits
+
+    layers = [(path, type(layer).__name__, layer.trainable) for path, layer in walk_layers(model)]
+    variables = [(v.path, id(v), v.trainable, bits(v).tobytes()) for v in model.variables]
+    return layers, variables, [id(v) for v in model.trainable_variables]
+
+
+def _raises(weight, bias):
+    raise RuntimeError("the rule failed")
+
+
+@pytest.mark.parametrize("pins, error, match", [
+    # A key that names a layer whose pins do not fit, after a key that fits.
+    ({"a": ks.rules.smallest(0.5), "b": np.zeros((2, 2), bool)}, PinError, "wrong shape"),
+    # A rule that raises on the second layer.
+    ({"a": ks.rules.smallest(0.5), "b": _raises}, RuntimeError, "the rule failed"),
+    # A glob whose pins fit none of its layers (6 inputs are no groups of 4).
+    ({"*": ks.rules.smallest(0.5), "[b]": ks.rules.n_of_m(2, 4)}, PinError, "multiple of m=4"),
+])
+def test_in_place_freeze_that_fails_leaves_the_model_as_it_was(pins, error, match, data):
+    model = _sequential()
+    model(data[0][:, :4])
+    x = np.random.default_rng(0).normal(size=(5, 4)).astype("float32")
+    expected, before = _np(model(x)), _as_it_is(model)
+
+    with pytest.raises(error, match=match):
+        ks.freeze(model, pins, in_place=True)
+
+    assert _as_it_is(model) == before
+    assert not any(layers_lib.is_pinned(layer) for layer in model.layers)
+    assert np.array_equal(_np(model(x)), expected)
+
+
+def test_in_place_freeze_plans_each_layer_once_unless_its_pinned_values_are_weight_sized(data):
+    # Pruning keeps a layer's plan small (masks, one value): the first pass's
+    # plan is pinned as it is. Values of the weight's shape are planned again.
+    calls = []
+
+    def prune(weight, bias):
+        calls.append(weight.shape)
+        return ks.Pin(kernel=np.abs(weight) < 0.3, kernel_value=0.0)
+
+    def keep(weight, bias):
+        calls.append(weight.shape)
+        return ks.Pin(kernel=np.abs(weight) < 0.3)  # per-entry values
+
+    for rule, planned in ((prune, 1), (keep, 2)):
+        model, reference = _sequential(), _sequential()
+        model(data[0][:, :4])
+        reference(data[0][:, :4])
+        reference.set_weights(model.get_weights())
+        calls.clear()
+        ks.freeze(model, {"*": rule}, in_place=True)
+        assert calls == [(4, 6), (6, 3)] * planned
+        copy = ks.freeze(reference, {"*": rule})
+        for name in ("a", "b"):
+            got, want = model.get_layer(name).pin_state(), copy.get_layer(name).pin_state()
+            for weight in want:
+                assert np.array_equal(got[weight].mask, want[weight].mask)
+                assert np.array_equal(got[weight].effective, want[weight].effective)
+                assert np.array_equal(got[weight].value, want[weight].value)
+        assert model.get_layer("a").pin_storage["kernel"] == (ks.pins.SHARED if rule is prune else ks.pins.PER_ENTRY)
