@@ -667,3 +667,24 @@ def test_in_place_freeze_plans_each_layer_once_unless_its_pinned_values_are_weig
                 assert np.array_equal(got[weight].effective, want[weight].effective)
                 assert np.array_equal(got[weight].value, want[weight].value)
         assert model.get_layer("a").pin_storage["kernel"] == (ks.pins.SHARED if rule is prune else ks.pins.PER_ENTRY)
+
+
+def test_in_place_freeze_leaves_a_variable_that_shares_the_weights_array_intact(data):
+    # On JAX, assigning one variable from another shares one array object
+    # (Keras' EMA copies its averages over the model's weights so); pinning
+    # in place writes the raw weight over its own buffer only when nothing
+    # else holds it.
+    from tests.helpers import bits
+
+    model = _sequential()
+    model(data[0][:, :4])
+    other = keras.Variable(np.zeros((4, 6), "float32"), trainable=False)
+    other.assign(model.get_layer("a").kernel)
+    before = _np(other).copy()
+
+    ks.freeze(model, {"a": ks.rules.smallest(0.5)}, in_place=True)
+
+    assert np.array_equal(bits(other), bits(before))
+    kernel = model.get_layer("a").pin_state()["kernel"]
+    assert kernel.mask.sum() == 12 and np.all(kernel.effective[kernel.mask] == 0.0)
+    assert np.array_equal(_np(model.get_layer("a").raw_variable("kernel")), np.where(kernel.mask, 0.0, before))

@@ -37,6 +37,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import sys
+import types
 from collections.abc import Iterable, Iterator
 from typing import Any, ClassVar
 
@@ -650,12 +652,28 @@ def _assign_pinned(raw: Any, mask: Any, value: Any) -> None:
     the result in its place, as Keras' own JAX trainer donates the model's
     variables to each training step. The result is the same `_pinned`, bit
     for bit. Other backends assign into the variable's own storage.
+
+    The buffer is donated only when the variable alone holds its array: a
+    variable assigned another's value (Keras' EMA copies its averages over
+    the model's weights) shares one array object, which donating would
+    delete under the other. JAX itself copies instead of donating while a
+    numpy view of the buffer is alive.
     """
-    if keras.backend.backend() != "jax":
+    array = raw.value if keras.backend.backend() == "jax" else None
+    if array is None or not _held_once(array):
         raw.assign(_pinned(ops.convert_to_tensor(mask), ops.convert_to_tensor(value),
                            ops.convert_to_tensor(raw)))
         return
-    raw.assign(_donating_pinned()(raw.value, mask.value, value.value))
+    raw.assign(_donating_pinned()(array, mask.value, value.value))
+
+
+def _held_once(array: Any) -> bool:
+    """Whether `array` is referenced only by one attribute (its variable's) and the caller's name."""
+    # Counted against an object held the same way, so that the interpreter's
+    # own way of counting does not matter.
+    probe = object()
+    holder = types.SimpleNamespace(value=probe)  # noqa: F841  (the one attribute)
+    return sys.getrefcount(array) <= sys.getrefcount(probe)
 
 
 @functools.cache
