@@ -659,21 +659,22 @@ def _assign_pinned(raw: Any, mask: Any, value: Any) -> None:
     delete under the other. JAX itself copies instead of donating while a
     numpy view of the buffer is alive.
     """
-    array = raw.value if keras.backend.backend() == "jax" else None
-    if array is None or not _held_once(array):
+    array = _sole_array(raw) if keras.backend.backend() == "jax" else None
+    if array is None:
         raw.assign(_pinned(ops.convert_to_tensor(mask), ops.convert_to_tensor(value),
                            ops.convert_to_tensor(raw)))
         return
     raw.assign(_donating_pinned()(array, mask.value, value.value))
 
 
-def _held_once(array: Any) -> bool:
-    """Whether `array` is referenced only by one attribute (its variable's) and the caller's name."""
-    # Counted against an object held the same way, so that the interpreter's
-    # own way of counting does not matter.
+def _sole_array(variable: Any) -> Any:
+    """`variable`'s array when nothing but the variable holds it, else `None`."""
+    array = variable.value
+    # Counted against an object held the same way (one attribute, one local
+    # name), so that the interpreter's own way of counting does not matter.
     probe = object()
     holder = types.SimpleNamespace(value=probe)  # noqa: F841  (the one attribute)
-    return sys.getrefcount(array) <= sys.getrefcount(probe)
+    return array if sys.getrefcount(array) <= sys.getrefcount(probe) else None
 
 
 @functools.cache
