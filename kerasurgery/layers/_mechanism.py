@@ -651,7 +651,8 @@ def _assign_pinned(raw: Any, mask: Any, value: Any) -> None:
     its pins). Donating the old buffer to a compiled `where` lets XLA write
     the result in its place, as Keras' own JAX trainer donates the model's
     variables to each training step. The result is the same `_pinned`, bit
-    for bit. Other backends assign into the variable's own storage.
+    for bit. Other backends keep the plain assign (their variables are
+    written in place; the `where` result is a temporary of the weight's size).
 
     The buffer is donated only when the variable alone holds its array: a
     variable assigned another's value (Keras' EMA copies its averages over

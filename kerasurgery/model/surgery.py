@@ -78,7 +78,8 @@ def freeze(
             copy, its variables stay the same objects (a sharded model keeps
             its layouts), only mask and value variables are added. Its
             compiled train/predict functions are dropped so that the next
-            call traces the pinned layers.
+            call traces the pinned layers. An error (a key's pins that do
+            not fit, a rule that raises) leaves the model as it was.
 
     Returns:
         `model` itself with `in_place`, else a new model of `model`'s class
@@ -129,8 +130,9 @@ def freeze(
         layer.set_pins(plan.take())
         pinned.append(path)
 
-    # One layer planned and pinned at a time (`plan_each`): in place, what is
-    # settled first leaves the model as it was when a key does not fit.
+    # One layer planned and pinned at a time (`plan_each`). In place, every
+    # layer is planned before the first is pinned, so that an error leaves
+    # the model as it was; the small plans (pruning) are kept, not redone.
     _plan.plan_each(
         planner,
         lambda path: _plan_of(pinnable[path]),
