@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import warnings
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -30,6 +30,46 @@ from kerasurgery.pins import Axes, Pin
 Update = tuple[str, Any, Any]
 
 
+class SlicedWeight:
+    """A weight left where it lives, read a slice of rows at a time until a whole copy is asked for.
+
+    Ranking a large weight (a 60 MB token embedding) by magnitude needs
+    only a piece of it at a time (`rules.smallest`, the ranking across
+    layers: `pruning.smallest_cuts`), so those read it through `pieces`
+    and the host never holds it whole; anything else that needs the values
+    gets the whole array (`np.asarray`, which `PinPlan.array` keeps). Its
+    `shape`, `dtype`, `ndim` and `size` are the weight's.
+
+    Args:
+        shape: The weight's shape.
+        dtype: Its numpy dtype.
+        rows: (start, stop) -> the rows `[start:stop]` along the first axis, as numpy.
+        whole: () -> the whole weight as a new numpy array.
+    """
+
+    def __init__(self, shape: Sequence[int], dtype: Any, rows: Callable[[int, int], np.ndarray],
+                 whole: Callable[[], np.ndarray]) -> None:
+        self.shape = tuple(int(d) for d in shape)
+        self.dtype = np.dtype(dtype)
+        self.ndim = len(self.shape)
+        self.size = int(np.prod(self.shape, dtype=np.int64))
+        self._rows, self._whole = rows, whole
+
+    def pieces(self, entries: int) -> Iterator[np.ndarray]:
+        """The entries in flat C order, whole rows at a time, about `entries` per piece."""
+        if self.ndim == 0:
+            yield self._whole().reshape(-1)
+            return
+        row = max(1, self.size // max(1, self.shape[0]))
+        step = max(1, entries // row)
+        for start in range(0, self.shape[0], step):
+            yield self._rows(start, min(start + step, self.shape[0])).reshape(-1)
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
+        whole = self._whole()
+        return whole if dtype is None else whole.astype(dtype, copy=False)
+
+
 class PinPlan:
     """The pins one layer will have, per weight, as numpy arrays.
 
@@ -40,31 +80,51 @@ class PinPlan:
     no weight-sized array of values is built. Otherwise it is the weight with
     the pinned entries at their values.
 
+    A weight may be given as a `SlicedWeight`: `weight(w)` hands it as it is
+    to what reads it in pieces (the magnitude rules), and `array(w)` (or
+    `effective`) copies it whole, once, for anything else. Pruning a layer by
+    magnitude then never holds its weight on the host, only its mask.
+
     `xp` is where the arrays live (`kerasurgery._arrays`): numpy arrays on
     the host (`HOST`), or the live tensors of a layer whose weights are
     split across processes (`kerasurgery.model.device`), planned with the
     same code; scalar values are host 0-d arrays either way.
     """
 
-    def __init__(self, effective: dict[str, Any], masks: dict[str, Any] | None = None,
+    def __init__(self, effective: Mapping[str, Any], masks: dict[str, Any] | None = None,
                  xp: Host = HOST) -> None:
         self.xp = xp
-        self.effective = effective
+        self.sources: dict[str, Any] = dict(effective)
         self.masks = masks if masks is not None else {
-            w: xp.zeros_mask(a) for w, a in effective.items()
+            w: xp.zeros_mask(a) for w, a in self.sources.items()
         }
-        self.values: dict[str, np.ndarray | None] = {w: None for w in effective}
+        self.values: dict[str, np.ndarray | None] = {w: None for w in self.sources}
         self._storage: dict[str, str] | None = None
         self._stored: dict[str, np.ndarray] = {}
 
     @property
+    def effective(self) -> dict[str, np.ndarray]:
+        """Every weight as a numpy array (a `SlicedWeight` is copied whole here, once)."""
+        return {w: self.array(w) for w in self.sources}
+
+    def weight(self, w: str) -> np.ndarray | SlicedWeight:
+        """The weight `w` as given: a `SlicedWeight` stays one (for what reads it in pieces)."""
+        return self.sources[w]
+
+    def array(self, w: str) -> np.ndarray:
+        """The weight `w` as a numpy array, kept for the next call."""
+        if isinstance(self.sources[w], SlicedWeight):
+            self.sources[w] = np.asarray(self.sources[w])
+        return self.sources[w]
+
+    @property
     def main(self) -> str:
-        return next(iter(self.effective))
+        return next(iter(self.sources))
 
     @property
     def kernels(self) -> list[str]:
         """The weights a rule sees as a kernel: all but the bias."""
-        return [w for w in self.effective if w != "bias"]
+        return [w for w in self.sources if w != "bias"]
 
     def add(self, updates: Sequence[Update], name: str) -> PinPlan:
         """Adds pins; a later pin's values win on entries already pinned."""
@@ -75,11 +135,11 @@ class PinPlan:
         for weight, mask, value in updates:
             if mask is None and value is None:
                 continue
-            if weight not in self.effective:
+            if weight not in self.sources:
                 raise PinError(f"Layer {name!r} has no {weight}, but a {weight} pin was given.")
             masks[weight], values[weight] = merge(
                 masks[weight], values[weight], mask, value,
-                self.effective[weight], name, weight, self.xp,
+                self.weight(weight), name, weight, self.xp,
             )
         self.masks, self.values = masks, values
         return self
@@ -90,7 +150,7 @@ class PinPlan:
             xp = self.xp
             self._storage, self._stored = {}, {}
             for w, mask in self.masks.items():
-                values = self.effective[w] if self.values[w] is None else self.values[w]
+                values = self.array(w) if self.values[w] is None else self.values[w]
                 dtype = xp.dtype(values)
                 pinned = xp.any(mask)
                 # A bias is small: its values are stored per entry, as in 0.1.0.
@@ -115,20 +175,55 @@ class PinPlan:
         """
         self.storage()
         taken = {w: (self.masks[w], self._stored[w]) for w in self.masks}
-        self.effective, self.values, self.masks, self._stored = {}, {}, {}, {}
+        self.sources, self.values, self.masks, self._stored = {}, {}, {}, {}
         return taken
+
+    def settled(self) -> SettledPlan | None:
+        """What `take` will give, kept small until the layer is pinned; `None` when it is not small.
+
+        Small: every weight but the bias stores one shared value (pruning,
+        or pins that keep values all equal), so what is kept is the masks,
+        packed eight entries to a byte, and scalars: an eighth of the pins.
+        """
+        if not self.xp.host:
+            return None  # live tensors of a split weight: planned again where they live
+        storage = self.storage()
+        if any(w != "bias" and self._stored[w].ndim for w in storage):
+            return None
+        return SettledPlan(
+            {w: (np.packbits(m.reshape(-1)), m.shape) for w, m in self.masks.items()},
+            dict(storage), dict(self._stored),
+        )
 
     def state(self) -> dict[str, _pins.WeightPins]:
         """Every weight's effective array (pinned entries at their values), mask and stored value."""
         self.storage()
         return {
             w: _pins.WeightPins(
-                effective=effective(self.effective[w], self.masks[w], self.values[w], self.xp),
+                effective=effective(self.array(w), self.masks[w], self.values[w], self.xp),
                 mask=self.masks[w],
                 value=self._stored[w],
             )
             for w in self.masks
         }
+
+
+@dataclasses.dataclass
+class SettledPlan:
+    """A layer's plan reduced to what pinning a live layer takes (`PinPlan.settled`)."""
+
+    packed: dict[str, tuple[np.ndarray, tuple[int, ...]]]
+    storage: dict[str, str]
+    stored: dict[str, np.ndarray]
+
+    def plan(self) -> PinPlan:
+        """A `PinPlan` without weights whose `storage` and `take` give what the settled plan gave."""
+        masks = {w: np.unpackbits(bits, count=int(np.prod(shape, dtype=np.int64))).view(bool).reshape(shape)
+                 for w, (bits, shape) in self.packed.items()}
+        plan = PinPlan({}, masks)
+        plan._storage, plan._stored = self.storage, self.stored
+        self.packed, self.storage, self.stored = {}, {}, {}
+        return plan
 
 
 def effective(weight: Any, mask: Any, values: Any | None, xp: Host = HOST) -> Any:
@@ -262,7 +357,7 @@ def resolve(spec: Any, plan: PinPlan, axes: Callable[[str], Axes], name: str) ->
             f"{name!r}. Received: {type(spec).__name__}"
         )
     updates: list[Update] = []
-    bias = plan.effective.get("bias")
+    bias = plan.array("bias") if "bias" in plan.sources else None
     bias_pin: Update | None = None
     if not plan.xp.host and not getattr(spec, "device", False):
         raise KerasurgeryError(
@@ -272,14 +367,18 @@ def resolve(spec: Any, plan: PinPlan, axes: Callable[[str], Axes], name: str) ->
             "entries, connections, fraction or a mask, or pin on one host (outside the "
             "distribution) and load the model inside the scope."
         )
+    # A rule that reads its weight in pieces (`smallest`) gets it as the plan
+    # holds it, so a weight left where it lives is not copied whole.
+    pieces = getattr(spec, "pieces", False)
     for weight in plan.kernels:
+        kernel = plan.weight(weight) if pieces else plan.array(weight)
         try:
             if not plan.xp.host:
-                pin = spec(plan.effective[weight], bias, axes(weight), xp=plan.xp)
+                pin = spec(kernel, bias, axes(weight), xp=plan.xp)
             elif isinstance(spec, _pins.AxisRule):
-                pin = spec(plan.effective[weight], bias, axes(weight))
+                pin = spec(kernel, bias, axes(weight))
             else:
-                pin = spec(plan.effective[weight], bias)
+                pin = spec(kernel, bias)
         except PinError as e:
             raise PinError(f"Layer {name!r}: {e}") from None
         if not isinstance(pin, Pin):
@@ -319,7 +418,7 @@ def rank_across(rule: Any, plan_of: Callable[[str], PinPlan], paths: Sequence[st
     ranked: dict[str, list[tuple[str, Any]]] = {p: [] for p in paths}
     weights = [("kernels", lambda plan: plan.kernels)]
     if rule.bias:
-        weights.append(("bias", lambda plan: ["bias"] if "bias" in plan.effective else []))
+        weights.append(("bias", lambda plan: ["bias"] if "bias" in plan.sources else []))
     for part, chosen in weights:
         order: list[tuple[str, str]] = []
 
@@ -336,7 +435,7 @@ def rank_across(rule: Any, plan_of: Callable[[str], PinPlan], paths: Sequence[st
                     )
                 for weight in chosen(plan):
                     order.append((path, weight))
-                    yield plan.effective[weight]
+                    yield plan.weight(weight)
                 del plan  # before the next layer is read
 
         cuts = rule.across.cuts(arrays)
@@ -535,7 +634,7 @@ class Planner:
             if getattr(spec, "bias", False):
                 for path in paths:
                     holding = [i for i in indexes if path in self.selections[i].members]
-                    if "bias" in plan_of(path).effective or not all(
+                    if "bias" in plan_of(path).sources or not all(
                         self.selections[i].by_pattern for i in holding
                     ):
                         continue
@@ -553,7 +652,7 @@ class Planner:
                 name: str) -> list[Update]:
         """The updates that `spec` gives the layer at `path` (after `rank_across`)."""
         if id(spec) in self._across:
-            return [(w, cut.mask(plan.effective[w]), spec.value) for w, cut in self._across[id(spec)][path]]
+            return [(w, cut.mask(plan.weight(w)), spec.value) for w, cut in self._across[id(spec)][path]]
         return resolve(spec, plan, axes, name)
 
     def apply(self, path: str, plan: PinPlan, axes: Callable[[str], Axes], name: str) -> PinPlan:
@@ -588,21 +687,38 @@ class Planner:
         plan_of: Callable[[str], PinPlan],
         axes_of: Callable[[str], Callable[[str], Axes]],
         name_of: Callable[[str], str],
-    ) -> None:
+        *,
+        keep: bool = False,
+    ) -> dict[str, SettledPlan]:
         """Settles which layers the globs skip before anything is written or pinned in place.
 
-        Plans each selected layer, one at a time, and keeps only what was
+        Plans each selected layer, one at a time, and keeps what was
         skipped: a layer skipped whole keeps its class, which decides where
-        its weights are written. Without globs nothing can be skipped and
-        nothing is planned here.
+        its weights are written. Without globs nothing can be skipped and,
+        unless `keep`, nothing is planned here.
+
+        Args:
+            keep: Plan every layer, named ones too (so that any error comes
+                before the first layer is pinned), and keep each small plan
+                (`PinPlan.settled`) for pinning without planning it again.
+
+        Returns:
+            path -> settled plan, with `keep`; else empty.
 
         Raises:
-            PinError: a glob's pins fit none of the layers it selects.
+            PinError: a glob's pins fit none of the layers it selects, or
+                (with `keep`) a key's pins do not fit a layer it names.
         """
-        if any(s.by_pattern for s in self.selections):
+        kept: dict[str, SettledPlan] = {}
+        if keep or any(s.by_pattern for s in self.selections):
             for path in self.paths:
-                self.apply(path, plan_of(path), axes_of(path), name_of(path))
+                plan = self.apply(path, plan_of(path), axes_of(path), name_of(path))
+                settled = plan.settled() if keep else None
+                del plan  # its weights, before the next layer is read
+                if settled is not None:
+                    kept[path] = settled
         self.settle()
+        return kept
 
     def settle(self) -> None:
         """Ends the skipping: a glob whose pins fit none of its layers raises its first layer's error."""
@@ -671,23 +787,28 @@ def plan_each(
         pin: Called with (path, plan) for each layer to pin, in the order the
             layers were first selected; not for a layer that every key
             selecting it skips.
-        plan_first: Settle which layers the globs skip (planning each layer
-            once more) before the first `pin`, so that an error leaves
-            everything unpinned; without it, an error can come after some
-            layers were pinned (fine when they are a copy that is dropped).
+        plan_first: Plan every layer before the first `pin`, so that an
+            error (a key's pins that do not fit, a glob's that fit none, a
+            rule that raises) leaves everything unpinned. Each plan that is
+            small (pruning: masks and one value; `Planner.check`) is kept,
+            its masks packed to bits, and pinned as it is: only layers with
+            weight-sized pinned values are planned a second time. Without
+            it, an error can come after some layers were pinned (fine when
+            they are a copy that is dropped).
 
     Warns:
         LayerSkippedWarning: per layer that a glob's pins do not fit.
         NothingPinnedWarning: per rule that selects no entry.
     """
     planner.rank_across(plan_of, name_of)
-    if plan_first:
-        planner.check(plan_of, axes_of, name_of)
+    kept = planner.check(plan_of, axes_of, name_of, keep=True) if plan_first else {}
     for path in planner.paths:
-        plan = planner.apply(path, plan_of(path), axes_of(path), name_of(path))
+        settled = kept.pop(path, None)
+        plan = (settled.plan() if settled is not None
+                else planner.apply(path, plan_of(path), axes_of(path), name_of(path)))
         if not planner.skips_whole(path):
             pin(path, plan)
-        del plan
+        del plan, settled
     planner.settle()
     planner.report()
 

@@ -167,6 +167,9 @@ class _Rule(AxisRule):
     value: Value = None
     across: Any = None
     device: bool = False
+    # `select` reads a weight through `pruning._pieces` only, so it may be
+    # given a `_plan.SlicedWeight` instead of a whole numpy array.
+    pieces: bool = False
 
     def __call__(
         self, kernel: Any, bias: Any | None, axes: Axes | None = None, *, xp: Host = HOST

@@ -103,7 +103,11 @@ class Cut:
     ties: int
 
     def mask(self, array: Any, xp: Host = HOST) -> Any:
-        """The entries of `array` this cut selects (where `array` lives, with `xp`)."""
+        """The entries of `array` this cut selects (where `array` lives, with `xp`).
+
+        On the host `array` may be a `_plan.SlicedWeight`: it is read a piece
+        at a time (`_pieces`), never whole.
+        """
         if not xp.host:
             # The threshold is a magnitude of the array's dtype (`count_cut`),
             # compared exactly in that dtype.
@@ -118,17 +122,32 @@ class Cut:
                     equal = xp.first_true(equal, self.ties)
                 chosen = xp.logical_or(chosen, equal)
             return chosen
-        flat = np.asarray(array).reshape(-1)
-        chosen = np.zeros(flat.size, dtype=bool)
-        left = self.ties
-        for start in range(0, flat.size, _PIECE):
-            keys = _key_bits(flat[start:start + _PIECE])
+        chosen = np.zeros(int(np.prod(np.shape(array), dtype=np.int64)), dtype=bool)
+        left, start = self.ties, 0
+        for piece in _pieces(array):
+            keys = _key_bits(piece)
             np.less(keys, np.uint64(self.key), out=chosen[start:start + keys.size])
             if left:
                 ties = np.flatnonzero(keys == np.uint64(self.key))[:left]
                 chosen[start + ties] = True
                 left -= ties.size
+            start += keys.size
         return chosen.reshape(np.shape(array))
+
+
+def _pieces(array: np.ndarray) -> Iterable[np.ndarray]:
+    """`array`'s entries in flat C order, a piece at a time.
+
+    A weight that `freeze` leaves where it lives (`_plan.SlicedWeight`)
+    gives its own pieces, read a slice of rows at a time, so ranking it
+    never holds it whole on the host.
+    """
+    if hasattr(array, "pieces"):
+        yield from array.pieces(_PIECE)
+        return
+    flat = np.asarray(array).reshape(-1)
+    for start in range(0, flat.size, _PIECE):
+        yield flat[start:start + _PIECE]
 
 
 def smallest_cuts(arrays: Callable[[], Iterable[np.ndarray]], count: Callable[[int], int]) -> list[Cut]:
@@ -153,10 +172,9 @@ def smallest_cuts(arrays: Callable[[], Iterable[np.ndarray]], count: Callable[[i
     for shift in (48, 32, 16, 0):
         histogram, total = np.zeros(1 << 16, np.int64), 0
         for array in arrays():
-            total += int(np.size(array))
-            flat = np.asarray(array).reshape(-1)
-            for start in range(0, flat.size, _PIECE):
-                keys = _key_bits(flat[start:start + _PIECE])
+            total += int(np.prod(np.shape(array), dtype=np.int64))
+            for piece in _pieces(array):
+                keys = _key_bits(piece)
                 if shift < 48:
                     keys = keys[(keys >> np.uint64(shift + 16)) == np.uint64(prefix)]
                 histogram += np.bincount(
@@ -174,9 +192,7 @@ def smallest_cuts(arrays: Callable[[], Iterable[np.ndarray]], count: Callable[[i
     # `rank` entries equal to the key complete the count, the earliest first.
     cuts = []
     for array in arrays():
-        flat = np.asarray(array).reshape(-1)
-        equal = sum(int(np.count_nonzero(_key_bits(flat[s:s + _PIECE]) == np.uint64(prefix)))
-                    for s in range(0, flat.size, _PIECE))
+        equal = sum(int(np.count_nonzero(_key_bits(piece) == np.uint64(prefix))) for piece in _pieces(array))
         cuts.append(Cut(prefix, min(equal, rank)))
         rank -= cuts[-1].ties
     return cuts
@@ -361,7 +377,7 @@ def smallest(
         f"smallest {fraction}" + (" across layers" if across_layers else ""),
         select, bias, 0.0 if value is None else value,
         across=_SmallestAcross(fraction) if across_layers else None,
-        device=not across_layers,
+        device=not across_layers, pieces=True,
     )
 
 

@@ -240,3 +240,32 @@ def test_plan_each_holds_one_layer_at_a_time(spec):
         for weight, (mask, value) in pinned[path].items():
             np.testing.assert_array_equal(mask, plan.masks[weight])
             np.testing.assert_array_equal(value, plan.state()[weight].value)
+
+
+@pytest.mark.parametrize("shape", [(3, 5), (8,), (7, 3, 2), (1,)])
+def test_a_settled_plan_takes_what_the_plan_takes(shape):
+    # In-place `freeze` keeps each small plan from its first pass, masks
+    # packed to bits (sizes that are no multiple of 8 too), and pins it later.
+    rng = np.random.default_rng(len(shape))
+    kernel = rng.normal(size=shape).astype("float32")
+    bias = rng.normal(size=(4,)).astype("float32")
+    masks = rng.random(shape) < 0.4, np.array([True, False, False, True])
+
+    def planned():
+        plan = _plan.PinPlan({"kernel": kernel.copy(), "bias": bias.copy()})
+        return plan.add([("kernel", masks[0], 0.0), ("bias", masks[1], None)], "layer")
+
+    want = planned().take()
+    settled = planned().settled()
+    assert settled is not None
+    got = settled.plan()
+    assert got.storage() == {"kernel": "shared", "bias": "per_entry"}
+    got = got.take()
+    assert got.keys() == want.keys()
+    for w in want:
+        assert got[w][0].dtype == np.bool_ and np.array_equal(got[w][0], want[w][0])
+        assert got[w][1].dtype == want[w][1].dtype and np.array_equal(got[w][1], want[w][1])
+    # Pinned values that differ per entry are weight-sized: not kept.
+    weight = np.array([1.0, 2.0, 3.0], "float32")
+    per_entry = _plan.PinPlan({"kernel": weight}).add([("kernel", np.array([True, True, False]), None)], "layer")
+    assert per_entry.storage()["kernel"] == "per_entry" and per_entry.settled() is None

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import kerasurgery as ks
-from kerasurgery import pruning
+from kerasurgery import _plan, pruning
 from kerasurgery.cli import main
 from kerasurgery.errors import KerasurgeryError, PinError
 from tests.helpers import bits
@@ -154,6 +154,52 @@ def test_ranking_a_piece_at_a_time_selects_what_ranking_all_at_once_selects(seed
     cuts = pruning.smallest_cuts(lambda: iter(finite), lambda n: count)
     for cut, a, w in zip(cuts, finite, _smallest(finite, count)):
         np.testing.assert_array_equal(cut.mask(a), w)
+
+
+def _read_in_rows(array: np.ndarray, reads: list) -> _plan.SlicedWeight:
+    """`array` as `freeze` hands a large weight to a rule: read a slice of rows at a time, never whole."""
+    def rows(start, stop):
+        reads.append(stop - start)
+        return array[start:stop].copy()
+
+    def whole():
+        raise AssertionError("the whole weight was read")
+
+    return _plan.SlicedWeight(array.shape, array.dtype, rows, whole)
+
+
+@pytest.mark.parametrize("piece", [1, 7, 1 << 18])
+@pytest.mark.parametrize("seed", range(3))
+def test_weights_read_in_row_slices_select_what_whole_arrays_select(seed, piece, monkeypatch):
+    # A large weight reaches `smallest` (per layer and across layers) as a
+    # `SlicedWeight`, read in slices of rows whose size is not the piece
+    # size: the same entries as the whole-array selection, on ties, signed
+    # zeros, infinities and NaN, and never read whole.
+    monkeypatch.setattr(pruning, "_PIECE", piece)
+    rng = np.random.default_rng(seed)
+    special = np.array([0.0, -0.0, 0.5, -0.5, np.inf, -np.inf, np.nan, 2.0])
+    arrays = [
+        rng.choice(special, size=(9, 5)).astype("float32"),
+        rng.normal(size=(13,)).astype("float16"),
+        np.where(rng.random((4, 3, 2)) < 0.5, -0.5, rng.normal(size=(4, 3, 2))),  # float64
+    ]
+    reads: list[list[int]] = [[] for _ in arrays]
+    sliced = [_read_in_rows(a, r) for a, r in zip(arrays, reads)]
+    for fraction in (0.0, 0.3, 0.5, 0.77, 1.0):
+        rule = ks.rules.smallest(fraction)
+        for a, w in zip(arrays, sliced):
+            want = pruning.smallest_entries([a], round(fraction * a.size))[0]
+            got = rule(w, None).kernel
+            assert got.shape == a.shape
+            np.testing.assert_array_equal(got, want)
+        total = sum(a.size for a in arrays)
+        cuts = ks.rules.smallest(fraction, across_layers=True).across.cuts(lambda: iter(sliced))
+        want = pruning.smallest_entries(arrays, round(fraction * total))
+        for cut, w, m in zip(cuts, sliced, want):
+            np.testing.assert_array_equal(cut.mask(w), m)
+    for a, r in zip(arrays, reads):
+        row = a.size // a.shape[0]
+        assert r and max(r) == min(a.shape[0], max(1, piece // row))
 
 
 def test_ranking_a_piece_at_a_time_refuses_more_entries_than_there_are():

@@ -529,3 +529,162 @@ def test_a_glob_over_weight_layers_leaves_normalizations_out_unless_it_pins_noth
         "c": "MaskedConv2D", "bn": "MaskedBatchNormalization", "d": "MaskedDense"}
     gamma = ks.freeze(model, {"bn": ks.rules.smallest(0.5)}).get_layer("bn").pin_state()["gamma"]
     assert gamma.mask.tolist() == [True, True, False, False]  # all ones: ties to the lower index
+
+
+# -- large weights read a slice at a time ---------------------------------------
+
+
+def _tied_model():
+    """Embedding, Conv1D and Dense, with ties and signed zeros planted in the embedding."""
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((6,), dtype="int32", name="tokens")
+    h = keras.layers.Embedding(20, 8, name="embed")(inputs)
+    h = keras.layers.Conv1D(4, 3, name="conv")(h)
+    outputs = keras.layers.Dense(3, name="head")(keras.layers.Flatten()(h))
+    model = keras.Model(inputs, outputs, name="tied")
+    table = model.get_layer("embed").get_weights()[0]
+    table[:3] = 0.25
+    table[0, :4] = -0.25
+    table[5], table[6] = 0.0, -0.0
+    model.get_layer("embed").set_weights([table])
+    return model
+
+
+RULES_READ_IN_SLICES = {
+    "smallest": lambda: ks.rules.smallest(0.5),
+    "across": lambda: ks.rules.smallest(0.4, across_layers=True),
+    "zeros": lambda: ks.rules.zeros(),  # needs the whole weight: copied whole
+    "value": lambda: ks.rules.zeros(value=0.5),
+}
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+@pytest.mark.parametrize("rule", sorted(RULES_READ_IN_SLICES))
+def test_weights_read_in_slices_are_pinned_as_whole_copies_are(rule, in_place, monkeypatch):
+    # Weights above `_SLICE` entries are left where they live and read a
+    # slice of rows at a time (`_plan.SlicedWeight`); with a tiny `_SLICE`
+    # every weight here is, and the pins, raw weights and outputs are those
+    # of whole host copies, bit for bit. A magnitude rule never copies a
+    # weight whole; a rule that needs the whole array gets it.
+    from kerasurgery import pruning
+    from kerasurgery.model import surgery
+    from tests.helpers import bits
+
+    expected = ks.freeze(_tied_model(), {"*": RULES_READ_IN_SLICES[rule]()})
+    whole = []
+    host = surgery._host
+    monkeypatch.setattr(surgery, "_SLICE", 4)
+    monkeypatch.setattr(pruning, "_PIECE", 5)
+    monkeypatch.setattr(surgery, "_host", lambda x: whole.append(tuple(x.shape)) or host(x))
+    model = _tied_model()
+    frozen = ks.freeze(model, {"*": RULES_READ_IN_SLICES[rule]()}, in_place=in_place)
+
+    assert (frozen is model) == in_place
+    for name in ("embed", "conv", "head"):
+        got, want = frozen.get_layer(name).pin_state(), expected.get_layer(name).pin_state()
+        assert got.keys() == want.keys()
+        for weight in want:
+            assert np.array_equal(got[weight].mask, want[weight].mask), (name, weight)
+            assert np.array_equal(bits(got[weight].effective), bits(want[weight].effective))
+            assert np.array_equal(bits(got[weight].value), bits(want[weight].value))
+    for got, want in zip(frozen.weights, expected.weights):
+        assert got.path == want.path and np.array_equal(bits(got), bits(want)), got.path
+    assert expected.get_layer("embed").pin_state()["embeddings"].mask.any()
+    tokens = np.arange(12, dtype="int32").reshape(2, 6)
+    assert np.array_equal(bits(frozen(tokens)), bits(expected(tokens)))
+    copied_whole = [s for s in whole if int(np.prod(s)) > 4]
+    if rule in ("smallest", "across"):
+        assert copied_whole == []
+    else:
+        assert (20, 8) in copied_whole
+
+
+# -- in place: planned once, and an error leaves the model as it was ------------------
+
+
+def _as_it_is(model):
+    """Everything an in-place freeze could change: classes, flags, variables and their bits."""
+    from kerasurgery.model.walk import walk_layers
+    from tests.helpers import bits
+
+    layers = [(path, type(layer).__name__, layer.trainable) for path, layer in walk_layers(model)]
+    variables = [(v.path, id(v), v.trainable, bits(v).tobytes()) for v in model.variables]
+    return layers, variables, [id(v) for v in model.trainable_variables]
+
+
+def _raises(weight, bias):
+    raise RuntimeError("the rule failed")
+
+
+@pytest.mark.parametrize("pins, error, match", [
+    # A key that names a layer whose pins do not fit, after a key that fits.
+    ({"a": ks.rules.smallest(0.5), "b": np.zeros((2, 2), bool)}, PinError, "wrong shape"),
+    # A rule that raises on the second layer.
+    ({"a": ks.rules.smallest(0.5), "b": _raises}, RuntimeError, "the rule failed"),
+    # A glob whose pins fit none of its layers (6 inputs are no groups of 4).
+    ({"*": ks.rules.smallest(0.5), "[b]": ks.rules.n_of_m(2, 4)}, PinError, "multiple of m=4"),
+])
+def test_in_place_freeze_that_fails_leaves_the_model_as_it_was(pins, error, match, data):
+    model = _sequential()
+    model(data[0][:, :4])
+    x = np.random.default_rng(0).normal(size=(5, 4)).astype("float32")
+    expected, before = _np(model(x)), _as_it_is(model)
+
+    with pytest.raises(error, match=match):
+        ks.freeze(model, pins, in_place=True)
+
+    assert _as_it_is(model) == before
+    assert not any(layers_lib.is_pinned(layer) for layer in model.layers)
+    assert np.array_equal(_np(model(x)), expected)
+
+
+def test_in_place_freeze_plans_each_layer_once_unless_its_pinned_values_are_weight_sized(data):
+    # Pruning keeps a layer's plan small (masks, one value): the first pass's
+    # plan is pinned as it is. Values of the weight's shape are planned again.
+    calls = []
+
+    def prune(weight, bias):
+        calls.append(weight.shape)
+        return ks.Pin(kernel=np.abs(weight) < 0.3, kernel_value=0.0)
+
+    def keep(weight, bias):
+        calls.append(weight.shape)
+        return ks.Pin(kernel=np.abs(weight) < 0.3)  # per-entry values
+
+    for rule, planned in ((prune, 1), (keep, 2)):
+        model, reference = _sequential(), _sequential()
+        model(data[0][:, :4])
+        reference(data[0][:, :4])
+        reference.set_weights(model.get_weights())
+        calls.clear()
+        ks.freeze(model, {"*": rule}, in_place=True)
+        assert calls == [(4, 6), (6, 3)] * planned
+        copy = ks.freeze(reference, {"*": rule})
+        for name in ("a", "b"):
+            got, want = model.get_layer(name).pin_state(), copy.get_layer(name).pin_state()
+            for weight in want:
+                assert np.array_equal(got[weight].mask, want[weight].mask)
+                assert np.array_equal(got[weight].effective, want[weight].effective)
+                assert np.array_equal(got[weight].value, want[weight].value)
+        assert model.get_layer("a").pin_storage["kernel"] == (ks.pins.SHARED if rule is prune else ks.pins.PER_ENTRY)
+
+
+def test_in_place_freeze_leaves_a_variable_that_shares_the_weights_array_intact(data):
+    # On JAX, assigning one variable from another shares one array object
+    # (Keras' EMA copies its averages over the model's weights so); pinning
+    # in place writes the raw weight over its own buffer only when nothing
+    # else holds it.
+    from tests.helpers import bits
+
+    model = _sequential()
+    model(data[0][:, :4])
+    other = keras.Variable(np.zeros((4, 6), "float32"), trainable=False)
+    other.assign(model.get_layer("a").kernel)
+    before = _np(other).copy()
+
+    ks.freeze(model, {"a": ks.rules.smallest(0.5)}, in_place=True)
+
+    assert np.array_equal(bits(other), bits(before))
+    kernel = model.get_layer("a").pin_state()["kernel"]
+    assert kernel.mask.sum() == 12 and np.all(kernel.effective[kernel.mask] == 0.0)
+    assert np.array_equal(_np(model.get_layer("a").raw_variable("kernel")), np.where(kernel.mask, 0.0, before))

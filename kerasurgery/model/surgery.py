@@ -80,7 +80,8 @@ def freeze(
             copy, its variables stay the same objects (a sharded model keeps
             its layouts), only mask and value variables are added. Its
             compiled train/predict functions are dropped so that the next
-            call traces the pinned layers.
+            call traces the pinned layers. An error (a key's pins that do
+            not fit, a rule that raises) leaves the model as it was.
 
     Returns:
         `model` itself with `in_place`, else a new model of `model`'s class
@@ -131,8 +132,9 @@ def freeze(
         layer.set_pins(plan.take())
         pinned.append(path)
 
-    # One layer planned and pinned at a time (`plan_each`): in place, what is
-    # settled first leaves the model as it was when a key does not fit.
+    # One layer planned and pinned at a time (`plan_each`). In place, every
+    # layer is planned before the first is pinned, so that an error leaves
+    # the model as it was; the small plans (pruning) are kept, not redone.
     _plan.plan_each(
         planner,
         lambda path: _plan_of(pinnable[path]),
@@ -420,7 +422,7 @@ def _plan_of(layer: keras.layers.Layer) -> _plan.PinPlan:
     weights = {w: x for w, x in weights.items() if x is not None}
     for w, x in weights.items():
         layers_lib.require_one_process(x, f"Layer {layer.name!r}: `{w}`", "pin")
-    return _plan.PinPlan({w: _host(x) for w, x in weights.items()})
+    return _plan.PinPlan({w: _sliced(x) if _size(x) > _SLICE else _host(x) for w, x in weights.items()})
 
 
 # Entries per slice that `_host` copies (4 MB of float32).
@@ -445,6 +447,28 @@ def _host(x: Any) -> np.ndarray:
     for start in range(step, shape[0], step):
         out[start:start + step] = ops.convert_to_numpy(x[start:start + step])
     return out
+
+
+def _sliced(x: Any) -> _plan.SlicedWeight:
+    """A large weight left where it lives: a rule that ranks it reads it a slice at a time.
+
+    A layer pruned by magnitude then costs the host its mask and a slice,
+    not a copy of its weight (a 60 MB embedding); a rule that needs the
+    whole array still gets one copy (`_host`), as before.
+    """
+    shape = tuple(x.shape)
+
+    def rows(start: int, stop: int) -> np.ndarray:
+        # One slice op for every piece of one size (the start is an
+        # argument, not part of the op): a compiled op per size, not per piece.
+        return ops.convert_to_numpy(
+            ops.slice(ops.convert_to_tensor(x), (start,) + (0,) * (len(shape) - 1), (stop - start,) + shape[1:]))
+
+    return _plan.SlicedWeight(shape, rows(0, 1).dtype, rows, lambda: _host(x))
+
+
+def _size(x: Any) -> int:
+    return int(np.prod(tuple(x.shape), dtype=np.int64))
 
 
 def _on_device(layer: keras.layers.Layer) -> bool:
