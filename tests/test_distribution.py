@@ -397,12 +397,12 @@ print("RESULT " + json.dumps(out))
 
 
 def test_two_processes_orbax_checkpoint_restores_the_split_pins(tmp_path):
-    # Keras' OrbaxCheckpoint (it needs the `orbax-checkpoint` package, not a
-    # kerasurgery dependency) saves every variable of a model frozen in place
-    # inside the scope, its split mask included, from both processes; a model
-    # frozen in place with the same structure (other weights, another mask)
-    # restores them, shard for shard, laid out as before, and its pins hold.
-    pytest.importorskip("orbax.checkpoint")
+    # Keras' OrbaxCheckpoint (the `orbax-checkpoint` package: in the test
+    # extra, not a kerasurgery dependency) saves every variable of a model
+    # frozen in place inside the scope, its split mask included, from both
+    # processes; a model frozen in place with the same structure (other
+    # weights, another mask) restores them, shard for shard, laid out as
+    # before, and its pins hold.
     for result in _run_two_processes(_ORBAX, tmp_path):
         assert result["before"] == {"raw": False, "mask": False, "value": True}  # the shared 0.0 already equal
         assert result["after"] == {"raw": True, "mask": True, "value": True}
