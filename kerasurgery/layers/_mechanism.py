@@ -50,6 +50,7 @@ import contextlib
 import functools
 import sys
 import types
+import weakref
 from collections.abc import Iterable, Iterator
 from typing import Any, ClassVar
 
@@ -222,6 +223,46 @@ class PinMixin:
             _assign_pinned(raw, *self.pin_variables(weight))  # = raw.assign(self.effective(weight))
             settled.add(weight)
         object.__setattr__(self, "_settled", settled)
+
+    def hold_effective(self) -> None:
+        """Makes each raw weight hold its effective weight, for code that then reads it as it is.
+
+        raw := `where(mask, value, raw)` for every weight LoRA does not
+        adapt, as `settle` does for frozen weights; a trainable raw weight
+        keeps training as before (the entries it changes are pinned, and the
+        layer never reads them while training). On JAX a weight whose raw,
+        mask and value arrays are the ones held last time is left as it is
+        (JAX arrays are immutable: an assign makes a new one), so holding
+        again after no change costs nothing. The weights that hold are
+        `holding` until the next call: `folded(..., held=True)` reads them as
+        they are. A pinned task's `generate` holds its layers before each call
+        (`model/generation.py`).
+        """
+        held = self.__dict__.setdefault("_held", {})
+        holding = set()
+        for weight in self.present_weights():
+            raw = self.raw_variable(weight)
+            if self._lora_composed(weight) is not raw:
+                held.pop(weight, None)
+                continue
+            if not self.holds(weight):
+                mask, value = self.pin_variables(weight)
+                _assign_pinned(raw, mask, value)
+                held[weight] = _array_refs(raw, mask, value)
+            holding.add(weight)
+        object.__setattr__(self, "holding", frozenset(holding))
+
+    def holds(self, weight: str) -> bool:
+        """Whether the raw `weight` holds its effective weight since `hold_effective`, unchanged.
+
+        Known on JAX only (its arrays are replaced, not written, by an
+        assign); read eagerly, outside any traced function.
+        """
+        refs = self.__dict__.get("_held", {}).get(weight)
+        if refs is None:
+            return False
+        now = (self.raw_variable(weight), *self.pin_variables(weight))
+        return all(ref() is not None and ref() is v.value for ref, v in zip(refs, now))
 
     @property
     def trainable(self) -> bool:
@@ -673,7 +714,7 @@ def pin_in_place(layer: keras.layers.Layer, cls: type, storage: dict[str, str], 
 
 
 @contextlib.contextmanager
-def folded(layers: Iterable[PinMixin]) -> Iterator[None]:
+def folded(layers: Iterable[PinMixin], *, held: bool = False) -> Iterator[None]:
     """Inside the block, each of `layers` reads its weights as they were on entry.
 
     On entry every pinned layer forms its effective weights once
@@ -686,11 +727,19 @@ def folded(layers: Iterable[PinMixin]) -> Iterator[None]:
     hoist the select out of the loop. Entered inside a traced function
     (`jax.jit`, `tf.function`), the weights are formed from the traced
     variable values, once per trace. Nothing inside may change the weights.
+
+    With `held`, the weights a layer is `holding` (its last
+    `hold_effective`: their raw variables hold the effective weights) are
+    read as the variables, with no select at all; the caller must hold the
+    layers again before each later call of what it traced (a pinned task's
+    `generate` does).
     """
     entered = []
     try:
         for layer in layers:
-            effective = {w: layer.effective(w) for w in layer.present_weights()}
+            holding = layer.__dict__.get("holding", ()) if held else ()
+            effective = {w: layer.raw_variable(w) if w in holding else layer.effective(w)
+                         for w in layer.present_weights()}
             object.__setattr__(layer, "_folded", effective)
             entered.append(layer)
         yield
@@ -780,7 +829,7 @@ def unpin_in_place(layer: PinMixin) -> None:
     for weight, raw_attr in raw_attrs.items():
         if raw_attr != f"_{weight}":
             layer.__dict__[weight] = layer.__dict__.pop(raw_attr, None)
-    for attr in ("_pin_storage", "_in_config", "_settled", "_folded"):
+    for attr in ("_pin_storage", "_in_config", "_settled", "_folded", "_held", "holding"):
         layer.__dict__.pop(attr, None)
 
 
@@ -815,6 +864,18 @@ def _assign_pinned(raw: Any, mask: Any, value: Any) -> None:
                            ops.convert_to_tensor(raw)))
         return
     raw.assign(_donating_pinned()(array, mask.value, value.value))
+
+
+def _array_refs(*variables: Any) -> tuple | None:
+    """Weak references to the variables' current arrays (JAX: immutable, replaced by every assign).
+
+    Weak, so that they keep no old weight alive and leave `_sole_array`'s
+    count as it is. `None` on other backends, whose variables are written
+    in place: there a held weight is never known to be unchanged.
+    """
+    if keras.backend.backend() != "jax":
+        return None
+    return tuple(weakref.ref(v.value) for v in variables)
 
 
 def _sole_array(variable: Any) -> Any:

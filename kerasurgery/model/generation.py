@@ -14,6 +14,17 @@ the traced function, from the traced variable values), and the loop reads
 them as they are. The tokens are the same bit for bit: the same select over
 the same values, once instead of per token.
 
+On JAX not even once per call: before each `generate`, every pinned layer's
+raw weights are made to hold their effective weights (`hold_effective`, a
+select written over the raw buffer, skipped for weights whose arrays have
+not changed since: JAX replaces an array on every assign), and the traced
+step reads them as they are. Repeated calls cost what the plain task costs;
+the first call after training pays one select per changed weight. (A
+trainable raw weight changed at its pinned entries changes nothing the
+layer computes: it reads the pinned value there while training.) On the
+other backends, whose variables are written in place so that an unchanged
+weight cannot be told, the weights are formed once per call.
+
 The task keeps its class (`freeze` returns the input's class): the folding
 `generate_step` is set on the instance, in front of the class's own, by
 `freeze` and `load_model` (the pruning callbacks work on layers `freeze`
@@ -32,6 +43,7 @@ from kerasurgery import layers as layers_lib
 from kerasurgery.model.walk import walk_layers
 
 _STEP = "generate_step"
+_GENERATE = "generate"
 
 
 def fold_pins_in_generate(model: keras.Model) -> None:
@@ -49,21 +61,34 @@ def fold_pins_in_generate(model: keras.Model) -> None:
         return
     if _STEP not in model.__dict__:
         object.__setattr__(model, _STEP, types.MethodType(_folded_generate_step, model))
+        object.__setattr__(model, _GENERATE, types.MethodType(_held_generate, model))
         _forget_generate_function(model)
 
 
 def unfold_pins_in_generate(model: keras.Model) -> None:
     """Gives `model` back its class's `generate_step` (after `strip`)."""
+    model.__dict__.pop(_GENERATE, None)
     if model.__dict__.pop(_STEP, None) is not None:
         _forget_generate_function(model)
 
 
+def _held_generate(model: keras.Model, *args: Any, **kwargs: Any) -> Any:
+    if keras.backend.backend() == "jax":
+        for layer in _pinned(model):
+            layer.hold_effective()
+    return getattr(type(model), _GENERATE)(model, *args, **kwargs)
+
+
 def _folded_generate_step(model: keras.Model, *args: Any, **kwargs: Any) -> Any:
-    # The layers are found at each trace, so layers pinned after this was
-    # set (a pruning callback pinning more) are folded too.
-    pinned = [layer for _, layer in walk_layers(model) if layers_lib.is_pinned(layer)]
-    with layers_lib.folded(pinned):
+    # What the layers hold (on JAX, `_held_generate` held them just before)
+    # is read as it is; everything else is formed once, here.
+    with layers_lib.folded(_pinned(model), held=True):
         return getattr(type(model), _STEP)(model, *args, **kwargs)
+
+
+def _pinned(model: keras.Model) -> list:
+    # Found at each call, so layers pinned after the methods were set are included.
+    return [layer for _, layer in walk_layers(model) if layers_lib.is_pinned(layer)]
 
 
 def _forget_generate_function(model: keras.Model) -> None:
