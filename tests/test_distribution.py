@@ -407,3 +407,115 @@ def test_two_processes_orbax_checkpoint_restores_the_split_pins(tmp_path):
         assert result["before"] == {"raw": False, "mask": False, "value": True}  # the shared 0.0 already equal
         assert result["after"] == {"raw": True, "mask": True, "value": True}
         assert result["spec"] == "P(None, 'model')" and result["pins_hold"] is True
+
+
+_CAUSAL_LM = """import os, sys, json
+pid, port, folder = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+os.environ["KERAS_BACKEND"] = "jax"
+import jax
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+import numpy as np, keras
+keras.distribution.initialize(f"localhost:{port}", num_processes=2, process_id=pid)
+import keras_hub
+import kerasurgery as ks
+from kerasurgery.model.walk import walk_layers
+
+VOCAB, LEN = 64, 12
+devices = keras.distribution.list_devices()
+order = np.array(devices).reshape(2, 2, 2).transpose(1, 0, 2).reshape(2, 4)  # "model" across the processes
+mesh = keras.distribution.DeviceMesh((2, 4), ["batch", "model"], order)
+layout_map = keras_hub.models.GemmaBackbone.get_layout_map(mesh)
+keras.distribution.set_distribution(
+    keras.distribution.ModelParallel(layout_map=layout_map, batch_dim_name="batch", auto_shard_dataset=False))
+
+def make():
+    keras.utils.set_random_seed(0)
+    backbone = keras_hub.models.GemmaBackbone(
+        vocabulary_size=VOCAB, num_layers=1, num_query_heads=4, num_key_value_heads=4,
+        hidden_dim=32, intermediate_dim=64, head_dim=8)
+    return keras_hub.models.GemmaCausalLM(backbone=backbone, preprocessor=None)
+
+lm = make()
+ks.freeze(lm, {"*": ks.rules.smallest(0.5)}, in_place=True)
+pinned = {p: l for p, l in walk_layers(lm) if ks.layers.is_pinned(l)}
+out = {"split": sorted(p for p, l in pinned.items()
+                       if not l.raw_variable(l.pinned_weights[0]).value.is_fully_addressable)}
+out["masks_like_weights"] = all(
+    l.pin_variables(w)[0].value.sharding == l.raw_variable(w).value.sharding
+    for l in pinned.values() for w in l.present_weights())
+lm.backbone.enable_lora(2)
+lm.compile(optimizer=keras.optimizers.Adam(1e-2),
+           loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+rng = np.random.default_rng(0)
+tokens = rng.integers(1, VOCAB, size=(4, LEN + 1)).astype("int32")
+x = {"token_ids": tokens[:, :-1], "padding_mask": np.ones((4, LEN), bool)}
+y = tokens[:, 1:]
+def loss():
+    found = lm.evaluate(x, y, verbose=0)
+    return float(found[0] if isinstance(found, list) else found)
+
+before = loss()
+checkpoint = keras.callbacks.OrbaxCheckpoint(os.path.join(folder, "orbax"), save_weights_only=True,
+                                             save_on_background=False)
+lm.fit(x, y, epochs=5, verbose=0, callbacks=[checkpoint])
+out["loss"] = [before, loss()]
+out["pins_hold"] = all(l.pins_hold() for l in pinned.values())
+prompt = {"token_ids": np.zeros((2, LEN), "int32"), "padding_mask": np.zeros((2, LEN), bool)}
+prompt["token_ids"][:, :3] = [[5, 6, 7], [8, 9, 10]]
+prompt["padding_mask"][:, :3] = True
+lm.compile(sampler="greedy")
+generated = np.asarray(lm.generate(prompt, stop_token_ids=None)["token_ids"])
+out["generated"] = generated.tolist()
+
+def logit_sum(model):
+    # The logits are split across the processes (vocabulary rows): compared by their sum, bit for bit.
+    return np.asarray(keras.ops.sum(model(x))).reshape(1).view("u4").tolist()
+
+out["logits"] = {"trained": logit_sum(lm)}
+
+# Reloaded as the same task on both processes: a task frozen in place with
+# the same structure (another seed: other weights, other masks) takes the
+# checkpoint and generates the same tokens.
+keras.utils.set_random_seed(1)
+other = keras_hub.models.GemmaCausalLM(backbone=keras_hub.models.GemmaBackbone.from_config(
+    lm.backbone.get_config()), preprocessor=None)
+ks.freeze(other, {"*": ks.rules.smallest(0.5)}, in_place=True)
+other.backbone.enable_lora(2)
+other.compile(optimizer=keras.optimizers.Adam(1e-2),
+              loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+other.load_weights(os.path.join(folder, "orbax"))
+other.compile(sampler="greedy")
+out["reloaded"] = np.asarray(other.generate(prompt, stop_token_ids=None)["token_ids"]).tolist()
+out["reloaded_class"] = type(other).__name__
+out["logits"]["reloaded"] = logit_sum(other)
+out["reloaded_pins_hold"] = all(l.pins_hold() for _, l in walk_layers(other) if ks.layers.is_pinned(l))
+# Stripped in place where the shards live (LoRA merged): the same tokens.
+ks.strip(lm, in_place=True)
+lm.compile(sampler="greedy")
+out["stripped"] = np.asarray(lm.generate(prompt, stop_token_ids=None)["token_ids"]).tolist()
+out["logits"]["stripped"] = logit_sum(lm)
+print("RESULT " + json.dumps(out))
+"""
+
+
+def test_two_processes_causal_lm_pruned_lora_tuned_generates_and_reloads_as_itself(tmp_path):
+    # The workflow of issue 19 across 2 processes x 4 devices, with KerasHub's
+    # own Gemma layout map and "model" running across the processes: a
+    # GemmaCausalLM frozen in place inside the scope with half of every
+    # weight pruned (the rules run where the shards live), fine-tuned with
+    # LoRA, generates; an OrbaxCheckpoint of it restores into another task
+    # frozen in place, which computes the same logits and generates the same
+    # tokens; stripped in place, the same again. Pins hold on every process.
+    results = _run_two_processes(_CAUSAL_LM, tmp_path)
+    for result in results:
+        # Every sharded kind is split across the two processes, the tied embedding included.
+        assert "gemma_backbone/token_embedding" in result["split"] and len(result["split"]) == 8
+        assert result["masks_like_weights"] and result["pins_hold"] and result["reloaded_pins_hold"]
+        before, after = result["loss"]
+        assert after < before
+        assert result["reloaded_class"] == "GemmaCausalLM"
+        assert result["reloaded"] == result["generated"] == result["stripped"]
+        logits = result["logits"]
+        assert logits["reloaded"] == logits["trained"] == logits["stripped"]
+    assert results[0]["generated"] == results[1]["generated"]
