@@ -298,8 +298,14 @@ out["bytes_per_device"] = {
     "mask": int(mask.value.addressable_shards[0].data.nbytes),
     "value": int(layer.kernel_pin_value.value.addressable_shards[0].data.nbytes),
 }
+model.compile(optimizer="sgd", loss="mse")
+x16, y4 = np.zeros((16, 16), "float32"), np.zeros((16, 4), "float32")
 for name, call in (("pin_state", layer.pin_state), ("get_weights", layer.get_weights),
-                   ("save_model", lambda: ks.save_model(model, os.path.join(folder, f"x{pid}.keras")))):
+                   ("save_model", lambda: ks.save_model(model, os.path.join(folder, f"x{pid}.keras"))),
+                   # They read whole host states; they refuse before the first step.
+                   ("gradual_pruning", lambda: model.fit(x16, y4, epochs=1, verbose=0, callbacks=[
+                       ks.callbacks.GradualPruning(0.5, begin_step=0, end_step=1, frequency=1)])),
+                   ("prune", lambda: ks.prune(model, x16, sparsity=0.5))):
     try:
         call()
     except KerasurgeryError as e:
@@ -354,7 +360,8 @@ def test_two_processes_kernel_split_across_them_keeps_its_pins_through_fit(tmp_p
         assert result["masks_held"] and result["pins_held"] and result["stripped"]
         assert result["pins_hold"] is True
         assert set(result["refused"]) == {
-            "copy", "own_rule", "across_layers", "pin_state", "get_weights", "save_model"}
+            "copy", "own_rule", "across_layers", "pin_state", "get_weights", "save_model",
+            "gradual_pruning", "prune"}
         assert all("split across processes" in m and "\n" not in m for m in result["refused"].values())
         assert "'<lambda>'" in result["refused"]["own_rule"]
         assert "'smallest 0.5 across layers'" in result["refused"]["across_layers"]
