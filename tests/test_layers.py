@@ -504,3 +504,19 @@ def test_pins_written_to_a_frozen_layer_are_read_at_once():
     layer.kernel_pin_mask.assign(np.ones((4, 5), bool))
     layer.settle()
     assert not ops.convert_to_numpy(layer.kernel).any()
+
+
+def test_a_layer_frozen_while_it_cannot_train_is_settled_at_once():
+    # freeze -> set_pins gives every raw weight its effective value, so a
+    # layer that cannot train is read as it is from the start, its pins in it.
+    keras.utils.set_random_seed(4)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(5, name="a")])
+    model.get_layer("a").trainable = False
+    mask = np.zeros((4, 5), bool)
+    mask[1:3] = True
+    frozen = ks.freeze(model, {"a": ks.Pin(kernel=mask, kernel_value=0.5)})
+    layer = frozen.get_layer("a")
+    assert layer.kernel is layer.raw_variable("kernel")
+    kernel = ops.convert_to_numpy(layer.kernel)
+    assert (kernel[mask] == 0.5).all()
+    assert np.array_equal(bits(kernel[~mask]), bits(ops.convert_to_numpy(model.get_layer("a").kernel)[~mask]))

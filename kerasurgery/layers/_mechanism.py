@@ -215,12 +215,17 @@ class PinMixin:
         methods that write pins or weights call it; call it after assigning a
         frozen layer's variables directly.
         """
+        self._settle(assign=True)
+
+    def _settle(self, *, assign: bool) -> None:
+        # `assign=False`: the caller has just made every raw weight hold its effective one.
         settled = set()
         for weight in self.present_weights():
             raw = self.raw_variable(weight)
             if raw.trainable or self._lora_composed(weight) is not raw:
                 continue
-            _assign_pinned(raw, *self.pin_variables(weight))  # = raw.assign(self.effective(weight))
+            if assign:
+                _assign_pinned(raw, *self.pin_variables(weight))  # = raw.assign(self.effective(weight))
             settled.add(weight)
         object.__setattr__(self, "_settled", settled)
 
@@ -363,6 +368,11 @@ class PinMixin:
         Raises:
             PinError: a shape, dtype or value does not fit the layer.
         """
+        self._assign_pin_state(state, raw=raw)
+        self.settle()
+
+    def _assign_pin_state(self, state: dict[str, _pins.WeightPins], *, raw: bool) -> None:
+        """`set_pin_state` without `settle`."""
         self._require_built("set_pin_state")
         assignments = []
         for weight in self.present_weights():
@@ -386,7 +396,6 @@ class PinMixin:
             variable.assign(value)
         if raw and getattr(self, "lora_enabled", False):
             self._zero_lora()  # the raw weights assigned are the effective ones
-        self.settle()
 
     def set_pins(self, pins: dict[str, tuple[Any, Any]]) -> None:
         """Assigns masks and stored values, then each raw weight its effective value.
@@ -407,7 +416,7 @@ class PinMixin:
             PinError: a shape, dtype or value does not fit the layer.
         """
         if all(isinstance(a, np.ndarray) for pair in pins.values() for a in pair):
-            self.set_pin_state({w: _pins.WeightPins(None, *pins.pop(w)) for w in list(pins)}, raw=False)
+            self._assign_pin_state({w: _pins.WeightPins(None, *pins.pop(w)) for w in list(pins)}, raw=False)
         else:
             self._set_live_pins(pins)
         for weight in self.present_weights():
@@ -418,7 +427,7 @@ class PinMixin:
                 raw.assign(self.effective(weight))
         if getattr(self, "lora_enabled", False):
             self._zero_lora()
-        self.settle()
+        self._settle(assign=False)  # every raw weight was just given its effective value
 
     def _set_live_pins(self, pins: dict[str, tuple[Any, Any]]) -> None:
         """`set_pin_state(..., raw=False)` for masks and values that are tensors: checked where they live."""
