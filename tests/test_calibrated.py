@@ -488,6 +488,7 @@ def _gpt(num_layers: int = 2):
     backbone = keras_hub.models.GPT2Backbone(
         vocabulary_size=64, num_layers=num_layers, num_heads=2, hidden_dim=16,
         intermediate_dim=32, max_sequence_length=12,
+        name="gpt2_backbone",  # not gpt2_backbone_7 when other tests made backbones first
     )
     task = keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=None)
     ids = np.random.default_rng(0).integers(1, 64, size=(12, 12)).astype("int32")
